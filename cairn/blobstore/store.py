@@ -1,0 +1,460 @@
+"""A content-addressed store of sha256 blobs in Ollama's layout.
+
+``<root>/blobs/sha256-<hex>`` holds one blob per file, whole, correct and
+read-only. Everything in flight lives under ``<root>/.cairn/`` (same
+filesystem, names that can never be taken for a blob):
+
+    .cairn/tmp/<id>.partial    a write in progress, flock'ed by its writer
+    .cairn/locks/store.lock    shared by writers, exclusive for collection
+    .cairn/verified/<hex>      the stat of a blob when it last hashed right
+
+A write streams into a temp file while hashing (one pass: each chunk is
+hashed and written from the same buffer, the write overlapping the next
+read and hash), checks the digest, fsyncs, makes the file read-only and
+links it into ``blobs/``. A mismatch or an error removes the temp file, so
+a blob under ``blobs/`` is never partial or wrong.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import io
+import os
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+from cairn.blobstore.digest import Digest
+from cairn.errors import (
+    BlobNotFoundError,
+    CorruptBlobError,
+    DigestMismatchError,
+    SizeMismatchError,
+    StorageFullError,
+    StoreBusyError,
+    StoreError,
+)
+
+CHUNK_SIZE = 4 << 20
+_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+class Readable(Protocol):
+    """What :meth:`BlobStore.put` reads from: a binary stream with ``readinto``."""
+
+    def readinto(self, buffer: bytearray | memoryview, /) -> int | None: ...
+
+
+@dataclass(frozen=True)
+class Blob:
+    """A blob that is in the store."""
+
+    digest: Digest
+    size: int
+
+
+@dataclass(frozen=True)
+class Partial:
+    """A temp file under ``.cairn/tmp``; ``in_use`` when a live writer holds it."""
+
+    path: Path
+    size: int
+    in_use: bool
+
+
+def storage_error(exc: OSError, what: str) -> StoreError:
+    if exc.errno in _FULL:
+        return StorageFullError(f"no space left on device while {what}")
+    return StoreError(f"{what} failed: {exc.strerror or exc}")
+
+
+class _Writer:
+    """Writes buffers to a file descriptor on a thread of its own.
+
+    ``os.write`` releases the GIL, so the disk write of one chunk overlaps
+    the read and hash of the next. The first error is kept and re-raised.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._cond = threading.Condition()
+        self._queue: list[memoryview] = []
+        self._busy = False
+        self._closed = False
+        self.error: OSError | None = None
+        self._thread = threading.Thread(target=self._run, name="cairn-blob-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closed:
+                    self._cond.wait()
+                if not self._queue:
+                    return
+                view = self._queue.pop(0)
+                self._busy = True
+            try:
+                if self.error is None:
+                    while view:
+                        written = os.write(self._fd, view)
+                        view = view[written:]
+            except OSError as exc:
+                self.error = exc
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+
+    def submit(self, view: memoryview) -> None:
+        with self._cond:
+            self._queue.append(view)
+            self._cond.notify_all()
+
+    def wait_idle(self) -> None:
+        """Block until every submitted buffer is written (its memory is free again)."""
+        with self._cond:
+            while self._queue or self._busy:
+                self._cond.wait()
+        if self.error is not None:
+            raise self.error
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join()
+
+
+class BlobStore:
+    """sha256 blobs under ``root/blobs``: put, verify, open, delete, iterate."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+        self.blobs_dir = self.root / "blobs"
+        self.work_dir = self.root / ".cairn"
+        self.tmp_dir = self.work_dir / "tmp"
+        self.locks_dir = self.work_dir / "locks"
+        self.verified_dir = self.work_dir / "verified"
+
+    # -- reading -----------------------------------------------------------
+
+    def path(self, digest: Digest) -> Path:
+        return self.blobs_dir / digest.filename
+
+    def has(self, digest: Digest) -> bool:
+        return self.path(digest).is_file()
+
+    def size(self, digest: Digest) -> int:
+        try:
+            return self.path(digest).stat().st_size
+        except FileNotFoundError:
+            raise BlobNotFoundError(f"blob {digest} is not in the store") from None
+
+    def open(self, digest: Digest) -> BinaryIO:
+        try:
+            return self.path(digest).open("rb")
+        except FileNotFoundError:
+            raise BlobNotFoundError(f"blob {digest} is not in the store") from None
+
+    def __iter__(self) -> Iterator[Digest]:
+        try:
+            names = os.listdir(self.blobs_dir)
+        except FileNotFoundError:
+            return
+        for name in sorted(names):
+            if name.startswith("sha256-") and len(name) == 71:
+                try:
+                    yield Digest.parse(name)
+                except StoreError:
+                    continue
+
+    def __contains__(self, digest: object) -> bool:
+        return isinstance(digest, Digest) and self.has(digest)
+
+    # -- writing -----------------------------------------------------------
+
+    def _ensure_dirs(self) -> None:
+        for directory in (self.blobs_dir, self.tmp_dir, self.locks_dir, self.verified_dir):
+            directory.mkdir(parents=True, exist_ok=True)
+
+    def put(
+        self,
+        source: Readable,
+        expected: Digest | None = None,
+        expected_size: int | None = None,
+        accept: Callable[[Blob], None] | None = None,
+    ) -> Blob:
+        """Stream ``source`` into the store, hashing as it goes; return the blob.
+
+        With ``expected``, bytes that hash otherwise are refused
+        (:class:`DigestMismatchError`) and nothing is kept; with
+        ``expected_size``, a short or long stream is refused
+        (:class:`SizeMismatchError`). ``accept`` is called with the blob
+        before it enters the store: whatever it raises, nothing is kept.
+        """
+        try:
+            self._ensure_dirs()
+        except OSError as exc:
+            raise storage_error(exc, f"creating the store at {self.root}") from exc
+        tmp = self.tmp_dir / f"{expected.hex if expected else 'new'}-{os.urandom(8).hex()}.partial"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except OSError as exc:
+            raise storage_error(exc, f"creating {tmp}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            digest, size = self._copy_hashing(source, fd)
+            if expected_size is not None and size != expected_size:
+                raise SizeMismatchError(
+                    f"blob {expected or digest}: got {size} bytes, expected {expected_size}"
+                )
+            if expected is not None and digest != expected:
+                raise DigestMismatchError(str(expected), str(digest))
+            if accept is not None:
+                accept(Blob(digest, size))
+            try:
+                os.fsync(fd)
+                os.fchmod(fd, 0o444)
+            except OSError as exc:
+                raise storage_error(exc, f"writing blob {digest}") from exc
+            self._commit(tmp, digest, size)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        finally:
+            os.close(fd)
+        return Blob(digest, size)
+
+    def put_file(
+        self,
+        path: Path | str,
+        expected: Digest | None = None,
+        accept: Callable[[Blob], None] | None = None,
+    ) -> Blob:
+        """Copy a local file into the store while hashing it (never a hard link)."""
+        try:
+            source = open(path, "rb", buffering=0)  # noqa: SIM115 - closed below
+        except OSError as exc:
+            raise StoreError(f"cannot read {path}: {exc.strerror or exc}") from exc
+        with source:
+            return self.put(source, expected, accept=accept)
+
+    def put_bytes(self, data: bytes) -> Blob:
+        """Store a small blob held in memory (a template, a config)."""
+        return self.put(io.BytesIO(data))
+
+    def _copy_hashing(self, source: Readable, fd: int) -> tuple[Digest, int]:
+        hasher = hashlib.sha256()
+        buffers = [bytearray(CHUNK_SIZE), bytearray(CHUNK_SIZE)]
+        writer = _Writer(fd)
+        size = 0
+        turn = 0
+        try:
+            while True:
+                buffer = buffers[turn]
+                turn ^= 1
+                # The writer may still hold the other buffer, never this one:
+                # it was handed over two turns ago and waited for last turn.
+                count = source.readinto(buffer)
+                if not count:
+                    break
+                view = memoryview(buffer)[:count]
+                hasher.update(view)
+                writer.wait_idle()
+                writer.submit(view)
+                size += count
+            writer.wait_idle()
+        except OSError as exc:
+            raise storage_error(exc, "writing a blob") from exc
+        finally:
+            writer.close()
+        return Digest(hasher.hexdigest()), size
+
+    def _commit(self, tmp: Path, digest: Digest, size: int) -> None:
+        final = self.path(digest)
+        try:
+            try:
+                os.link(tmp, final)
+            except FileExistsError:
+                # Someone stored it first; theirs was verified the same way,
+                # unless it has rotted since: a wrong size is replaced.
+                if final.stat().st_size != size:
+                    os.replace(tmp, final)
+            except OSError as exc:
+                if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EXDEV):
+                    raise
+                os.replace(tmp, final)  # a filesystem without hard links
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            _fsync_dir(self.blobs_dir)
+        except OSError as exc:
+            raise storage_error(exc, f"storing blob {digest}") from exc
+        self._stamp(digest)
+
+    def delete(self, digest: Digest) -> bool:
+        """Remove a blob; False when it was not there."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.verified_dir / digest.hex)
+        try:
+            os.unlink(self.path(digest))
+        except FileNotFoundError:
+            return False
+        return True
+
+    # -- checking ----------------------------------------------------------
+
+    def hash_blob(self, digest: Digest) -> Digest:
+        """Rehash a stored blob and return what its bytes hash to."""
+        hasher = hashlib.sha256()
+        buffer = bytearray(CHUNK_SIZE)
+        view = memoryview(buffer)
+        with self.open(digest) as f:
+            raw: BinaryIO = f
+            while count := raw.readinto(buffer):  # type: ignore[attr-defined]
+                hasher.update(view[:count])
+        return Digest(hasher.hexdigest())
+
+    def verify(self, digest: Digest) -> bool:
+        """Rehash one blob; True when its bytes match its name."""
+        ok = self.hash_blob(digest) == digest
+        if ok:
+            self._stamp(digest)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.verified_dir / digest.hex)
+        return ok
+
+    def check_quick(self, digest: Digest) -> None:
+        """Raise :class:`CorruptBlobError` unless the blob is known good.
+
+        A blob is rehashed only when its stat (size, mtime, ctime, inode)
+        differs from the one recorded when it last hashed right, so a blob
+        that anything wrote to since is caught at once; silent bit rot is
+        what ``verify`` is for.
+        """
+        stamp_path = self.verified_dir / digest.hex
+        current = self._stat_line(digest)
+        try:
+            if stamp_path.read_text() == current:
+                return
+        except OSError:
+            pass
+        if not self.verify(digest):
+            raise CorruptBlobError(
+                f"blob {digest} is corrupt: its bytes no longer match its digest "
+                "(run `cairn verify --repair`, then pull or create the model again)"
+            )
+
+    def check(self, digests: list[Digest] | None = None, repair: bool = False) -> list[Digest]:
+        """Rehash blobs (all of them by default); return the corrupt ones.
+
+        With ``repair`` the corrupt ones are deleted, so a later pull or
+        create can store them afresh.
+        """
+        corrupt = []
+        for digest in list(self) if digests is None else digests:
+            if not self.verify(digest):
+                corrupt.append(digest)
+                if repair:
+                    self.delete(digest)
+        return corrupt
+
+    def _stat_line(self, digest: Digest) -> str:
+        try:
+            st = os.stat(self.path(digest))
+        except FileNotFoundError:
+            raise BlobNotFoundError(f"blob {digest} is not in the store") from None
+        return f"{st.st_size} {st.st_mtime_ns} {st.st_ctime_ns} {st.st_ino}"
+
+    def _stamp(self, digest: Digest) -> None:
+        with contextlib.suppress(OSError):
+            (self.verified_dir / digest.hex).write_text(self._stat_line(digest))
+
+    # -- temp files and locks ----------------------------------------------
+
+    def partials(self) -> Iterator[Partial]:
+        """The temp files under ``.cairn/tmp``, each marked in use or stale."""
+        try:
+            names = sorted(os.listdir(self.tmp_dir))
+        except FileNotFoundError:
+            return
+        for name in names:
+            path = self.tmp_dir / name
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):
+                    continue
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    in_use = False
+                except BlockingIOError:
+                    in_use = True
+                yield Partial(path, st.st_size, in_use)
+            finally:
+                os.close(fd)
+
+    def stale_stamps(self) -> Iterator[Path]:
+        """Verification stamps whose blob is gone."""
+        try:
+            names = sorted(os.listdir(self.verified_dir))
+        except FileNotFoundError:
+            return
+        for name in names:
+            if not (self.blobs_dir / f"sha256-{name}").exists():
+                yield self.verified_dir / name
+
+    @contextlib.contextmanager
+    def writing(self, timeout: float = 600.0) -> Iterator[None]:
+        """Hold while adding blobs that a manifest will reference: collection waits."""
+        with self._lock(fcntl.LOCK_SH, timeout):
+            yield
+
+    @contextlib.contextmanager
+    def collecting(self, timeout: float = 600.0) -> Iterator[None]:
+        """Hold while deleting unreferenced blobs: no writer is mid-way."""
+        with self._lock(fcntl.LOCK_EX, timeout):
+            yield
+
+    @contextlib.contextmanager
+    def _lock(self, mode: int, timeout: float) -> Iterator[None]:
+        try:
+            self._ensure_dirs()
+            fd = os.open(self.locks_dir / "store.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise storage_error(exc, f"locking the store at {self.root}") from exc
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(fd, mode | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise StoreBusyError(
+                            f"the store at {self.root} is locked by another cairn process"
+                        ) from None
+                    time.sleep(0.05)
+            yield
+        finally:
+            os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,60 @@
+"""The ``cairn`` command: one click command per verb, thin.
+
+Only here is a :class:`~cairn.errors.CairnError` turned into a message:
+``Error: <one line>`` on stderr and exit code 1; ``CAIRN_DEBUG=1`` adds the
+traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from typing import Any
+
+import click
+
+from cairn import __version__, config
+from cairn.errors import CairnError
+
+
+class CairnGroup(click.Group):
+    """A group that reports cairn's errors as one line and exit code 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except CairnError as exc:
+            if config.load().debug:
+                traceback.print_exc()
+            message = " ".join(str(exc).split()) or type(exc).__name__
+            click.echo(f"Error: {message}", err=True)
+            ctx.exit(1)
+        except KeyboardInterrupt:
+            click.echo("Interrupted", err=True)
+            ctx.exit(130)
+
+
+@click.group(cls=CairnGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", "-v", prog_name="cairn")
+def cli() -> None:
+    """Pull, push, manage and run language models.
+
+    Models live in a content-addressed store in Ollama's layout at
+    $CAIRN_MODELS (default ~/.cairn/models).
+    """
+
+
+def _register() -> None:
+    from cairn.cli import completion, models
+
+    for command in (*models.COMMANDS, completion.completion):
+        cli.add_command(command)
+    cli.add_command(models.list_models, "ls")
+
+
+_register()
+
+
+def main() -> None:
+    cli.main(prog_name="cairn")
+    sys.exit(0)

@@ -1,0 +1,261 @@
+"""Commands that manage models on this machine: create, list, show, cp, rm, prune, verify."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+from click.shell_completion import CompletionItem
+
+from cairn.cli.output import human_age, human_size, table
+from cairn.errors import CairnError, CorruptBlobError, ModelfileError
+from cairn.manifests.models import Models
+
+
+def _models() -> Models:
+    return Models.from_environment()
+
+
+def _complete_model(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+    try:
+        found, _ = _models().catalog()
+    except (CairnError, OSError):
+        return []
+    names = sorted({m.reference.display for m in found})
+    return [CompletionItem(n) for n in names if n.startswith(incomplete)]
+
+
+def _emit_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, ensure_ascii=False))
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
+
+
+@click.command()
+@click.argument("name", shell_complete=_complete_model)
+@click.option(
+    "-f",
+    "--file",
+    "modelfile_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The Modelfile (default: ./Modelfile).",
+)
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+def create(name: str, modelfile_path: Path | None, quiet: bool) -> None:
+    """Create model NAME from a Modelfile.
+
+    FROM names a GGUF file (relative to the Modelfile) or a model in the
+    store; TEMPLATE, SYSTEM, PARAMETER, LICENSE, MESSAGE and ADAPTER work as
+    in Ollama.
+    """
+    from cairn.manifests.create import create_model
+    from cairn.manifests.reference import parse_reference
+    from cairn.modelfile import parse_modelfile
+
+    parse_reference(name)  # a bad name fails before any file is read
+    path = modelfile_path or Path("Modelfile")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        hint = "" if modelfile_path else " (give one with -f, or put a Modelfile here)"
+        raise ModelfileError(f"no Modelfile at {path}{hint}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModelfileError(f"cannot read {path}: {exc}") from None
+
+    def progress(status: str) -> None:
+        if not quiet:
+            click.echo(status, err=True)
+
+    create_model(_models(), name, parse_modelfile(text), path.parent, progress)
+
+
+@click.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def list_models(as_json: bool) -> None:
+    """List the models in the store (NAME, ID, SIZE, MODIFIED)."""
+    found, problems = _models().catalog()
+    if as_json:
+        _emit_json(
+            {
+                "models": [
+                    {
+                        "name": m.reference.display,
+                        "model": str(m.reference),
+                        "id": m.id,
+                        "digest": str(m.manifest.digest),
+                        "size": m.size,
+                        "modified_at": _iso(m.modified),
+                    }
+                    for m in found
+                ],
+                "errors": [{"model": str(p.reference), "error": p.error} for p in problems],
+            }
+        )
+        return
+    rows = [(m.reference.display, m.id, human_size(m.size), human_age(m.modified)) for m in found]
+    click.echo(table(("NAME", "ID", "SIZE", "MODIFIED"), rows))
+    for problem in problems:
+        click.echo(f"warning: {problem.reference.display}: {problem.error}", err=True)
+
+
+@click.command()
+@click.argument("name", shell_complete=_complete_model)
+@click.option("--modelfile", "part", flag_value="modelfile", help="Print a Modelfile for it.")
+@click.option("--template", "part", flag_value="template", help="Print its template.")
+@click.option("--system", "part", flag_value="system", help="Print its system message.")
+@click.option("--parameters", "part", flag_value="parameters", help="Print its parameters.")
+@click.option("--license", "part", flag_value="license", help="Print its license.")
+@click.option("--json", "as_json", is_flag=True, help="Print everything as JSON.")
+def show(name: str, part: str | None, as_json: bool) -> None:
+    """Show what model NAME is: architecture, parameters, template, license."""
+    from cairn.manifests.show import show_model
+
+    models = _models()
+    details = show_model(models, name)
+    if as_json:
+        _emit_json(details.to_json())
+    elif part == "modelfile":
+        click.echo(details.modelfile(models), nl=False)
+    elif part == "template":
+        click.echo(details.template or "")
+    elif part == "system":
+        click.echo(details.system or "")
+    elif part == "license":
+        click.echo("\n".join(details.licenses))
+    elif part == "parameters":
+        click.echo(_parameter_lines(details.parameters, indent=""))
+    else:
+        click.echo(_describe(details))
+
+
+def _parameter_lines(parameters: dict[str, Any], indent: str) -> str:
+    rows = []
+    for key, value in parameters.items():
+        for item in value if isinstance(value, list) else [value]:
+            rows.append((key, json.dumps(item) if isinstance(item, str | bool) else str(item)))
+    width = max((len(k) for k, _ in rows), default=0)
+    return "\n".join(f"{indent}{k.ljust(width)}    {v}" for k, v in rows)
+
+
+def _describe(details: Any) -> str:
+    sections = []
+    summary = details.summary()
+    width = max(len(k) for k in summary) if summary else 0
+    lines = [f"    {k.ljust(width)}    {v}" for k, v in summary.items()]
+    sections.append("  Model\n" + "\n".join(lines))
+    if details.parameters:
+        sections.append("  Parameters\n" + _parameter_lines(details.parameters, "    "))
+    if details.system:
+        sections.append("  System\n" + _indent_head(details.system))
+    if details.licenses:
+        sections.append("  License\n" + _indent_head("\n".join(details.licenses)))
+    return "\n\n".join(sections) + "\n"
+
+
+def _indent_head(text: str, lines: int = 4) -> str:
+    head = [line for line in text.strip().splitlines() if line.strip()][:lines]
+    more = "    ..." if len(text.strip().splitlines()) > lines else ""
+    return "\n".join(f"    {line}" for line in head) + (f"\n{more}" if more else "")
+
+
+@click.command()
+@click.argument("source", shell_complete=_complete_model)
+@click.argument("destination")
+def cp(source: str, destination: str) -> None:
+    """Copy SOURCE to DESTINATION: a new name for the same model, no data copied."""
+    model = _models().copy(source, destination)
+    click.echo(f"copied '{source}' to '{model.reference.display}'")
+
+
+@click.command()
+@click.argument("names", nargs=-1, required=True, shell_complete=_complete_model)
+def rm(names: tuple[str, ...]) -> None:
+    """Remove models; their blobs go when no other model uses them."""
+    removed, freed = _models().remove(names)
+    for ref in removed:
+        click.echo(f"deleted '{ref.display}'")
+    if freed:
+        click.echo(f"freed {len(freed)} blob{'s' if len(freed) != 1 else ''}", err=True)
+
+
+@click.command()
+@click.option("-n", "--dry-run", is_flag=True, help="Say what would go, remove nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def prune(dry_run: bool, as_json: bool) -> None:
+    """Remove blobs no model uses and temp files of transfers that died."""
+    report = _models().prune(dry_run=dry_run)
+    if as_json:
+        _emit_json(
+            {
+                "dry_run": dry_run,
+                "blobs": [str(d) for d in report.blobs],
+                "blob_bytes": report.blob_bytes,
+                "partials": [str(p) for p in report.partials],
+                "partial_bytes": report.partial_bytes,
+                "in_use": [str(p) for p in report.in_use],
+            }
+        )
+        return
+    verb = "would remove" if dry_run else "removed"
+    for digest in report.blobs:
+        click.echo(f"{verb} blob {digest}")
+    for path in report.partials:
+        click.echo(f"{verb} partial file {path}")
+    for path in report.in_use:
+        click.echo(f"kept {path} (a transfer in progress holds it)")
+    total = report.blob_bytes + report.partial_bytes
+    click.echo(
+        f"{verb} {len(report.blobs)} blobs and {len(report.partials)} partial files "
+        f"({human_size(total)})",
+        err=True,
+    )
+
+
+@click.command()
+@click.argument("names", nargs=-1, shell_complete=_complete_model)
+@click.option(
+    "--repair", is_flag=True, help="Delete the corrupt blobs, so they can be fetched again."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def verify(names: tuple[str, ...], repair: bool, as_json: bool) -> None:
+    """Rehash the blobs of the named models (every blob when none is named)."""
+    report = _models().verify(names, repair=repair)
+    if as_json:
+        _emit_json(
+            {
+                "checked": report.checked,
+                "ok": report.ok,
+                "corrupt": [str(d) for d in report.corrupt],
+                "removed": [str(d) for d in report.corrupt] if repair else [],
+                "missing": [{"model": str(r), "digest": str(d)} for r, d in report.missing],
+                "damaged_manifests": [
+                    {"model": str(p.reference), "error": p.error} for p in report.bad_manifests
+                ],
+            }
+        )
+    else:
+        for digest in report.corrupt:
+            click.echo(f"corrupt blob {digest}" + (" (removed)" if repair else ""))
+        for ref, digest in report.missing:
+            click.echo(f"missing blob {digest} of {ref.display}")
+        for problem in report.bad_manifests:
+            click.echo(f"damaged manifest {problem.reference.display}: {problem.error}")
+        if report.ok:
+            click.echo(f"{report.checked} blobs checked, all intact")
+    if not report.ok:
+        counts = f"{len(report.corrupt)} corrupt, {len(report.missing)} missing blobs"
+        if report.bad_manifests:
+            counts += f", {len(report.bad_manifests)} damaged manifests"
+        advice = "pull or create the affected models again" if repair else "run with --repair"
+        if as_json:
+            sys.exit(1)
+        raise CorruptBlobError(f"the store is damaged: {counts}; {advice}")
+
+
+COMMANDS = (create, list_models, show, cp, rm, prune, verify)

@@ -1,0 +1,53 @@
+"""Turning results into text for people: sizes, ages, tables."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+
+def human_size(size: int) -> str:
+    """Decimal units, as ``ollama list`` prints them: ``253 MB``, ``4.7 GB``."""
+    value = float(size)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if value < 1000 or unit == "TB":
+            if unit == "B":
+                return f"{int(value)} B"
+            return f"{value:.1f} {unit}" if value < 10 else f"{value:.0f} {unit}"
+        value /= 1000
+    raise AssertionError("unreachable")
+
+
+def human_age(then: float, now: float | None = None) -> str:
+    """``2 hours ago``, ``About a minute ago``, in the manner of ``ollama list``."""
+    seconds = max(0.0, (time.time() if now is None else now) - then)
+    if seconds < 1:
+        return "Less than a second ago"
+    steps = (
+        (60, 1, "second"),
+        (3600, 60, "minute"),
+        (86400, 3600, "hour"),
+        (86400 * 7, 86400, "day"),
+        (86400 * 30, 86400 * 7, "week"),
+        (86400 * 365, 86400 * 30, "month"),
+    )
+    for limit, unit, name in steps:
+        if seconds < limit:
+            count = int(seconds // unit)
+            if count == 1:
+                return f"About a {name} ago" if name in ("minute", "hour") else f"1 {name} ago"
+            return f"{count} {name}s ago"
+    years = int(seconds // (86400 * 365))
+    return "1 year ago" if years == 1 else f"{years} years ago"
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Columns left-aligned, separated by at least four spaces."""
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
+    lines = []
+    for row in (headers, *rows):
+        cells = [cell.ljust(w) for cell, w in zip(row, widths, strict=True)]
+        lines.append("    ".join(cells).rstrip())
+    return "\n".join(lines)

@@ -1,0 +1,88 @@
+"""The one exception tree of cairn.
+
+Library code raises these and nothing else for protocol, store or user
+errors; only the CLI catches them, prints ``Error: <message>`` and exits 1.
+
+    CairnError
+    ├── ConfigError                 a setting in the environment is unusable
+    ├── InvalidReferenceError       a model name that breaks the naming rules
+    ├── ModelNotFoundError          no such model in the local store
+    ├── ManifestError               a manifest that is not valid JSON or breaks the spec
+    ├── ModelfileError              a Modelfile that cannot be understood
+    ├── ModelFormatError            a model file that is not what it claims (not GGUF, truncated)
+    └── StoreError                  the blob store cannot do what was asked
+        ├── InvalidDigestError      a digest string with the wrong syntax
+        ├── BlobNotFoundError       no blob with that digest
+        ├── DigestMismatchError     bytes whose sha256 is not the one expected
+        ├── SizeMismatchError       more or fewer bytes than expected (a truncated stream)
+        ├── CorruptBlobError        a stored blob whose bytes no longer match its name
+        ├── StorageFullError        the disk (or quota) ran out while writing
+        └── StoreBusyError          a lock held by another process did not come free
+"""
+
+from __future__ import annotations
+
+
+class CairnError(Exception):
+    """Base of every error cairn raises on purpose."""
+
+
+class ConfigError(CairnError):
+    """A setting read from the environment cannot be used."""
+
+
+class InvalidReferenceError(CairnError):
+    """A model reference that breaks Ollama's or OCI's naming rules."""
+
+
+class ModelNotFoundError(CairnError):
+    """The named model is not in the local store."""
+
+
+class ManifestError(CairnError):
+    """A manifest or index that is not valid JSON or breaks the spec."""
+
+
+class ModelfileError(CairnError):
+    """A Modelfile with a syntax error, an unknown instruction or a bad value."""
+
+
+class ModelFormatError(CairnError):
+    """A model file that is not of the format it must be, or is cut short."""
+
+
+class StoreError(CairnError):
+    """The blob store cannot do what was asked."""
+
+
+class InvalidDigestError(StoreError):
+    """A digest string that is not ``sha256:`` followed by 64 lowercase hex digits."""
+
+
+class BlobNotFoundError(StoreError):
+    """No blob with the given digest is in the store."""
+
+
+class DigestMismatchError(StoreError):
+    """Bytes whose digest differs from the one they were expected to have."""
+
+    def __init__(self, expected: str, actual: str) -> None:
+        super().__init__(f"digest mismatch: expected {expected}, got {actual}")
+        self.expected = expected
+        self.actual = actual
+
+
+class SizeMismatchError(StoreError):
+    """A stream that ended before, or ran past, the size it was expected to have."""
+
+
+class CorruptBlobError(StoreError):
+    """A blob in the store whose bytes no longer hash to its name."""
+
+
+class StorageFullError(StoreError):
+    """The filesystem ran out of space (or quota) during a write."""
+
+
+class StoreBusyError(StoreError):
+    """Another process holds a lock on the store for longer than we wait."""

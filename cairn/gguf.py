@@ -1,0 +1,373 @@
+"""A reader for the header of GGUF files (versions 2 and 3).
+
+It reads the metadata and the tensor table, never the tensor data, and
+checks that every tensor the table names lies inside the file, so a cut-off
+download is caught before it is stored. Large arrays (a 262,144-token
+vocabulary) are skipped over and kept as their type and length only.
+Anything malformed raises :class:`~cairn.errors.ModelFormatError`.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from cairn.errors import ModelFormatError
+
+MAGIC = b"GGUF"
+DEFAULT_ALIGNMENT = 32
+KEEP_ARRAY_VALUES = 256
+_MAX_STRING = 64 << 20
+_MAX_DIMS = 8
+_READ_SIZE = 1 << 20
+
+# GGUF metadata value types: struct format for the fixed-size ones.
+_SCALARS: dict[int, struct.Struct] = {
+    0: struct.Struct("<B"),
+    1: struct.Struct("<b"),
+    2: struct.Struct("<H"),
+    3: struct.Struct("<h"),
+    4: struct.Struct("<I"),
+    5: struct.Struct("<i"),
+    6: struct.Struct("<f"),
+    7: struct.Struct("<?"),
+    10: struct.Struct("<Q"),
+    11: struct.Struct("<q"),
+    12: struct.Struct("<d"),
+}
+_STRING, _ARRAY = 8, 9
+_U32, _U64 = _SCALARS[4], _SCALARS[10]
+
+# ggml tensor types: (elements per block, bytes per block).
+GGML_TYPES: dict[int, tuple[str, int, int]] = {
+    0: ("F32", 1, 4),
+    1: ("F16", 1, 2),
+    2: ("Q4_0", 32, 18),
+    3: ("Q4_1", 32, 20),
+    6: ("Q5_0", 32, 22),
+    7: ("Q5_1", 32, 24),
+    8: ("Q8_0", 32, 34),
+    9: ("Q8_1", 32, 36),
+    10: ("Q2_K", 256, 84),
+    11: ("Q3_K", 256, 110),
+    12: ("Q4_K", 256, 144),
+    13: ("Q5_K", 256, 176),
+    14: ("Q6_K", 256, 210),
+    15: ("Q8_K", 256, 292),
+    16: ("IQ2_XXS", 256, 66),
+    17: ("IQ2_XS", 256, 74),
+    18: ("IQ3_XXS", 256, 98),
+    19: ("IQ1_S", 256, 50),
+    20: ("IQ4_NL", 32, 18),
+    21: ("IQ3_S", 256, 110),
+    22: ("IQ2_S", 256, 82),
+    23: ("IQ4_XS", 256, 136),
+    24: ("I8", 1, 1),
+    25: ("I16", 1, 2),
+    26: ("I32", 1, 4),
+    27: ("I64", 1, 8),
+    28: ("F64", 1, 8),
+    29: ("IQ1_M", 256, 56),
+    30: ("BF16", 1, 2),
+    34: ("TQ1_0", 256, 54),
+    35: ("TQ2_0", 256, 66),
+    39: ("MXFP4", 32, 17),
+}
+
+# general.file_type: the quantization of the file as a whole, as Ollama names it.
+FILE_TYPES: dict[int, str] = {
+    0: "F32",
+    1: "F16",
+    2: "Q4_0",
+    3: "Q4_1",
+    7: "Q8_0",
+    8: "Q5_0",
+    9: "Q5_1",
+    10: "Q2_K",
+    11: "Q3_K_S",
+    12: "Q3_K_M",
+    13: "Q3_K_L",
+    14: "Q4_K_S",
+    15: "Q4_K_M",
+    16: "Q5_K_S",
+    17: "Q5_K_M",
+    18: "Q6_K",
+    19: "IQ2_XXS",
+    20: "IQ2_XS",
+    21: "Q2_K_S",
+    22: "IQ3_XS",
+    23: "IQ3_XXS",
+    24: "IQ1_S",
+    25: "IQ4_NL",
+    26: "IQ3_S",
+    27: "IQ3_M",
+    28: "IQ2_S",
+    29: "IQ2_M",
+    30: "IQ4_XS",
+    31: "IQ1_M",
+    32: "BF16",
+    36: "TQ1_0",
+    37: "TQ2_0",
+    38: "MXFP4",
+}
+
+
+@dataclass(frozen=True)
+class ArrayValue:
+    """A metadata array: its item type and length; the items when it is short."""
+
+    item_type: int
+    length: int
+    values: tuple[Any, ...] | None
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    shape: tuple[int, ...]
+    ggml_type: int
+    offset: int
+
+    @property
+    def elements(self) -> int:
+        count = 1
+        for dim in self.shape:
+            count *= dim
+        return count
+
+    @property
+    def nbytes(self) -> int | None:
+        """Bytes of data, or None for a type this reader does not know."""
+        known = GGML_TYPES.get(self.ggml_type)
+        if known is None:
+            return None
+        _, block, block_bytes = known
+        return self.elements // block * block_bytes
+
+
+@dataclass(frozen=True)
+class GGUFInfo:
+    """What a GGUF header says."""
+
+    version: int
+    metadata: Mapping[str, Any]
+    tensors: tuple[TensorInfo, ...]
+    data_offset: int
+    file_size: int
+
+    @property
+    def architecture(self) -> str | None:
+        value = self.metadata.get("general.architecture")
+        return value if isinstance(value, str) else None
+
+    def arch_value(self, key: str) -> Any:
+        """``<architecture>.<key>``, e.g. ``context_length``."""
+        return self.metadata.get(f"{self.architecture}.{key}")
+
+    @property
+    def parameter_count(self) -> int:
+        """Every tensor's elements added up (what Ollama reports as parameters)."""
+        return sum(t.elements for t in self.tensors)
+
+    @property
+    def file_type(self) -> str | None:
+        value = self.metadata.get("general.file_type")
+        if isinstance(value, int) and not isinstance(value, bool):
+            return FILE_TYPES.get(value, f"unknown ({value})")
+        return None
+
+
+def human_parameters(count: int) -> str:
+    """Parameter counts the way Ollama writes them: ``268.10M``, ``7B``, ``8.0B``."""
+    for scale, suffix, decimals in ((10**9, "B", 1), (10**6, "M", 2), (10**3, "K", 0)):
+        if count >= scale:
+            value = count / scale
+            if value == int(value):
+                return f"{int(value)}{suffix}"
+            return f"{value:.{decimals}f}{suffix}"
+    return str(count)
+
+
+class _Cursor:
+    """Sequential little-endian reads over a file, through a window of bytes."""
+
+    def __init__(self, f: IO[bytes], size: int) -> None:
+        self.f = f
+        self.size = size
+        self.buf = b""
+        self.pos = 0
+        self.base = 0
+
+    def tell(self) -> int:
+        return self.base + self.pos
+
+    def need(self, n: int) -> None:
+        if self.pos + n <= len(self.buf):
+            return
+        if self.tell() + n > self.size:
+            raise ModelFormatError(
+                f"truncated GGUF: the header runs past the end of the file ({self.size} bytes)"
+            )
+        rest = self.buf[self.pos :]
+        chunk = self.f.read(max(n - len(rest), _READ_SIZE))
+        self.base += self.pos
+        self.buf = rest + chunk
+        self.pos = 0
+        if len(self.buf) < n:
+            raise ModelFormatError("truncated GGUF: the file ended while reading its header")
+
+    def unpack(self, fmt: struct.Struct) -> Any:
+        self.need(fmt.size)
+        (value,) = fmt.unpack_from(self.buf, self.pos)
+        self.pos += fmt.size
+        return value
+
+    def skip(self, n: int) -> None:
+        if self.pos + n <= len(self.buf):
+            self.pos += n
+            return
+        target = self.tell() + n
+        if target > self.size:
+            raise ModelFormatError("truncated GGUF: an array runs past the end of the file")
+        self.f.seek(target)
+        self.base, self.buf, self.pos = target, b"", 0
+
+    def string(self) -> str:
+        length = self.unpack(_U64)
+        if length > _MAX_STRING:
+            raise ModelFormatError(f"GGUF string of {length} bytes is implausibly long")
+        self.need(length)
+        raw = self.buf[self.pos : self.pos + length]
+        self.pos += length
+        return raw.decode("utf-8", errors="replace")
+
+    def skip_strings(self, count: int) -> None:
+        unpack_from = _U64.unpack_from
+        buf, pos, end = self.buf, self.pos, len(self.buf)
+        while count:
+            # Skip every string that lies wholly inside the window in one tight loop.
+            while count and pos + 8 <= end:
+                length = unpack_from(buf, pos)[0]
+                if pos + 8 + length > end:
+                    break
+                pos += 8 + length
+                count -= 1
+            if not count:
+                break
+            self.pos = pos
+            self.need(8)
+            length = unpack_from(self.buf, self.pos)[0]
+            if length > _MAX_STRING:
+                raise ModelFormatError(f"GGUF string of {length} bytes is implausibly long")
+            self.need(8 + length)
+            buf, pos, end = self.buf, self.pos, len(self.buf)
+        self.pos = pos
+
+
+def _value(cur: _Cursor, value_type: int, depth: int = 0) -> Any:
+    fmt = _SCALARS.get(value_type)
+    if fmt is not None:
+        return cur.unpack(fmt)
+    if value_type == _STRING:
+        return cur.string()
+    if value_type == _ARRAY:
+        if depth > 3:
+            raise ModelFormatError("GGUF arrays nested too deep")
+        item_type = cur.unpack(_U32)
+        length = cur.unpack(_U64)
+        if length > cur.size:
+            raise ModelFormatError(f"GGUF array of {length} items cannot fit in the file")
+        item_fmt = _SCALARS.get(item_type)
+        if length <= KEEP_ARRAY_VALUES:
+            return ArrayValue(
+                item_type, length, tuple(_value(cur, item_type, depth + 1) for _ in range(length))
+            )
+        if item_fmt is not None:
+            cur.skip(length * item_fmt.size)
+        elif item_type == _STRING:
+            cur.skip_strings(length)
+        else:
+            for _ in range(length):
+                _value(cur, item_type, depth + 1)
+        return ArrayValue(item_type, length, None)
+    raise ModelFormatError(f"GGUF metadata has an unknown value type {value_type}")
+
+
+def read_gguf_file(f: IO[bytes], size: int | None = None) -> GGUFInfo:
+    """Read a GGUF header from an open binary file positioned at its start."""
+    if size is None:
+        size = os.fstat(f.fileno()).st_size
+    cur = _Cursor(f, size)
+    if size < 4:
+        raise ModelFormatError("not a GGUF file: it is shorter than the magic number")
+    cur.need(4)
+    magic = cur.buf[:4]
+    cur.pos = 4
+    if magic != MAGIC:
+        raise ModelFormatError(f"not a GGUF file: it starts with {magic!r}, not {MAGIC!r}")
+    version = cur.unpack(_U32)
+    if version not in (2, 3):
+        raise ModelFormatError(f"GGUF version {version} is not supported (2 and 3 are)")
+    tensor_count = cur.unpack(_U64)
+    kv_count = cur.unpack(_U64)
+    if tensor_count * 32 > size or kv_count * 12 > size:
+        raise ModelFormatError("corrupt GGUF: more entries than the file can hold")
+
+    metadata: dict[str, Any] = {}
+    for _ in range(kv_count):
+        key = cur.string()
+        metadata[key] = _value(cur, cur.unpack(_U32))
+
+    tensors = []
+    for _ in range(tensor_count):
+        name = cur.string()
+        dims = cur.unpack(_U32)
+        if dims > _MAX_DIMS:
+            raise ModelFormatError(f"corrupt GGUF: tensor {name!r} has {dims} dimensions")
+        shape = tuple(cur.unpack(_U64) for _ in range(dims))
+        tensors.append(TensorInfo(name, shape, cur.unpack(_U32), cur.unpack(_U64)))
+
+    alignment = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
+    if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
+        raise ModelFormatError(f"corrupt GGUF: general.alignment {alignment!r} is not a power of 2")
+    data_offset = -(-cur.tell() // alignment) * alignment
+    info = GGUFInfo(version, metadata, tuple(tensors), data_offset, size)
+    _check_extent(info)
+    return info
+
+
+def _check_extent(info: GGUFInfo) -> None:
+    if info.data_offset > info.file_size and info.tensors:
+        raise ModelFormatError("truncated GGUF: the file ends before its tensor data begins")
+    for tensor in info.tensors:
+        known = GGML_TYPES.get(tensor.ggml_type)
+        nbytes = 0
+        if known is not None:
+            _, block, _ = known
+            if tensor.elements % block:
+                raise ModelFormatError(
+                    f"corrupt GGUF: tensor {tensor.name!r} has {tensor.elements} elements, "
+                    f"not a multiple of its type's block of {block}"
+                )
+            nbytes = tensor.nbytes or 0
+        end = info.data_offset + tensor.offset + nbytes
+        if end > info.file_size:
+            raise ModelFormatError(
+                f"truncated GGUF: tensor {tensor.name!r} ends at byte {end}, "
+                f"but the file has only {info.file_size} bytes"
+            )
+
+
+def read_gguf(path: Path | str) -> GGUFInfo:
+    """Read the header of the GGUF file at ``path``."""
+    try:
+        with open(path, "rb") as f:
+            return read_gguf_file(f)
+    except IsADirectoryError:
+        raise ModelFormatError(f"{path} is a directory, not a GGUF file") from None
+    except OSError as exc:
+        raise ModelFormatError(f"cannot read {path}: {exc.strerror or exc}") from exc

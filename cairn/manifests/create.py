@@ -1,0 +1,245 @@
+"""``cairn create``: build a model from a Modelfile, in Ollama's format.
+
+A GGUF named by FROM is copied into the store in one pass (hashed while it
+is written) while a second thread reads its header; the blob enters the
+store only once the header has been read and every tensor found inside the
+file, so a file that is not GGUF, or is cut short, leaves nothing behind.
+The manifest is written last, so the model appears only when whole.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import platform
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from cairn.blobstore import Blob, BlobStore
+from cairn.errors import (
+    InvalidReferenceError,
+    ManifestError,
+    ModelfileError,
+    ModelFormatError,
+    ModelNotFoundError,
+)
+from cairn.gguf import MAGIC, GGUFInfo, human_parameters, read_gguf
+from cairn.manifests import mediatypes as mt
+from cairn.manifests.manifest import Descriptor, Manifest
+from cairn.manifests.models import LocalModel, Models
+from cairn.manifests.reference import parse_reference
+from cairn.modelfile import Modelfile
+
+Progress = Callable[[str], None]
+
+_ARCHITECTURES = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+@contextlib.contextmanager
+def _short_switch_interval() -> Iterator[None]:
+    """Hand the GIL over often, so the copy loop is not held up by the header parser."""
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(0.0005)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(previous)
+
+
+class _Watched:
+    """A file that stops being read as soon as ``failed`` is set."""
+
+    def __init__(self, raw: Any, failed: threading.Event, error: list[BaseException]) -> None:
+        self._raw = raw
+        self._failed = failed
+        self._error = error
+
+    def readinto(self, buffer: bytearray | memoryview) -> int | None:
+        if self._failed.is_set():
+            raise self._error[0]
+        count: int | None = self._raw.readinto(buffer)
+        return count
+
+
+def import_gguf(blobs: BlobStore, path: Path) -> tuple[Blob, GGUFInfo]:
+    """Copy a GGUF file into the store while its header is read and checked."""
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as exc:
+        raise ModelFormatError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    if magic != MAGIC:
+        raise ModelFormatError(f"{path} is not a GGUF file (it starts with {magic!r})")
+
+    info: list[GGUFInfo] = []
+    error: list[BaseException] = []
+    failed = threading.Event()
+
+    def parse() -> None:
+        try:
+            info.append(read_gguf(path))
+        except BaseException as exc:
+            error.append(exc)
+            failed.set()
+
+    parser = threading.Thread(target=parse, name="cairn-gguf-header", daemon=True)
+
+    def accept(blob: Blob) -> None:
+        parser.join()
+        if error:
+            raise error[0]
+        if blob.size != info[0].file_size:
+            raise ModelFormatError(f"{path} changed while it was being imported")
+
+    with _short_switch_interval():
+        parser.start()
+        try:
+            with open(path, "rb", buffering=0) as raw:
+                blob = blobs.put(_Watched(raw, failed, error), accept=accept)
+        finally:
+            parser.join()
+    return blob, info[0]
+
+
+def _config(info: GGUFInfo | None, base: dict[str, Any], layers: list[Descriptor]) -> bytes:
+    """The config blob Ollama writes (``ConfigV2``), with the model's facts from its GGUF."""
+    config: dict[str, Any] = {
+        key: base[key]
+        for key in ("model_format", "model_family", "model_families", "model_type", "file_type")
+        if key in base
+    }
+    if info is not None:
+        family = info.architecture or "unknown"
+        config.update(
+            model_format="gguf",
+            model_family=family,
+            model_families=[family],
+            model_type=human_parameters(info.parameter_count),
+            file_type=info.file_type or "unknown",
+        )
+    config["architecture"] = _ARCHITECTURES.get(platform.machine().lower(), platform.machine())
+    config["os"] = sys.platform if sys.platform != "linux" else "linux"
+    config["rootfs"] = {"type": "layers", "diff_ids": [str(layer.digest) for layer in layers]}
+    return json.dumps(config, separators=(",", ":")).encode()
+
+
+def _resolve_from(models: Models, value: str, base_dir: Path) -> Path | LocalModel:
+    path = Path(value).expanduser()
+    if not path.is_absolute():
+        path = base_dir / path
+    if path.is_dir():
+        raise ModelfileError(
+            f"FROM {value}: is a directory; cairn imports GGUF files and existing models"
+        )
+    if path.is_file():
+        return path
+    try:
+        return models.get(value)
+    except (InvalidReferenceError, ModelNotFoundError):
+        raise ModelfileError(f"FROM {value}: no such file, and no model of that name") from None
+
+
+def create_model(
+    models: Models,
+    name: str,
+    modelfile: Modelfile,
+    base_dir: Path | str = ".",
+    progress: Progress = _quiet,
+) -> LocalModel:
+    """Build ``name`` from ``modelfile`` (paths in it relative to ``base_dir``)."""
+    ref = parse_reference(name)
+    if ref.tag is None:
+        raise InvalidReferenceError(
+            f"cannot create {name!r}: a new model needs a tag, not a digest"
+        )
+    base_dir = Path(base_dir)
+    progress("gathering model components")
+    source = _resolve_from(models, modelfile.from_, base_dir)
+    blobs = models.blobs
+
+    def put_text(media_type: str, text: str) -> Descriptor:
+        blob = blobs.put_bytes(text.encode())
+        return Descriptor(media_type, blob.digest, blob.size)
+
+    with blobs.writing():
+        info: GGUFInfo | None = None
+        base_config: dict[str, Any] = {}
+        inherited: list[Descriptor] = []
+        base_params: dict[str, Any] = {}
+        if isinstance(source, Path):
+            progress(f"copying file {source}")
+            blob, info = import_gguf(blobs, source)
+            progress(f"parsed GGUF: {info.architecture} {human_parameters(info.parameter_count)}")
+            layers = [Descriptor(mt.OLLAMA_MODEL, blob.digest, blob.size)]
+        else:
+            progress(f"using model {source.reference.display}")
+            base_config = _read_json(blobs, source.manifest.config, dict)
+            layers = list(source.manifest.layers_of(mt.OLLAMA_MODEL))
+            layers += source.manifest.layers_of(mt.OLLAMA_PROJECTOR)
+            layers += source.manifest.layers_of(mt.OLLAMA_ADAPTER)
+            inherited = list(source.manifest.layers)
+            params_layer = source.manifest.layer_of(mt.OLLAMA_PARAMS)
+            if params_layer is not None:
+                base_params = _read_json(blobs, params_layer, dict)
+
+        if modelfile.adapter is not None:
+            adapter = Path(modelfile.adapter).expanduser()
+            adapter = adapter if adapter.is_absolute() else base_dir / adapter
+            if not adapter.is_file():
+                raise ModelfileError(f"ADAPTER {modelfile.adapter}: no such file")
+            progress(f"copying adapter {adapter}")
+            blob, _ = import_gguf(blobs, adapter)
+            layers.append(Descriptor(mt.OLLAMA_ADAPTER, blob.digest, blob.size))
+
+        def keep_or(media_type: str, text: str | None) -> None:
+            if text is not None:
+                layers.append(put_text(media_type, text))
+            else:
+                layers.extend(d for d in inherited if d.media_type == media_type)
+
+        keep_or(mt.OLLAMA_TEMPLATE, modelfile.template)
+        keep_or(mt.OLLAMA_SYSTEM, modelfile.system)
+        params = {**base_params, **modelfile.parameters}
+        if modelfile.parameters:
+            layers.append(put_text(mt.OLLAMA_PARAMS, json.dumps(params, separators=(",", ":"))))
+        else:
+            keep_or(mt.OLLAMA_PARAMS, None)
+        if modelfile.messages:
+            messages = [{"role": m.role, "content": m.content} for m in modelfile.messages]
+            layers.append(put_text(mt.OLLAMA_MESSAGES, json.dumps(messages, ensure_ascii=False)))
+        else:
+            keep_or(mt.OLLAMA_MESSAGES, None)
+        if modelfile.licenses:
+            layers.extend(put_text(mt.OLLAMA_LICENSE, text) for text in modelfile.licenses)
+        else:
+            keep_or(mt.OLLAMA_LICENSE, None)
+
+        progress("writing manifest")
+        config_blob = blobs.put_bytes(_config(info, base_config, layers))
+        manifest = Manifest.build(
+            Descriptor(mt.DOCKER_CONFIG, config_blob.digest, config_blob.size), layers
+        )
+        model = models.save(ref, manifest)
+    progress("success")
+    return model
+
+
+def _read_json(blobs: BlobStore, descriptor: Descriptor, kind: type) -> Any:
+    """A small JSON blob (config, params), checked against its digest first."""
+    blobs.check_quick(descriptor.digest)
+    with blobs.open(descriptor.digest) as f:
+        data = f.read(1 << 20)
+    try:
+        value = json.loads(data)
+    except ValueError:
+        raise ManifestError(f"blob {descriptor.digest} is not valid JSON") from None
+    if not isinstance(value, kind):
+        raise ManifestError(f"blob {descriptor.digest} is not a JSON {kind.__name__}")
+    return value

@@ -1,0 +1,244 @@
+"""Local models: a tag store over a blob store, and what users do with them.
+
+List, look up, copy (a new tag on the same manifest: no blob is copied),
+remove (and collect the blobs nothing else references), prune and verify.
+Every manifest write happens under the store's writer lock and every blob
+deletion under its collector lock, so a collection never removes a blob
+that a create or pull in another process is about to reference.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cairn import config
+from cairn.blobstore import BlobStore, Digest
+from cairn.errors import BlobNotFoundError, CairnError, ManifestError, ModelNotFoundError
+from cairn.manifests.manifest import Manifest
+from cairn.manifests.reference import Reference, parse_reference
+from cairn.manifests.tagstore import TagStore
+
+
+@dataclass(frozen=True)
+class LocalModel:
+    """A tag in the local store and the manifest it points at."""
+
+    reference: Reference
+    manifest: Manifest
+    modified: float
+    path: Path
+
+    @property
+    def id(self) -> str:
+        """The model ID: the manifest digest's first 12 hex digits, as Ollama shows it."""
+        return self.manifest.digest.short
+
+    @property
+    def size(self) -> int:
+        return self.manifest.size
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A tag that could not be read, kept for reporting."""
+
+    reference: Reference
+    error: str
+
+
+@dataclass
+class PruneReport:
+    blobs: list[Digest] = field(default_factory=list)
+    blob_bytes: int = 0
+    partials: list[Path] = field(default_factory=list)
+    partial_bytes: int = 0
+    in_use: list[Path] = field(default_factory=list)
+
+
+@dataclass
+class VerifyReport:
+    checked: int = 0
+    corrupt: list[Digest] = field(default_factory=list)
+    missing: list[tuple[Reference, Digest]] = field(default_factory=list)
+    bad_manifests: list[Problem] = field(default_factory=list)
+    repaired: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not (self.corrupt or self.missing or self.bad_manifests)
+
+
+class Models:
+    """The local model store rooted at ``root`` (``CAIRN_MODELS``)."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+        self.blobs = BlobStore(self.root)
+        self.tags = TagStore(self.root)
+
+    @classmethod
+    def from_environment(cls) -> Models:
+        return cls(config.load().models)
+
+    # -- reading -----------------------------------------------------------
+
+    def get(self, name: str | Reference) -> LocalModel:
+        ref = parse_reference(name) if isinstance(name, str) else name
+        if ref.tag is None and ref.digest is not None:
+            return self._by_digest(ref, ref.digest)
+        path, data = self.tags.read(ref)
+        try:
+            manifest = Manifest.from_bytes(data)
+        except ManifestError as exc:
+            raise ManifestError(f"the manifest of {ref.display} is damaged: {exc}") from None
+        if ref.digest is not None and manifest.digest != ref.digest:
+            raise ModelNotFoundError(
+                f"model {ref.display!r} not found (the tag has another digest)"
+            )
+        stored = self._as_stored(ref, path)
+        return LocalModel(stored, manifest, path.stat().st_mtime, path)
+
+    def _as_stored(self, ref: Reference, path: Path) -> Reference:
+        """The reference spelled as the tag's path is spelled on disk."""
+        tag_path = path.relative_to(self.tags.dir).parts
+        try:
+            return parse_reference(f"{tag_path[0]}/{tag_path[1]}/{tag_path[2]}:{tag_path[3]}")
+        except (CairnError, IndexError):
+            return ref
+
+    def _by_digest(self, ref: Reference, digest: Digest) -> LocalModel:
+        for tagged in self.tags.tags_of(ref):
+            with contextlib.suppress(CairnError, OSError):
+                model = self.get(tagged.reference)
+                if model.manifest.digest == digest:
+                    return model
+        raise ModelNotFoundError(f"model {ref.display!r} not found")
+
+    def catalog(self) -> tuple[list[LocalModel], list[Problem]]:
+        """Every readable model (newest first) and the tags that could not be read."""
+        models: list[LocalModel] = []
+        problems: list[Problem] = []
+        for tagged in self.tags:
+            try:
+                manifest = Manifest.from_bytes(tagged.path.read_bytes())
+            except (ManifestError, OSError) as exc:
+                problems.append(Problem(tagged.reference, str(exc)))
+                continue
+            models.append(LocalModel(tagged.reference, manifest, tagged.modified, tagged.path))
+        models.sort(key=lambda m: m.modified, reverse=True)
+        return models, problems
+
+    def referenced(self) -> set[Digest]:
+        """Every blob some readable manifest references."""
+        models, _ = self.catalog()
+        return {d.digest for m in models for d in m.manifest.blobs}
+
+    # -- writing -----------------------------------------------------------
+
+    def save(self, ref: Reference, manifest: Manifest) -> LocalModel:
+        """Tag ``manifest`` as ``ref``; every blob it names must be in the store.
+
+        Call inside ``self.blobs.writing()`` when the blobs were just added,
+        so no collection runs between storing them and tagging them.
+        """
+        if ref.tag is None:
+            raise ModelNotFoundError(f"{ref.display}: a model is saved under a tag, not a digest")
+        for descriptor in manifest.blobs:
+            if not self.blobs.has(descriptor.digest):
+                raise BlobNotFoundError(
+                    f"cannot save {ref.display}: blob {descriptor.digest} is not in the store"
+                )
+        path = self.tags.write(ref, manifest.to_bytes())
+        return LocalModel(self._as_stored(ref, path), manifest, path.stat().st_mtime, path)
+
+    def copy(self, source: str | Reference, destination: str | Reference) -> LocalModel:
+        """A new tag for the same manifest: no blob is copied."""
+        src = self.get(source)
+        dst = parse_reference(destination) if isinstance(destination, str) else destination
+        with self.blobs.writing():
+            return self.save(dst, src.manifest)
+
+    def remove(self, names: Iterable[str | Reference]) -> tuple[list[Reference], list[Digest]]:
+        """Remove tags; then the blobs of theirs that no remaining manifest references.
+
+        Every name is checked before anything is removed, so a typo in the
+        third name leaves the first two in place.
+        """
+        targets: list[tuple[Reference, Manifest | None]] = []
+        for name in names:
+            ref = parse_reference(name) if isinstance(name, str) else name
+            try:
+                model = self.get(ref)
+                targets.append((model.reference, model.manifest))
+            except ManifestError:  # a damaged manifest can still be removed
+                targets.append((ref, None))
+        with self.blobs.collecting():
+            candidates: set[Digest] = set()
+            removed = []
+            for ref, manifest in targets:
+                if self.tags.delete(ref):
+                    removed.append(ref)
+                    if manifest is not None:
+                        candidates.update(d.digest for d in manifest.blobs)
+            freed = sorted(candidates - self.referenced())
+            for digest in freed:
+                self.blobs.delete(digest)
+        return removed, freed
+
+    def prune(self, dry_run: bool = False) -> PruneReport:
+        """Remove blobs no manifest references and temp files no live process holds."""
+        report = PruneReport()
+        with self.blobs.collecting():
+            referenced = self.referenced()
+            for digest in self.blobs:
+                if digest not in referenced:
+                    report.blobs.append(digest)
+                    with contextlib.suppress(CairnError):
+                        report.blob_bytes += self.blobs.size(digest)
+                    if not dry_run:
+                        self.blobs.delete(digest)
+            for partial in self.blobs.partials():
+                if partial.in_use:
+                    report.in_use.append(partial.path)
+                    continue
+                report.partials.append(partial.path)
+                report.partial_bytes += partial.size
+                if not dry_run:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(partial.path)
+            if not dry_run:
+                for stamp in self.blobs.stale_stamps():
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(stamp)
+        return report
+
+    def verify(self, names: Iterable[str] = (), repair: bool = False) -> VerifyReport:
+        """Rehash the blobs of the named models (all blobs when none are named)."""
+        report = VerifyReport(repaired=repair)
+        wanted = list(names)
+        digests: dict[Digest, None] = {}
+        entries: Iterator[tuple[Reference, Manifest]]
+        if wanted:
+            entries = iter([(m.reference, m.manifest) for m in (self.get(n) for n in wanted)])
+        else:
+            models, problems = self.catalog()
+            report.bad_manifests.extend(problems)
+            entries = iter([(m.reference, m.manifest) for m in models])
+            digests.update(dict.fromkeys(self.blobs))
+        for ref, manifest in entries:
+            for descriptor in manifest.blobs:
+                if not self.blobs.has(descriptor.digest):
+                    report.missing.append((ref, descriptor.digest))
+                else:
+                    digests[descriptor.digest] = None
+        report.checked = len(digests)
+        if repair:
+            with self.blobs.collecting():
+                report.corrupt = self.blobs.check(list(digests), repair=True)
+        else:
+            report.corrupt = self.blobs.check(list(digests))
+        return report

@@ -1,0 +1,170 @@
+"""Model references: ``[scheme://][host[:port]/][namespace/]name[:tag][@sha256:<hex>]``.
+
+Ollama's defaults fill what is left out (host ``registry.ollama.ai``,
+namespace ``library``, tag ``latest``), and every part obeys the OCI
+distribution grammar as well, so a reference is always pushable and always
+a safe relative path under the store: no part can be empty, ``.`` or
+``..``, or hold ``/``, ``\\``, ``%`` or NUL.
+
+Two components are ``namespace/name``, unless the first looks like a host
+(holds a ``.`` or a ``:``, or is ``localhost``), as Docker reads them; three
+are ``host/namespace/name``. Letters may be upper or lower case; the store
+looks names up ignoring case, as Ollama does.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from cairn.blobstore.digest import Digest
+from cairn.config import DEFAULT_HOST, DEFAULT_NAMESPACE, DEFAULT_TAG
+from cairn.errors import InvalidReferenceError, StoreError
+
+MAX_LENGTH = 512
+_ALLOWED = re.compile(r"[A-Za-z0-9._:/@-]+")
+_HOST = re.compile(
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*"
+    r"(?::[0-9]{1,5})?"
+)
+# OCI path component, case-insensitively (Ollama accepts upper case).
+_COMPONENT = re.compile(r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*", re.IGNORECASE)
+_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
+_MAX_COMPONENT = 80
+_MAX_HOST = 253
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A parsed, validated model reference with defaults filled in."""
+
+    host: str
+    namespace: str
+    name: str
+    tag: str | None
+    digest: Digest | None = None
+    insecure: bool = False
+    """True when the reference was written with ``http://``."""
+
+    @classmethod
+    def parse(cls, text: str) -> Reference:
+        return parse_reference(text)
+
+    @property
+    def repository(self) -> str:
+        """``namespace/name``: the repository on the registry."""
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def tag_or_default(self) -> str:
+        return self.tag or DEFAULT_TAG
+
+    def with_tag(self, tag: str) -> Reference:
+        return Reference(self.host, self.namespace, self.name, tag, None, self.insecure)
+
+    def __str__(self) -> str:
+        text = f"{self.host}/{self.namespace}/{self.name}"
+        if self.tag is not None:
+            text += f":{self.tag}"
+        if self.digest is not None:
+            text += f"@{self.digest}"
+        return text
+
+    @property
+    def display(self) -> str:
+        """The short form ``ollama list`` shows: defaults left out, the tag kept."""
+        if self.host.casefold() != DEFAULT_HOST:
+            text = f"{self.host}/{self.namespace}/{self.name}"
+        elif self.namespace.casefold() != DEFAULT_NAMESPACE:
+            text = f"{self.namespace}/{self.name}"
+        else:
+            text = self.name
+        if self.tag is not None:
+            text += f":{self.tag}"
+        if self.digest is not None:
+            text += f"@{self.digest}"
+        return text
+
+    def same_model(self, other: Reference) -> bool:
+        """Equal but for case, as the store compares names."""
+        return str(self).casefold() == str(other).casefold()
+
+
+def _fail(text: str, why: str) -> InvalidReferenceError:
+    return InvalidReferenceError(f"invalid model name {text!r:.120}: {why}")
+
+
+def _looks_like_host(part: str) -> bool:
+    return "." in part or ":" in part or part.casefold() == "localhost"
+
+
+def parse_reference(text: str) -> Reference:
+    """Parse and validate a reference; raise :class:`InvalidReferenceError` naming the bad part."""
+    if not isinstance(text, str):
+        raise InvalidReferenceError(f"a model name must be a string, not {type(text).__name__}")
+    if not text:
+        raise _fail(text, "it is empty")
+    if len(text) > MAX_LENGTH:
+        raise _fail(text, f"longer than {MAX_LENGTH} characters")
+    insecure = False
+    rest = text
+    for scheme in ("https://", "http://"):
+        if rest.lower().startswith(scheme):
+            insecure = scheme == "http://"
+            rest = rest[len(scheme) :]
+            break
+    if not _ALLOWED.fullmatch(rest):
+        bad = next((c for c in rest if not _ALLOWED.fullmatch(c)), "")
+        raise _fail(text, f"character {bad!r} is not allowed" if bad else "it is empty")
+
+    digest: Digest | None = None
+    if "@" in rest:
+        rest, _, digest_text = rest.partition("@")
+        try:
+            digest = Digest.parse(digest_text)
+        except StoreError:
+            raise _fail(text, f"digest {digest_text!r:.80} is not sha256:<64 hex digits>") from None
+
+    tag: str | None = None
+    slash = rest.rfind("/")
+    colon = rest.rfind(":")
+    if colon > slash:
+        rest, tag = rest[:colon], rest[colon + 1 :]
+        if not _TAG.fullmatch(tag):
+            raise _fail(
+                text,
+                f"tag {tag!r} must be 1-128 letters, digits, '_', '.' or '-', "
+                "not starting with '.' or '-'",
+            )
+    if tag is None and digest is None:
+        tag = DEFAULT_TAG
+
+    parts = rest.split("/")
+    if len(parts) == 1:
+        host, namespace, name = DEFAULT_HOST, DEFAULT_NAMESPACE, parts[0]
+    elif len(parts) == 2:
+        if _looks_like_host(parts[0]):
+            host, namespace, name = parts[0], DEFAULT_NAMESPACE, parts[1]
+        else:
+            host, namespace, name = DEFAULT_HOST, parts[0], parts[1]
+    elif len(parts) == 3:
+        host, namespace, name = parts
+    else:
+        raise _fail(text, "a model name has at most three parts: host/namespace/name")
+
+    if not host or len(host) > _MAX_HOST or not _HOST.fullmatch(host):
+        raise _fail(text, f"host {host!r} is not a valid host name (with an optional :port)")
+    if ":" in host and not 0 < int(host.rpartition(":")[2]) < 65536:
+        raise _fail(text, f"host {host!r} has a port outside 1-65535")
+    for label, value in (("namespace", namespace), ("name", name)):
+        if not value:
+            raise _fail(text, f"the {label} is empty")
+        if len(value) > _MAX_COMPONENT:
+            raise _fail(text, f"the {label} is longer than {_MAX_COMPONENT} characters")
+        if not _COMPONENT.fullmatch(value):
+            raise _fail(
+                text,
+                f"{label} {value!r} must be letters and digits, separated by single '.', "
+                "'_' or '__', or by dashes",
+            )
+    return Reference(host, namespace, name, tag, digest, insecure)

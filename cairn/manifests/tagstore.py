@@ -1,0 +1,149 @@
+"""The local tag store: ``manifests/<host>/<namespace>/<name>/<tag>`` holds manifest bytes.
+
+This is Ollama's layout, so a store either one filled is readable by the
+other. Lookups ignore case, as Ollama's do; a write keeps the case of a tag
+that already exists rather than adding a second file that differs in case.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from cairn.blobstore.store import storage_error
+from cairn.errors import CairnError, ModelNotFoundError
+from cairn.manifests.reference import Reference, parse_reference
+
+
+@dataclass(frozen=True)
+class Tagged:
+    """One tag file: its reference (as spelled on disk), path and modification time."""
+
+    reference: Reference
+    path: Path
+    modified: float
+
+
+def _parts(ref: Reference) -> tuple[str, str, str, str]:
+    if ref.tag is None:
+        raise ModelNotFoundError(f"{ref.display}: a digest alone does not name a local tag")
+    return ref.host, ref.namespace, ref.name, ref.tag
+
+
+def _child(parent: Path, name: str) -> Path | None:
+    """``parent/name``, matching ``name`` without regard to case."""
+    exact = parent / name
+    if exact.exists():
+        return exact
+    folded = name.casefold()
+    try:
+        with os.scandir(parent) as entries:
+            for entry in entries:
+                if entry.name.casefold() == folded:
+                    return parent / entry.name
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return None
+
+
+class TagStore:
+    """Maps references to manifest bytes on disk."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+        self.dir = self.root / "manifests"
+        self.tmp_dir = self.root / ".cairn" / "tmp"
+
+    def find(self, ref: Reference) -> Path | None:
+        """The tag file for ``ref``, found ignoring case; None when absent."""
+        path: Path | None = self.dir
+        for part in _parts(ref):
+            assert path is not None
+            path = _child(path, part)
+            if path is None:
+                return None
+        return path if path is not None and path.is_file() else None
+
+    def read(self, ref: Reference) -> tuple[Path, bytes]:
+        path = self.find(ref)
+        if path is None:
+            raise ModelNotFoundError(f"model {ref.display!r} not found")
+        try:
+            return path, path.read_bytes()
+        except FileNotFoundError:  # removed between find and read
+            raise ModelNotFoundError(f"model {ref.display!r} not found") from None
+
+    def write(self, ref: Reference, data: bytes) -> Path:
+        """Write a tag atomically (temp file, fsync, rename)."""
+        existing = self.find(ref)
+        target = existing if existing is not None else self.dir.joinpath(*_parts(ref))
+        tmp = self.tmp_dir / f"manifest-{os.urandom(8).hex()}.partial"
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self.tmp_dir.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise storage_error(exc, f"writing the manifest of {ref.display}") from exc
+        return target
+
+    def delete(self, ref: Reference) -> bool:
+        """Remove a tag and any directories it leaves empty; False when absent."""
+        path = self.find(ref)
+        if path is None:
+            return False
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return False
+        parent = path.parent
+        for _ in range(3):
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+            parent = parent.parent
+        return True
+
+    def __iter__(self) -> Iterator[Tagged]:
+        """Every tag file whose path is a valid reference, in path order."""
+        for host in _subdirs(self.dir):
+            for namespace in _subdirs(host):
+                for name in _subdirs(namespace):
+                    for entry in _files(name):
+                        text = f"{host.name}/{namespace.name}/{name.name}:{entry.name}"
+                        try:
+                            ref = parse_reference(text)
+                        except CairnError:
+                            continue
+                        yield Tagged(ref, Path(entry.path), entry.stat().st_mtime)
+
+    def tags_of(self, ref: Reference) -> Iterator[Tagged]:
+        """Every tag of the repository ``ref`` names."""
+        for tagged in self:
+            if tagged.reference.with_tag("x").same_model(ref.with_tag("x")):
+                yield tagged
+
+
+def _subdirs(path: Path) -> list[Path]:
+    try:
+        with os.scandir(path) as entries:
+            return sorted(Path(e.path) for e in entries if e.is_dir(follow_symlinks=False))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _files(path: Path) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(path) as entries:
+            return sorted((e for e in entries if e.is_file()), key=lambda e: e.name)
+    except (FileNotFoundError, NotADirectoryError):
+        return []

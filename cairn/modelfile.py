@@ -1,0 +1,247 @@
+"""Ollama's Modelfile: parsing, typed parameters, and writing one back out.
+
+Instructions (case-insensitive): ``FROM``, ``TEMPLATE``, ``SYSTEM``,
+``PARAMETER``, ``LICENSE``, ``MESSAGE``, ``ADAPTER``. Lines starting with
+``#`` are comments. A value may be bare (to the end of the line), in
+``"double quotes"``, or in ``\"\"\"triple quotes\"\"\"`` spanning lines.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from cairn.errors import ModelfileError
+
+INSTRUCTIONS = ("from", "template", "system", "parameter", "license", "message", "adapter")
+ROLES = ("system", "user", "assistant")
+
+# Ollama's options and the type each value is stored as in the params layer.
+PARAMETER_TYPES: dict[str, type] = {
+    "num_ctx": int,
+    "num_batch": int,
+    "num_gpu": int,
+    "main_gpu": int,
+    "num_thread": int,
+    "num_keep": int,
+    "num_predict": int,
+    "seed": int,
+    "top_k": int,
+    "repeat_last_n": int,
+    "temperature": float,
+    "top_p": float,
+    "min_p": float,
+    "typical_p": float,
+    "repeat_penalty": float,
+    "presence_penalty": float,
+    "frequency_penalty": float,
+    "use_mmap": bool,
+    "numa": bool,
+    "stop": list,
+}
+
+
+@dataclass(frozen=True)
+class Command:
+    """One instruction and its value; ``line`` is where it started (1-based)."""
+
+    name: str
+    args: str
+    line: int
+
+
+@dataclass(frozen=True)
+class Message:
+    role: str
+    content: str
+
+
+@dataclass(frozen=True)
+class Modelfile:
+    commands: tuple[Command, ...] = field(default_factory=tuple)
+
+    @classmethod
+    def parse(cls, text: str) -> Modelfile:
+        return parse_modelfile(text)
+
+    def _last(self, name: str) -> str | None:
+        found = [c.args for c in self.commands if c.name == name]
+        return found[-1] if found else None
+
+    @property
+    def from_(self) -> str:
+        value = self._last("from")
+        if value is None:
+            raise ModelfileError("the Modelfile has no FROM line")
+        return value
+
+    @property
+    def template(self) -> str | None:
+        return self._last("template")
+
+    @property
+    def system(self) -> str | None:
+        return self._last("system")
+
+    @property
+    def adapter(self) -> str | None:
+        return self._last("adapter")
+
+    @property
+    def licenses(self) -> list[str]:
+        return [c.args for c in self.commands if c.name == "license"]
+
+    @property
+    def messages(self) -> list[Message]:
+        result = []
+        for command in self.commands:
+            if command.name == "message":
+                role, _, content = command.args.partition(" ")
+                result.append(Message(role.lower(), content))
+        return result
+
+    @property
+    def parameters(self) -> dict[str, Any]:
+        """The PARAMETER lines as typed values (``stop`` collects into a list)."""
+        values: dict[str, Any] = {}
+        for command in self.commands:
+            if command.name != "parameter":
+                continue
+            key, _, raw = command.args.partition(" ")
+            key = key.lower()
+            value = convert_parameter(key, _unquote(raw.strip()), command.line)
+            if key == "stop":
+                values.setdefault("stop", []).extend(value)
+            else:
+                values[key] = value
+        return values
+
+
+def convert_parameter(key: str, raw: str, line: int = 0) -> Any:
+    """A PARAMETER value as the type Ollama stores it; unknown names are errors."""
+    kind = PARAMETER_TYPES.get(key)
+    where = f"line {line}: " if line else ""
+    if kind is None:
+        raise ModelfileError(f"{where}unknown parameter {key!r}")
+    if not raw:
+        raise ModelfileError(f"{where}parameter {key!r} needs a value")
+    try:
+        if kind is list:
+            return [raw]
+        if kind is bool:
+            lowered = raw.lower()
+            if lowered not in ("true", "false"):
+                raise ValueError(raw)
+            return lowered == "true"
+        if kind is int:
+            return int(raw)
+        value = float(raw)
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError(raw)
+        return value
+    except ValueError:
+        raise ModelfileError(
+            f"{where}parameter {key!r} wants {kind.__name__}, got {raw!r:.60}"
+        ) from None
+
+
+def _unquote(value: str) -> str:
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        return value[1:-1].replace('\\"', '"').replace("\\\\", "\\")
+    return value
+
+
+def parse_modelfile(text: str) -> Modelfile:
+    """Parse a Modelfile; raise :class:`ModelfileError` naming the line at fault."""
+    if not isinstance(text, str):
+        raise ModelfileError("a Modelfile must be text")
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    lines = text.replace("\r\n", "\n").split("\n")
+    commands: list[Command] = []
+    index = 0
+    while index < len(lines):
+        number = index + 1
+        line = lines[index].strip()
+        index += 1
+        if not line or line.startswith("#"):
+            continue
+        word, _, rest = line.partition(" ")
+        if "\t" in word:
+            word, _, tail = word.partition("\t")
+            rest = f"{tail} {rest}".strip()
+        name = word.lower()
+        if name not in INSTRUCTIONS:
+            raise ModelfileError(
+                f"line {number}: unknown instruction {word!r}; "
+                f"one of {', '.join(i.upper() for i in INSTRUCTIONS)} was expected"
+            )
+        rest = rest.strip()
+        head = ""
+        if name in ("parameter", "message"):
+            head, _, rest = rest.partition(" ")
+            rest = rest.strip()
+            if not head:
+                raise ModelfileError(f"line {number}: {word.upper()} needs a name and a value")
+        if rest.startswith('"""'):
+            body = rest[3:]
+            while '"""' not in body:
+                if index >= len(lines):
+                    raise ModelfileError(f'line {number}: a """ quote is never closed')
+                body += "\n" + lines[index]
+                index += 1
+            value, _, trailing = body.partition('"""')
+            if trailing.strip():
+                raise ModelfileError(f'line {number}: text after the closing """')
+        else:
+            value = _unquote(rest)
+        if name == "message":
+            if head.lower() not in ROLES:
+                raise ModelfileError(
+                    f"line {number}: message role {head!r} must be one of {', '.join(ROLES)}"
+                )
+            value = f"{head.lower()} {value}"
+        elif name == "parameter":
+            value = f"{head} {value}"
+        elif not value and name in ("from", "adapter"):
+            raise ModelfileError(f"line {number}: {word.upper()} needs a value")
+        commands.append(Command(name, value, number))
+    modelfile = Modelfile(tuple(commands))
+    modelfile.from_  # noqa: B018 - a Modelfile without FROM is an error at once
+    modelfile.parameters  # noqa: B018 - and so is a parameter with a bad value
+    return modelfile
+
+
+def _quoted(value: str) -> str:
+    return f'"""{value}"""' if ("\n" in value or '"' in value or value != value.strip()) else value
+
+
+def render_modelfile(
+    from_: str,
+    template: str | None = None,
+    system: str | None = None,
+    parameters: dict[str, Any] | None = None,
+    licenses: list[str] | None = None,
+    messages: list[Message] | None = None,
+    adapters: list[str] | None = None,
+    header: str = "",
+) -> str:
+    """Write a Modelfile that recreates a model, as ``ollama show --modelfile`` does."""
+    out = [header] if header else []
+    out.append(f"FROM {from_}")
+    for adapter in adapters or []:
+        out.append(f"ADAPTER {adapter}")
+    if template is not None:
+        out.append(f'TEMPLATE """{template}"""')
+    if system is not None:
+        out.append(f'SYSTEM """{system}"""')
+    for key, value in (parameters or {}).items():
+        for item in value if isinstance(value, list) else [value]:
+            text = json.dumps(item) if isinstance(item, bool) else str(item)
+            out.append(f"PARAMETER {key} {_quoted(text)}")
+    for license_text in licenses or []:
+        out.append(f'LICENSE """{license_text}"""')
+    for message in messages or []:
+        out.append(f"MESSAGE {message.role} {_quoted(message.content)}")
+    return "\n".join(out) + "\n"
