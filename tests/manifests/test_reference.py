@@ -1,0 +1,119 @@
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cairn.blobstore import Digest
+from cairn.errors import CairnError, InvalidReferenceError
+from cairn.manifests.reference import parse_reference
+
+HEX = "0123456789abcdef" * 4
+
+
+@pytest.mark.parametrize(
+    ("text", "host", "namespace", "name", "tag"),
+    [
+        ("gemma3", "registry.ollama.ai", "library", "gemma3", "latest"),
+        ("gemma3:270m", "registry.ollama.ai", "library", "gemma3", "270m"),
+        ("jmorgan/llama3:8b-q4_K_M", "registry.ollama.ai", "jmorgan", "llama3", "8b-q4_K_M"),
+        ("hf.co/bartowski/Llama-3.2-1B-GGUF:Q4_K_M", "hf.co", "bartowski", "Llama-3.2-1B-GGUF", "Q4_K_M"),
+        ("localhost:5000/models/gemma3:v1", "localhost:5000", "models", "gemma3", "v1"),
+        ("localhost:5000/gemma3", "localhost:5000", "library", "gemma3", "latest"),
+        ("127.0.0.1:5000/gemma3:x", "127.0.0.1:5000", "library", "gemma3", "x"),
+        ("registry.example.com/team/qwen2.5:0.5b", "registry.example.com", "team", "qwen2.5", "0.5b"),
+        ("https://hf.co/a/b", "hf.co", "a", "b", "latest"),
+        ("a__b/c--d:_x", "registry.ollama.ai", "a__b", "c--d", "_x"),
+    ],
+)
+def test_valid_references(text: str, host: str, namespace: str, name: str, tag: str) -> None:
+    ref = parse_reference(text)
+    assert (ref.host, ref.namespace, ref.name, ref.tag) == (host, namespace, name, tag)
+    assert parse_reference(str(ref)) == ref
+    assert parse_reference(ref.display) == ref
+
+
+def test_display_leaves_out_defaults() -> None:
+    assert parse_reference("gemma3").display == "gemma3:latest"
+    assert parse_reference("registry.ollama.ai/library/gemma3:1b").display == "gemma3:1b"
+    assert parse_reference("me/gemma3:1b").display == "me/gemma3:1b"
+    assert parse_reference("hf.co/me/gemma3:1b").display == "hf.co/me/gemma3:1b"
+    assert str(parse_reference("gemma3")) == "registry.ollama.ai/library/gemma3:latest"
+
+
+def test_digest_references() -> None:
+    ref = parse_reference(f"gemma3@sha256:{HEX}")
+    assert ref.tag is None
+    assert ref.digest == Digest(HEX)
+    both = parse_reference(f"gemma3:1b@sha256:{HEX}")
+    assert both.tag == "1b" and both.digest == Digest(HEX)
+
+
+def test_http_scheme_marks_insecure() -> None:
+    assert parse_reference("http://localhost:5000/a/b").insecure
+    assert not parse_reference("localhost:5000/a/b").insecure
+
+
+def test_case_is_kept_but_compared_loosely() -> None:
+    ref = parse_reference("Gemma3:Latest")
+    assert ref.name == "Gemma3"
+    assert ref.same_model(parse_reference("gemma3:latest"))
+
+
+@pytest.mark.parametrize(
+    ("text", "part"),
+    [
+        ("", "empty"),
+        ("../../etc", "host '..'"),
+        ("..", "name"),
+        ("a/../b", "namespace"),
+        ("/etc/passwd", "host"),
+        ("gemma3/", "name"),
+        ("a\\b", "'\\\\'"),
+        ("a\x00b", "'\\x00'"),
+        ("%2e%2e/x", "'%'"),
+        ("a/%2e%2e/b", "'%'"),
+        ("gemma3:..", "tag '..'"),
+        ("gemma3:-x", "tag"),
+        ("gemma3:" + "x" * 129, "tag"),
+        ("a/b/c/d", "at most three parts"),
+        ("gemma3@sha256:abc", "digest"),
+        ("gemma3@md5:" + HEX, "digest"),
+        ("-gemma", "name '-gemma'"),
+        ("gem..ma", "name"),
+        ("host:99999/a/b", "port"),
+        ("bad_host/a/b", "host"),
+        ("x" * 600, "longer than"),
+        ("gemma 3", "' '"),
+        ("gémma", "'é'"),
+    ],
+)
+def test_invalid_references_name_the_bad_part(text: str, part: str) -> None:
+    with pytest.raises(InvalidReferenceError) as caught:
+        parse_reference(text)
+    assert part in str(caught.value)
+
+
+@given(st.text(max_size=300))
+def test_no_input_raises_anything_but_a_cairn_error(text: str) -> None:
+    try:
+        ref = parse_reference(text)
+    except CairnError:
+        return
+    # Whatever parses is a safe relative path: no empty, '.' or '..' parts.
+    parts = [ref.host, ref.namespace, ref.name, ref.tag or "latest"]
+    for part in parts:
+        assert part not in ("", ".", "..")
+        assert "/" not in part and "\\" not in part and "\x00" not in part
+
+
+@given(st.lists(st.sampled_from(["a", "B", "0", ".", "_", "-", ":", "/", "@", "%", "..", "sha256:" + HEX]), max_size=30))
+def test_reference_like_inputs(pieces: list[str]) -> None:
+    text = "".join(pieces)
+    try:
+        ref = parse_reference(text)
+    except CairnError:
+        return
+    assert parse_reference(str(ref)) == ref
+    for part in (ref.host, ref.namespace, ref.name):
+        assert not part.startswith(".") and ".." not in part
