@@ -59,8 +59,13 @@ def cairn_env(store: Path, **extra: str) -> dict[str, str]:
 def cairn(store: Path, tmp_path: Path) -> Runner:
     """Run the real ``cairn`` CLI in a subprocess against the test store."""
 
-    def run(*args: str, check: bool = True, env: dict[str, str] | None = None,
-            cwd: Path | None = None, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    def run(
+        *args: str,
+        check: bool = True,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+        input: str | None = None,
+    ) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
             [sys.executable, "-m", "cairn", *args],
             env={**cairn_env(store), **(env or {})},

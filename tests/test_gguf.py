@@ -114,7 +114,9 @@ def write_gguf_bytes() -> bytes:
         import tempfile
 
         with tempfile.TemporaryDirectory() as directory:
-            _TINY.append(write_gguf(Path(directory) / "t.gguf", {"tiny.list": ["a", "b"]}).read_bytes())
+            _TINY.append(
+                write_gguf(Path(directory) / "t.gguf", {"tiny.list": ["a", "b"]}).read_bytes()
+            )
     return _TINY[0]
 
 

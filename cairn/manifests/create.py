@@ -160,8 +160,8 @@ def create_model(
             f"cannot create {name!r}: a new model needs a tag, not a digest"
         )
     base_dir = Path(base_dir)
-    progress("gathering model components")
     source = _resolve_from(models, modelfile.from_, base_dir)
+    progress("gathering model components")
     blobs = models.blobs
 
     def put_text(media_type: str, text: str) -> Descriptor:

@@ -269,7 +269,11 @@ def test_disk_full_on_a_real_small_tmpfs(tmp_path: Path) -> None:
     """A 2 MiB tmpfs (in a private mount namespace): the big write fails, nothing is left."""
     mountpoint = tmp_path / "small"
     mountpoint.mkdir()
-    env = {**os.environ, "STORE": str(mountpoint), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env = {
+        **os.environ,
+        "STORE": str(mountpoint),
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }
     result = subprocess.run(
         ["unshare", "-rm", "bash", "-c", TMPFS_SCRIPT],
         env=env,

@@ -134,10 +134,24 @@ def _with(**changes: object) -> bytes:
         (_with(schemaVersion=1), "schemaVersion"),
         (_with(schemaVersion=True), "schemaVersion"),
         (_with(layers="x"), "layers"),
-        (_with(config={"mediaType": mt.DOCKER_CONFIG, "digest": "sha256:xyz", "size": 1}), "digest"),
-        (_with(config={"mediaType": mt.DOCKER_CONFIG, "digest": "sha256:" + "A" * 64, "size": 1}), "digest"),
-        (_with(config={"mediaType": mt.DOCKER_CONFIG, "digest": "sha256:" + A, "size": -1}), "size"),
-        (_with(config={"mediaType": mt.DOCKER_CONFIG, "digest": "sha256:" + A, "size": "1"}), "size"),
+        (
+            _with(config={"mediaType": mt.DOCKER_CONFIG, "digest": "sha256:xyz", "size": 1}),
+            "digest",
+        ),
+        (
+            _with(
+                config={"mediaType": mt.DOCKER_CONFIG, "digest": "sha256:" + "A" * 64, "size": 1}
+            ),
+            "digest",
+        ),
+        (
+            _with(config={"mediaType": mt.DOCKER_CONFIG, "digest": "sha256:" + A, "size": -1}),
+            "size",
+        ),
+        (
+            _with(config={"mediaType": mt.DOCKER_CONFIG, "digest": "sha256:" + A, "size": "1"}),
+            "size",
+        ),
         (_with(config={"mediaType": "nonsense", "digest": "sha256:" + A, "size": 1}), "mediaType"),
         (_with(mediaType=["a"]), "mediaType"),
         (_with(mediaType="application/vnd.unknown+json"), "not an image manifest"),
@@ -154,8 +168,9 @@ def test_bad_manifests(data: bytes, message: str) -> None:
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=12), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4)
+    ),
     max_leaves=20,
 )
 descriptor_like = st.fixed_dictionaries(

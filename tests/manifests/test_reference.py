@@ -17,11 +17,23 @@ HEX = "0123456789abcdef" * 4
         ("gemma3", "registry.ollama.ai", "library", "gemma3", "latest"),
         ("gemma3:270m", "registry.ollama.ai", "library", "gemma3", "270m"),
         ("jmorgan/llama3:8b-q4_K_M", "registry.ollama.ai", "jmorgan", "llama3", "8b-q4_K_M"),
-        ("hf.co/bartowski/Llama-3.2-1B-GGUF:Q4_K_M", "hf.co", "bartowski", "Llama-3.2-1B-GGUF", "Q4_K_M"),
+        (
+            "hf.co/bartowski/Llama-3.2-1B-GGUF:Q4_K_M",
+            "hf.co",
+            "bartowski",
+            "Llama-3.2-1B-GGUF",
+            "Q4_K_M",
+        ),
         ("localhost:5000/models/gemma3:v1", "localhost:5000", "models", "gemma3", "v1"),
         ("localhost:5000/gemma3", "localhost:5000", "library", "gemma3", "latest"),
         ("127.0.0.1:5000/gemma3:x", "127.0.0.1:5000", "library", "gemma3", "x"),
-        ("registry.example.com/team/qwen2.5:0.5b", "registry.example.com", "team", "qwen2.5", "0.5b"),
+        (
+            "registry.example.com/team/qwen2.5:0.5b",
+            "registry.example.com",
+            "team",
+            "qwen2.5",
+            "0.5b",
+        ),
         ("https://hf.co/a/b", "hf.co", "a", "b", "latest"),
         ("a__b/c--d:_x", "registry.ollama.ai", "a__b", "c--d", "_x"),
     ],
@@ -107,7 +119,12 @@ def test_no_input_raises_anything_but_a_cairn_error(text: str) -> None:
         assert "/" not in part and "\\" not in part and "\x00" not in part
 
 
-@given(st.lists(st.sampled_from(["a", "B", "0", ".", "_", "-", ":", "/", "@", "%", "..", "sha256:" + HEX]), max_size=30))
+@given(
+    st.lists(
+        st.sampled_from(["a", "B", "0", ".", "_", "-", ":", "/", "@", "%", "..", "sha256:" + HEX]),
+        max_size=30,
+    )
+)
 def test_reference_like_inputs(pieces: list[str]) -> None:
     text = "".join(pieces)
     try:
