@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-stamp
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -e '.[test,dev,model]'
+	$(BIN)/pip install --quiet --config-settings editable_mode=compat -e '.[test,dev,model]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -21,7 +21,7 @@ def _value(value: object) -> bytes:
         if items and isinstance(items[0], str):
             body = b"".join(_string(str(i)) for i in items)
             return struct.pack("<IIQ", 9, 8, len(items)) + body
-        body = b"".join(struct.pack("<i", int(i)) for i in items)  # type: ignore[call-overload]
+        body = b"".join(struct.pack("<i", int(str(i))) for i in items)
         return struct.pack("<IIQ", 9, 5, len(items)) + body
     code, fmt = _TYPES[type(value)]
     return struct.pack("<I", code) + struct.pack(fmt, value)

@@ -43,6 +43,7 @@ from cairn.errors import (
 )
 
 CHUNK_SIZE = 4 << 20
+SYNC_EVERY = 64 << 20
 _FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
@@ -93,6 +94,7 @@ class _Writer:
         self._thread.start()
 
     def _run(self) -> None:
+        unsynced = 0
         while True:
             with self._cond:
                 while not self._queue and not self._closed:
@@ -106,6 +108,13 @@ class _Writer:
                     while view:
                         written = os.write(self._fd, view)
                         view = view[written:]
+                        unsynced += written
+                    if unsynced >= SYNC_EVERY:
+                        # Flush as we go: the disk works while the next chunks
+                        # are hashed, the final fsync has little left to do,
+                        # and a huge blob never floods memory with dirty pages.
+                        os.fdatasync(self._fd)
+                        unsynced = 0
             except OSError as exc:
                 self.error = exc
             finally:

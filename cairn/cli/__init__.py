@@ -8,7 +8,6 @@ traceback.
 from __future__ import annotations
 
 import sys
-import traceback
 from typing import Any
 
 import click
@@ -25,6 +24,8 @@ class CairnGroup(click.Group):
             return super().invoke(ctx)
         except CairnError as exc:
             if config.load().debug:
+                import traceback
+
                 traceback.print_exc()
             message = " ".join(str(exc).split()) or type(exc).__name__
             click.echo(f"Error: {message}", err=True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,8 @@ def _emit_json(value: Any) -> None:
 
 
 def _iso(timestamp: float) -> str:
+    from datetime import UTC, datetime
+
     return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
 
 

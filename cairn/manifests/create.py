@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import platform
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -124,6 +123,8 @@ def _config(info: GGUFInfo | None, base: dict[str, Any], layers: list[Descriptor
             model_type=human_parameters(info.parameter_count),
             file_type=info.file_type or "unknown",
         )
+    import platform
+
     config["architecture"] = _ARCHITECTURES.get(platform.machine().lower(), platform.machine())
     config["os"] = sys.platform if sys.platform != "linux" else "linux"
     config["rootfs"] = {"type": "layers", "diff_ids": [str(layer.digest) for layer in layers]}

@@ -236,7 +236,7 @@ def test_disk_full_write_fails_cleanly(store: Path, monkeypatch: pytest.MonkeyPa
         written += len(data)
         return real_write(fd, data)
 
-    monkeypatch.setattr(store_module.os, "write", filling_write)
+    monkeypatch.setattr(os, "write", filling_write)
     with pytest.raises(StorageFullError):
         blobs.put(io.BytesIO(os.urandom(20 << 20)))
     monkeypatch.undo()

@@ -134,7 +134,8 @@ def test_create_from_existing_model_inherits_and_overrides(
 ) -> None:
     modelfile(
         tmp_path,
-        f"FROM {tiny_gguf}\nSYSTEM one\nPARAMETER temperature 0.5\nPARAMETER top_k 3\nLICENSE MIT\n",
+        f"FROM {tiny_gguf}\nSYSTEM one\nPARAMETER temperature 0.5\n"
+        "PARAMETER top_k 3\nLICENSE MIT\n",
     )
     cairn("create", "base")
     modelfile(tmp_path, "FROM base\nSYSTEM two\nPARAMETER temperature 0.9\n", "Child")
