@@ -130,7 +130,9 @@ def bench_cp_and_list(work: Path, runs: int) -> dict[str, float]:
     existing, _ = models.catalog()
     source = models.get("small")
     for i in range(1000 - len(existing)):
-        models.tags.write(models.get("small").reference.with_tag(f"t{i}"), source.manifest.to_bytes())
+        models.tags.write(
+            models.get("small").reference.with_tag(f"t{i}"), source.manifest.to_bytes()
+        )
     count = len(models.catalog()[0])
     listing = median_of(runs, lambda: None, lambda: timed([*CAIRN, "list"], env))
     return {
@@ -151,7 +153,11 @@ def main() -> None:
         results = {**bench_create(work, args.runs), **bench_cp_and_list(work, args.runs)}
     width = max(len(k) for k in results)
     for key, value in results.items():
-        print(f"{key.ljust(width)}  {value:.3f}" if isinstance(value, float) else f"{key.ljust(width)}  {value}")
+        print(
+            f"{key.ljust(width)}  {value:.3f}"
+            if isinstance(value, float)
+            else f"{key.ljust(width)}  {value}"
+        )
     out = REPO / "bench" / "results"
     out.mkdir(exist_ok=True)
     (out / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
