@@ -311,7 +311,7 @@ class BlobStore:
 
     def delete(self, digest: Digest) -> bool:
         """Remove a blob; False when it was not there."""
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):
             os.unlink(self.verified_dir / digest.hex)
         try:
             os.unlink(self.path(digest))
@@ -338,7 +338,7 @@ class BlobStore:
         if ok:
             self._stamp(digest)
         else:
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):
                 os.unlink(self.verified_dir / digest.hex)
         return ok
 

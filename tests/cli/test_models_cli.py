@@ -522,3 +522,42 @@ def test_completion_offers_model_names(
         env={"_CAIRN_COMPLETE": "bash_complete", "COMP_WORDS": "cairn show ti", "COMP_CWORD": "2"},
     )
     assert "tiny:abc" in result.stdout
+
+
+CREATE_ON_FULL_DISK = r"""
+set -e
+mount -t tmpfs -o size=2m tmpfs "$CAIRN_MODELS"
+status=0
+python -m cairn create big -f "$MODELFILE" 2>err.txt || status=$?
+echo "status: $status"
+echo "stderr: $(tail -n 1 err.txt)"
+echo "blobs: $(ls "$CAIRN_MODELS/blobs" | wc -l)"
+echo "tmp: $(ls "$CAIRN_MODELS/.cairn/tmp" | wc -l)"
+echo "manifests: $(ls "$CAIRN_MODELS" | grep -c manifests || true)"
+"""
+
+
+def test_create_on_a_full_disk(store: Path, tmp_path: Path) -> None:
+    """`cairn create` of a 4 MiB model into a store on a real 2 MiB tmpfs."""
+    gguf = write_gguf(tmp_path / "four.gguf", tensors=[("w", (1024, 1024))], fill=b"\x01\x02")
+    path = modelfile(tmp_path, f"FROM {gguf}\n")
+    env = {
+        **cairn_env(store),
+        "MODELFILE": str(path),
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }
+    result = subprocess.run(
+        ["unshare", "-rm", "bash", "-c", CREATE_ON_FULL_DISK],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = dict(line.split(": ", 1) for line in result.stdout.splitlines())
+    assert lines["status"] == "1"
+    assert lines["stderr"].startswith("Error: no space left on device")
+    assert lines["blobs"] == "0"  # nothing half-written in blobs/
+    assert lines["tmp"] == "0"
+    assert lines["manifests"] == "0"
