@@ -174,11 +174,7 @@ class BlobStore:
             raise BlobNotFoundError(f"blob {digest} is not in the store") from None
 
     def __iter__(self) -> Iterator[Digest]:
-        try:
-            names = os.listdir(self.blobs_dir)
-        except FileNotFoundError:
-            return
-        for name in sorted(names):
+        for name in _names(self.blobs_dir):
             if name.startswith("sha256-") and len(name) == 71:
                 try:
                     yield Digest.parse(name)
@@ -392,11 +388,7 @@ class BlobStore:
 
     def partials(self) -> Iterator[Partial]:
         """The temp files under ``.cairn/tmp``, each marked in use or stale."""
-        try:
-            names = sorted(os.listdir(self.tmp_dir))
-        except FileNotFoundError:
-            return
-        for name in names:
+        for name in _names(self.tmp_dir):
             path = self.tmp_dir / name
             try:
                 fd = os.open(path, os.O_RDONLY)
@@ -417,11 +409,7 @@ class BlobStore:
 
     def stale_stamps(self) -> Iterator[Path]:
         """Verification stamps whose blob is gone."""
-        try:
-            names = sorted(os.listdir(self.verified_dir))
-        except FileNotFoundError:
-            return
-        for name in names:
+        for name in _names(self.verified_dir):
             if not (self.blobs_dir / f"sha256-{name}").exists():
                 yield self.verified_dir / name
 
@@ -459,6 +447,14 @@ class BlobStore:
             yield
         finally:
             os.close(fd)
+
+
+def _names(directory: Path) -> list[str]:
+    """The sorted names in a directory; none when it does not exist yet."""
+    try:
+        return sorted(os.listdir(directory))
+    except FileNotFoundError:
+        return []
 
 
 def _fsync_dir(path: Path) -> None:

@@ -105,6 +105,24 @@ def _canonical(obj: dict[str, Any]) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+def _envelope(
+    media_type: str | None,
+    artifact_type: str | None,
+    body: dict[str, Any],
+    annotations: Mapping[str, str],
+) -> dict[str, Any]:
+    """A manifest or index as JSON, its fields in the spec's order."""
+    obj: dict[str, Any] = {"schemaVersion": 2}
+    if media_type is not None:
+        obj["mediaType"] = media_type
+    if artifact_type is not None:
+        obj["artifactType"] = artifact_type
+    obj.update(body)
+    if annotations:
+        obj["annotations"] = dict(annotations)
+    return obj
+
+
 def _load(data: bytes) -> dict[str, Any]:
     if not isinstance(data, bytes | bytearray | memoryview):
         raise ManifestError("a manifest must be bytes")
@@ -182,18 +200,13 @@ class Manifest:
         return parsed
 
     def to_json(self) -> dict[str, Any]:
-        obj: dict[str, Any] = {"schemaVersion": 2}
-        if self.media_type is not None:
-            obj["mediaType"] = self.media_type
-        if self.artifact_type is not None:
-            obj["artifactType"] = self.artifact_type
-        obj["config"] = self.config.to_json()
-        obj["layers"] = [layer.to_json() for layer in self.layers]
+        body: dict[str, Any] = {
+            "config": self.config.to_json(),
+            "layers": [layer.to_json() for layer in self.layers],
+        }
         if self.subject is not None:
-            obj["subject"] = self.subject.to_json()
-        if self.annotations:
-            obj["annotations"] = dict(self.annotations)
-        return obj
+            body["subject"] = self.subject.to_json()
+        return _envelope(self.media_type, self.artifact_type, body, self.annotations)
 
     def to_bytes(self) -> bytes:
         """The exact bytes: as received, or canonical for a built manifest."""
@@ -263,15 +276,8 @@ class Index:
         return parsed
 
     def to_json(self) -> dict[str, Any]:
-        obj: dict[str, Any] = {"schemaVersion": 2}
-        if self.media_type is not None:
-            obj["mediaType"] = self.media_type
-        if self.artifact_type is not None:
-            obj["artifactType"] = self.artifact_type
-        obj["manifests"] = [entry.to_json() for entry in self.manifests]
-        if self.annotations:
-            obj["annotations"] = dict(self.annotations)
-        return obj
+        body = {"manifests": [entry.to_json() for entry in self.manifests]}
+        return _envelope(self.media_type, self.artifact_type, body, self.annotations)
 
     def to_bytes(self) -> bytes:
         return self.raw or _canonical(self.to_json())

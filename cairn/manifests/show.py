@@ -142,11 +142,10 @@ def show_model(models: Models, name: str) -> ModelDetails:
     gguf = None
     if weights is not None:
         models.blobs.check_quick(weights.digest)
-        with models.blobs.open(weights.digest) as f:
-            # The blob's digest was just checked: weights that are not GGUF
-            # are another format, not damage, so show what the config says.
-            with contextlib.suppress(ModelFormatError):
-                gguf = read_gguf_file(f)
+        # The blob's digest was just checked: weights that are not GGUF are
+        # another format, not damage, so show what the config says.
+        with models.blobs.open(weights.digest) as f, contextlib.suppress(ModelFormatError):
+            gguf = read_gguf_file(f)
 
     messages = [
         Message(str(m.get("role", "")), str(m.get("content", "")))
