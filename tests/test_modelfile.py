@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+import contextlib
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from cairn.errors import ModelfileError
 from cairn.modelfile import Message, parse_modelfile, render_modelfile
@@ -84,3 +88,40 @@ def test_crlf_and_case_insensitive_instructions() -> None:
     mf = parse_modelfile("from a.gguf\r\nSyStEm hello\r\n")
     assert mf.from_ == "a.gguf"
     assert mf.system == "hello"
+
+
+@given(st.text(max_size=400))
+def test_any_text_raises_only_modelfile_errors(text: str) -> None:
+    with contextlib.suppress(ModelfileError):
+        parse_modelfile(text)
+
+
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                "FROM x",
+                "PARAMETER",
+                " stop",
+                " temperature",
+                " 1",
+                '"""',
+                '"',
+                "\n",
+                "MESSAGE",
+                " user",
+                " robot",
+                "SYSTEM",
+                "# c",
+                "\t",
+                "LICENSE",
+                "x",
+            ]
+        ),
+        max_size=25,
+    )
+)
+def test_modelfile_like_text_raises_only_modelfile_errors(pieces: list[str]) -> None:
+    with contextlib.suppress(ModelfileError):
+        modelfile = parse_modelfile("".join(pieces))
+        assert modelfile.from_

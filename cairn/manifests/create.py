@@ -126,7 +126,7 @@ def _config(info: GGUFInfo | None, base: dict[str, Any], layers: list[Descriptor
     import platform
 
     config["architecture"] = _ARCHITECTURES.get(platform.machine().lower(), platform.machine())
-    config["os"] = sys.platform if sys.platform != "linux" else "linux"
+    config["os"] = sys.platform
     config["rootfs"] = {"type": "layers", "diff_ids": [str(layer.digest) for layer in layers]}
     return json.dumps(config, separators=(",", ":")).encode()
 

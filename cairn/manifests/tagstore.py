@@ -128,8 +128,10 @@ class TagStore:
 
     def tags_of(self, ref: Reference) -> Iterator[Tagged]:
         """Every tag of the repository ``ref`` names."""
+        wanted = (ref.host.casefold(), ref.namespace.casefold(), ref.name.casefold())
         for tagged in self:
-            if tagged.reference.with_tag("x").same_model(ref.with_tag("x")):
+            found = tagged.reference
+            if (found.host.casefold(), found.namespace.casefold(), found.name.casefold()) == wanted:
                 yield tagged
 
 
