@@ -209,13 +209,8 @@ class BlobStore:
             self._ensure_dirs()
         except OSError as exc:
             raise storage_error(exc, f"creating the store at {self.root}") from exc
-        tmp = self.tmp_dir / f"{expected.hex if expected else 'new'}-{os.urandom(8).hex()}.partial"
+        tmp, fd = self._new_partial(expected)
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except OSError as exc:
-            raise storage_error(exc, f"creating {tmp}") from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
             digest, size = self._copy_hashing(source, fd)
             if expected_size is not None and size != expected_size:
                 raise SizeMismatchError(
@@ -238,6 +233,31 @@ class BlobStore:
         finally:
             os.close(fd)
         return Blob(digest, size)
+
+    def _new_partial(self, expected: Digest | None) -> tuple[Path, int]:
+        """A fresh temp file, flock'ed, that ``prune`` did not take in the meantime.
+
+        Between creating a file and locking it, ``prune`` could find it
+        unlocked and delete it; a file whose name no longer leads to it is
+        dropped and another one made.
+        """
+        for _ in range(5):
+            tmp = (
+                self.tmp_dir
+                / f"{expected.hex if expected else 'new'}-{os.urandom(8).hex()}.partial"
+            )
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except OSError as exc:
+                raise storage_error(exc, f"creating {tmp}") from exc
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                if os.stat(tmp).st_ino == os.fstat(fd).st_ino:
+                    return tmp, fd
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+        raise StoreError(f"temp files in {self.tmp_dir} keep disappearing")
 
     def put_file(
         self,
