@@ -22,6 +22,7 @@ import errno
 import fcntl
 import hashlib
 import io
+import mmap
 import os
 import stat
 import threading
@@ -29,7 +30,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from cairn.blobstore.digest import Digest
 from cairn.errors import (
@@ -45,6 +46,7 @@ from cairn.errors import (
 CHUNK_SIZE = 4 << 20
 SYNC_EVERY = 64 << 20
 _FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+_NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF}
 
 
 class Readable(Protocol):
@@ -205,13 +207,25 @@ class BlobStore:
         (:class:`SizeMismatchError`). ``accept`` is called with the blob
         before it enters the store: whatever it raises, nothing is kept.
         """
+        return self._write(
+            lambda fd: self._copy_hashing(source, fd), expected, expected_size, accept
+        )
+
+    def _write(
+        self,
+        fill: Callable[[int], tuple[Digest, int]],
+        expected: Digest | None,
+        expected_size: int | None,
+        accept: Callable[[Blob], None] | None,
+    ) -> Blob:
+        """Make a temp file, let ``fill`` write and hash it, check, fsync and commit."""
         try:
             self._ensure_dirs()
         except OSError as exc:
             raise storage_error(exc, f"creating the store at {self.root}") from exc
         tmp, fd = self._new_partial(expected)
         try:
-            digest, size = self._copy_hashing(source, fd)
+            digest, size = fill(fd)
             if expected_size is not None and size != expected_size:
                 raise SizeMismatchError(
                     f"blob {expected or digest}: got {size} bytes, expected {expected_size}"
@@ -247,7 +261,7 @@ class BlobStore:
                 / f"{expected.hex if expected else 'new'}-{os.urandom(8).hex()}.partial"
             )
             try:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
             except OSError as exc:
                 raise storage_error(exc, f"creating {tmp}") from exc
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -264,14 +278,31 @@ class BlobStore:
         path: Path | str,
         expected: Digest | None = None,
         accept: Callable[[Blob], None] | None = None,
+        interrupt: Callable[[], None] = lambda: None,
     ) -> Blob:
-        """Copy a local file into the store while hashing it (never a hard link)."""
+        """Copy a local file into the store while hashing it (never a hard link).
+
+        The kernel copies (``copy_file_range``: no bytes through Python, a
+        reflink where the filesystem offers one) while this thread hashes
+        what has landed in the temp file, so the digest is always that of
+        the stored bytes, even if the user's file changes meanwhile.
+        ``interrupt`` is called between chunks; what it raises aborts.
+        """
         try:
             source = open(path, "rb", buffering=0)  # noqa: SIM115 - closed below
         except OSError as exc:
             raise StoreError(f"cannot read {path}: {exc.strerror or exc}") from exc
         with source:
-            return self.put(source, expected, accept=accept)
+            try:
+                return self._write(
+                    lambda fd: _kernel_copy_hashing(source.fileno(), fd, interrupt),
+                    expected,
+                    None,
+                    accept,
+                )
+            except _NoKernelCopy:
+                source.seek(0)
+                return self.put(_Interrupted(source, interrupt), expected, accept=accept)
 
     def put_bytes(self, data: bytes) -> Blob:
         """Store a small blob held in memory (a template, a config)."""
@@ -467,6 +498,86 @@ class BlobStore:
             yield
         finally:
             os.close(fd)
+
+
+class _NoKernelCopy(Exception):
+    """``copy_file_range`` cannot copy between these files: stream instead."""
+
+
+class _Interrupted:
+    """A stream that calls ``interrupt`` before each read."""
+
+    def __init__(self, raw: BinaryIO, interrupt: Callable[[], None]) -> None:
+        self._raw = raw
+        self._interrupt = interrupt
+
+    def readinto(self, buffer: bytearray | memoryview) -> int | None:
+        self._interrupt()
+        return self._raw.readinto(buffer)  # type: ignore[attr-defined, no-any-return]
+
+
+def _kernel_copy_hashing(source: int, fd: int, interrupt: Callable[[], None]) -> tuple[Digest, int]:
+    """Copy ``source`` into ``fd`` on a thread with ``copy_file_range``; hash ``fd`` meanwhile.
+
+    The copier flushes every ``SYNC_EVERY`` bytes like the stream writer.
+    The hash is taken from the temp file itself (an mmap of the landed
+    range), so it is the digest of exactly the bytes that will be stored.
+    """
+    cond = threading.Condition()
+    state: dict[str, Any] = {"copied": 0, "done": False, "stop": False, "error": None}
+
+    def copy() -> None:
+        offset = unsynced = 0
+        try:
+            while not state["stop"]:
+                count = os.copy_file_range(source, fd, CHUNK_SIZE * 2, offset, offset)
+                if not count:
+                    break
+                offset += count
+                unsynced += count
+                with cond:
+                    state["copied"] = offset
+                    cond.notify_all()
+                if unsynced >= SYNC_EVERY:
+                    os.fdatasync(fd)
+                    unsynced = 0
+        except OSError as exc:
+            state["error"] = exc
+        finally:
+            with cond:
+                state["done"] = True
+                cond.notify_all()
+
+    hasher = hashlib.sha256()
+    copier = threading.Thread(target=copy, name="cairn-blob-copier", daemon=True)
+    copier.start()
+    hashed = 0
+    try:
+        while True:
+            interrupt()
+            with cond:
+                while state["copied"] == hashed and not state["done"]:
+                    cond.wait()
+                copied = state["copied"]
+            if copied == hashed:
+                break
+            start = hashed - hashed % mmap.ALLOCATIONGRANULARITY
+            with (
+                mmap.mmap(fd, copied - start, offset=start, access=mmap.ACCESS_READ) as region,
+                memoryview(region) as view,
+                view[hashed - start :] as landed,
+            ):
+                hasher.update(landed)
+            hashed = copied
+    finally:
+        state["stop"] = True  # only matters when interrupt() raised
+        copier.join()
+    error: OSError | None = state["error"]
+    if error is not None:
+        if hashed == 0 and error.errno in _NO_KERNEL_COPY:
+            raise _NoKernelCopy() from error
+        raise storage_error(error, "copying a file into the store") from error
+    return Digest(hasher.hexdigest()), hashed
 
 
 def _names(directory: Path) -> list[str]:

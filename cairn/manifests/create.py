@@ -52,21 +52,6 @@ def _short_switch_interval() -> Iterator[None]:
         sys.setswitchinterval(previous)
 
 
-class _Watched:
-    """A file that stops being read as soon as ``failed`` is set."""
-
-    def __init__(self, raw: Any, failed: threading.Event, error: list[BaseException]) -> None:
-        self._raw = raw
-        self._failed = failed
-        self._error = error
-
-    def readinto(self, buffer: bytearray | memoryview) -> int | None:
-        if self._failed.is_set():
-            raise self._error[0]
-        count: int | None = self._raw.readinto(buffer)
-        return count
-
-
 def import_gguf(blobs: BlobStore, path: Path) -> tuple[Blob, GGUFInfo]:
     """Copy a GGUF file into the store while its header is read and checked."""
     try:
@@ -97,11 +82,14 @@ def import_gguf(blobs: BlobStore, path: Path) -> tuple[Blob, GGUFInfo]:
         if blob.size != info[0].file_size:
             raise ModelFormatError(f"{path} changed while it was being imported")
 
+    def interrupt() -> None:
+        if failed.is_set():  # a bad header stops the copy at once
+            raise error[0]
+
     with _short_switch_interval():
         parser.start()
         try:
-            with open(path, "rb", buffering=0) as raw:
-                blob = blobs.put(_Watched(raw, failed, error), accept=accept)
+            blob = blobs.put_file(path, accept=accept, interrupt=interrupt)
         finally:
             parser.join()
     return blob, info[0]

@@ -287,3 +287,46 @@ def test_disk_full_on_a_real_small_tmpfs(tmp_path: Path) -> None:
     assert lines[1] == "blobs: ['sha256-" + hashlib.sha256(b"fits").hexdigest() + "']"
     assert lines[2] == "tmp: []"
     assert lines[3] == "ok: True"
+
+
+def test_put_file_large_file_by_kernel_copy(store: Path, tmp_path: Path) -> None:
+    data = os.urandom(5 * store_module.CHUNK_SIZE + 12345)
+    source = tmp_path / "big.bin"
+    source.write_bytes(data)
+    blob = BlobStore(store).put_file(source, expected=digest_of(data))
+    assert blob.size == len(data)
+    assert BlobStore(store).path(blob.digest).read_bytes() == data
+    assert leftovers(store) == [blob.digest.filename]
+
+
+def test_put_file_falls_back_to_streaming(
+    store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where copy_file_range cannot copy (EXDEV, ENOSYS...), the bytes are streamed."""
+
+    def no_kernel_copy(*args: object) -> int:
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "copy_file_range", no_kernel_copy)
+    data = os.urandom(9 << 20)
+    source = tmp_path / "f.bin"
+    source.write_bytes(data)
+    blob = BlobStore(store).put_file(source)
+    assert blob.digest == digest_of(data)
+    assert leftovers(store) == [blob.digest.filename]
+
+
+def test_put_file_interrupt_aborts_and_leaves_nothing(store: Path, tmp_path: Path) -> None:
+    source = tmp_path / "f.bin"
+    source.write_bytes(os.urandom(30 << 20))
+    calls = 0
+
+    def interrupt() -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise CorruptBlobError("stop here")
+
+    with pytest.raises(CorruptBlobError):
+        BlobStore(store).put_file(source, interrupt=interrupt)
+    assert leftovers(store) == []
