@@ -95,3 +95,20 @@ GEMMA_TEMPLATE = (
     "<start_of_turn>user\n{{ if .System }}{{ .System }}\n\n{{ end }}{{ .Prompt }}<end_of_turn>\n"
     "<start_of_turn>model\n"
 )
+
+
+def in_private_mount_namespace(
+    script: str, env: dict[str, str], cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run a bash script as root of a private user and mount namespace (for a small tmpfs).
+
+    The venv's python comes first on PATH, so the script's ``python`` is this one.
+    """
+    return subprocess.run(
+        ["unshare", "-rm", "bash", "-c", script],
+        env={**env, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )

@@ -6,8 +6,6 @@ import io
 import multiprocessing
 import os
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,6 +20,7 @@ from cairn.errors import (
     SizeMismatchError,
     StorageFullError,
 )
+from tests.conftest import in_private_mount_namespace
 
 
 def digest_of(data: bytes) -> Digest:
@@ -269,18 +268,7 @@ def test_disk_full_on_a_real_small_tmpfs(tmp_path: Path) -> None:
     """A 2 MiB tmpfs (in a private mount namespace): the big write fails, nothing is left."""
     mountpoint = tmp_path / "small"
     mountpoint.mkdir()
-    env = {
-        **os.environ,
-        "STORE": str(mountpoint),
-        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-    }
-    result = subprocess.run(
-        ["unshare", "-rm", "bash", "-c", TMPFS_SCRIPT],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = in_private_mount_namespace(TMPFS_SCRIPT, {**os.environ, "STORE": str(mountpoint)})
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].startswith("full: no space left on device")

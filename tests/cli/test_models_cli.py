@@ -17,6 +17,7 @@ from tests.conftest import (
     GEMMA_TEMPLATE,
     Runner,
     cairn_env,
+    in_private_mount_namespace,
     modelfile,
 )
 from tests.ggufmaker import write_gguf
@@ -541,19 +542,8 @@ def test_create_on_a_full_disk(store: Path, tmp_path: Path) -> None:
     """`cairn create` of a 4 MiB model into a store on a real 2 MiB tmpfs."""
     gguf = write_gguf(tmp_path / "four.gguf", tensors=[("w", (1024, 1024))], fill=b"\x01\x02")
     path = modelfile(tmp_path, f"FROM {gguf}\n")
-    env = {
-        **cairn_env(store),
-        "MODELFILE": str(path),
-        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-    }
-    result = subprocess.run(
-        ["unshare", "-rm", "bash", "-c", CREATE_ON_FULL_DISK],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    env = {**cairn_env(store), "MODELFILE": str(path)}
+    result = in_private_mount_namespace(CREATE_ON_FULL_DISK, env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     lines = dict(line.split(": ", 1) for line in result.stdout.splitlines())
     assert lines["status"] == "1"
