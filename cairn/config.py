@@ -24,6 +24,12 @@ class Settings:
     """``CAIRN_MODELS``: the store root (default ``~/.cairn/models``)."""
     debug: bool
     """``CAIRN_DEBUG``: show tracebacks with errors."""
+    home: Path
+    """``CAIRN_HOME``: credentials and keys (default ``~/.cairn``)."""
+    ca_bundle: Path | None
+    """``CAIRN_CA_BUNDLE`` (else ``SSL_CERT_FILE``): the CAs to trust for TLS."""
+    docker_config: Path
+    """``DOCKER_CONFIG``/config.json: Docker's credentials, read as a fallback."""
 
 
 def _truthy(value: str | None) -> bool:
@@ -33,7 +39,13 @@ def _truthy(value: str | None) -> bool:
 def load(environ: Mapping[str, str] | None = None) -> Settings:
     env = os.environ if environ is None else environ
     models = env.get("CAIRN_MODELS") or str(Path("~/.cairn/models"))
+    home = Path(env.get("CAIRN_HOME") or "~/.cairn").expanduser()
+    ca_bundle = env.get("CAIRN_CA_BUNDLE") or env.get("SSL_CERT_FILE")
+    docker = Path(env.get("DOCKER_CONFIG") or "~/.docker").expanduser() / "config.json"
     return Settings(
         models=Path(models).expanduser(),
         debug=_truthy(env.get("CAIRN_DEBUG")),
+        home=home,
+        ca_bundle=Path(ca_bundle).expanduser() if ca_bundle else None,
+        docker_config=docker,
     )

@@ -10,6 +10,10 @@ errors; only the CLI catches them, prints ``Error: <message>`` and exits 1.
     ├── ManifestError               a manifest that is not valid JSON or breaks the spec
     ├── ModelfileError              a Modelfile that cannot be understood
     ├── ModelFormatError            a model file that is not what it claims (not GGUF, truncated)
+    ├── RegistryError               a registry answered with an error or broke the protocol
+    │   ├── AuthenticationError     credentials missing or refused (401/403)
+    │   ├── RemoteNotFoundError     the registry has no such repository, tag or blob (404)
+    │   └── TransferError           the connection failed, or retries ran out
     └── StoreError                  the blob store cannot do what was asked
         ├── InvalidDigestError      a digest string with the wrong syntax
         ├── BlobNotFoundError       no blob with that digest
@@ -49,6 +53,26 @@ class ModelfileError(CairnError):
 
 class ModelFormatError(CairnError):
     """A model file that is not of the format it must be, or is cut short."""
+
+
+class RegistryError(CairnError):
+    """A registry answered with an error, or broke the Distribution protocol."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class AuthenticationError(RegistryError):
+    """Credentials are missing or were refused."""
+
+
+class RemoteNotFoundError(RegistryError):
+    """The registry has no such repository, manifest or blob."""
+
+
+class TransferError(RegistryError):
+    """A connection failed, stalled or kept failing after every retry."""
 
 
 class StoreError(CairnError):

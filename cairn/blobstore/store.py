@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from cairn.blobstore.digest import Digest
 from cairn.errors import (
@@ -42,6 +42,9 @@ from cairn.errors import (
     StoreBusyError,
     StoreError,
 )
+
+if TYPE_CHECKING:
+    from cairn.blobstore.partial import PartialBlob
 
 CHUNK_SIZE = 4 << 20
 SYNC_EVERY = 64 << 20
@@ -239,7 +242,7 @@ class BlobStore:
                 os.fchmod(fd, 0o444)
             except OSError as exc:
                 raise storage_error(exc, f"writing blob {digest}") from exc
-            self._commit(tmp, digest, size)
+            self.link_in(tmp, digest, size)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
@@ -335,7 +338,8 @@ class BlobStore:
             writer.close()
         return Digest(hasher.hexdigest()), size
 
-    def _commit(self, tmp: Path, digest: Digest, size: int) -> None:
+    def link_in(self, tmp: Path, digest: Digest, size: int) -> None:
+        """Move a verified, fsynced temp file into ``blobs/`` (a link; the first one wins)."""
         final = self.path(digest)
         try:
             try:
@@ -440,6 +444,8 @@ class BlobStore:
     def partials(self) -> Iterator[Partial]:
         """The temp files under ``.cairn/tmp``, each marked in use or stale."""
         for name in _names(self.tmp_dir):
+            if not name.endswith(".partial"):
+                continue  # a download's record goes with its .partial
             path = self.tmp_dir / name
             try:
                 fd = os.open(path, os.O_RDONLY)
@@ -457,6 +463,18 @@ class BlobStore:
                 yield Partial(path, st.st_size, in_use)
             finally:
                 os.close(fd)
+
+    def partial(self, digest: Digest, size: int, parts: int = 1) -> PartialBlob:
+        """A resumable download of a blob of known digest and size (see ``partial.py``)."""
+        from cairn.blobstore.partial import PartialBlob
+
+        return PartialBlob(self, digest, size, parts)
+
+    def stale_records(self) -> Iterator[Path]:
+        """Download records (``.partial.json``) whose ``.partial`` is gone."""
+        for name in _names(self.tmp_dir):
+            if name.endswith(".partial.json") and not (self.tmp_dir / name[:-5]).exists():
+                yield self.tmp_dir / name
 
     def stale_stamps(self) -> Iterator[Path]:
         """Verification stamps whose blob is gone."""

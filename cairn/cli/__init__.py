@@ -46,9 +46,9 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from cairn.cli import completion, models
+    from cairn.cli import completion, models, registry
 
-    for command in (*models.COMMANDS, completion.completion):
+    for command in (*models.COMMANDS, *registry.COMMANDS, completion.completion):
         cli.add_command(command)
     cli.add_command(models.list_models, "ls")
 

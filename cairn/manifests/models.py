@@ -208,10 +208,11 @@ class Models:
                 report.partials.append(partial.path)
                 report.partial_bytes += partial.size
                 if not dry_run:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(partial.path)
+                    for path in (partial.path, partial.path.with_name(partial.path.name + ".json")):
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(path)
             if not dry_run:
-                for stamp in self.blobs.stale_stamps():
+                for stamp in (*self.blobs.stale_stamps(), *self.blobs.stale_records()):
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(stamp)
         return report

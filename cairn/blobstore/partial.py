@@ -1,0 +1,245 @@
+"""Resumable writes of a blob whose digest and size are known (a download).
+
+``.cairn/tmp/<hex>.partial`` holds the bytes received so far, written at
+their offsets (several ranges may arrive at once), and
+``.cairn/tmp/<hex>.partial.json`` records how far each range got, so a
+download killed at any point resumes where it stopped. The partial is
+flock'ed while a process works on it: a second pull of the same blob waits
+for the first, then finds the blob stored. Nothing enters ``blobs/`` until
+the whole file hashes to its digest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import itertools
+import json
+import mmap
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from cairn.blobstore.digest import Digest
+from cairn.blobstore.store import SYNC_EVERY, Blob, BlobStore, storage_error
+from cairn.errors import DigestMismatchError, StoreBusyError
+
+_HASH_STEP = 8 << 20
+
+
+@dataclass
+class Span:
+    """One byte range of the blob: ``start`` to ``end`` (exclusive), ``done`` bytes landed."""
+
+    start: int
+    end: int
+    done: int = 0
+
+    @property
+    def position(self) -> int:
+        return self.start + self.done
+
+    @property
+    def complete(self) -> bool:
+        return self.position >= self.end
+
+
+class PartialBlob:
+    """A blob being downloaded: write ranges at offsets, then commit once whole.
+
+    Use as a context manager (``with store.partial(digest, size) as p``).
+    ``spans`` are the ranges still to fetch, resumed from a previous run
+    when its record is there. :meth:`write_at` is safe from many threads.
+    """
+
+    def __init__(self, store: BlobStore, digest: Digest, size: int, parts: int = 1) -> None:
+        self.store = store
+        self.digest = digest
+        self.size = size
+        self.path = store.tmp_dir / f"{digest.hex}.partial"
+        self.record = store.tmp_dir / f"{digest.hex}.partial.json"
+        self._parts = max(1, parts)
+        self._fd = -1
+        self._lock = threading.Lock()
+        self._unsynced = 0
+        self._last_saved = 0.0
+        self.spans: list[Span] = []
+        self.resumed = 0
+
+    # -- opening ------------------------------------------------------------
+
+    def __enter__(self) -> PartialBlob:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def open(self, timeout: float = 3600.0) -> None:
+        try:
+            self.store.tmp_dir.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise storage_error(exc, f"opening {self.path}") from exc
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    os.close(self._fd)
+                    raise StoreBusyError(f"another process is downloading {self.digest}") from None
+                time.sleep(0.05)
+        # The process we waited for may have committed this very file into
+        # blobs/ (or prune removed it): then the name no longer leads to the
+        # inode we hold, and writing to it would damage a stored blob.
+        try:
+            same = os.stat(self.path).st_ino == os.fstat(self._fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if not same:
+            os.close(self._fd)
+            self._fd = -1
+            self.open(max(0.0, deadline - time.monotonic()))
+            return
+        self.spans = self._load_spans()
+        self.resumed = sum(span.done for span in self.spans)
+
+    def _load_spans(self) -> list[Span]:
+        on_disk = os.fstat(self._fd).st_size
+        try:
+            saved: Any = json.loads(self.record.read_text())
+            spans = [Span(int(s["start"]), int(s["end"]), int(s["done"])) for s in saved["spans"]]
+            if (
+                saved.get("size") == self.size
+                and spans
+                and spans[0].start == 0
+                and spans[-1].end == self.size
+                and all(a.end == b.start for a, b in itertools.pairwise(spans))
+                and all(0 <= s.done <= s.end - s.start and s.position <= on_disk for s in spans)
+            ):
+                return spans
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        os.ftruncate(self._fd, 0)
+        step = -(-self.size // self._parts) if self.size else 0
+        bounds = [min(i * step, self.size) for i in range(self._parts + 1)]
+        return [Span(a, b) for a, b in itertools.pairwise(bounds) if b > a] or [Span(0, 0)]
+
+    def restart(self) -> None:
+        """Forget all progress (the server ignored a Range request): one span from zero."""
+        with self._lock:
+            os.ftruncate(self._fd, 0)
+            self.spans = [Span(0, self.size)]
+            self.resumed = 0
+            self._save()
+
+    # -- writing ------------------------------------------------------------
+
+    def write_at(self, span: Span, data: memoryview | bytes) -> None:
+        """Write the next bytes of ``span``; they land at ``span.position``."""
+        if span.position + len(data) > span.end:
+            raise DigestMismatchError(str(self.digest), "more bytes than the blob's size")
+        offset = span.position
+        view = memoryview(data)
+        try:
+            while view:
+                written = os.pwrite(self._fd, view, offset)
+                view = view[written:]
+                offset += written
+        except OSError as exc:
+            raise storage_error(exc, f"writing blob {self.digest}") from exc
+        with self._lock:
+            span.done += len(data)
+            self._unsynced += len(data)
+            if self._unsynced >= SYNC_EVERY:
+                self._unsynced = 0
+                sync = True
+            else:
+                sync = False
+        if sync:
+            os.fdatasync(self._fd)
+            with self._lock:
+                self._save()
+
+    def save(self) -> None:
+        with self._lock:
+            self._save()
+
+    def _save(self) -> None:
+        record = {"size": self.size, "spans": [vars(s) for s in self.spans]}
+        tmp = self.record.with_suffix(".tmp")
+        with contextlib.suppress(OSError):
+            tmp.write_text(json.dumps(record))
+            os.replace(tmp, self.record)
+
+    def landed(self) -> int:
+        """Bytes from offset 0 that are all written."""
+        with self._lock:
+            end = 0
+            for span in self.spans:
+                if span.start != end:
+                    break
+                end = span.position
+                if not span.complete:
+                    break
+            return end
+
+    # -- finishing ----------------------------------------------------------
+
+    def hash_prefix(self, hasher: Any, start: int, end: int) -> None:
+        """Feed bytes ``start:end`` of the partial file to ``hasher``."""
+        while start < end:
+            stop = min(end, start + _HASH_STEP)
+            base = start - start % mmap.ALLOCATIONGRANULARITY
+            with (
+                mmap.mmap(self._fd, stop - base, offset=base, access=mmap.ACCESS_READ) as region,
+                memoryview(region) as view,
+                view[start - base :] as chunk,
+            ):
+                hasher.update(chunk)
+            start = stop
+
+    def commit(self, hasher: Any | None = None, hashed: int = 0) -> Blob:
+        """Check the whole file against the digest and move it into the store.
+
+        ``hasher`` may carry a hash of the first ``hashed`` bytes already
+        computed while they arrived. A mismatch deletes the partial (its
+        bytes cannot be trusted) and raises :class:`DigestMismatchError`.
+        """
+        if hasher is None:
+            hasher, hashed = hashlib.sha256(), 0
+        size = os.fstat(self._fd).st_size
+        if size != self.size or any(not s.complete for s in self.spans):
+            raise DigestMismatchError(str(self.digest), f"an incomplete download ({size} bytes)")
+        self.hash_prefix(hasher, hashed, size)
+        actual = Digest(hasher.hexdigest())
+        if actual != self.digest:
+            self.discard()
+            raise DigestMismatchError(str(self.digest), str(actual))
+        try:
+            os.fsync(self._fd)
+            os.fchmod(self._fd, 0o444)
+        except OSError as exc:
+            raise storage_error(exc, f"writing blob {self.digest}") from exc
+        self.store.link_in(self.path, self.digest, size)
+        with contextlib.suppress(OSError):
+            os.unlink(self.record)
+        return Blob(self.digest, size)
+
+    def discard(self) -> None:
+        for path in (self.path, self.record):
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            with contextlib.suppress(OSError):
+                if os.path.exists(self.path):
+                    self._save()
+            os.close(self._fd)
+            self._fd = -1

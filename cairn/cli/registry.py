@@ -1,0 +1,153 @@
+"""Commands that talk to registries: pull, push, login, logout."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+
+import click
+
+from cairn import config
+from cairn.cli.progress import Reporter
+from cairn.errors import AuthenticationError, ConfigError
+from cairn.manifests.models import Models
+from cairn.manifests.reference import Reference, parse_reference
+from cairn.registry.auth import Credentials, CredentialStore
+from cairn.registry.client import RegistryClient
+
+
+def _credentials() -> CredentialStore:
+    settings = config.load()
+    return CredentialStore(settings.home / "auth.json", settings.docker_config)
+
+
+def make_client(ref: Reference, insecure: bool) -> RegistryClient:
+    settings = config.load()
+    realms = frozenset(
+        h.strip() for h in os.environ.get("CAIRN_TOKEN_REALMS", "").split(",") if h.strip()
+    )
+    return RegistryClient(
+        ref.host,
+        insecure=insecure or ref.insecure,
+        credentials=_credentials().get(ref.host),
+        ca_bundle=str(settings.ca_bundle) if settings.ca_bundle else None,
+        token_realms=realms,
+    )
+
+
+def _size(text: str) -> int:
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    text = text.strip().lower().removesuffix("b").removesuffix("i")
+    try:
+        if text and text[-1] in units:
+            return int(float(text[:-1]) * units[text[-1]])
+        return int(text)
+    except ValueError:
+        raise ConfigError(f"not a size: {text!r} (use bytes, or K, M, G suffixes)") from None
+
+
+@click.command()
+@click.argument("name")
+@click.option("--insecure", is_flag=True, help="Use plain HTTP (no TLS), as Ollama's --insecure.")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+@click.option("--json", "as_json", is_flag=True, help="Print progress as NDJSON lines.")
+def pull(name: str, insecure: bool, quiet: bool, as_json: bool) -> None:
+    """Pull model NAME from its registry into the store."""
+    from cairn.registry.pull import pull as do_pull
+
+    ref = parse_reference(name)
+    reporter = Reporter(as_json, quiet)
+
+    async def run() -> None:
+        async with make_client(ref, insecure) as client:
+            await do_pull(Models.from_environment(), ref, client, reporter)
+
+    try:
+        asyncio.run(run())
+    finally:
+        reporter.close()
+
+
+@click.command()
+@click.argument("source")
+@click.argument("destination", required=False)
+@click.option("--insecure", is_flag=True, help="Use plain HTTP (no TLS), as Ollama's --insecure.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["ollama", "oci"]),
+    default="ollama",
+    help="Ollama's manifest (default) or an OCI artifact that skopeo and oras read.",
+)
+@click.option("--chunk-size", default="64M", help="Upload large blobs in chunks of this size.")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+@click.option("--json", "as_json", is_flag=True, help="Print progress as NDJSON lines.")
+def push(
+    source: str,
+    destination: str | None,
+    insecure: bool,
+    fmt: str,
+    chunk_size: str,
+    quiet: bool,
+    as_json: bool,
+) -> None:
+    """Push model SOURCE to a registry, as DESTINATION (default: SOURCE's own name)."""
+    from cairn.registry.push import push as do_push
+
+    models = Models.from_environment()
+    dest = parse_reference(destination) if destination else models.get(source).reference
+    reporter = Reporter(as_json, quiet)
+
+    async def run() -> str:
+        async with make_client(dest, insecure) as client:
+            return await do_push(models, source, dest, client, fmt, _size(chunk_size), reporter)
+
+    try:
+        digest = asyncio.run(run())
+    finally:
+        reporter.close()
+    if not as_json and not quiet:
+        click.echo(f"pushed {dest.display} {digest}")
+
+
+@click.command()
+@click.argument("host")
+@click.option("-u", "--username", help="The user name (asked for when not given).")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+@click.option("--insecure", is_flag=True, help="Check the credentials over plain HTTP.")
+def login(host: str, username: str | None, password_stdin: bool, insecure: bool) -> None:
+    """Store credentials for HOST (in $CAIRN_HOME/auth.json, mode 0600), after checking them."""
+    if username is None:
+        username = click.prompt("Username")
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt("Password", hide_input=True)
+    credentials = Credentials(username, password)
+
+    async def check() -> None:
+        ref = parse_reference(f"{host}/library/x")
+        client = make_client(ref, insecure)
+        client.credentials = credentials
+        async with client:
+            response = await client.request("GET", "/v2/", scope="*")
+            if response.status_code in (401, 403):
+                raise AuthenticationError(f"{host} refused the credentials for {username}")
+            client.check(response, f"{host} is not an OCI registry")
+
+    asyncio.run(check())
+    _credentials().save(host, credentials)
+    click.echo("Login Succeeded")
+
+
+@click.command()
+@click.argument("host")
+def logout(host: str) -> None:
+    """Forget the stored credentials for HOST."""
+    if not _credentials().remove(host):
+        raise ConfigError(f"not logged in to {host}")
+    click.echo(f"Removed login credentials for {host}")
+
+
+COMMANDS = (pull, push, login, logout)

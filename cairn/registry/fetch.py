@@ -1,0 +1,297 @@
+"""Downloading one blob into the store: ranged, parallel, resumable, verified.
+
+A blob is fetched into a :class:`~cairn.blobstore.partial.PartialBlob`,
+in byte ranges that run in parallel for large blobs. Each range resumes from
+where it got to after a dropped connection (and after a restart: the
+partial records its progress); a server that ignores ``Range`` is met with
+one plain download from zero. A hasher follows the bytes as they land, so
+the digest check costs little once the last byte is in. Nothing enters the
+store unless the whole blob hashes to its digest.
+
+Bytes move by one of two paths. With a transport injected into the client
+(tests) or a proxy configured, through httpx. Otherwise through
+``http.client`` in threads, which reads straight into a buffer with
+``readinto`` and releases the GIL while it waits on the socket: on this
+project's machines about three times the throughput of httpx's streaming.
+Both paths share the auth the async client negotiated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import http.client
+import ssl
+import threading
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+import httpx
+
+from cairn.blobstore import Blob, BlobStore
+from cairn.blobstore.partial import PartialBlob, Span
+from cairn.errors import (
+    AuthenticationError,
+    RegistryError,
+    RemoteNotFoundError,
+    SizeMismatchError,
+    TransferError,
+)
+from cairn.manifests.manifest import Descriptor
+from cairn.registry.client import REDIRECTS, RegistryClient
+
+PARALLEL_THRESHOLD = 64 << 20
+PARTS = 4
+_BUFFER = 1 << 20
+
+Progress = Callable[[int], None]
+
+
+class _RangeIgnored(Exception):
+    """The server answered a ranged request with the whole blob (200)."""
+
+
+class _Expired(Exception):
+    """The credential stopped working (401) mid-download."""
+
+
+@dataclass
+class _Context:
+    client: RegistryClient
+    repository: str
+    partial: PartialBlob
+    progress: Progress
+    stop: threading.Event
+
+    @property
+    def url(self) -> str:
+        return self.client.url(f"/v2/{self.repository}/blobs/{self.partial.digest}")
+
+    @property
+    def scope(self) -> str:
+        return f"repository:{self.repository}:pull"
+
+    def headers(self, span: Span) -> dict[str, str]:
+        headers = {"Accept-Encoding": "identity"}
+        if span.position > 0 or span.end < self.partial.size:
+            headers["Range"] = f"bytes={span.position}-{span.end - 1}"
+        credential = self.client.authorization(self.scope)
+        if credential:
+            headers["Authorization"] = credential
+        return headers
+
+    def accept_status(self, status: int, content_range: str | None, span: Span) -> None:
+        if status == 206:
+            start = (content_range or "").removeprefix("bytes ").split("-")[0]
+            if not start.isdigit() or int(start) != span.position:
+                raise TransferError(
+                    f"blob {self.partial.digest}: wrong Content-Range {content_range!r}"
+                )
+            return
+        if status == 200:
+            if span.position == 0 and span.start == 0 and span.end == self.partial.size:
+                return
+            raise _RangeIgnored()
+        if status == 401:
+            raise _Expired()
+        if status == 404:
+            raise RemoteNotFoundError(
+                f"blob {self.partial.digest} is not in {self.repository}", 404
+            )
+        if status in (403,):
+            raise AuthenticationError(f"blob {self.partial.digest}: access denied", status)
+        raise _Retryable(f"blob {self.partial.digest}: HTTP {status}")
+
+
+class _Retryable(Exception):
+    pass
+
+
+def _use_fast_path(client: RegistryClient) -> bool:
+    if client.injected_transport:
+        return False
+    host = urlsplit(client.base_url).hostname or ""
+    proxies = urllib.request.getproxies()
+    scheme = "http" if client.insecure else "https"
+    return not (scheme in proxies and not urllib.request.proxy_bypass(host))
+
+
+def _fast_span(ctx: _Context, span: Span, ssl_context: ssl.SSLContext | None) -> None:
+    """Fetch the rest of ``span`` with http.client (runs in a thread)."""
+    url = ctx.url
+    headers = ctx.headers(span)
+    for _ in range(10):
+        parts = urlsplit(url)
+        if parts.scheme == "https":
+            conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+                parts.hostname or "", parts.port, timeout=60, context=ssl_context
+            )
+        else:
+            conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=60)
+        try:
+            target = parts.path + (f"?{parts.query}" if parts.query else "")
+            conn.request("GET", target, headers=headers)
+            response = conn.getresponse()
+            location = response.getheader("Location")
+            if response.status in REDIRECTS and location:
+                response.read()
+                following = urljoin(url, location)
+                if urlsplit(following).netloc != parts.netloc:
+                    headers.pop("Authorization", None)
+                url = following
+                continue
+            ctx.accept_status(response.status, response.getheader("Content-Range"), span)
+            buffer = bytearray(_BUFFER)
+            view = memoryview(buffer)
+            while not span.complete and not ctx.stop.is_set():
+                want = min(_BUFFER, span.end - span.position)
+                count = response.readinto(view[:want])
+                if not count:
+                    break
+                ctx.partial.write_at(span, view[:count])
+                ctx.progress(count)
+            if not span.complete and not ctx.stop.is_set():
+                raise http.client.IncompleteRead(b"", span.end - span.position)
+            return
+        finally:
+            conn.close()
+    raise RegistryError(f"too many redirects fetching blob {ctx.partial.digest}")
+
+
+async def _httpx_span(ctx: _Context, span: Span) -> None:
+    """Fetch the rest of ``span`` through the client's httpx transport."""
+    headers = ctx.headers(span)
+    headers.pop("Authorization", None)  # the client adds it, and drops it across hosts
+    response = await ctx.client.request(
+        "GET", ctx.url, scope=ctx.scope, headers=headers, stream=True
+    )
+    try:
+        ctx.accept_status(response.status_code, response.headers.get("Content-Range"), span)
+        async for chunk in response.aiter_raw(_BUFFER):
+            if ctx.stop.is_set():
+                return
+            if span.position + len(chunk) > span.end:
+                raise SizeMismatchError(
+                    f"blob {ctx.partial.digest}: the server sent too many bytes"
+                )
+            ctx.partial.write_at(span, chunk)
+            ctx.progress(len(chunk))
+        if not span.complete:
+            raise TransferError(f"blob {ctx.partial.digest}: the body ended early")
+    finally:
+        await response.aclose()
+
+
+async def _span_with_retries(ctx: _Context, span: Span, fast: bool) -> None:
+    client = ctx.client
+    attempt = 0
+    ssl_context = client.verify if isinstance(client.verify, ssl.SSLContext) else None
+    while not span.complete:
+        before = span.position
+        try:
+            if fast:
+                await asyncio.to_thread(_fast_span, ctx, span, ssl_context)
+            else:
+                await _httpx_span(ctx, span)
+            continue
+        except _Expired:
+            # Renew the credential through the async client, then carry on.
+            await client.blob_size(ctx.repository, str(ctx.partial.digest))
+            problem: BaseException = AuthenticationError("credential expired")
+        except (
+            OSError,
+            http.client.HTTPException,
+            httpx.TransportError,
+            TransferError,
+            _Retryable,
+        ) as exc:
+            problem = exc
+        if ctx.stop.is_set():
+            return
+        if span.position > before:
+            attempt = 0  # progress was made: this is a fresh failure
+        attempt += 1
+        if attempt >= client.retry.attempts:
+            raise TransferError(f"blob {ctx.partial.digest}: {problem}") from problem
+        await asyncio.sleep(client.retry.delay(attempt - 1))
+
+
+def _follow_and_hash(partial: PartialBlob, done: threading.Event) -> tuple[Any, int]:
+    """Hash the blob's bytes as they land (runs in a thread); return hasher and count."""
+    hasher = hashlib.sha256()
+    hashed = 0
+    while True:
+        finished = done.is_set()
+        landed = partial.landed()
+        if landed > hashed:
+            partial.hash_prefix(hasher, hashed, landed)
+            hashed = landed
+        if finished:
+            return hasher, hashed
+        done.wait(0.01)
+
+
+async def fetch_blob(
+    client: RegistryClient,
+    repository: str,
+    descriptor: Descriptor,
+    store: BlobStore,
+    progress: Progress = lambda n: None,
+) -> Blob:
+    """Download one blob into ``store`` (resuming what a previous run left)."""
+    parts = PARTS if descriptor.size >= PARALLEL_THRESHOLD else 1
+    partial = store.partial(descriptor.digest, descriptor.size, parts)
+    await asyncio.to_thread(partial.open)
+    try:
+        if store.has(descriptor.digest):  # another process fetched it while we waited
+            return Blob(descriptor.digest, descriptor.size)
+        progress(partial.resumed)
+        fast = _use_fast_path(client)
+        if fast and client.authorization(f"repository:{repository}:pull") is None:
+            # Let the async client meet any auth challenge before the threads start.
+            await client.blob_size(repository, str(descriptor.digest))
+        ctx = _Context(client, repository, partial, progress, threading.Event())
+        landed = threading.Event()
+        hashing = asyncio.ensure_future(asyncio.to_thread(_follow_and_hash, partial, landed))
+        try:
+            try:
+                await _run_spans(ctx, fast)
+            except _RangeIgnored:
+                # The server sends whole blobs only: start over with one plain GET.
+                # The hasher must be done before the file is cut (it reads by mmap).
+                landed.set()
+                await hashing
+                partial.restart()
+                landed.clear()
+                hashing = asyncio.ensure_future(
+                    asyncio.to_thread(_follow_and_hash, partial, landed)
+                )
+                ctx.stop = threading.Event()
+                await _run_spans(ctx, fast)
+        finally:
+            landed.set()
+            hasher, hashed = await hashing
+        return await asyncio.to_thread(partial.commit, hasher, hashed)
+    finally:
+        await asyncio.to_thread(partial.close)
+
+
+async def _run_spans(ctx: _Context, fast: bool) -> None:
+    tasks = [
+        asyncio.ensure_future(_span_with_retries(ctx, span, fast))
+        for span in ctx.partial.spans
+        if not span.complete
+    ]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        ctx.stop.set()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+    finally:
+        ctx.partial.save()

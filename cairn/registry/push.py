@@ -1,0 +1,208 @@
+"""``cairn push``: a local model to a registry.
+
+Each blob is checked with HEAD first and skipped when the registry has it;
+mounted from the source repository when that is on the same registry;
+uploaded whole when small, in ``PATCH`` chunks with ``Content-Range`` when
+large, resuming an interrupted upload from the offset the registry reports.
+The manifest goes last, with its exact bytes. ``--format oci`` pushes an OCI
+artifact (``artifactType``, file names in ``org.opencontainers.image.title``)
+that skopeo and oras can read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from urllib.parse import urljoin
+
+from cairn.blobstore import BlobStore
+from cairn.errors import RegistryError, TransferError
+from cairn.manifests import mediatypes as mt
+from cairn.manifests.manifest import Descriptor, Manifest
+from cairn.manifests.models import Models
+from cairn.manifests.reference import Reference
+from cairn.registry.client import RegistryClient
+from cairn.registry.pull import Event, Report, _quiet
+
+DEFAULT_CHUNK_SIZE = 64 << 20
+_PIECE = 1 << 20
+
+_TITLES = {
+    mt.OLLAMA_MODEL: "model.gguf",
+    mt.OLLAMA_TEMPLATE: "template.txt",
+    mt.OLLAMA_SYSTEM: "system.txt",
+    mt.OLLAMA_PARAMS: "params.json",
+    mt.OLLAMA_LICENSE: "license.txt",
+    mt.OLLAMA_MESSAGES: "messages.json",
+    mt.OLLAMA_ADAPTER: "adapter.gguf",
+    mt.OLLAMA_PROJECTOR: "projector.gguf",
+}
+CAIRN_CONFIG = "application/vnd.cairn.model.config.v1+json"
+
+
+def as_oci_artifact(manifest: Manifest) -> Manifest:
+    """The same blobs as an OCI artifact: artifactType set, every layer titled."""
+    layers = []
+    seen: dict[str, int] = {}
+    for layer in manifest.layers:
+        title = layer.title or _TITLES.get(layer.media_type, f"{layer.digest.hex[:12]}.bin")
+        count = seen.get(title, 0)
+        seen[title] = count + 1
+        if count:
+            stem, dot, ext = title.rpartition(".")
+            title = f"{stem}-{count}.{ext}" if dot else f"{title}-{count}"
+        annotations = {**layer.annotations, mt.OCI_TITLE_ANNOTATION: title}
+        layers.append(Descriptor(layer.media_type, layer.digest, layer.size, annotations))
+    config = manifest.config
+    if config.media_type == mt.DOCKER_CONFIG:
+        config = Descriptor(CAIRN_CONFIG, config.digest, config.size)
+    return Manifest.build(config, layers, mt.OCI_MANIFEST, artifact_type=mt.CAIRN_ARTIFACT)
+
+
+def _with_digest(location: str, digest: str) -> str:
+    return location + ("&" if "?" in location else "?") + f"digest={digest}"
+
+
+async def _pieces(
+    store: BlobStore, descriptor: Descriptor, start: int, end: int
+) -> AsyncIterator[bytes]:
+    """Bytes ``start:end`` of a stored blob, a MiB at a time (read in a thread)."""
+    handle = store.open(descriptor.digest)
+    try:
+        await asyncio.to_thread(handle.seek, start)
+        position = start
+        while position < end:
+            piece = await asyncio.to_thread(handle.read, min(_PIECE, end - position))
+            if not piece:
+                raise TransferError(f"blob {descriptor.digest} is shorter than its manifest says")
+            position += len(piece)
+            yield piece
+    finally:
+        handle.close()
+
+
+async def upload_blob(
+    client: RegistryClient,
+    repository: str,
+    store: BlobStore,
+    descriptor: Descriptor,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    progress: Callable[[int], None] = lambda n: None,
+    mount_from: str | None = None,
+) -> None:
+    scope = f"repository:{repository}:pull,push"
+    digest = str(descriptor.digest)
+    start = f"/v2/{repository}/blobs/uploads/"
+    if mount_from:
+        start += f"?mount={digest}&from={mount_from}"
+    response = await client.request("POST", start, scope=scope)
+    if response.status_code == 201:
+        progress(descriptor.size)
+        return  # mounted
+    client.check(response, f"starting the upload of {digest}", (202,))
+    location = urljoin(client.base_url, response.headers.get("Location", ""))
+    offset = 0
+    failures = 0
+    while offset < descriptor.size or descriptor.size == 0:
+        end = min(descriptor.size, offset + chunk_size)
+        last = end == descriptor.size
+        headers = {"Content-Type": "application/octet-stream", "Content-Length": str(end - offset)}
+        body = _pieces(store, descriptor, offset, end)
+        try:
+            if last and offset == 0:  # one request: the whole (small) blob
+                response = await client.request(
+                    "PUT",
+                    _with_digest(location, digest),
+                    scope=scope,
+                    headers=headers,
+                    content=body,
+                    replayable=False,
+                )
+                client.check(response, f"uploading {digest}", (201, 204))
+                progress(end)
+                return
+            headers["Content-Range"] = f"{offset}-{end - 1}"
+            response = await client.request(
+                "PATCH",
+                location,
+                scope=scope,
+                headers=headers,
+                content=body,
+                replayable=False,
+            )
+            client.check(response, f"uploading {digest}", (202,))
+        except (TransferError, RegistryError) as exc:
+            failures += 1
+            if failures >= client.retry.attempts:
+                raise
+            await asyncio.sleep(client.retry.delay(failures - 1))
+            offset = await _upload_offset(client, location, scope, exc)
+            continue
+        location = urljoin(location, response.headers.get("Location", location))
+        progress(end - offset)
+        offset = end
+        if last:
+            break
+    response = await client.request(
+        "PUT",
+        _with_digest(location, digest),
+        scope=scope,
+        headers={"Content-Length": "0"},
+        content=b"",
+    )
+    client.check(response, f"finishing the upload of {digest}", (201, 204))
+
+
+async def _upload_offset(
+    client: RegistryClient, location: str, scope: str, cause: Exception
+) -> int:
+    """Where an interrupted upload stands, from the registry's ``Range`` (``0-N``)."""
+    response = await client.request("GET", location, scope=scope)
+    if response.status_code not in (202, 204):
+        raise TransferError(f"the upload could not be resumed: {cause}") from cause
+    value = response.headers.get("Range", "")
+    end = value.removeprefix("bytes=").partition("-")[2]
+    return int(end) + 1 if end.isdigit() else 0
+
+
+async def push(
+    models: Models,
+    source: str,
+    dest: Reference,
+    client: RegistryClient,
+    fmt: str = "ollama",
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    report: Report = _quiet,
+) -> str:
+    """Push the local model ``source`` as ``dest``; return the manifest's digest."""
+    model = models.get(source)
+    manifest = model.manifest if fmt == "ollama" else as_oci_artifact(model.manifest)
+    for descriptor in manifest.blobs:
+        models.blobs.check_quick(descriptor.digest)
+    repository = dest.repository
+    same_registry = model.reference.host.casefold() == dest.host.casefold()
+    mount_from = model.reference.repository if same_registry else None
+    if mount_from == repository:
+        mount_from = None
+    report(Event("retrieving manifest"))
+    for descriptor in {d.digest: d for d in manifest.blobs}.values():
+        label = f"pushing {descriptor.digest.short}"
+        if await client.blob_size(repository, str(descriptor.digest), push=True) is not None:
+            report(Event(label, str(descriptor.digest), descriptor.size, descriptor.size))
+            continue
+        done = 0
+
+        def progress(count: int, descriptor: Descriptor = descriptor, label: str = label) -> None:
+            nonlocal done
+            done += count
+            report(Event(label, str(descriptor.digest), descriptor.size, done))
+
+        await upload_blob(
+            client, repository, models.blobs, descriptor, chunk_size, progress, mount_from
+        )
+    report(Event("pushing manifest"))
+    await client.put_manifest(
+        repository, dest.tag_or_default, manifest.to_bytes(), manifest.content_type
+    )
+    report(Event("success"))
+    return str(manifest.digest)
