@@ -6,7 +6,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint bench clean
+.PHONY: install sysdeps demo test lint bench clean
+
+# Debian packages the tests and the demo use: a real registry and a real peer client.
+SYSTEM_TOOLS := docker-registry skopeo
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,7 +18,15 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-demo: install
+sysdeps:
+	@missing=""; for tool in $(SYSTEM_TOOLS); do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing$$missing"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends$$missing; \
+	fi
+
+demo: install sysdeps
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh
 
 lint: install
@@ -23,10 +34,10 @@ lint: install
 	$(BIN)/ruff format --check cairn tests bench
 	$(BIN)/mypy
 
-test: install lint
+test: install sysdeps lint
 	$(BIN)/pytest -q
 
-bench: install
+bench: install sysdeps
 	$(BIN)/python bench/run.py
 
 clean:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -112,3 +112,87 @@ def in_private_mount_namespace(
         text=True,
         timeout=120,
     )
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_registry(root: Path, htpasswd: Path | None = None) -> tuple[str, subprocess.Popen[bytes]]:
+    """A real CNCF distribution registry (Debian's docker-registry) on 127.0.0.1."""
+    import shutil
+    import time
+    import urllib.error
+    import urllib.request
+
+    binary = shutil.which("docker-registry")
+    if binary is None:  # no skip: `make test` installs it
+        pytest.fail("docker-registry is not installed (make sysdeps installs it)")
+    port = free_port()
+    auth = ""
+    if htpasswd is not None:
+        auth = f"auth:\n  htpasswd: {{realm: test-realm, path: {htpasswd}}}\n"
+    config = root / "registry.yml"
+    config.write_text(
+        "version: 0.1\nlog: {level: error}\nstorage:\n"
+        f"  filesystem: {{rootdirectory: {root / 'data'}}}\n  delete: {{enabled: true}}\n"
+        f"http: {{addr: 127.0.0.1:{port}}}\n{auth}"
+    )
+    proc = subprocess.Popen(
+        [binary, "serve", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1)
+            break
+        except urllib.error.HTTPError:
+            break  # 401 with auth on: it is up
+        except OSError:
+            if proc.poll() is not None:
+                raise AssertionError(
+                    f"docker-registry died: {proc.stderr.read() if proc.stderr else ''!r}"
+                )
+            time.sleep(0.05)
+    else:
+        proc.kill()
+        raise AssertionError("docker-registry did not start")
+    return f"127.0.0.1:{port}", proc
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Iterator[str]:
+    """``host:port`` of a fresh anonymous registry."""
+    root = tmp_path / "registry"
+    root.mkdir()
+    host, proc = start_registry(root)
+    yield host
+    stop(proc)
+
+
+@pytest.fixture
+def auth_registry(tmp_path: Path) -> Iterator[tuple[str, str, str]]:
+    """A registry with htpasswd Basic auth: ``(host, user, password)``."""
+    import bcrypt
+
+    root = tmp_path / "auth-registry"
+    root.mkdir()
+    htpasswd = root / "htpasswd"
+    hashed = bcrypt.hashpw(b"s3cret-pw", bcrypt.gensalt(rounds=4)).decode()
+    htpasswd.write_text(f"alice:{hashed}\n")
+    host, proc = start_registry(root, htpasswd)
+    yield host, "alice", "s3cret-pw"
+    stop(proc)

@@ -28,6 +28,7 @@ from cairn.blobstore.store import SYNC_EVERY, Blob, BlobStore, storage_error
 from cairn.errors import DigestMismatchError, StoreBusyError
 
 _HASH_STEP = 8 << 20
+SAVE_EVERY = 8 << 20
 
 
 @dataclass
@@ -65,7 +66,7 @@ class PartialBlob:
         self._fd = -1
         self._lock = threading.Lock()
         self._unsynced = 0
-        self._last_saved = 0.0
+        self._unsaved = 0
         self.spans: list[Span] = []
         self.resumed = 0
 
@@ -156,15 +157,17 @@ class PartialBlob:
         with self._lock:
             span.done += len(data)
             self._unsynced += len(data)
-            if self._unsynced >= SYNC_EVERY:
+            self._unsaved += len(data)
+            sync = self._unsynced >= SYNC_EVERY
+            if sync:
                 self._unsynced = 0
-                sync = True
-            else:
-                sync = False
+            if self._unsaved >= SAVE_EVERY:
+                # The record may run ahead of the disk: after a crash that lost
+                # written pages the final digest check fails and the partial goes.
+                self._unsaved = 0
+                self._save()
         if sync:
             os.fdatasync(self._fd)
-            with self._lock:
-                self._save()
 
     def save(self) -> None:
         with self._lock:

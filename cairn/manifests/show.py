@@ -139,6 +139,10 @@ def show_model(models: Models, name: str) -> ModelDetails:
             )
 
     weights = next((d for d in manifest.layers if d.media_type in mt.WEIGHT_TYPES), None)
+    if weights is None:  # an artifact oras pushed: a file named *.gguf
+        weights = next(
+            (d for d in manifest.layers if (d.title or "").lower().endswith(".gguf")), None
+        )
     gguf = None
     if weights is not None:
         models.blobs.check_quick(weights.digest)

@@ -247,6 +247,7 @@ async def fetch_blob(
     await asyncio.to_thread(partial.open)
     try:
         if store.has(descriptor.digest):  # another process fetched it while we waited
+            partial.discard()  # the empty partial this process just made
             return Blob(descriptor.digest, descriptor.size)
         progress(partial.resumed)
         fast = _use_fast_path(client)

@@ -1,0 +1,302 @@
+"""Pull and push against a real CNCF registry, and interop with skopeo and oras."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Runner, cairn_env, modelfile
+from tests.ggufmaker import write_gguf
+
+
+def make_model(cairn: Runner, tmp_path: Path, name: str = "tiny:1", size_mb: int = 3) -> Path:
+    gguf = write_gguf(
+        tmp_path / f"{name.replace(':', '_')}.gguf",
+        tensors=[("w", (1024, 256 * size_mb))],
+        fill=os.urandom(4096),
+    )
+    modelfile(tmp_path, f"FROM {gguf}\nSYSTEM short answers\nPARAMETER temperature 0.1\n", "MF")
+    cairn("create", name, "-f", str(tmp_path / "MF"))
+    return gguf
+
+
+def other_store(tmp_path: Path, cairn: Runner, name: str = "other") -> Runner:
+    store = tmp_path / name
+    store.mkdir()
+
+    def run(
+        *args: str, check: bool = True, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return cairn(*args, check=check, env={"CAIRN_MODELS": str(store), **(env or {})})
+
+    return run
+
+
+def manifest_of(store: Path, host: str, repo: str, tag: str) -> bytes:
+    return (store / "manifests" / host / repo / tag).read_bytes()
+
+
+def test_push_then_pull_into_an_empty_store(
+    cairn: Runner, store: Path, tmp_path: Path, registry: str
+) -> None:
+    make_model(cairn, tmp_path)
+    pushed = cairn("push", "tiny:1", f"{registry}/lab/tiny:1", "--insecure")
+    assert "pushed" in pushed.stdout
+    elsewhere = other_store(tmp_path, cairn)
+    lines = elsewhere("pull", f"{registry}/lab/tiny:1", "--insecure", "--json").stdout.splitlines()
+    events = [json.loads(line) for line in lines]
+    assert events[0] == {"status": "pulling manifest"}
+    assert events[-1] == {"status": "success"}
+    assert any(e.get("completed") == e.get("total") and e.get("digest") for e in events)
+    original = manifest_of(store, "registry.ollama.ai", "library/tiny", "1")
+    copy = manifest_of(tmp_path / "other", registry, "lab/tiny", "1")
+    assert copy == original  # Ollama's format, byte for byte
+    assert "all intact" in elsewhere("verify").stdout
+    assert elsewhere("show", f"{registry}/lab/tiny:1", "--system").stdout == "short answers\n"
+
+
+def test_pull_of_a_model_already_there_fetches_no_blob(
+    cairn: Runner, tmp_path: Path, registry: str
+) -> None:
+    make_model(cairn, tmp_path)
+    cairn("push", "tiny:1", f"{registry}/lab/tiny:1", "--insecure", "-q")
+    cairn("pull", f"{registry}/lab/tiny:1", "--insecure", "-q")
+    # Take the blobs away from the registry: a second pull must not need them.
+    import urllib.request
+
+    stored = manifest_of(tmp_path / "models", registry, "lab/tiny", "1")
+    for layer in json.loads(stored)["layers"]:
+        request = urllib.request.Request(
+            f"http://{registry}/v2/lab/tiny/blobs/{layer['digest']}", method="DELETE"
+        )
+        assert urllib.request.urlopen(request).status == 202
+    pulled = cairn("pull", f"{registry}/lab/tiny:1", "--insecure", "--json").stdout
+    events = [json.loads(line) for line in pulled.splitlines()]
+    assert events[-1] == {"status": "success"}
+    assert manifest_of(tmp_path / "models", registry, "lab/tiny", "1") == stored
+
+
+def test_pull_of_missing_model_is_a_clear_error(cairn: Runner, registry: str) -> None:
+    result = cairn("pull", f"{registry}/lab/nothing:1", "--insecure", check=False)
+    assert result.returncode == 1
+    last = result.stderr.splitlines()[-1]
+    assert last == "Error: manifest lab/nothing:1: MANIFEST_UNKNOWN: manifest unknown (HTTP 404)"
+
+
+def test_chunked_push(cairn: Runner, store: Path, tmp_path: Path, registry: str) -> None:
+    gguf = make_model(cairn, tmp_path, size_mb=5)
+    cairn("push", "tiny:1", f"{registry}/lab/chunked:1", "--insecure", "--chunk-size", "1M", "-q")
+    elsewhere = other_store(tmp_path, cairn)
+    elsewhere("pull", f"{registry}/lab/chunked:1", "--insecure", "-q")
+    digest = hashlib.sha256(gguf.read_bytes()).hexdigest()
+    assert (tmp_path / "other" / "blobs" / f"sha256-{digest}").read_bytes() == gguf.read_bytes()
+
+
+def test_oci_push_is_read_by_skopeo_and_oras(
+    cairn: Runner, store: Path, tmp_path: Path, registry: str
+) -> None:
+    gguf = make_model(cairn, tmp_path)
+    cairn("push", "tiny:1", f"{registry}/oci/tiny:1", "--insecure", "--format", "oci", "-q")
+    out = tmp_path / "skopeo-dir"
+    subprocess.run(
+        [
+            "skopeo",
+            "copy",
+            "-q",
+            "--src-tls-verify=false",
+            f"docker://{registry}/oci/tiny:1",
+            f"dir:{out}",
+        ],
+        check=True,
+        timeout=120,
+    )
+    digest = hashlib.sha256(gguf.read_bytes()).hexdigest()
+    assert (out / digest).read_bytes() == gguf.read_bytes()
+    manifest = json.loads((out / "manifest.json").read_bytes())
+    assert manifest["artifactType"] == "application/vnd.cairn.model.v1"
+
+    import oras.client
+
+    client = oras.client.OrasClient(hostname=registry, insecure=True)
+    files = client.pull(target=f"{registry}/oci/tiny:1", outdir=str(tmp_path / "oras-out"))
+    by_name = {Path(f).name: Path(f) for f in files}
+    assert by_name["model.gguf"].read_bytes() == gguf.read_bytes()
+    assert by_name["system.txt"].read_text() == "short answers"
+
+
+def test_pull_what_oras_and_skopeo_pushed(cairn: Runner, tmp_path: Path, registry: str) -> None:
+    import oras.client
+
+    gguf = write_gguf(tmp_path / "weights.gguf", fill=b"oras")
+    client = oras.client.OrasClient(hostname=registry, insecure=True)
+    os.chdir(tmp_path)
+    client.push(files=["weights.gguf"], target=f"{registry}/oras/model:v1")
+    cairn("pull", f"{registry}/oras/model:v1", "--insecure", "-q")
+    assert "architecture" in cairn("show", f"{registry}/oras/model:v1").stdout
+    digest = hashlib.sha256(gguf.read_bytes()).hexdigest()
+    assert (tmp_path / "models" / "blobs" / f"sha256-{digest}").read_bytes() == gguf.read_bytes()
+
+    # skopeo copies that artifact to another repository; cairn pulls the copy.
+    subprocess.run(
+        [
+            "skopeo",
+            "copy",
+            "-q",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+            f"docker://{registry}/oras/model:v1",
+            f"docker://{registry}/skopeo/model:v2",
+        ],
+        check=True,
+        timeout=120,
+    )
+    cairn("pull", f"{registry}/skopeo/model:v2", "--insecure", "-q")
+    assert "all intact" in cairn("verify").stdout
+
+
+def test_basic_auth_login_push_pull(
+    cairn: Runner, tmp_path: Path, auth_registry: tuple[str, str, str]
+) -> None:
+    host, user, password = auth_registry
+    make_model(cairn, tmp_path)
+    home = tmp_path / "home"
+    env = {"CAIRN_HOME": str(home), "DOCKER_CONFIG": str(tmp_path / "no-docker")}
+    denied = cairn("push", "tiny:1", f"{host}/lab/tiny:1", "--insecure", check=False, env=env)
+    assert denied.returncode == 1
+    assert f"run `cairn login {host}`" in denied.stderr
+    wrong = cairn(
+        "login",
+        host,
+        "-u",
+        user,
+        "--password-stdin",
+        "--insecure",
+        input="nope\n",
+        check=False,
+        env=env,
+    )
+    assert wrong.returncode == 1 and "refused" in wrong.stderr
+    assert not (home / "auth.json").exists()
+    ok = cairn(
+        "login", host, "-u", user, "--password-stdin", "--insecure", input=password + "\n", env=env
+    )
+    assert "Login Succeeded" in ok.stdout
+    assert stat.S_IMODE((home / "auth.json").stat().st_mode) == 0o600
+    pushed = cairn("push", "tiny:1", f"{host}/lab/tiny:1", "--insecure", "--json", env=env)
+    elsewhere = other_store(tmp_path, cairn)
+    pulled = elsewhere("pull", f"{host}/lab/tiny:1", "--insecure", "--json", env=env)
+    for output in (
+        pushed.stdout + pushed.stderr,
+        pulled.stdout + pulled.stderr,
+        ok.stdout + ok.stderr,
+    ):
+        assert password not in output
+    assert "Removed" in cairn("logout", host, env=env).stdout
+    again = elsewhere("pull", f"{host}/lab/tiny:1", "--insecure", check=False, env=env)
+    assert again.returncode == 1
+
+
+def test_docker_config_credentials_are_used(
+    cairn: Runner, tmp_path: Path, auth_registry: tuple[str, str, str]
+) -> None:
+    import base64
+
+    host, user, password = auth_registry
+    make_model(cairn, tmp_path)
+    docker = tmp_path / "docker"
+    docker.mkdir()
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    (docker / "config.json").write_text(json.dumps({"auths": {host: {"auth": token}}}))
+    env = {"CAIRN_HOME": str(tmp_path / "home"), "DOCKER_CONFIG": str(docker)}
+    cairn("push", "tiny:1", f"{host}/lab/tiny:1", "--insecure", "-q", env=env)
+
+
+def test_two_pulls_at_once(cairn: Runner, tmp_path: Path, registry: str, gemma_gguf: Path) -> None:
+    modelfile(tmp_path, f"FROM {gemma_gguf}\n", "MF")
+    cairn("create", "gemma3:270m", "-f", str(tmp_path / "MF"))
+    cairn("push", "gemma3:270m", f"{registry}/library/gemma3:270m", "--insecure", "-q")
+    store = tmp_path / "fresh"
+    env = cairn_env(store)
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "cairn",
+                "pull",
+                "-q",
+                "--insecure",
+                f"{registry}/library/gemma3:270m",
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+    check = subprocess.run(
+        [sys.executable, "-m", "cairn", "verify"], env=env, capture_output=True, text=True
+    )
+    assert check.returncode == 0 and "all intact" in check.stdout
+    assert not list((store / ".cairn" / "tmp").glob("*.partial"))
+
+
+def test_sigkill_mid_pull_then_resume(cairn: Runner, tmp_path: Path, registry: str) -> None:
+    big = write_gguf(
+        tmp_path / "big.gguf", tensors=[("w", (1024, 1024, 96))], fill=os.urandom(1 << 16)
+    )  # 384 MiB
+    modelfile(tmp_path, f"FROM {big}\n", "MF")
+    cairn("create", "big:1", "-f", str(tmp_path / "MF"))
+    cairn("push", "big:1", f"{registry}/lab/big:1", "--insecure", "-q")
+    store = tmp_path / "fresh"
+    env = cairn_env(store)
+    # Throttle nothing: kill as soon as a good part of the blob has landed.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cairn", "pull", "-q", "--insecure", f"{registry}/lab/big:1"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    digest = hashlib.sha256(big.read_bytes()).hexdigest()
+    record = store / ".cairn" / "tmp" / f"{digest}.partial.json"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if sum(s["done"] for s in json.loads(record.read_text())["spans"]) > 64 << 20:
+                break
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.001)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    if (store / "blobs" / f"sha256-{digest}").exists():
+        pytest.fail("the pull finished before it could be killed; make the blob bigger")
+    assert not (store / "manifests").exists()
+    result = subprocess.run(
+        [sys.executable, "-m", "cairn", "pull", "--json", "--insecure", f"{registry}/lab/big:1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    first = next(e for e in events if e.get("digest") == f"sha256:{digest}")
+    assert first["completed"] > 0  # it resumed, not from zero
+    check = subprocess.run(
+        [sys.executable, "-m", "cairn", "verify"], env=env, capture_output=True, text=True
+    )
+    assert check.returncode == 0
