@@ -170,7 +170,7 @@ async def _httpx_span(ctx: _Context, span: Span) -> None:
     )
     try:
         ctx.accept_status(response.status_code, response.headers.get("Content-Range"), span)
-        async for chunk in response.aiter_raw(_BUFFER):
+        async for chunk in response.aiter_bytes(_BUFFER):
             if ctx.stop.is_set():
                 return
             if span.position + len(chunk) > span.end:

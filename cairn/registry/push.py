@@ -90,59 +90,100 @@ async def upload_blob(
     progress: Callable[[int], None] = lambda n: None,
     mount_from: str | None = None,
 ) -> None:
+    """Upload one blob; after a failure, go on from where the registry says it got.
+
+    A registry that cannot say (distribution answers a status request made
+    with a stale ``_state`` with BLOB_UPLOAD_INVALID) gets a fresh session.
+    """
     scope = f"repository:{repository}:pull,push"
     digest = str(descriptor.digest)
+    failures = 0
+    location: str | None = None
+    offset = 0
+    while True:
+        try:
+            if location is None:
+                location = await _start(client, repository, scope, digest, mount_from)
+                if location == "":
+                    progress(descriptor.size)
+                    return  # mounted
+                offset = 0
+            await _send_from(
+                client, location, scope, store, descriptor, offset, chunk_size, progress
+            )
+            return
+        except (TransferError, RegistryError):
+            failures += 1
+            if failures >= client.retry.attempts or location is None:
+                raise
+            await asyncio.sleep(client.retry.delay(failures - 1))
+            resumed = await _upload_offset(client, location, scope)
+            if resumed is None:
+                location = None  # start a new session from zero
+            else:
+                offset = resumed
+
+
+async def _start(
+    client: RegistryClient, repository: str, scope: str, digest: str, mount_from: str | None
+) -> str:
+    """Open an upload session; its URL, or "" when the blob was mounted instead."""
     start = f"/v2/{repository}/blobs/uploads/"
     if mount_from:
         start += f"?mount={digest}&from={mount_from}"
     response = await client.request("POST", start, scope=scope)
     if response.status_code == 201:
-        progress(descriptor.size)
-        return  # mounted
+        return ""
     client.check(response, f"starting the upload of {digest}", (202,))
-    location = urljoin(client.base_url, response.headers.get("Location", ""))
-    offset = 0
-    failures = 0
-    while offset < descriptor.size or descriptor.size == 0:
-        end = min(descriptor.size, offset + chunk_size)
-        last = end == descriptor.size
-        headers = {"Content-Type": "application/octet-stream", "Content-Length": str(end - offset)}
-        body = _pieces(store, descriptor, offset, end)
-        try:
-            if last and offset == 0:  # one request: the whole (small) blob
-                response = await client.request(
-                    "PUT",
-                    _with_digest(location, digest),
-                    scope=scope,
-                    headers=headers,
-                    content=body,
-                    replayable=False,
-                )
-                client.check(response, f"uploading {digest}", (201, 204))
-                progress(end)
-                return
-            headers["Content-Range"] = f"{offset}-{end - 1}"
-            response = await client.request(
-                "PATCH",
-                location,
-                scope=scope,
-                headers=headers,
-                content=body,
-                replayable=False,
-            )
-            client.check(response, f"uploading {digest}", (202,))
-        except (TransferError, RegistryError) as exc:
-            failures += 1
-            if failures >= client.retry.attempts:
-                raise
-            await asyncio.sleep(client.retry.delay(failures - 1))
-            offset = await _upload_offset(client, location, scope, exc)
-            continue
+    location: str = urljoin(client.base_url, response.headers.get("Location", ""))
+    return location
+
+
+async def _send_from(
+    client: RegistryClient,
+    location: str,
+    scope: str,
+    store: BlobStore,
+    descriptor: Descriptor,
+    offset: int,
+    chunk_size: int,
+    progress: Callable[[int], None],
+) -> None:
+    """Send the blob from ``offset``: whole in one PUT when small, else PATCH chunks."""
+    digest = str(descriptor.digest)
+    size = descriptor.size
+    if offset == 0 and size <= chunk_size:
+        headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
+        response = await client.request(
+            "PUT",
+            _with_digest(location, digest),
+            scope=scope,
+            headers=headers,
+            content=_pieces(store, descriptor, 0, size),
+            replayable=False,
+        )
+        client.check(response, f"uploading {digest}", (201, 204))
+        progress(size)
+        return
+    while offset < size:
+        end = min(size, offset + chunk_size)
+        headers = {
+            "Content-Type": "application/octet-stream",
+            "Content-Length": str(end - offset),
+            "Content-Range": f"{offset}-{end - 1}",
+        }
+        response = await client.request(
+            "PATCH",
+            location,
+            scope=scope,
+            headers=headers,
+            content=_pieces(store, descriptor, offset, end),
+            replayable=False,
+        )
+        client.check(response, f"uploading {digest}", (202,))
         location = urljoin(location, response.headers.get("Location", location))
         progress(end - offset)
         offset = end
-        if last:
-            break
     response = await client.request(
         "PUT",
         _with_digest(location, digest),
@@ -153,15 +194,15 @@ async def upload_blob(
     client.check(response, f"finishing the upload of {digest}", (201, 204))
 
 
-async def _upload_offset(
-    client: RegistryClient, location: str, scope: str, cause: Exception
-) -> int:
-    """Where an interrupted upload stands, from the registry's ``Range`` (``0-N``)."""
-    response = await client.request("GET", location, scope=scope)
+async def _upload_offset(client: RegistryClient, location: str, scope: str) -> int | None:
+    """Where an interrupted upload stands (``Range: 0-N``), or None when the registry can't say."""
+    try:
+        response = await client.request("GET", location, scope=scope)
+    except TransferError:
+        return None
     if response.status_code not in (202, 204):
-        raise TransferError(f"the upload could not be resumed: {cause}") from cause
-    value = response.headers.get("Range", "")
-    end = value.removeprefix("bytes=").partition("-")[2]
+        return None
+    end = response.headers.get("Range", "").removeprefix("bytes=").partition("-")[2]
     return int(end) + 1 if end.isdigit() else 0
 
 
@@ -194,7 +235,7 @@ async def push(
 
         def progress(count: int, descriptor: Descriptor = descriptor, label: str = label) -> None:
             nonlocal done
-            done += count
+            done = min(descriptor.size, done + count)  # a restarted upload counts once
             report(Event(label, str(descriptor.digest), descriptor.size, done))
 
         await upload_blob(

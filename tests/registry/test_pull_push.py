@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.conftest import Runner, cairn_env, modelfile
@@ -300,3 +301,70 @@ def test_sigkill_mid_pull_then_resume(cairn: Runner, tmp_path: Path, registry: s
         [sys.executable, "-m", "cairn", "verify"], env=env, capture_output=True, text=True
     )
     assert check.returncode == 0
+
+
+class DropsAPatchResponse(httpx.AsyncBaseTransport):
+    """Forwards to the real registry, but loses the answer to the second PATCH."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.patches = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self.inner.handle_async_request(request)
+        if request.method == "PATCH":
+            self.patches += 1
+            if self.patches == 2:
+                await response.aclose()
+                raise httpx.ReadError("connection reset by peer")
+        return response
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def test_push_interrupted_mid_blob_resumes_the_upload(
+    cairn: Runner, store: Path, tmp_path: Path, registry: str
+) -> None:
+    import asyncio
+
+    from cairn.manifests.models import Models
+    from cairn.manifests.reference import parse_reference
+    from cairn.registry.client import RegistryClient, RetryPolicy
+    from cairn.registry.push import push
+
+    gguf = make_model(cairn, tmp_path, size_mb=6)
+    transport = DropsAPatchResponse()
+
+    async def go() -> None:
+        async with RegistryClient(
+            registry, insecure=True, transport=transport, retry=RetryPolicy(base_delay=0.01)
+        ) as client:
+            await push(
+                Models(store),
+                "tiny:1",
+                parse_reference(f"{registry}/lab/resumed:1"),
+                client,
+                chunk_size=1 << 20,
+            )
+
+    asyncio.run(go())
+    assert transport.patches > 2  # it went on after the lost answer
+    elsewhere = other_store(tmp_path, cairn)
+    elsewhere("pull", f"{registry}/lab/resumed:1", "--insecure", "-q")
+    digest = hashlib.sha256(gguf.read_bytes()).hexdigest()
+    assert (tmp_path / "other" / "blobs" / f"sha256-{digest}").read_bytes() == gguf.read_bytes()
+
+
+def test_push_skips_blobs_the_registry_has(cairn: Runner, tmp_path: Path, registry: str) -> None:
+    make_model(cairn, tmp_path)
+    cairn("push", "tiny:1", f"{registry}/lab/tiny:1", "--insecure", "-q")
+    events = [
+        json.loads(x)
+        for x in cairn(
+            "push", "tiny:1", f"{registry}/lab/tiny:1", "--insecure", "--json"
+        ).stdout.splitlines()
+    ]
+    pushes = [e for e in events if e.get("digest")]
+    assert pushes and all(e["completed"] == e["total"] for e in pushes)
+    assert events[-1] == {"status": "success"}
