@@ -154,9 +154,8 @@ def start_registry(root: Path, htpasswd: Path | None = None) -> tuple[str, subpr
             break  # 401 with auth on: it is up
         except OSError:
             if proc.poll() is not None:
-                raise AssertionError(
-                    f"docker-registry died: {proc.stderr.read() if proc.stderr else ''!r}"
-                )
+                died = proc.stderr.read() if proc.stderr else b""
+                raise AssertionError(f"docker-registry died: {died!r}") from None
             time.sleep(0.05)
     else:
         proc.kill()

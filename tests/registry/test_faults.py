@@ -81,7 +81,7 @@ def test_dropped_connection_resumes(store: Path, monkeypatch: pytest.MonkeyPatch
     registry = FakeRegistry()
     weights = os.urandom(4 << 20)
     registry.add_model("lab/model", "1", [weights])
-    dropped = []
+    dropped: list[bool] = []
 
     def drop_first(request: httpx.Request) -> httpx.Response | None:
         if request.method == "GET" and digest(weights) in str(request.url) and not dropped:
@@ -133,7 +133,7 @@ def test_5xx_storm_gives_up_with_a_clear_error(store: Path) -> None:
 def test_429_honours_retry_after(store: Path) -> None:
     registry = FakeRegistry()
     registry.add_model("lab/model", "1", [b"w" * 10])
-    limited = []
+    limited: list[float] = []
 
     def rate_limit(request: httpx.Request) -> httpx.Response | None:
         if "/manifests/" in request.url.path and not limited:
@@ -171,7 +171,7 @@ def test_bearer_token_and_refresh_after_expiry(store: Path) -> None:
     registry.add_model("lab/model", "1", [os.urandom(1000), os.urandom(1000)])
     issued: list[str] = []
     token_registry(registry, issued)
-    served = []
+    served: list[bool] = []
 
     def expire_after_manifest(request: httpx.Request) -> httpx.Response | None:
         if "/blobs/" in request.url.path and not served:
@@ -200,11 +200,9 @@ def test_redirect_to_storage_drops_authorization(store: Path) -> None:
             "/blobs/" in request.url.path
             and digest(weights) in request.url.path
             and request.method == "GET"
+            and request.headers.get("Authorization")
         ):
-            if request.headers.get("Authorization"):
-                return httpx.Response(
-                    307, headers={"Location": "https://storage.test/signed?sig=x"}
-                )
+            return httpx.Response(307, headers={"Location": "https://storage.test/signed?sig=x"})
         return None
 
     registry.hooks.append(storage)
@@ -222,7 +220,7 @@ def test_token_realm_on_another_site_is_refused(store: Path) -> None:
             headers={"WWW-Authenticate": 'Bearer realm="https://evil.example/token",service="x"'},
         )
     )
-    with pytest.raises(AuthenticationError, match="evil.example"):
+    with pytest.raises(AuthenticationError, match=r"evil\.example"):
         run_pull(registry, store)
 
 
@@ -236,7 +234,7 @@ def test_basic_challenge_without_credentials(store: Path) -> None:
             else httpx.Response(401, headers={"WWW-Authenticate": 'Basic realm="Harbor"'})
         )
     )
-    with pytest.raises(AuthenticationError, match="cairn login registry.test"):
+    with pytest.raises(AuthenticationError, match=r"cairn login registry\.test"):
         run_pull(registry, store)
     run_pull(registry, store, credentials=Credentials("u", "p"))
 
