@@ -2,27 +2,33 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from cairn import config
-from cairn.cli.progress import Reporter
 from cairn.errors import AuthenticationError, ConfigError
 from cairn.manifests.models import Models
 from cairn.manifests.reference import Reference, parse_reference
-from cairn.registry.auth import Credentials, CredentialStore
-from cairn.registry.client import RegistryClient
+
+# The registry modules (httpx and all) load when a command runs, not when cairn starts.
+if TYPE_CHECKING:
+    from cairn.registry.auth import CredentialStore
+    from cairn.registry.client import RegistryClient
 
 
 def _credentials() -> CredentialStore:
+    from cairn.registry.auth import CredentialStore
+
     settings = config.load()
     return CredentialStore(settings.home / "auth.json", settings.docker_config)
 
 
 def make_client(ref: Reference, insecure: bool) -> RegistryClient:
+    from cairn.registry.client import RegistryClient
+
     settings = config.load()
     realms = frozenset(
         h.strip() for h in os.environ.get("CAIRN_TOKEN_REALMS", "").split(",") if h.strip()
@@ -54,6 +60,7 @@ def _size(text: str) -> int:
 @click.option("--json", "as_json", is_flag=True, help="Print progress as NDJSON lines.")
 def pull(name: str, insecure: bool, quiet: bool, as_json: bool) -> None:
     """Pull model NAME from its registry into the store."""
+    from cairn.cli.progress import Reporter
     from cairn.registry.pull import pull as do_pull
 
     ref = parse_reference(name)
@@ -64,6 +71,8 @@ def pull(name: str, insecure: bool, quiet: bool, as_json: bool) -> None:
             await do_pull(Models.from_environment(), ref, client, reporter)
 
     try:
+        import asyncio
+
         asyncio.run(run())
     finally:
         reporter.close()
@@ -93,6 +102,7 @@ def push(
     as_json: bool,
 ) -> None:
     """Push model SOURCE to a registry, as DESTINATION (default: SOURCE's own name)."""
+    from cairn.cli.progress import Reporter
     from cairn.registry.push import push as do_push
 
     models = Models.from_environment()
@@ -104,6 +114,8 @@ def push(
             return await do_push(models, source, dest, client, fmt, _size(chunk_size), reporter)
 
     try:
+        import asyncio
+
         digest = asyncio.run(run())
     finally:
         reporter.close()
@@ -124,6 +136,9 @@ def login(host: str, username: str | None, password_stdin: bool, insecure: bool)
         password = sys.stdin.readline().rstrip("\r\n")
     else:
         password = click.prompt("Password", hide_input=True)
+
+    from cairn.registry.auth import Credentials
+
     credentials = Credentials(username, password)
 
     async def check() -> None:
@@ -135,6 +150,8 @@ def login(host: str, username: str | None, password_stdin: bool, insecure: bool)
             if response.status_code in (401, 403):
                 raise AuthenticationError(f"{host} refused the credentials for {username}")
             client.check(response, f"{host} is not an OCI registry")
+
+    import asyncio
 
     asyncio.run(check())
     _credentials().save(host, credentials)
