@@ -110,7 +110,8 @@ class _Retryable(Exception):
     pass
 
 
-def _use_fast_path(client: RegistryClient) -> bool:
+def use_fast_path(client: RegistryClient) -> bool:
+    """Whether bytes may go by http.client to the registry (no transport injected, no proxy)."""
     if client.injected_transport:
         return False
     host = urlsplit(client.base_url).hostname or ""
@@ -250,7 +251,7 @@ async def fetch_blob(
             partial.discard()  # the empty partial this process just made
             return Blob(descriptor.digest, descriptor.size)
         progress(partial.resumed)
-        fast = _use_fast_path(client)
+        fast = use_fast_path(client)
         if fast and client.authorization(f"repository:{repository}:pull") is None:
             # Let the async client meet any auth challenge before the threads start.
             await client.blob_size(repository, str(descriptor.digest))

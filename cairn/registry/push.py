@@ -12,8 +12,13 @@ that skopeo and oras can read.
 from __future__ import annotations
 
 import asyncio
+import http.client
+import ssl
 from collections.abc import AsyncIterator, Callable
-from urllib.parse import urljoin
+from pathlib import Path
+from urllib.parse import urljoin, urlsplit
+
+import httpx
 
 from cairn.blobstore import BlobStore
 from cairn.errors import RegistryError, TransferError
@@ -21,7 +26,8 @@ from cairn.manifests import mediatypes as mt
 from cairn.manifests.manifest import Descriptor, Manifest
 from cairn.manifests.models import Models
 from cairn.manifests.reference import Reference
-from cairn.registry.client import RegistryClient
+from cairn.registry.client import USER_AGENT, RegistryClient
+from cairn.registry.fetch import use_fast_path
 from cairn.registry.pull import Event, Report, _quiet
 
 DEFAULT_CHUNK_SIZE = 64 << 20
@@ -154,13 +160,16 @@ async def _send_from(
     size = descriptor.size
     if offset == 0 and size <= chunk_size:
         headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
-        response = await client.request(
+        response = await _send_body(
+            client,
             "PUT",
             _with_digest(location, digest),
-            scope=scope,
-            headers=headers,
-            content=_pieces(store, descriptor, 0, size),
-            replayable=False,
+            scope,
+            headers,
+            store,
+            descriptor,
+            0,
+            size,
         )
         client.check(response, f"uploading {digest}", (201, 204))
         progress(size)
@@ -172,13 +181,8 @@ async def _send_from(
             "Content-Length": str(end - offset),
             "Content-Range": f"{offset}-{end - 1}",
         }
-        response = await client.request(
-            "PATCH",
-            location,
-            scope=scope,
-            headers=headers,
-            content=_pieces(store, descriptor, offset, end),
-            replayable=False,
+        response = await _send_body(
+            client, "PATCH", location, scope, headers, store, descriptor, offset, end
         )
         client.check(response, f"uploading {digest}", (202,))
         location = urljoin(location, response.headers.get("Location", location))
@@ -192,6 +196,81 @@ async def _send_from(
         content=b"",
     )
     client.check(response, f"finishing the upload of {digest}", (201, 204))
+
+
+async def _send_body(
+    client: RegistryClient,
+    method: str,
+    url: str,
+    scope: str,
+    headers: dict[str, str],
+    store: BlobStore,
+    descriptor: Descriptor,
+    start: int,
+    end: int,
+) -> httpx.Response:
+    """Send bytes ``start:end`` of a stored blob as a request body.
+
+    Straight from the file to the socket (``sendfile``, in a thread) when the
+    registry is reached directly; through httpx, a MiB at a time, otherwise.
+    """
+    if not use_fast_path(client):
+        return await client.request(
+            method,
+            url,
+            scope=scope,
+            headers=headers,
+            content=_pieces(store, descriptor, start, end),
+            replayable=False,
+        )
+    credential = client.authorization(scope)
+    sent = {**headers, **({"Authorization": credential} if credential else {})}
+    ssl_context = client.verify if isinstance(client.verify, ssl.SSLContext) else None
+    path = store.path(descriptor.digest)
+    try:
+        status, answer, body = await asyncio.to_thread(
+            _sendfile_request, method, url, sent, path, start, end - start, ssl_context
+        )
+    except (OSError, http.client.HTTPException) as exc:
+        raise TransferError(f"{method} of blob {descriptor.digest}: {exc}") from exc
+    return httpx.Response(status, headers=answer, content=body)
+
+
+def _sendfile_request(
+    method: str,
+    url: str,
+    headers: dict[str, str],
+    path: Path,
+    offset: int,
+    count: int,
+    ssl_context: ssl.SSLContext | None,
+) -> tuple[int, list[tuple[str, str]], bytes]:
+    parts = urlsplit(url)
+    conn: http.client.HTTPConnection
+    if parts.scheme == "https":
+        conn = http.client.HTTPSConnection(
+            parts.hostname or "", parts.port, timeout=60, context=ssl_context
+        )
+    else:
+        conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=60)
+    try:
+        conn.putrequest(
+            method,
+            parts.path + (f"?{parts.query}" if parts.query else ""),
+            skip_accept_encoding=True,
+        )
+        conn.putheader("User-Agent", USER_AGENT)
+        for key, value in headers.items():
+            conn.putheader(key, value)
+        conn.endheaders()
+        if count:
+            assert conn.sock is not None
+            with open(path, "rb") as f:
+                conn.sock.sendfile(f, offset, count)
+        response = conn.getresponse()
+        return response.status, response.getheaders(), response.read()
+    finally:
+        conn.close()
 
 
 async def _upload_offset(client: RegistryClient, location: str, scope: str) -> int | None:
