@@ -112,8 +112,10 @@ class RegistryClient:
         self.retry = retry or RetryPolicy()
         self.token_realms = token_realms
         self.injected_transport = transport is not None
-        verify: ssl.SSLContext | bool = True
-        if ca_bundle:
+        # --insecure is Ollama's: plain HTTP, and no TLS verification should a
+        # redirect lead to https (it also spares loading the CA store, ~60 ms).
+        verify: ssl.SSLContext | bool = not insecure
+        if ca_bundle and not insecure:
             verify = ssl.create_default_context(cafile=ca_bundle)
         self.verify = verify
         self.http = httpx.AsyncClient(
