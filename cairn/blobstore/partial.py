@@ -141,12 +141,16 @@ class PartialBlob:
 
     # -- writing ------------------------------------------------------------
 
-    def write_at(self, span: Span, data: memoryview | bytes) -> None:
-        """Write the next bytes of ``span``; they land at ``span.position``."""
-        if span.position + len(data) > span.end:
-            raise DigestMismatchError(str(self.digest), "more bytes than the blob's size")
+    def write_at(self, span: Span, data: memoryview | bytes) -> int:
+        """Write the next bytes of ``span`` at ``span.position``; return how many.
+
+        Bytes past the span's end are dropped: the span may have been split
+        while they were on their way (the rest now belongs to another span),
+        and at the blob's end the digest check judges what was kept.
+        """
+        view = memoryview(data)[: max(0, span.end - span.position)]
         offset = span.position
-        view = memoryview(data)
+        count = len(view)
         try:
             while view:
                 written = os.pwrite(self._fd, view, offset)
@@ -155,9 +159,9 @@ class PartialBlob:
         except OSError as exc:
             raise storage_error(exc, f"writing blob {self.digest}") from exc
         with self._lock:
-            span.done += len(data)
-            self._unsynced += len(data)
-            self._unsaved += len(data)
+            span.done += count
+            self._unsynced += count
+            self._unsaved += count
             sync = self._unsynced >= SYNC_EVERY
             if sync:
                 self._unsynced = 0
@@ -168,6 +172,24 @@ class PartialBlob:
                 self._save()
         if sync:
             os.fdatasync(self._fd)
+        return count
+
+    def split(self, span: Span, parts: int) -> list[Span]:
+        """Cut what is left of ``span`` into ``parts`` ranges; return the new ones.
+
+        ``span`` keeps the first piece (its download goes on and stops at
+        its new end); the others are added for new connections to fetch.
+        """
+        with self._lock:
+            start, end = span.position, span.end
+            step = -(-(end - start) // parts)
+            cuts = [min(end, start + i * step) for i in range(parts + 1)]
+            span.end = cuts[1]
+            added = [Span(a, b) for a, b in itertools.pairwise(cuts[1:]) if b > a]
+            index = self.spans.index(span)
+            self.spans[index + 1 : index + 1] = added
+            self._save()
+            return added
 
     def save(self) -> None:
         with self._lock:

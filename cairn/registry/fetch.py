@@ -37,14 +37,20 @@ from cairn.errors import (
     AuthenticationError,
     RegistryError,
     RemoteNotFoundError,
-    SizeMismatchError,
     TransferError,
 )
 from cairn.manifests.manifest import Descriptor
 from cairn.registry.client import REDIRECTS, RegistryClient
 
+# A blob starts as one stream, which lets the hash follow the bytes as they
+# land. When that stream is slower than SPLIT_BELOW bytes/s after SPLIT_AFTER
+# seconds (a long, thin link, not loopback), what is left of a blob of at least
+# PARALLEL_THRESHOLD bytes is split into PARTS ranges on parallel connections.
 PARALLEL_THRESHOLD = 64 << 20
 PARTS = 4
+START_PARTS = 1
+SPLIT_AFTER = 0.5
+SPLIT_BELOW = 150 << 20
 _BUFFER = 1 << 20
 
 Progress = Callable[[int], None]
@@ -65,6 +71,7 @@ class _Context:
     partial: PartialBlob
     progress: Progress
     stop: threading.Event
+    may_split: bool = True
 
     @property
     def url(self) -> str:
@@ -152,8 +159,7 @@ def _fast_span(ctx: _Context, span: Span, ssl_context: ssl.SSLContext | None) ->
                 count = response.readinto(view[:want])
                 if not count:
                     break
-                ctx.partial.write_at(span, view[:count])
-                ctx.progress(count)
+                ctx.progress(ctx.partial.write_at(span, view[:count]))
             if not span.complete and not ctx.stop.is_set():
                 raise http.client.IncompleteRead(b"", span.end - span.position)
             return
@@ -174,12 +180,9 @@ async def _httpx_span(ctx: _Context, span: Span) -> None:
         async for chunk in response.aiter_bytes(_BUFFER):
             if ctx.stop.is_set():
                 return
-            if span.position + len(chunk) > span.end:
-                raise SizeMismatchError(
-                    f"blob {ctx.partial.digest}: the server sent too many bytes"
-                )
-            ctx.partial.write_at(span, chunk)
-            ctx.progress(len(chunk))
+            ctx.progress(ctx.partial.write_at(span, chunk))
+            if span.complete:
+                return
         if not span.complete:
             raise TransferError(f"blob {ctx.partial.digest}: the body ended early")
     finally:
@@ -235,6 +238,26 @@ def _follow_and_hash(partial: PartialBlob, done: threading.Event) -> tuple[Any, 
         done.wait(0.01)
 
 
+async def _split_if_slow(
+    ctx: _Context, fast: bool, task: asyncio.Future[None]
+) -> list[asyncio.Future[None]]:
+    """Watch a lone stream; if it is slow, split what is left over parallel ranges."""
+    pending = [s for s in ctx.partial.spans if not s.complete]
+    if len(pending) != 1:
+        return []
+    span = pending[0]
+    loop = asyncio.get_running_loop()
+    started, before = loop.time(), span.position
+    done, _ = await asyncio.wait({task}, timeout=SPLIT_AFTER)
+    if done:
+        return []
+    rate = (span.position - before) / max(1e-6, loop.time() - started)
+    if rate >= SPLIT_BELOW or span.end - span.position < 2 * (8 << 20):
+        return []
+    added = ctx.partial.split(span, PARTS)
+    return [asyncio.ensure_future(_span_with_retries(ctx, new, fast)) for new in added]
+
+
 async def fetch_blob(
     client: RegistryClient,
     repository: str,
@@ -243,7 +266,7 @@ async def fetch_blob(
     progress: Progress = lambda n: None,
 ) -> Blob:
     """Download one blob into ``store`` (resuming what a previous run left)."""
-    parts = PARTS if descriptor.size >= PARALLEL_THRESHOLD else 1
+    parts = START_PARTS if descriptor.size >= PARALLEL_THRESHOLD else 1
     partial = store.partial(descriptor.digest, descriptor.size, parts)
     await asyncio.to_thread(partial.open)
     try:
@@ -272,6 +295,7 @@ async def fetch_blob(
                     asyncio.to_thread(_follow_and_hash, partial, landed)
                 )
                 ctx.stop = threading.Event()
+                ctx.may_split = False
                 await _run_spans(ctx, fast)
         finally:
             landed.set()
@@ -282,12 +306,14 @@ async def fetch_blob(
 
 
 async def _run_spans(ctx: _Context, fast: bool) -> None:
-    tasks = [
+    tasks: list[asyncio.Future[None]] = [
         asyncio.ensure_future(_span_with_retries(ctx, span, fast))
         for span in ctx.partial.spans
         if not span.complete
     ]
     try:
+        if ctx.may_split and ctx.partial.size >= PARALLEL_THRESHOLD and len(tasks) == 1:
+            tasks += await _split_if_slow(ctx, fast, tasks[0])
         await asyncio.gather(*tasks)
     except BaseException:
         ctx.stop.set()

@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -99,7 +100,8 @@ def test_dropped_connection_resumes(store: Path, monkeypatch: pytest.MonkeyPatch
 
 
 def test_server_that_ignores_range(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(fetch, "PARALLEL_THRESHOLD", 1 << 20)  # ask for ranges
+    monkeypatch.setattr(fetch, "PARALLEL_THRESHOLD", 1 << 20)
+    monkeypatch.setattr(fetch, "START_PARTS", 4)  # ask for ranges from the start
     registry = FakeRegistry(ignore_range=True)
     weights = os.urandom(3 << 20)
     registry.add_model("lab/model", "1", [weights])
@@ -352,3 +354,43 @@ def test_challenge_parsing() -> None:
 def test_credentials_never_show_their_secret() -> None:
     credentials = Credentials("alice", "hunter2")
     assert "hunter2" not in repr(credentials)
+
+
+class SlowStream(httpx.AsyncByteStream):
+    """A body that trickles out, as over a long, thin link."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for start in range(0, len(self.data), 1 << 16):
+            await asyncio.sleep(0.002)
+            yield self.data[start : start + (1 << 16)]
+
+
+def test_a_slow_stream_is_split_into_parallel_ranges(
+    store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fetch, "PARALLEL_THRESHOLD", 1 << 20)
+    monkeypatch.setattr(fetch, "SPLIT_AFTER", 0.2)
+    registry = FakeRegistry()
+    weights = os.urandom(24 << 20)
+    registry.add_model("lab/model", "1", [weights])
+
+    def slow(request: httpx.Request) -> httpx.Response | None:
+        if request.method == "GET" and digest(weights) in str(request.url):
+            wanted = request.headers.get("Range")
+            if wanted is None:
+                return httpx.Response(200, stream=SlowStream(weights))
+            first, _, last = wanted.removeprefix("bytes=").partition("-")
+            part = weights[int(first) : int(last) + 1]
+            headers = {"Content-Range": f"bytes {first}-{last}/{len(weights)}"}
+            return httpx.Response(206, stream=SlowStream(part), headers=headers)
+        return None
+
+    registry.hooks.append(slow)
+    models = run_pull(registry, store)
+    ranged = [r for r in registry.requests if r.headers.get("Range")]
+    assert len(ranged) == fetch.PARTS - 1  # the first stream kept a share, three joined it
+    layer = models.get("registry.test/lab/model:1").manifest.layers[0]
+    assert models.blobs.path(layer.digest).read_bytes() == weights
