@@ -30,3 +30,33 @@ echo "==> cairn list"
 cairn list
 echo "==> cairn show gemma3:270m"
 cairn show gemma3:270m
+
+echo "==> a local registry (CNCF distribution) for the round trip"
+port=$(python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+mkdir -p "$workdir/registry"
+cat > "$workdir/registry/config.yml" <<CONFIG
+version: 0.1
+log: {level: error}
+storage:
+  filesystem: {rootdirectory: $workdir/registry/data}
+http: {addr: 127.0.0.1:$port}
+CONFIG
+docker-registry serve "$workdir/registry/config.yml" >/dev/null 2>&1 &
+registry_pid=$!
+trap 'kill $registry_pid 2>/dev/null; rm -rf "$workdir"' EXIT
+python - "$port" <<'WAIT'
+import sys, time, urllib.request
+for _ in range(200):
+    try:
+        urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/v2/", timeout=1)
+        break
+    except OSError:
+        time.sleep(0.05)
+WAIT
+
+echo "==> cairn push gemma3:270m 127.0.0.1:$port/library/gemma3:270m --insecure"
+cairn push gemma3:270m "127.0.0.1:$port/library/gemma3:270m" --insecure
+echo "==> cairn pull into an empty store"
+CAIRN_MODELS="$workdir/empty-store" cairn pull "127.0.0.1:$port/library/gemma3:270m" --insecure
+CAIRN_MODELS="$workdir/empty-store" cairn list
+CAIRN_MODELS="$workdir/empty-store" cairn verify
