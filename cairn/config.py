@@ -6,10 +6,13 @@ setting is needed, so tests can change the environment between calls.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+from cairn.errors import ConfigError
 
 DEFAULT_HOST = "registry.ollama.ai"
 DEFAULT_NAMESPACE = "library"
@@ -30,6 +33,8 @@ class Settings:
     """``CAIRN_CA_BUNDLE`` (else ``SSL_CERT_FILE``): the CAs to trust for TLS."""
     docker_config: Path
     """``DOCKER_CONFIG``/config.json: Docker's credentials, read as a fallback."""
+    mirrors: Mapping[str, tuple[str, ...]]
+    """``CAIRN_MIRRORS`` and ``$CAIRN_HOME/mirrors.json``: registries to try first, per host."""
 
 
 def _truthy(value: str | None) -> bool:
@@ -43,9 +48,36 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
     ca_bundle = env.get("CAIRN_CA_BUNDLE") or env.get("SSL_CERT_FILE")
     docker = Path(env.get("DOCKER_CONFIG") or "~/.docker").expanduser() / "config.json"
     return Settings(
+        mirrors=_mirrors(env.get("CAIRN_MIRRORS", ""), home / "mirrors.json"),
         models=Path(models).expanduser(),
         debug=_truthy(env.get("CAIRN_DEBUG")),
         home=home,
         ca_bundle=Path(ca_bundle).expanduser() if ca_bundle else None,
         docker_config=docker,
     )
+
+
+def _mirrors(text: str, path: Path) -> dict[str, tuple[str, ...]]:
+    """``origin=mirror[,mirror...][;origin=...]``, after the file's ``{"origin": [mirrors]}``.
+
+    A mirror is ``host[:port]``, or ``http://host[:port]`` for plain HTTP.
+    """
+    mirrors: dict[str, tuple[str, ...]] = {}
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        data = {}
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read mirrors from {path}: {exc}") from None
+    if not isinstance(data, dict) or not all(
+        isinstance(v, list) and all(isinstance(m, str) for m in v) for v in data.values()
+    ):
+        raise ConfigError(f"{path} must map registry hosts to lists of mirrors")
+    mirrors.update({str(k).lower(): tuple(v) for k, v in data.items()})
+    for entry in filter(None, (part.strip() for part in text.split(";"))):
+        origin, sep, targets = entry.partition("=")
+        found = tuple(t.strip() for t in targets.split(",") if t.strip())
+        if not sep or not origin.strip() or not found:
+            raise ConfigError(f"CAIRN_MIRRORS entry {entry!r} is not origin=mirror[,mirror]")
+        mirrors[origin.strip().lower()] = found
+    return mirrors

@@ -26,8 +26,9 @@ def _credentials() -> CredentialStore:
     return CredentialStore(settings.home / "auth.json", settings.docker_config)
 
 
-def make_client(ref: Reference, insecure: bool) -> RegistryClient:
+def make_client(ref: Reference, insecure: bool, limit_rate: str | None = None) -> RegistryClient:
     from cairn.registry.client import RegistryClient
+    from cairn.registry.ratelimit import RateLimiter
 
     settings = config.load()
     realms = frozenset(
@@ -39,18 +40,21 @@ def make_client(ref: Reference, insecure: bool) -> RegistryClient:
         credentials=_credentials().get(ref.host),
         ca_bundle=str(settings.ca_bundle) if settings.ca_bundle else None,
         token_realms=realms,
+        limiter=RateLimiter(_size(limit_rate)) if limit_rate else None,
     )
 
 
 def _size(text: str) -> int:
     units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    given = text
     text = text.strip().lower().removesuffix("b").removesuffix("i")
     try:
-        if text and text[-1] in units:
-            return int(float(text[:-1]) * units[text[-1]])
-        return int(text)
+        value = int(float(text[:-1]) * units[text[-1]]) if text and text[-1] in units else int(text)
     except ValueError:
-        raise ConfigError(f"not a size: {text!r} (use bytes, or K, M, G suffixes)") from None
+        value = 0
+    if value <= 0:
+        raise ConfigError(f"not a size: {given!r} (use bytes, or K, M, G suffixes)")
+    return value
 
 
 @click.command()
@@ -58,7 +62,8 @@ def _size(text: str) -> int:
 @click.option("--insecure", is_flag=True, help="Use plain HTTP (no TLS), as Ollama's --insecure.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @click.option("--json", "as_json", is_flag=True, help="Print progress as NDJSON lines.")
-def pull(name: str, insecure: bool, quiet: bool, as_json: bool) -> None:
+@click.option("--limit-rate", help="At most this many bytes per second (K, M, G suffixes).")
+def pull(name: str, insecure: bool, quiet: bool, as_json: bool, limit_rate: str | None) -> None:
     """Pull model NAME from its registry into the store."""
     from cairn.cli.progress import Reporter
     from cairn.registry.pull import pull as do_pull
@@ -67,8 +72,18 @@ def pull(name: str, insecure: bool, quiet: bool, as_json: bool) -> None:
     reporter = Reporter(as_json, quiet)
 
     async def run() -> None:
-        async with make_client(ref, insecure) as client:
-            await do_pull(Models.from_environment(), ref, client, reporter)
+        models = Models.from_environment()
+        mirrors = config.load().mirrors.get(ref.host.lower(), ())
+        if mirrors:
+            from cairn.registry.pull import pull_via_mirrors
+
+            def connect(host: str, plain: bool) -> RegistryClient:
+                return make_client(parse_reference(f"{host}/{ref.repository}"), plain, limit_rate)
+
+            if await pull_via_mirrors(models, ref, mirrors, connect, reporter) is not None:
+                return
+        async with make_client(ref, insecure, limit_rate) as client:
+            await do_pull(models, ref, client, reporter)
 
     try:
         import asyncio
@@ -92,6 +107,7 @@ def pull(name: str, insecure: bool, quiet: bool, as_json: bool) -> None:
 @click.option("--chunk-size", default="64M", help="Upload large blobs in chunks of this size.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @click.option("--json", "as_json", is_flag=True, help="Print progress as NDJSON lines.")
+@click.option("--limit-rate", help="At most this many bytes per second (K, M, G suffixes).")
 def push(
     source: str,
     destination: str | None,
@@ -100,6 +116,7 @@ def push(
     chunk_size: str,
     quiet: bool,
     as_json: bool,
+    limit_rate: str | None,
 ) -> None:
     """Push model SOURCE to a registry, as DESTINATION (default: SOURCE's own name)."""
     from cairn.cli.progress import Reporter
@@ -110,7 +127,7 @@ def push(
     reporter = Reporter(as_json, quiet)
 
     async def run() -> str:
-        async with make_client(dest, insecure) as client:
+        async with make_client(dest, insecure, limit_rate) as client:
             return await do_push(models, source, dest, client, fmt, _size(chunk_size), reporter)
 
     try:

@@ -36,6 +36,7 @@ from cairn.errors import (
 from cairn.manifests import mediatypes as mt
 from cairn.manifests.manifest import MAX_MANIFEST_SIZE
 from cairn.registry.auth import Credentials, parse_challenges
+from cairn.registry.ratelimit import RateLimiter
 
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
@@ -104,6 +105,7 @@ class RegistryClient:
         ca_bundle: str | None = None,
         token_realms: frozenset[str] = frozenset(),
         timeout: float = 30.0,
+        limiter: RateLimiter | None = None,
     ) -> None:
         self.host = host
         self.insecure = insecure
@@ -112,6 +114,8 @@ class RegistryClient:
         self.retry = retry or RetryPolicy()
         self.token_realms = token_realms
         self.injected_transport = transport is not None
+        self.limiter = limiter
+        """Shared by every byte stream of this client's transfers (``--limit-rate``)."""
         # --insecure is Ollama's: plain HTTP, and no TLS verification should a
         # redirect lead to https (it also spares loading the CA store, ~60 ms).
         verify: ssl.SSLContext | bool = not insecure
@@ -124,6 +128,7 @@ class RegistryClient:
             follow_redirects=False,
             verify=verify,
             trust_env=True,
+            http2=not insecure and transport is None and _has_h2(),
             headers={"User-Agent": USER_AGENT},
         )
         self._auth: dict[str, str] = {}
@@ -370,6 +375,14 @@ class RegistryClient:
         self.check(response, f"pushing manifest {repository}:{reference}", (200, 201, 202))
         digest: str | None = response.headers.get("Docker-Content-Digest")
         return digest
+
+
+def _has_h2() -> bool:
+    try:
+        import h2  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _same_site(a: str, b: str) -> bool:

@@ -155,11 +155,15 @@ def _fast_span(ctx: _Context, span: Span, ssl_context: ssl.SSLContext | None) ->
             buffer = bytearray(_BUFFER)
             view = memoryview(buffer)
             while not span.complete and not ctx.stop.is_set():
-                want = min(_BUFFER, span.end - span.position)
+                want = min(
+                    _BUFFER if ctx.client.limiter is None else 1 << 16, span.end - span.position
+                )
                 count = response.readinto(view[:want])
                 if not count:
                     break
                 ctx.progress(ctx.partial.write_at(span, view[:count]))
+                if ctx.client.limiter is not None:
+                    ctx.client.limiter.consume(count)
             if not span.complete and not ctx.stop.is_set():
                 raise http.client.IncompleteRead(b"", span.end - span.position)
             return
@@ -181,6 +185,8 @@ async def _httpx_span(ctx: _Context, span: Span) -> None:
             if ctx.stop.is_set():
                 return
             ctx.progress(ctx.partial.write_at(span, chunk))
+            if ctx.client.limiter is not None:
+                await ctx.client.limiter.aconsume(len(chunk))
             if span.complete:
                 return
         if not span.complete:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from cairn.blobstore import Digest
-from cairn.errors import DigestMismatchError, InvalidDigestError, ManifestError
+from cairn.errors import DigestMismatchError, InvalidDigestError, ManifestError, RegistryError
 from cairn.manifests import mediatypes as mt
 from cairn.manifests.manifest import Descriptor, Index, Manifest, parse_manifest
 from cairn.manifests.models import LocalModel, Models
@@ -99,9 +99,13 @@ async def resolve(client: RegistryClient, ref: Reference) -> Manifest:
 
 
 async def pull(
-    models: Models, ref: Reference, client: RegistryClient, report: Report = _quiet
+    models: Models,
+    ref: Reference,
+    client: RegistryClient,
+    report: Report = _quiet,
+    save_as: Reference | None = None,
 ) -> LocalModel:
-    """Pull ``ref`` into ``models``; return the local model."""
+    """Pull ``ref`` into ``models`` (under ``save_as``, for a mirror); return the model."""
     report(Event("pulling manifest"))
     manifest = await resolve(client, ref)
     unique = list({d.digest: d for d in manifest.blobs}.values())
@@ -140,7 +144,33 @@ async def pull(
         await asyncio.gather(*(one(d) for d in missing))
         report(Event("verifying sha256 digest"))
         report(Event("writing manifest"))
-        tag = ref.tag or f"sha256-{manifest.digest.hex}"
-        model = models.save(ref.with_tag(tag), manifest)
+        target = save_as or ref
+        tag = target.tag or f"sha256-{manifest.digest.hex}"
+        model = models.save(target.with_tag(tag), manifest)
     report(Event("success"))
     return model
+
+
+async def pull_via_mirrors(
+    models: Models,
+    ref: Reference,
+    mirrors: tuple[str, ...],
+    connect: Callable[[str, bool], RegistryClient],
+    report: Report = _quiet,
+) -> LocalModel | None:
+    """Try each mirror of ``ref``'s registry in turn; None when none had it.
+
+    A mirror answers for the same repository path; what it serves is checked
+    like anything else (digests), and stored under the original name.
+    ``connect(host, insecure)`` makes the client for a mirror.
+    """
+    for mirror in mirrors:
+        insecure = mirror.startswith("http://")
+        host = mirror.removeprefix("http://").removeprefix("https://").rstrip("/")
+        mirrored = Reference(host, ref.namespace, ref.name, ref.tag, ref.digest, insecure)
+        try:
+            async with connect(host, insecure) as client:
+                return await pull(models, mirrored, client, report, save_as=ref)
+        except RegistryError as exc:
+            report(Event(f"mirror {host} failed ({exc}); trying the next"))
+    return None

@@ -29,6 +29,7 @@ from cairn.manifests.reference import Reference
 from cairn.registry.client import USER_AGENT, RegistryClient
 from cairn.registry.fetch import use_fast_path
 from cairn.registry.pull import Event, Report, _quiet
+from cairn.registry.ratelimit import RateLimiter
 
 DEFAULT_CHUNK_SIZE = 64 << 20
 # Up to this size a blob goes in one PUT. Larger ones go by PATCH: CNCF
@@ -74,7 +75,11 @@ def _with_digest(location: str, digest: str) -> str:
 
 
 async def _pieces(
-    store: BlobStore, descriptor: Descriptor, start: int, end: int
+    store: BlobStore,
+    descriptor: Descriptor,
+    start: int,
+    end: int,
+    limiter: RateLimiter | None = None,
 ) -> AsyncIterator[bytes]:
     """Bytes ``start:end`` of a stored blob, a MiB at a time (read in a thread)."""
     handle = store.open(descriptor.digest)
@@ -86,6 +91,8 @@ async def _pieces(
             if not piece:
                 raise TransferError(f"blob {descriptor.digest} is shorter than its manifest says")
             position += len(piece)
+            if limiter is not None:
+                await limiter.aconsume(len(piece))
             yield piece
     finally:
         handle.close()
@@ -218,13 +225,13 @@ async def _send_body(
     Straight from the file to the socket (``sendfile``, in a thread) when the
     registry is reached directly; through httpx, a MiB at a time, otherwise.
     """
-    if not use_fast_path(client):
+    if not use_fast_path(client) or client.limiter is not None:
         return await client.request(
             method,
             url,
             scope=scope,
             headers=headers,
-            content=_pieces(store, descriptor, start, end),
+            content=_pieces(store, descriptor, start, end, client.limiter),
             replayable=False,
         )
     credential = client.authorization(scope)

@@ -368,3 +368,59 @@ def test_push_skips_blobs_the_registry_has(cairn: Runner, tmp_path: Path, regist
     pushes = [e for e in events if e.get("digest")]
     assert pushes and all(e["completed"] == e["total"] for e in pushes)
     assert events[-1] == {"status": "success"}
+
+
+def test_mirror_serves_a_pull_for_an_unreachable_origin(
+    cairn: Runner, tmp_path: Path, registry: str
+) -> None:
+    make_model(cairn, tmp_path)
+    cairn("push", "tiny:1", f"{registry}/lab/tiny:1", "--insecure", "-q")
+    origin = "127.0.0.1:9"  # discard port: nothing listens, connections are refused
+    elsewhere = other_store(tmp_path, cairn)
+    mirrors = {"CAIRN_MIRRORS": f"{origin}=http://{registry}"}
+    elsewhere("pull", f"{origin}/lab/tiny:1", "--insecure", "-q", env=mirrors)
+    listed = json.loads(elsewhere("list", "--json").stdout)["models"]
+    assert [m["name"] for m in listed] == [
+        f"{origin}/lab/tiny:1"
+    ]  # stored under the name asked for
+    assert "all intact" in elsewhere("verify").stdout
+
+
+def test_pull_falls_back_to_origin_when_the_mirror_lacks_the_model(
+    cairn: Runner, tmp_path: Path, registry: str
+) -> None:
+    from tests.conftest import start_registry, stop
+
+    make_model(cairn, tmp_path)
+    cairn("push", "tiny:1", f"{registry}/lab/tiny:1", "--insecure", "-q")
+    (tmp_path / "empty-mirror").mkdir()
+    mirror, proc = start_registry(tmp_path / "empty-mirror")
+    try:
+        elsewhere = other_store(tmp_path, cairn)
+        result = elsewhere(
+            "pull",
+            f"{registry}/lab/tiny:1",
+            "--insecure",
+            "--json",
+            env={"CAIRN_MIRRORS": f"{registry}=http://{mirror}"},
+        )
+        events = [json.loads(line) for line in result.stdout.splitlines()]
+        assert any(e["status"].startswith(f"mirror {mirror} failed") for e in events)
+        assert events[-1] == {"status": "success"}
+    finally:
+        stop(proc)
+
+
+def test_limit_rate(cairn: Runner, tmp_path: Path, registry: str) -> None:
+    make_model(cairn, tmp_path, size_mb=3)  # about 3 MiB of weights
+    started = time.monotonic()
+    cairn("push", "tiny:1", f"{registry}/lab/slow:1", "--insecure", "-q", "--limit-rate", "2M")
+    pushed = time.monotonic() - started
+    elsewhere = other_store(tmp_path, cairn)
+    started = time.monotonic()
+    elsewhere("pull", f"{registry}/lab/slow:1", "--insecure", "-q", "--limit-rate", "2M")
+    pulled = time.monotonic() - started
+    # 3 MiB at 2 MiB/s, less the first quarter-second burst: at least a second each way.
+    assert pushed >= 1.0 and pulled >= 1.0
+    bad = cairn("pull", f"{registry}/lab/slow:1", "--insecure", "--limit-rate", "fast", check=False)
+    assert bad.returncode == 1 and "not a size: 'fast'" in bad.stderr
