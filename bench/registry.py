@@ -102,13 +102,19 @@ def main() -> None:
         source_store = work / "source-store"
         env = {**os.environ, "CAIRN_MODELS": str(source_store), "CAIRN_HOME": str(home)}
         (work / "Modelfile").write_text(f"FROM {assemble()}\n")
-        subprocess.run([*cairn, "create", "gemma3:270m", "-q", "-f", str(work / "Modelfile")],
-                       env=env, check=True)
+        subprocess.run(
+            [*cairn, "create", "gemma3:270m", "-q", "-f", str(work / "Modelfile")],
+            env=env,
+            check=True,
+        )
         origin = Registry(work / "origin")
         try:
             ref = f"{origin.host}/library/gemma3:270m"
-            subprocess.run([*cairn, "push", "gemma3:270m", ref, "--insecure", "--format", "oci", "-q"],
-                           env=env, check=True)
+            subprocess.run(
+                [*cairn, "push", "gemma3:270m", ref, "--insecure", "--format", "oci", "-q"],
+                env=env,
+                check=True,
+            )
             pulled_store = work / "pulled"
             skopeo_dir = work / "skopeo-dir"
             pull_env = {**env, "CAIRN_MODELS": str(pulled_store)}
@@ -117,30 +123,68 @@ def main() -> None:
                 shutil.rmtree(pulled_store, ignore_errors=True)
                 samples["cairn"].append(timed([*cairn, "pull", "-q", "--insecure", ref], pull_env))
                 shutil.rmtree(skopeo_dir, ignore_errors=True)
-                samples["skopeo"].append(timed(
-                    ["skopeo", "copy", "-q", *SKOPEO_HTTP, f"docker://{ref}", f"dir:{skopeo_dir}"], env))
+                samples["skopeo"].append(
+                    timed(
+                        [
+                            "skopeo",
+                            "copy",
+                            "-q",
+                            *SKOPEO_HTTP,
+                            f"docker://{ref}",
+                            f"dir:{skopeo_dir}",
+                        ],
+                        env,
+                    )
+                )
             results["pull_cairn_s"] = statistics.median(samples["cairn"])
             results["pull_skopeo_s"] = statistics.median(samples["skopeo"])
             results["pull_ratio"] = results["pull_cairn_s"] / results["pull_skopeo_s"]
-            results["pull_gemma_max_rss_mib"] = max_rss_kib(
-                [*cairn, "pull", "-q", "--insecure", ref],
-                {**env, "CAIRN_MODELS": str(work / "rss-store")},
-            ) // 1024
+            results["pull_gemma_max_rss_mib"] = (
+                max_rss_kib(
+                    [*cairn, "pull", "-q", "--insecure", ref],
+                    {**env, "CAIRN_MODELS": str(work / "rss-store")},
+                )
+                // 1024
+            )
 
             samples = {"cairn": [], "skopeo": []}
             for run in range(args.runs):
                 target = Registry(work / f"push-{run}")
                 try:
                     dest = f"{target.host}/library/gemma3:270m"
-                    samples["cairn"].append(timed(
-                        [*cairn, "push", "gemma3:270m", dest, "--insecure", "--format", "oci", "-q"], env))
+                    samples["cairn"].append(
+                        timed(
+                            [
+                                *cairn,
+                                "push",
+                                "gemma3:270m",
+                                dest,
+                                "--insecure",
+                                "--format",
+                                "oci",
+                                "-q",
+                            ],
+                            env,
+                        )
+                    )
                 finally:
                     target.stop()
                 target = Registry(work / f"push-skopeo-{run}")
                 try:
                     dest = f"{target.host}/library/gemma3:270m"
-                    samples["skopeo"].append(timed(
-                        ["skopeo", "copy", "-q", *SKOPEO_HTTP, f"dir:{skopeo_dir}", f"docker://{dest}"], env))
+                    samples["skopeo"].append(
+                        timed(
+                            [
+                                "skopeo",
+                                "copy",
+                                "-q",
+                                *SKOPEO_HTTP,
+                                f"dir:{skopeo_dir}",
+                                f"docker://{dest}",
+                            ],
+                            env,
+                        )
+                    )
                 finally:
                     target.stop()
             results["push_cairn_s"] = statistics.median(samples["cairn"])
@@ -149,20 +193,29 @@ def main() -> None:
 
             if args.big_gib > 0:
                 size = int(args.big_gib * (1 << 30))
-                big = write_gguf(work / "big.gguf", tensors=[("w", (1024, 1024, size // (4 << 20)))],
-                                 sparse=True)
+                big = write_gguf(
+                    work / "big.gguf", tensors=[("w", (1024, 1024, size // (4 << 20)))], sparse=True
+                )
                 (work / "Modelfile.big").write_text(f"FROM {big}\n")
-                subprocess.run([*cairn, "create", "big:1", "-q", "-f", str(work / "Modelfile.big")],
-                               env=env, check=True)
+                subprocess.run(
+                    [*cairn, "create", "big:1", "-q", "-f", str(work / "Modelfile.big")],
+                    env=env,
+                    check=True,
+                )
                 big.unlink()
                 big_ref = f"{origin.host}/library/big:1"
-                subprocess.run([*cairn, "push", "big:1", big_ref, "--insecure", "-q"], env=env, check=True)
+                subprocess.run(
+                    [*cairn, "push", "big:1", big_ref, "--insecure", "-q"], env=env, check=True
+                )
                 shutil.rmtree(source_store / "blobs", ignore_errors=True)
                 results["pull_big_bytes"] = size
-                results["pull_big_max_rss_mib"] = max_rss_kib(
-                    [*cairn, "pull", "-q", "--insecure", big_ref],
-                    {**env, "CAIRN_MODELS": str(work / "big-store")},
-                ) // 1024
+                results["pull_big_max_rss_mib"] = (
+                    max_rss_kib(
+                        [*cairn, "pull", "-q", "--insecure", big_ref],
+                        {**env, "CAIRN_MODELS": str(work / "big-store")},
+                    )
+                    // 1024
+                )
         finally:
             origin.stop()
     width = max(len(k) for k in results)
