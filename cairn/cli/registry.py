@@ -28,6 +28,7 @@ def _credentials() -> CredentialStore:
 
 def make_client(ref: Reference, insecure: bool, limit_rate: str | None = None) -> RegistryClient:
     from cairn.registry.client import RegistryClient
+    from cairn.registry.ollama_auth import OLLAMA_REGISTRY, OllamaKey
     from cairn.registry.ratelimit import RateLimiter
 
     settings = config.load()
@@ -41,6 +42,9 @@ def make_client(ref: Reference, insecure: bool, limit_rate: str | None = None) -
         ca_bundle=str(settings.ca_bundle) if settings.ca_bundle else None,
         token_realms=realms,
         limiter=RateLimiter(_size(limit_rate)) if limit_rate else None,
+        ollama_key=OllamaKey(settings.home / "id_ed25519")
+        if ref.host.lower() == OLLAMA_REGISTRY
+        else None,
     )
 
 

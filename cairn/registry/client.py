@@ -36,6 +36,7 @@ from cairn.errors import (
 from cairn.manifests import mediatypes as mt
 from cairn.manifests.manifest import MAX_MANIFEST_SIZE
 from cairn.registry.auth import Credentials, parse_challenges
+from cairn.registry.ollama_auth import OLLAMA_REALMS, OllamaKey, signed_token_request
 from cairn.registry.ratelimit import RateLimiter
 
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
@@ -106,6 +107,7 @@ class RegistryClient:
         token_realms: frozenset[str] = frozenset(),
         timeout: float = 30.0,
         limiter: RateLimiter | None = None,
+        ollama_key: OllamaKey | None = None,
     ) -> None:
         self.host = host
         self.insecure = insecure
@@ -114,6 +116,8 @@ class RegistryClient:
         self.retry = retry or RetryPolicy()
         self.token_realms = token_realms
         self.injected_transport = transport is not None
+        self.ollama_key = ollama_key
+        """Signs token requests to ollama.com, as Ollama does (registry.ollama.ai only)."""
         self.limiter = limiter
         """Shared by every byte stream of this client's transfers (``--limit-rate``)."""
         # --insecure is Ollama's: plain HTTP, and no TLS verification should a
@@ -256,7 +260,8 @@ class RegistryClient:
         realm = params["realm"]
         realm_host = urlsplit(realm).hostname or ""
         registry_host = urlsplit(self.base_url).hostname or ""
-        if not _same_site(realm_host, registry_host) and realm_host not in self.token_realms:
+        allowed = self.token_realms | (OLLAMA_REALMS if self.ollama_key is not None else set())
+        if not _same_site(realm_host, registry_host) and realm_host not in allowed:
             raise AuthenticationError(
                 f"{self.host} sends token requests to {realm_host}, another site; "
                 "allow it with CAIRN_TOKEN_REALMS if that is intended",
@@ -270,6 +275,10 @@ class RegistryClient:
             query["scope"] = wanted
         headers = {"Authorization": self.credentials.basic()} if self.credentials else {}
         url = realm + ("&" if "?" in realm else "?") + urlencode(query) if query else realm
+        if self.ollama_key is not None and realm_host in OLLAMA_REALMS:
+            url, headers["Authorization"] = signed_token_request(
+                realm, params.get("service", ""), wanted, self.ollama_key
+            )
         try:
             response = await self.http.get(url, headers=headers)
         except httpx.TransportError as exc:

@@ -394,3 +394,63 @@ def test_a_slow_stream_is_split_into_parallel_ranges(
     assert len(ranged) == fetch.PARTS - 1  # the first stream kept a share, three joined it
     layer = models.get("registry.test/lab/model:1").manifest.layers[0]
     assert models.blobs.path(layer.digest).read_bytes() == weights
+
+
+def test_ollama_signed_token_request(store: Path, tmp_path: Path) -> None:
+    """registry.ollama.ai's flow: the token request to ollama.com is signed with ed25519."""
+    import base64
+    import hashlib
+    import struct
+
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from cairn.registry.ollama_auth import OllamaKey
+
+    registry = FakeRegistry(host="registry.ollama.ai")
+    registry.add_model("library/model", "1", [b"weights"])
+    verified: list[str] = []
+
+    def ollama(request: httpx.Request) -> httpx.Response | None:
+        if request.url.host == "ollama.com":
+            public, _, signature = request.headers["Authorization"].partition(":")
+            blob = base64.b64decode(public)
+            (n,) = struct.unpack(">I", blob[:4])
+            assert blob[4 : 4 + n] == b"ssh-ed25519"
+            raw = blob[8 + n :]
+            body_hash = base64.b64encode(hashlib.sha256(b"").hexdigest().encode()).decode()
+            key = ed25519.Ed25519PublicKey.from_public_bytes(raw)
+            seen = str(request.url)
+            candidates = {seen, seen.replace("https://ollama.com/", "https://ollama.com:443/")}
+            for url in candidates:
+                try:
+                    key.verify(base64.b64decode(signature), f"GET,{url},{body_hash}".encode())
+                except Exception:
+                    continue
+                verified.append(url)
+            assert verified, "the signature does not match the request"
+            for field in ("ts", "nonce", "scope", "service"):
+                assert request.url.params.get(field)
+            return httpx.Response(200, json={"token": "signed-token"})
+        if request.headers.get("Authorization") != "Bearer signed-token":
+            challenge = (
+                'Bearer realm="https://ollama.com:443/token",service="ollama.com",'
+                'scope="repository:library/model:pull"'
+            )
+            return httpx.Response(401, headers={"WWW-Authenticate": challenge})
+        return None
+
+    registry.hooks.append(ollama)
+    key = OllamaKey(tmp_path / "home" / "id_ed25519")
+    models = Models(store)
+
+    async def go() -> None:
+        async with RegistryClient(
+            "registry.ollama.ai", transport=registry.transport(), retry=FAST, ollama_key=key
+        ) as client:
+            await pull(models, parse_reference("model:1"), client)
+
+    asyncio.run(go())
+    assert verified
+    assert (tmp_path / "home" / "id_ed25519").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "home" / "id_ed25519.pub").read_text().startswith("ssh-ed25519 ")
+    assert models.get("model:1").manifest.layers
