@@ -12,6 +12,7 @@ import pytest
 from hypothesis import settings
 
 from tests.ggufmaker import write_gguf
+from tests.tokenserver import TokenServer
 
 # Timing varies on a loaded 2-core CI machine; correctness is what is tested.
 settings.register_profile("cairn", deadline=None)
@@ -122,7 +123,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_registry(root: Path, htpasswd: Path | None = None) -> tuple[str, subprocess.Popen[bytes]]:
+def start_registry(
+    root: Path, htpasswd: Path | None = None, auth: str = ""
+) -> tuple[str, subprocess.Popen[bytes]]:
     """A real CNCF distribution registry (Debian's docker-registry) on 127.0.0.1."""
     import shutil
     import time
@@ -133,7 +136,6 @@ def start_registry(root: Path, htpasswd: Path | None = None) -> tuple[str, subpr
     if binary is None:  # no skip: `make test` installs it
         pytest.fail("docker-registry is not installed (make sysdeps installs it)")
     port = free_port()
-    auth = ""
     if htpasswd is not None:
         auth = f"auth:\n  htpasswd: {{realm: test-realm, path: {htpasswd}}}\n"
     config = root / "registry.yml"
@@ -195,3 +197,15 @@ def auth_registry(tmp_path: Path) -> Iterator[tuple[str, str, str]]:
     host, proc = start_registry(root, htpasswd)
     yield host, "alice", "s3cret-pw"
     stop(proc)
+
+
+@pytest.fixture
+def token_registry(tmp_path: Path) -> Iterator[tuple[str, str, str, TokenServer]]:
+    """A registry with token auth and its token server: ``(host, user, password, server)``."""
+    root = tmp_path / "token-registry"
+    root.mkdir()
+    server = TokenServer(root, "bob", "t0ken-pw")
+    host, proc = start_registry(root, auth=server.registry_auth())
+    yield host, "bob", "t0ken-pw", server
+    stop(proc)
+    server.stop()

@@ -284,6 +284,11 @@ class RegistryClient:
         except httpx.TransportError as exc:
             raise TransferError(f"token request to {realm_host}: {_describe(exc)}") from exc
         if response.status_code in (401, 403):
+            if self.credentials is None:
+                raise AuthenticationError(
+                    f"{self.host} needs credentials: run `cairn login {self.host}`",
+                    response.status_code,
+                )
             raise AuthenticationError(
                 f"{realm_host} refused the credentials for {self.host}", response.status_code
             )

@@ -17,6 +17,7 @@ import pytest
 
 from tests.conftest import Runner, cairn_env, modelfile
 from tests.ggufmaker import write_gguf
+from tests.tokenserver import TokenServer
 
 
 def make_model(cairn: Runner, tmp_path: Path, name: str = "tiny:1", size_mb: int = 3) -> Path:
@@ -424,3 +425,34 @@ def test_limit_rate(cairn: Runner, tmp_path: Path, registry: str) -> None:
     assert pushed >= 1.0 and pulled >= 1.0
     bad = cairn("pull", f"{registry}/lab/slow:1", "--insecure", "--limit-rate", "fast", check=False)
     assert bad.returncode == 1 and "not a size: 'fast'" in bad.stderr
+
+
+def test_token_auth_against_distribution(
+    cairn: Runner, tmp_path: Path, token_registry: tuple[str, str, str, TokenServer]
+) -> None:
+    """distribution with `auth: token`: a Bearer challenge, a token from our token server."""
+    host, user, password, server = token_registry
+    make_model(cairn, tmp_path)
+    env = {"CAIRN_HOME": str(tmp_path / "home"), "DOCKER_CONFIG": str(tmp_path / "no-docker")}
+    denied = cairn("push", "tiny:1", f"{host}/lab/tiny:1", "--insecure", check=False, env=env)
+    assert denied.returncode == 1 and f"run `cairn login {host}`" in denied.stderr
+    wrong = cairn(
+        "login",
+        host,
+        "-u",
+        user,
+        "--password-stdin",
+        "--insecure",
+        input="bad\n",
+        check=False,
+        env=env,
+    )
+    assert wrong.returncode == 1
+    cairn(
+        "login", host, "-u", user, "--password-stdin", "--insecure", input=password + "\n", env=env
+    )
+    cairn("push", "tiny:1", f"{host}/lab/tiny:1", "--insecure", "-q", env=env)
+    elsewhere = other_store(tmp_path, cairn)
+    elsewhere("pull", f"{host}/lab/tiny:1", "--insecure", "-q", env=env)
+    assert "all intact" in elsewhere("verify").stdout
+    assert server.issued >= 2
