@@ -12,43 +12,68 @@ from cairn.registry.pull import Event
 
 
 class Reporter:
-    """Turns transfer events into bars (one per blob), JSON lines or plain status lines."""
+    """Turns transfer events into bars (one per blob, one overall), JSON lines or status lines."""
 
     def __init__(self, as_json: bool = False, quiet: bool = False) -> None:
         self.as_json = as_json
         self.quiet = quiet
         self.tty = sys.stderr.isatty()
         self._bars: dict[str, Any] = {}
+        self._overall: Any = None
         self._last = ""
 
     def __call__(self, event: Event) -> None:
         if self.as_json:
             click.echo(json.dumps(event.to_json()))
+        elif self.quiet:
             return
-        if self.quiet:
-            return
-        if event.digest and event.total is not None and self.tty:
-            from tqdm import tqdm
+        elif event.digest and event.total is not None and self.tty:
+            self._bar(event)
+        else:
+            line = event.status if not event.digest else f"{event.status} {event.total} bytes"
+            if line != self._last and (not event.digest or event.completed == event.total):
+                if self._bars:
+                    from tqdm import tqdm
 
-            bar = self._bars.get(event.digest)
-            if bar is None:
-                bar = tqdm(
-                    total=event.total,
-                    desc=event.status,
-                    unit="B",
-                    unit_scale=True,
-                    unit_divisor=1024,
-                    leave=True,
-                    file=sys.stderr,
-                )
-                self._bars[event.digest] = bar
-            bar.update((event.completed or 0) - bar.n)
-            return
-        line = event.status if not event.digest else f"{event.status} {event.total} bytes"
-        if line != self._last and (not event.digest or event.completed == event.total):
-            click.echo(line, err=True)
-            self._last = line
+                    tqdm.write(line, file=sys.stderr)  # above the bars, not through them
+                else:
+                    click.echo(line, err=True)
+                self._last = line
+
+    def _bar(self, event: Event) -> None:
+        from tqdm import tqdm
+
+        assert event.digest is not None and event.total is not None
+        if self._overall is None:
+            self._overall = tqdm(
+                total=0,
+                desc="total",
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                file=sys.stderr,
+                position=0,
+            )
+        bar = self._bars.get(event.digest)
+        if bar is None:
+            bar = tqdm(
+                total=event.total,
+                desc=event.status,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                file=sys.stderr,
+                position=len(self._bars) + 1,
+            )
+            self._bars[event.digest] = bar
+            self._overall.total += event.total
+            self._overall.refresh()
+        step = (event.completed or 0) - bar.n
+        bar.update(step)
+        self._overall.update(step)
 
     def close(self) -> None:
         for bar in self._bars.values():
             bar.close()
+        if self._overall is not None:
+            self._overall.close()
