@@ -124,7 +124,7 @@ def free_port() -> int:
 
 
 def start_registry(
-    root: Path, htpasswd: Path | None = None, auth: str = ""
+    root: Path, htpasswd: Path | None = None, auth: str = "", tls: tuple[Path, Path] | None = None
 ) -> tuple[str, subprocess.Popen[bytes]]:
     """A real CNCF distribution registry (Debian's docker-registry) on 127.0.0.1."""
     import shutil
@@ -142,7 +142,9 @@ def start_registry(
     config.write_text(
         "version: 0.1\nlog: {level: error}\nstorage:\n"
         f"  filesystem: {{rootdirectory: {root / 'data'}}}\n  delete: {{enabled: true}}\n"
-        f"http: {{addr: 127.0.0.1:{port}}}\n{auth}"
+        f"http:\n  addr: 127.0.0.1:{port}\n"
+        + (f"  tls: {{certificate: {tls[0]}, key: {tls[1]}}}\n" if tls else "")
+        + auth
     )
     proc = subprocess.Popen(
         [binary, "serve", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
@@ -150,7 +152,13 @@ def start_registry(
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1)
+            if tls:
+                import ssl
+
+                context = ssl.create_default_context(cafile=str(tls[0]))
+                urllib.request.urlopen(f"https://127.0.0.1:{port}/v2/", timeout=1, context=context)
+            else:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1)
             break
         except urllib.error.HTTPError:
             break  # 401 with auth on: it is up
@@ -209,3 +217,54 @@ def token_registry(tmp_path: Path) -> Iterator[tuple[str, str, str, TokenServer]
     yield host, "bob", "t0ken-pw", server
     stop(proc)
     server.stop()
+
+
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key (PEM files)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "registry.crt", directory / "registry.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+@pytest.fixture
+def tls_registry(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A registry over TLS with a self-signed certificate: ``(host, ca_bundle)``."""
+    root = tmp_path / "tls-registry"
+    root.mkdir()
+    cert, key = self_signed(root)
+    host, proc = start_registry(root, tls=(cert, key))
+    yield host, cert
+    stop(proc)

@@ -126,6 +126,8 @@ class RegistryClient:
         if ca_bundle and not insecure:
             verify = ssl.create_default_context(cafile=ca_bundle)
         self.verify = verify
+        self.ca_bundle = ca_bundle
+        self._http1_context: ssl.SSLContext | None = None
         self.http = httpx.AsyncClient(
             transport=transport,
             timeout=httpx.Timeout(timeout),
@@ -145,6 +147,21 @@ class RegistryClient:
 
     async def aclose(self) -> None:
         await self.http.aclose()
+
+    def http1_ssl_context(self) -> ssl.SSLContext:
+        """A TLS context for the ``http.client`` byte paths: same trust, HTTP/1.1 only.
+
+        Not httpx's own context: httpx offers ``h2`` through ALPN on the
+        context it is given, and ``http.client`` speaks HTTP/1.1 alone.
+        """
+        if self._http1_context is None:
+            context = ssl.create_default_context(cafile=self.ca_bundle if self.verify else None)
+            if not self.verify:
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+            context.set_alpn_protocols(["http/1.1"])
+            self._http1_context = context
+        return self._http1_context
 
     def url(self, path: str) -> str:
         return f"{self.base_url}{path}"

@@ -198,7 +198,7 @@ async def _httpx_span(ctx: _Context, span: Span) -> None:
 async def _span_with_retries(ctx: _Context, span: Span, fast: bool) -> None:
     client = ctx.client
     attempt = 0
-    ssl_context = client.verify if isinstance(client.verify, ssl.SSLContext) else None
+    ssl_context = client.http1_ssl_context()
     while not span.complete:
         before = span.position
         try:

@@ -236,14 +236,14 @@ async def _send_body(
         )
     credential = client.authorization(scope)
     sent = {**headers, **({"Authorization": credential} if credential else {})}
-    ssl_context = client.verify if isinstance(client.verify, ssl.SSLContext) else None
+    ssl_context = client.http1_ssl_context()
     path = store.path(descriptor.digest)
     try:
         status, answer, body = await asyncio.to_thread(
             _sendfile_request, method, url, sent, path, start, end - start, ssl_context
         )
     except (OSError, http.client.HTTPException) as exc:
-        raise TransferError(f"{method} of blob {descriptor.digest}: {exc}") from exc
+        raise TransferError(f"{method} of blob {descriptor.digest}: {exc!r:.200}") from exc
     return httpx.Response(status, headers=answer, content=body)
 
 
@@ -277,7 +277,17 @@ def _sendfile_request(
         if count:
             assert conn.sock is not None
             with open(path, "rb") as f:
-                conn.sock.sendfile(f, offset, count)
+                if parts.scheme == "https":  # TLS: the bytes pass through user space anyway
+                    f.seek(offset)
+                    left = count
+                    while left:
+                        piece = f.read(min(left, 1 << 20))
+                        if not piece:
+                            raise OSError(f"{path} is shorter than expected")
+                        conn.sock.sendall(piece)
+                        left -= len(piece)
+                else:
+                    conn.sock.sendfile(f, offset, count)
         response = conn.getresponse()
         return response.status, response.getheaders(), response.read()
     finally:

@@ -492,3 +492,33 @@ def test_progress_bars_on_a_terminal(
     text = output.decode(errors="replace")
     assert "total: 100%" in text
     assert text.count("100%|") >= 4  # config, weights, system, params, and the total
+
+
+def test_tls_is_verified_against_the_ca_bundle(
+    cairn: Runner, tmp_path: Path, tls_registry: tuple[str, Path]
+) -> None:
+    host, ca = tls_registry
+    make_model(cairn, tmp_path)
+    refused = cairn("push", "tiny:1", f"{host}/lab/tiny:1", check=False)
+    assert refused.returncode == 1 and "CERTIFICATE_VERIFY_FAILED" in refused.stderr
+    env = {"CAIRN_CA_BUNDLE": str(ca)}
+    cairn("push", "tiny:1", f"{host}/lab/tiny:1", "-q", env=env)
+    elsewhere = other_store(tmp_path, cairn)
+    elsewhere("pull", f"{host}/lab/tiny:1", "-q", env=env)
+    assert "all intact" in elsewhere("verify").stdout
+
+
+def test_http2_with_a_tls_registry(tls_registry: tuple[str, Path]) -> None:
+    """httpx speaks HTTP/2 to a TLS registry that offers it (distribution does)."""
+    import asyncio
+
+    from cairn.registry.client import RegistryClient
+
+    host, ca = tls_registry
+
+    async def go() -> str:
+        async with RegistryClient(host, ca_bundle=str(ca)) as client:
+            response = await client.request("GET", "/v2/", scope="*")
+            return response.http_version
+
+    assert asyncio.run(go()) == "HTTP/2"
