@@ -522,3 +522,43 @@ def test_http2_with_a_tls_registry(tls_registry: tuple[str, Path]) -> None:
             return response.http_version
 
     assert asyncio.run(go()) == "HTTP/2"
+
+
+def test_push_killed_mid_blob_then_run_again(
+    cairn: Runner, store: Path, tmp_path: Path, registry: str
+) -> None:
+    big = write_gguf(
+        tmp_path / "big.gguf", tensors=[("w", (1024, 1024, 64))], fill=os.urandom(1 << 16)
+    )
+    modelfile(tmp_path, f"FROM {big}\n", "MF")
+    cairn("create", "big:1", "-f", str(tmp_path / "MF"))
+    env = cairn_env(store)
+    command = [
+        sys.executable,
+        "-m",
+        "cairn",
+        "push",
+        "--insecure",
+        "--json",
+        "--chunk-size",
+        "8M",
+        "big:1",
+        f"{registry}/lab/big:1",
+    ]
+    proc = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:  # kill once a good part of the weights is up
+        event = json.loads(line)
+        if event.get("total", 0) > (64 << 20) and event.get("completed", 0) > (32 << 20):
+            break
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    elsewhere = other_store(tmp_path, cairn)
+    elsewhere("pull", f"{registry}/lab/big:1", "--insecure", "-q")
+    digest = hashlib.sha256(big.read_bytes()).hexdigest()
+    assert (tmp_path / "other" / "blobs" / f"sha256-{digest}").stat().st_size == big.stat().st_size
+    assert "all intact" in elsewhere("verify").stdout
