@@ -162,17 +162,28 @@ class PartialBlob:
             span.done += count
             self._unsynced += count
             self._unsaved += count
-            sync = self._unsynced >= SYNC_EVERY
-            if sync:
-                self._unsynced = 0
             if self._unsaved >= SAVE_EVERY:
                 # The record may run ahead of the disk: after a crash that lost
                 # written pages the final digest check fails and the partial goes.
                 self._unsaved = 0
                 self._save()
-        if sync:
-            os.fdatasync(self._fd)
         return count
+
+    def flush_if_due(self) -> None:
+        """``fdatasync`` once ``SYNC_EVERY`` bytes are unflushed.
+
+        Called by whoever follows the download (the hasher), never by the
+        threads reading sockets: a flush must not stall a stream.
+        """
+        with self._lock:
+            due = self._unsynced >= SYNC_EVERY
+            if due:
+                self._unsynced = 0
+        if due:
+            try:
+                os.fdatasync(self._fd)
+            except OSError as exc:
+                raise storage_error(exc, f"writing blob {self.digest}") from exc
 
     def split(self, span: Span, parts: int) -> list[Span]:
         """Cut what is left of ``span`` into ``parts`` ranges; return the new ones.

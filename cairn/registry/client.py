@@ -138,6 +138,7 @@ class RegistryClient:
             headers={"User-Agent": USER_AGENT},
         )
         self._auth: dict[str, str] = {}
+        self._open: set[str] = set()  # scopes that answered without any credential
 
     async def __aenter__(self) -> RegistryClient:
         return self
@@ -169,6 +170,10 @@ class RegistryClient:
     def authorization(self, scope: str) -> str | None:
         """The credential to send for ``scope``, if one is known."""
         return self._auth.get(scope) or self._auth.get("*")
+
+    def known(self, scope: str) -> bool:
+        """Whether requests for ``scope`` are known to pass (a credential, or none needed)."""
+        return self.authorization(scope) is not None or scope in self._open
 
     # -- the request loop ----------------------------------------------------
 
@@ -220,6 +225,8 @@ class RegistryClient:
                 await asyncio.sleep(wait if wait is not None else self.retry.delay(attempt))
                 attempt += 1
                 continue
+            if not credential and response.status_code < 400:
+                self._open.add(scope)
             return response
 
     async def _send(

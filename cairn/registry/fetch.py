@@ -239,6 +239,7 @@ def _follow_and_hash(partial: PartialBlob, done: threading.Event) -> tuple[Any, 
         if landed > hashed:
             partial.hash_prefix(hasher, hashed, landed)
             hashed = landed
+        partial.flush_if_due()
         if finished:
             return hasher, hashed
         done.wait(0.01)
@@ -281,7 +282,7 @@ async def fetch_blob(
             return Blob(descriptor.digest, descriptor.size)
         progress(partial.resumed)
         fast = use_fast_path(client)
-        if fast and client.authorization(f"repository:{repository}:pull") is None:
+        if fast and not client.known(f"repository:{repository}:pull"):
             # Let the async client meet any auth challenge before the threads start.
             await client.blob_size(repository, str(descriptor.digest))
         ctx = _Context(client, repository, partial, progress, threading.Event())
