@@ -96,6 +96,7 @@ def main() -> None:
 
     cairn = [str(BIN / "cairn")]
     results: dict[str, float | int] = {}
+    all_samples: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory(dir=REPO / "bench") as directory:
         work = Path(directory)
         home = work / "home"
@@ -139,6 +140,7 @@ def main() -> None:
             results["pull_cairn_s"] = statistics.median(samples["cairn"])
             results["pull_skopeo_s"] = statistics.median(samples["skopeo"])
             results["pull_ratio"] = results["pull_cairn_s"] / results["pull_skopeo_s"]
+            all_samples.update({f"pull_{k}": v for k, v in samples.items()})
             results["pull_gemma_max_rss_mib"] = (
                 max_rss_kib(
                     [*cairn, "pull", "-q", "--insecure", ref],
@@ -190,6 +192,7 @@ def main() -> None:
             results["push_cairn_s"] = statistics.median(samples["cairn"])
             results["push_skopeo_s"] = statistics.median(samples["skopeo"])
             results["push_ratio"] = results["push_cairn_s"] / results["push_skopeo_s"]
+            all_samples.update({f"push_{k}": v for k, v in samples.items()})
 
             if args.big_gib > 0:
                 size = int(args.big_gib * (1 << 30))
@@ -224,7 +227,11 @@ def main() -> None:
         print(f"{key.ljust(width)}  {shown}")
     out = REPO / "bench" / "results"
     out.mkdir(exist_ok=True)
-    (out / "registry.json").write_text(json.dumps(results, indent=2) + "\n")
+    for key, values in all_samples.items():
+        print(f"{key} samples: {' '.join(f'{v:.3f}' for v in values)}")
+    (out / "registry.json").write_text(
+        json.dumps({**results, "samples": all_samples}, indent=2) + "\n"
+    )
 
 
 if __name__ == "__main__":

@@ -96,6 +96,9 @@ def bench_create(work: Path, runs: int) -> dict[str, float]:
             fresh()
             samples[kind].append(timed([sys.executable, "-c", PEER, str(model), str(copy), flag]))
     cairn, peer_sync, peer_nosync = (statistics.median(samples[k]) for k in samples)
+    print("create samples (cairn, peer fsync, peer no fsync):")
+    for key, values in samples.items():
+        print(f"  {key}: {' '.join(f'{v:.3f}' for v in values)}")
     fresh()
     return {
         "cairn_create_s": cairn,
