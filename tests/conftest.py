@@ -268,3 +268,20 @@ def tls_registry(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     host, proc = start_registry(root, tls=(cert, key))
     yield host, cert
     stop(proc)
+
+
+def run_at_once(args: list[str], env: dict[str, str], copies: int = 2) -> None:
+    """Run ``cairn ARGS`` in ``copies`` processes at the same time; each must succeed."""
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "cairn", *args],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(copies)
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err

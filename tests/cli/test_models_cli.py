@@ -19,6 +19,7 @@ from tests.conftest import (
     cairn_env,
     in_private_mount_namespace,
     modelfile,
+    run_at_once,
 )
 from tests.ggufmaker import write_gguf
 
@@ -423,19 +424,7 @@ def test_debug_shows_traceback(cairn: Runner) -> None:
 
 def test_two_creates_at_once(store: Path, tmp_path: Path, gemma_gguf: Path) -> None:
     path = gemma_modelfile(tmp_path, gemma_gguf)
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "cairn", "create", "gemma3:270m", "-f", str(path)],
-            env=cairn_env(store),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(2)
-    ]
-    for proc in procs:
-        _, err = proc.communicate(timeout=120)
-        assert proc.returncode == 0, err
+    run_at_once(["create", "gemma3:270m", "-f", str(path)], cairn_env(store))
     blobs, manifests = store_files(store)
     assert manifests == ["registry.ollama.ai/library/gemma3/270m"]
     assert f"sha256-{GEMMA_SHA256}" in blobs

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import Runner, cairn_env, modelfile
+from tests.conftest import Runner, cairn_env, modelfile, run_at_once
 from tests.ggufmaker import write_gguf
 from tests.tokenserver import TokenServer
 
@@ -41,6 +41,22 @@ def other_store(tmp_path: Path, cairn: Runner, name: str = "other") -> Runner:
         return cairn(*args, check=check, env={"CAIRN_MODELS": str(store), **(env or {})})
 
     return run
+
+
+def login(
+    cairn: Runner, host: str, user: str, password: str, env: dict[str, str], check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    return cairn(
+        "login",
+        host,
+        "-u",
+        user,
+        "--password-stdin",
+        "--insecure",
+        input=password + "\n",
+        check=check,
+        env=env,
+    )
 
 
 def manifest_of(store: Path, host: str, repo: str, tag: str) -> bytes:
@@ -175,22 +191,10 @@ def test_basic_auth_login_push_pull(
     denied = cairn("push", "tiny:1", f"{host}/lab/tiny:1", "--insecure", check=False, env=env)
     assert denied.returncode == 1
     assert f"run `cairn login {host}`" in denied.stderr
-    wrong = cairn(
-        "login",
-        host,
-        "-u",
-        user,
-        "--password-stdin",
-        "--insecure",
-        input="nope\n",
-        check=False,
-        env=env,
-    )
+    wrong = login(cairn, host, user, "nope", env, check=False)
     assert wrong.returncode == 1 and "refused" in wrong.stderr
     assert not (home / "auth.json").exists()
-    ok = cairn(
-        "login", host, "-u", user, "--password-stdin", "--insecure", input=password + "\n", env=env
-    )
+    ok = login(cairn, host, user, password, env)
     assert "Login Succeeded" in ok.stdout
     assert stat.S_IMODE((home / "auth.json").stat().st_mode) == 0o600
     pushed = cairn("push", "tiny:1", f"{host}/lab/tiny:1", "--insecure", "--json", env=env)
@@ -228,27 +232,7 @@ def test_two_pulls_at_once(cairn: Runner, tmp_path: Path, registry: str, gemma_g
     cairn("push", "gemma3:270m", f"{registry}/library/gemma3:270m", "--insecure", "-q")
     store = tmp_path / "fresh"
     env = cairn_env(store)
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "cairn",
-                "pull",
-                "-q",
-                "--insecure",
-                f"{registry}/library/gemma3:270m",
-            ],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(2)
-    ]
-    for proc in procs:
-        _, err = proc.communicate(timeout=120)
-        assert proc.returncode == 0, err
+    run_at_once(["pull", "-q", "--insecure", f"{registry}/library/gemma3:270m"], env)
     check = subprocess.run(
         [sys.executable, "-m", "cairn", "verify"], env=env, capture_output=True, text=True
     )
@@ -436,21 +420,9 @@ def test_token_auth_against_distribution(
     env = {"CAIRN_HOME": str(tmp_path / "home"), "DOCKER_CONFIG": str(tmp_path / "no-docker")}
     denied = cairn("push", "tiny:1", f"{host}/lab/tiny:1", "--insecure", check=False, env=env)
     assert denied.returncode == 1 and f"run `cairn login {host}`" in denied.stderr
-    wrong = cairn(
-        "login",
-        host,
-        "-u",
-        user,
-        "--password-stdin",
-        "--insecure",
-        input="bad\n",
-        check=False,
-        env=env,
-    )
+    wrong = login(cairn, host, user, "bad", env, check=False)
     assert wrong.returncode == 1
-    cairn(
-        "login", host, "-u", user, "--password-stdin", "--insecure", input=password + "\n", env=env
-    )
+    login(cairn, host, user, password, env)
     cairn("push", "tiny:1", f"{host}/lab/tiny:1", "--insecure", "-q", env=env)
     elsewhere = other_store(tmp_path, cairn)
     elsewhere("pull", f"{host}/lab/tiny:1", "--insecure", "-q", env=env)
