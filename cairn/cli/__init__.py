@@ -46,10 +46,11 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from cairn.cli import completion, models, registry
+    from cairn.cli import completion, models, registry, serve
 
     for command in (*models.COMMANDS, *registry.COMMANDS, completion.completion):
         cli.add_command(command)
+    cli.add_command(serve.registry)
     cli.add_command(models.list_models, "ls")
 
 

@@ -1,0 +1,95 @@
+"""``cairn registry serve``: the local store as an OCI registry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from cairn import config
+
+
+@click.group()
+def registry() -> None:
+    """Run an OCI registry over the store."""
+
+
+@registry.command()
+@click.option("--addr", default="127.0.0.1:5000", show_default=True, help="HOST:PORT to listen on.")
+@click.option(
+    "--root",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The store to serve (default: $CAIRN_MODELS).",
+)
+@click.option(
+    "--default-host",
+    default=config.DEFAULT_HOST,
+    show_default=True,
+    help="The store host that ns/name repositories map to.",
+)
+@click.option("--read-only", is_flag=True, help="Refuse every write.")
+@click.option(
+    "--htpasswd",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="Require Basic auth (bcrypt entries) for writes, and reads too.",
+)
+@click.option("--public-read", is_flag=True, help="With --htpasswd: let anyone pull.")
+@click.option(
+    "--tls-cert",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="Serve HTTPS with this certificate (PEM).",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="The certificate's private key (PEM).",
+)
+@click.option("--json-logs", is_flag=True, help="One JSON access-log line per request.")
+def serve(
+    addr: str,
+    root: Path | None,
+    default_host: str,
+    read_only: bool,
+    htpasswd: Path | None,
+    public_read: bool,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    json_logs: bool,
+) -> None:
+    """Serve the store over the OCI Distribution API (pull, push, tags, referrers)."""
+    import logging
+    import ssl
+
+    from aiohttp import web
+
+    from cairn.errors import ConfigError
+    from cairn.registry.server.app import Options, load_htpasswd, make_app
+
+    host, _, port = addr.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"--addr {addr!r} is not HOST:PORT")
+    if bool(tls_cert) != bool(tls_key):
+        raise ConfigError("--tls-cert and --tls-key go together")
+    options = Options(
+        root=root or config.load().models,
+        default_host=default_host,
+        read_only=read_only,
+        users=load_htpasswd(htpasswd) if htpasswd else {},
+        public_read=public_read,
+        json_logs=json_logs,
+    )
+    context = None
+    if tls_cert and tls_key:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(tls_cert, tls_key)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    click.echo(f"serving {options.root} on {'https' if context else 'http'}://{addr}", err=True)
+    web.run_app(
+        make_app(options),
+        host=host,
+        port=int(port),
+        ssl_context=context,
+        print=None,
+        access_log=None,
+    )

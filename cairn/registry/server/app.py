@@ -1,0 +1,535 @@
+"""``cairn registry serve``: an OCI Distribution registry over the local store.
+
+Repositories map onto the store's ``<host>/<namespace>/<name>``: a name
+whose first component is a host the store holds maps there; ``ns/name``
+maps to ``--default-host``. Blobs are the store's blobs (one pool for all
+repositories); manifests are tags in Ollama's layout, and a manifest pushed
+by digest alone is kept under the tag ``sha256-<hex>``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from aiohttp import web
+
+from cairn.blobstore import Digest
+from cairn.config import DEFAULT_HOST
+from cairn.errors import CairnError, ManifestError, StorageFullError
+from cairn.manifests import mediatypes as mt
+from cairn.manifests.manifest import MAX_MANIFEST_SIZE, Index, Manifest, parse_manifest
+from cairn.manifests.models import Models
+from cairn.manifests.reference import Reference, parse_reference
+from cairn.registry.server.errors import OCIError
+from cairn.registry.server.uploads import Session, Uploads
+
+API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
+CHUNK = 1 << 20
+DIGEST_TAG = "sha256-"
+log = logging.getLogger("cairn.registry.access")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass
+class Options:
+    root: Path
+    default_host: str = DEFAULT_HOST
+    read_only: bool = False
+    users: dict[str, bytes] = field(default_factory=dict)
+    """htpasswd: user name to bcrypt hash; empty means no auth."""
+    public_read: bool = False
+    json_logs: bool = False
+    upload_expiry: float = 3600.0
+
+
+def load_htpasswd(path: Path) -> dict[str, bytes]:
+    users = {}
+    for line in path.read_text().splitlines():
+        user, sep, hashed = line.strip().partition(":")
+        if sep and user and hashed.startswith(("$2a$", "$2b$", "$2y$")):
+            users[user] = hashed.encode()
+    if not users:
+        raise CairnError(f"{path} has no bcrypt entries (user:$2y$...)")
+    return users
+
+
+class Registry:
+    def __init__(self, options: Options) -> None:
+        self.options = options
+        self.models = Models(options.root)
+        self.uploads = Uploads(self.models.blobs, options.upload_expiry)
+
+    # -- names ----------------------------------------------------------------
+
+    def reference(self, name: str, tag: str = "latest") -> Reference:
+        """The store reference for repository ``name`` (NAME_INVALID if it can't be one)."""
+        parts = name.split("/")
+        if len(parts) == 3:
+            text = f"{parts[0]}/{parts[1]}/{parts[2]}:{tag}"
+        elif len(parts) == 2:
+            text = f"{self.options.default_host}/{parts[0]}/{parts[1]}:{tag}"
+        elif len(parts) == 1:
+            text = f"{self.options.default_host}/library/{parts[0]}:{tag}"
+        else:
+            raise OCIError("NAME_INVALID", f"repository {name!r} has more than three parts")
+        try:
+            return parse_reference(text)
+        except CairnError as exc:
+            raise OCIError("NAME_INVALID", str(exc)) from None
+
+    def tags(self, ref: Reference) -> list[str]:
+        return sorted(t.reference.tag or "" for t in self.models.tags.tags_of(ref))
+
+    def find_manifest(self, name: str, reference: str) -> bytes:
+        """Manifest bytes by tag or digest (MANIFEST_UNKNOWN when absent)."""
+        if reference.startswith("sha256:"):
+            try:
+                digest = Digest.parse(reference)
+            except CairnError:
+                raise OCIError("DIGEST_INVALID", f"{reference!r} is not a sha256 digest") from None
+            ref = self.reference(name, DIGEST_TAG + digest.hex)
+            path = self.models.tags.find(ref)
+            if path is not None:
+                return path.read_bytes()
+            for tagged in self.models.tags.tags_of(ref):
+                data = tagged.path.read_bytes()
+                if hashlib.sha256(data).hexdigest() == digest.hex:
+                    return data
+            raise OCIError("MANIFEST_UNKNOWN", f"manifest {reference} is not in {name}")
+        ref = self.reference(name, reference)
+        path = self.models.tags.find(ref)
+        if path is None:
+            raise OCIError("MANIFEST_UNKNOWN", f"manifest {name}:{reference} is unknown")
+        return path.read_bytes()
+
+    # -- auth -------------------------------------------------------------------
+
+    def authorized(self, request: web.Request) -> bool:
+        if not self.options.users:
+            return True
+        if self.options.public_read and request.method in ("GET", "HEAD"):
+            return True
+        header = request.headers.get("Authorization", "")
+        if not header.startswith("Basic "):
+            return False
+        try:
+            user, _, password = base64.b64decode(header[6:]).decode().partition(":")
+        except ValueError:
+            return False
+        hashed = self.options.users.get(user)
+        if hashed is None:
+            return False
+        import bcrypt
+
+        return bool(bcrypt.checkpw(password.encode(), hashed))
+
+
+def _name_and_rest(request: web.Request) -> tuple[str, str]:
+    return request.match_info["name"], request.match_info.get("rest", "")
+
+
+# -- handlers -----------------------------------------------------------------
+
+
+async def base(request: web.Request) -> web.StreamResponse:
+    return web.json_response({}, headers=API_VERSION)
+
+
+async def get_manifest(request: web.Request) -> web.StreamResponse:
+    registry: Registry = request.app["registry"]
+    name, reference = request.match_info["name"], request.match_info["reference"]
+    data = await asyncio.to_thread(registry.find_manifest, name, reference)
+    try:
+        parsed = parse_manifest(data)
+    except ManifestError:
+        raise OCIError(
+            "MANIFEST_INVALID", f"the stored manifest {name}:{reference} is damaged"
+        ) from None
+    content_type = parsed.media_type or (
+        mt.OCI_INDEX if isinstance(parsed, Index) else mt.OCI_MANIFEST
+    )
+    headers = {
+        "Docker-Content-Digest": f"sha256:{hashlib.sha256(data).hexdigest()}",
+        "Content-Type": content_type,
+        "Content-Length": str(len(data)),
+    }
+    if request.method == "HEAD":
+        return web.Response(headers=headers)
+    return web.Response(body=data, headers=headers)
+
+
+async def put_manifest(request: web.Request) -> web.StreamResponse:
+    registry: Registry = request.app["registry"]
+    name, reference = request.match_info["name"], request.match_info["reference"]
+    if request.content_length is not None and request.content_length > MAX_MANIFEST_SIZE:
+        raise OCIError(
+            "SIZE_INVALID", f"manifests are limited to {MAX_MANIFEST_SIZE} bytes", status=413
+        )
+    data = await request.content.read(MAX_MANIFEST_SIZE + 1)
+    if len(data) > MAX_MANIFEST_SIZE:
+        raise OCIError(
+            "SIZE_INVALID", f"manifests are limited to {MAX_MANIFEST_SIZE} bytes", status=413
+        )
+    digest = Digest(hashlib.sha256(data).hexdigest())
+    try:
+        parsed = parse_manifest(data, request.headers.get("Content-Type"))
+    except ManifestError as exc:
+        raise OCIError("MANIFEST_INVALID", str(exc)) from None
+    if reference.startswith("sha256:"):
+        try:
+            if Digest.parse(reference) != digest:
+                raise OCIError(
+                    "DIGEST_INVALID", f"the manifest's digest is {digest}, not {reference}"
+                )
+        except CairnError:
+            raise OCIError("DIGEST_INVALID", f"{reference!r} is not a sha256 digest") from None
+        tag = DIGEST_TAG + digest.hex
+    else:
+        tag = reference
+    ref = registry.reference(name, tag)
+    blobs = registry.models.blobs
+    if isinstance(parsed, Manifest):
+        for descriptor in parsed.blobs:
+            if not blobs.has(descriptor.digest):
+                raise OCIError(
+                    "MANIFEST_BLOB_UNKNOWN",
+                    f"blob {descriptor.digest} is not in the registry",
+                    {"digest": str(descriptor.digest)},
+                )
+    else:
+        for entry in parsed.manifests:
+            try:
+                registry.find_manifest(name, str(entry.digest))
+            except OCIError:
+                raise OCIError(
+                    "MANIFEST_UNKNOWN", f"the index names manifest {entry.digest}, not in {name}"
+                ) from None
+
+    def save() -> None:
+        with blobs.writing():
+            registry.models.tags.write(ref, data)
+
+    await asyncio.to_thread(save)
+    headers = {
+        "Location": f"/v2/{name}/manifests/{digest}",
+        "Docker-Content-Digest": str(digest),
+    }
+    subject = getattr(parsed, "subject", None)
+    if subject is not None:
+        headers["OCI-Subject"] = str(subject.digest)
+    return web.Response(status=201, headers=headers)
+
+
+async def delete_manifest(request: web.Request) -> web.StreamResponse:
+    registry: Registry = request.app["registry"]
+    name, reference = request.match_info["name"], request.match_info["reference"]
+    removed = False
+    if reference.startswith("sha256:"):
+        data_digest = reference
+        registry.find_manifest(name, reference)  # 404 when absent
+        ref = registry.reference(name, "x")
+        for tagged in list(registry.models.tags.tags_of(ref)):
+            digest = "sha256:" + hashlib.sha256(tagged.path.read_bytes()).hexdigest()
+            if digest == data_digest:
+                removed = registry.models.tags.delete(tagged.reference) or removed
+    else:
+        removed = registry.models.tags.delete(registry.reference(name, reference))
+    if not removed:
+        raise OCIError("MANIFEST_UNKNOWN", f"manifest {name}:{reference} is unknown")
+    return web.Response(status=202)
+
+
+async def get_blob(request: web.Request) -> web.StreamResponse:
+    registry: Registry = request.app["registry"]
+    name = request.match_info["name"]
+    registry.reference(name)
+    digest = _digest(request.match_info["digest"])
+    path = registry.models.blobs.path(digest)
+    if not path.is_file():
+        raise OCIError("BLOB_UNKNOWN", f"blob {digest} is unknown", {"digest": str(digest)})
+    headers = {"Docker-Content-Digest": str(digest), "Content-Type": "application/octet-stream"}
+    if request.method == "HEAD":
+        headers["Content-Length"] = str(path.stat().st_size)
+        headers["Accept-Ranges"] = "bytes"
+        return web.Response(headers=headers)
+    response = web.FileResponse(path, chunk_size=CHUNK, headers=headers)
+    return response
+
+
+async def delete_blob(request: web.Request) -> web.StreamResponse:
+    registry: Registry = request.app["registry"]
+    registry.reference(request.match_info["name"])
+    digest = _digest(request.match_info["digest"])
+    models = registry.models
+
+    def remove() -> bool:
+        with models.blobs.collecting():
+            if digest in models.referenced():
+                raise OCIError(
+                    "UNSUPPORTED", f"blob {digest} is used by a manifest; delete that first"
+                )
+            return models.blobs.delete(digest)
+
+    if not await asyncio.to_thread(remove):
+        raise OCIError("BLOB_UNKNOWN", f"blob {digest} is unknown")
+    return web.Response(status=202)
+
+
+def _digest(text: str) -> Digest:
+    try:
+        return Digest.parse(text)
+    except CairnError:
+        raise OCIError("DIGEST_INVALID", f"{text!r} is not a sha256 digest") from None
+
+
+def _upload_headers(name: str, session: Session) -> dict[str, str]:
+    return {
+        "Location": f"/v2/{name}/blobs/uploads/{session.id}",
+        "Range": f"0-{max(0, session.offset - 1)}",
+        "Docker-Upload-UUID": session.id,
+    }
+
+
+async def _receive(request: web.Request, session: Session) -> None:
+    async for chunk in request.content.iter_chunked(CHUNK):
+        await asyncio.to_thread(Uploads.append, session, chunk)
+
+
+async def start_upload(request: web.Request) -> web.StreamResponse:
+    registry: Registry = request.app["registry"]
+    name = request.match_info["name"]
+    registry.reference(name)
+    mount, source = request.query.get("mount"), request.query.get("from")
+    if mount and source:
+        digest = _digest(mount)
+        if registry.models.blobs.has(digest):
+            return web.Response(
+                status=201,
+                headers={
+                    "Location": f"/v2/{name}/blobs/{digest}",
+                    "Docker-Content-Digest": str(digest),
+                },
+            )
+    session = registry.uploads.start(name)
+    wanted = request.query.get("digest")
+    if wanted is not None:  # a single POST with the whole blob
+        digest = _digest(wanted)
+        async with session.lock:
+            await _receive(request, session)
+            return await _finish(request, registry, name, session, digest)
+    return web.Response(status=202, headers=_upload_headers(name, session))
+
+
+def _session(request: web.Request) -> tuple[Registry, str, Session]:
+    registry: Registry = request.app["registry"]
+    name = request.match_info["name"]
+    session = registry.uploads.get(request.match_info["uuid"], name)
+    if session is None:
+        raise OCIError(
+            "BLOB_UPLOAD_UNKNOWN", "no such upload session (expired, finished or made up)"
+        )
+    return registry, name, session
+
+
+async def patch_upload(request: web.Request) -> web.StreamResponse:
+    _, name, session = _session(request)
+    async with session.lock:
+        content_range = request.headers.get("Content-Range")
+        if content_range:
+            start = content_range.removeprefix("bytes=").partition("-")[0]
+            if not start.isdigit() or int(start) != session.offset:
+                raise OCIError(
+                    "RANGE_INVALID",
+                    f"the upload is at byte {session.offset}; this chunk starts at {start}",
+                    headers=_upload_headers(name, session),
+                )
+        await _receive(request, session)
+        return web.Response(status=202, headers=_upload_headers(name, session))
+
+
+async def upload_status(request: web.Request) -> web.StreamResponse:
+    _, name, session = _session(request)
+    return web.Response(status=204, headers=_upload_headers(name, session))
+
+
+async def put_upload(request: web.Request) -> web.StreamResponse:
+    registry, name, session = _session(request)
+    digest = _digest(request.query.get("digest", ""))
+    async with session.lock:
+        await _receive(request, session)
+        return await _finish(request, registry, name, session, digest)
+
+
+async def _finish(
+    request: web.Request, registry: Registry, name: str, session: Session, digest: Digest
+) -> web.StreamResponse:
+    with registry.models.blobs.writing():
+        blob = await asyncio.to_thread(registry.uploads.finish, session, digest)
+    if blob is None:
+        raise OCIError("DIGEST_INVALID", f"the uploaded bytes do not hash to {digest}")
+    return web.Response(
+        status=201,
+        headers={"Location": f"/v2/{name}/blobs/{digest}", "Docker-Content-Digest": str(digest)},
+    )
+
+
+async def cancel_upload(request: web.Request) -> web.StreamResponse:
+    registry, _, session = _session(request)
+    registry.uploads.drop(session)
+    return web.Response(status=204)
+
+
+async def list_tags(request: web.Request) -> web.StreamResponse:
+    registry: Registry = request.app["registry"]
+    name = request.match_info["name"]
+    ref = registry.reference(name)
+    every = await asyncio.to_thread(registry.tags, ref)
+    if not every:
+        raise OCIError("NAME_UNKNOWN", f"repository {name} is unknown")
+    tags = [t for t in every if not t.startswith(DIGEST_TAG)]
+    last = request.query.get("last")
+    if last:
+        tags = [t for t in tags if t > last]
+    headers: dict[str, str] = {}
+    count = request.query.get("n")
+    if count is not None:
+        if not count.isdigit():
+            raise OCIError("UNSUPPORTED", "n must be a number", status=400)
+        limit = int(count)
+        if len(tags) > limit:
+            tags = tags[:limit]
+            if tags:
+                headers["Link"] = (
+                    f'</v2/{name}/tags/list?n={limit}&last={quote(tags[-1])}>; rel="next"'
+                )
+    return web.json_response({"name": name, "tags": tags}, headers=headers)
+
+
+async def referrers(request: web.Request) -> web.StreamResponse:
+    registry: Registry = request.app["registry"]
+    name = request.match_info["name"]
+    subject = str(_digest(request.match_info["digest"]))
+    wanted = request.query.get("artifactType")
+    ref = registry.reference(name)
+    entries: list[dict[str, Any]] = []
+    for tagged in registry.models.tags.tags_of(ref):
+        data = tagged.path.read_bytes()
+        try:
+            parsed = parse_manifest(data)
+        except ManifestError:
+            continue
+        found = getattr(parsed, "subject", None)
+        if found is None or str(found.digest) != subject:
+            continue
+        artifact_type = parsed.artifact_type or (
+            parsed.config.media_type if isinstance(parsed, Manifest) else None
+        )
+        if wanted and artifact_type != wanted:
+            continue
+        entry: dict[str, Any] = {
+            "mediaType": parsed.media_type or mt.OCI_MANIFEST,
+            "digest": f"sha256:{hashlib.sha256(data).hexdigest()}",
+            "size": len(data),
+        }
+        if artifact_type:
+            entry["artifactType"] = artifact_type
+        if parsed.annotations:
+            entry["annotations"] = dict(parsed.annotations)
+        if entry not in entries:
+            entries.append(entry)
+    headers = {"OCI-Filters-Applied": "artifactType"} if wanted else {}
+    body = {"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": entries}
+    return web.json_response(body, content_type=mt.OCI_INDEX, headers=headers)
+
+
+# -- middleware and app -------------------------------------------------------------
+
+
+@web.middleware
+async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    registry: Registry = request.app["registry"]
+    started = time.monotonic()
+    status = 500
+    try:
+        if not registry.authorized(request):
+            raise OCIError(
+                "UNAUTHORIZED",
+                "authentication required",
+                headers={"WWW-Authenticate": 'Basic realm="cairn"', **API_VERSION},
+            )
+        if registry.options.read_only and request.method not in ("GET", "HEAD"):
+            raise OCIError("UNSUPPORTED", "this registry is read-only")
+        response = await handler(request)
+        status = response.status
+        return response
+    except OCIError as exc:
+        status = exc.status
+        return exc.response()
+    except StorageFullError as exc:
+        status = 507
+        return OCIError("BLOB_UPLOAD_INVALID", str(exc), status=507).response()
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        _access(registry, request, status, time.monotonic() - started)
+
+
+def _access(registry: Registry, request: web.Request, status: int, seconds: float) -> None:
+    if not log.isEnabledFor(logging.INFO):
+        return
+    peer = request.remote or "-"
+    if registry.options.json_logs:
+        log.info(
+            json.dumps(
+                {
+                    "remote": peer,
+                    "method": request.method,
+                    "path": request.path,
+                    "status": status,
+                    "seconds": round(seconds, 6),
+                }
+            )
+        )
+    else:
+        log.info('%s "%s %s" %d %.3fs', peer, request.method, request.path, status, seconds)
+
+
+def make_app(options: Options) -> web.Application:
+    app = web.Application(middlewares=[errors_and_auth], client_max_size=MAX_MANIFEST_SIZE + 1)
+    registry = Registry(options)
+    app["registry"] = registry
+    name = r"{name:[A-Za-z0-9._/-]+?}"
+    routes = [
+        web.get("/v2/", base),
+        web.get(f"/v2/{name}/manifests/{{reference}}", get_manifest),
+        web.put(f"/v2/{name}/manifests/{{reference}}", put_manifest),
+        web.delete(f"/v2/{name}/manifests/{{reference}}", delete_manifest),
+        web.post(f"/v2/{name}/blobs/uploads/", start_upload),
+        web.patch(f"/v2/{name}/blobs/uploads/{{uuid}}", patch_upload),
+        web.put(f"/v2/{name}/blobs/uploads/{{uuid}}", put_upload),
+        web.get(f"/v2/{name}/blobs/uploads/{{uuid}}", upload_status),
+        web.delete(f"/v2/{name}/blobs/uploads/{{uuid}}", cancel_upload),
+        web.get(f"/v2/{name}/blobs/{{digest}}", get_blob),
+        web.delete(f"/v2/{name}/blobs/{{digest}}", delete_blob),
+        web.get(f"/v2/{name}/tags/list", list_tags),
+        web.get(f"/v2/{name}/referrers/{{digest}}", referrers),
+    ]
+    app.add_routes(routes)
+
+    async def cleanup(_: web.Application) -> None:
+        registry.uploads.close()
+
+    app.on_cleanup.append(cleanup)
+    return app

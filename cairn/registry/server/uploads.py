@@ -1,0 +1,118 @@
+"""Upload sessions: bytes arrive in order into ``.cairn/uploads/<uuid>``, hashed as they come.
+
+A session lives in this server process (its hash state with it); its file
+is under ``.cairn/uploads`` (not ``.cairn/tmp``, which ``prune`` sweeps by
+lock: a session spans requests and holds no lock between them). Sessions
+idle for longer than ``expiry`` seconds are dropped with their files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cairn.blobstore import Blob, BlobStore, Digest
+from cairn.blobstore.store import storage_error
+
+
+@dataclass
+class Session:
+    id: str
+    repository: str
+    path: Path
+    fd: int
+    offset: int = 0
+    hasher: Any = field(default_factory=hashlib.sha256)
+    touched: float = field(default_factory=time.monotonic)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class Uploads:
+    def __init__(self, store: BlobStore, expiry: float = 3600.0) -> None:
+        self.store = store
+        self.dir = store.work_dir / "uploads"
+        self.expiry = expiry
+        self.sessions: dict[str, Session] = {}
+
+    def start(self, repository: str) -> Session:
+        self.expire()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        session_id = str(uuid.uuid4())
+        path = self.dir / session_id
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        except OSError as exc:
+            raise storage_error(exc, "starting an upload") from exc
+        session = Session(session_id, repository, path, fd)
+        self.sessions[session_id] = session
+        return session
+
+    def get(self, session_id: str, repository: str) -> Session | None:
+        session = self.sessions.get(session_id)
+        if session is None or session.repository != repository:
+            return None
+        session.touched = time.monotonic()
+        return session
+
+    @staticmethod
+    def append(session: Session, data: bytes) -> None:
+        """Write and hash the next bytes (call in a thread)."""
+        view = memoryview(data)
+        offset = session.offset
+        try:
+            while view:
+                written = os.pwrite(session.fd, view, offset)
+                view = view[written:]
+                offset += written
+        except OSError as exc:
+            raise storage_error(exc, "writing an upload") from exc
+        session.hasher.update(data)
+        session.offset = offset
+
+    def finish(self, session: Session, expected: Digest) -> Blob | None:
+        """Commit the upload as blob ``expected``; None (and nothing kept) on a mismatch."""
+        actual = Digest(session.hasher.hexdigest())
+        if actual != expected:
+            self.drop(session)
+            return None
+        try:
+            os.fsync(session.fd)
+            os.fchmod(session.fd, 0o444)
+        except OSError as exc:
+            self.drop(session)
+            raise storage_error(exc, f"storing blob {expected}") from exc
+        self.store.link_in(session.path, expected, session.offset)
+        self.drop(session)
+        return Blob(expected, session.offset)
+
+    def drop(self, session: Session) -> None:
+        self.sessions.pop(session.id, None)
+        with contextlib.suppress(OSError):
+            os.close(session.fd)
+        with contextlib.suppress(OSError):
+            os.unlink(session.path)
+
+    def expire(self) -> None:
+        now = time.monotonic()
+        for session in list(self.sessions.values()):
+            if now - session.touched > self.expiry and not session.lock.locked():
+                self.drop(session)
+        # Files of sessions a previous server process left behind.
+        known = {s.path.name for s in self.sessions.values()}
+        with contextlib.suppress(FileNotFoundError):
+            for entry in os.scandir(self.dir):
+                if entry.name not in known:
+                    with contextlib.suppress(OSError):
+                        if time.time() - entry.stat().st_mtime > self.expiry:
+                            os.unlink(entry.path)
+
+    def close(self) -> None:
+        for session in list(self.sessions.values()):
+            self.drop(session)
