@@ -285,3 +285,55 @@ def run_at_once(args: list[str], env: dict[str, str], copies: int = 2) -> None:
     for proc in procs:
         _, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err
+
+
+def start_cairn_registry(root: Path, *args: str) -> tuple[str, subprocess.Popen[bytes]]:
+    """``cairn registry serve`` on a free port over the store at ``root``."""
+    import time
+    import urllib.error
+    import urllib.request
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cairn",
+            "registry",
+            "serve",
+            "--addr",
+            f"127.0.0.1:{port}",
+            "--root",
+            str(root),
+            *args,
+        ],
+        env=cairn_env(root),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1)
+            break
+        except urllib.error.HTTPError:
+            break
+        except OSError:
+            if proc.poll() is not None:
+                died = proc.stderr.read() if proc.stderr else b""
+                raise AssertionError(f"cairn registry serve died: {died!r}") from None
+            time.sleep(0.05)
+    else:
+        proc.kill()
+        raise AssertionError("cairn registry serve did not start")
+    return f"127.0.0.1:{port}", proc
+
+
+@pytest.fixture
+def cairn_registry(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """``(host, store root)`` of a running ``cairn registry serve`` over an empty store."""
+    root = tmp_path / "served"
+    root.mkdir()
+    host, proc = start_cairn_registry(root)
+    yield host, root
+    stop(proc)
