@@ -312,9 +312,16 @@ def start_cairn_registry(root: Path, *args: str) -> tuple[str, subprocess.Popen[
         stderr=subprocess.PIPE,
     )
     deadline = time.monotonic() + 20
+    tls = "--tls-cert" in args
     while time.monotonic() < deadline:
         try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1)
+            if tls:
+                import ssl
+
+                context = ssl._create_unverified_context()
+                urllib.request.urlopen(f"https://127.0.0.1:{port}/v2/", timeout=1, context=context)
+            else:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1)
             break
         except urllib.error.HTTPError:
             break

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
+from cairn.errors import ConfigError
+
 
 def human_size(size: int) -> str:
     """Decimal units, as ``ollama list`` prints them: ``253 MB``, ``4.7 GB``."""
@@ -51,3 +53,17 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
         cells = [cell.ljust(w) for cell, w in zip(row, widths, strict=True)]
         lines.append("    ".join(cells).rstrip())
     return "\n".join(lines)
+
+
+def parse_size(text: str) -> int:
+    """``64M``, ``2G``, ``1048576``: bytes (K, M, G are powers of 1024)."""
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    given = text
+    text = text.strip().lower().removesuffix("b").removesuffix("i")
+    try:
+        value = int(float(text[:-1]) * units[text[-1]]) if text and text[-1] in units else int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise ConfigError(f"not a size: {given!r} (use bytes, or K, M, G suffixes)")
+    return value

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import click
 
 from cairn import config
+from cairn.cli.output import parse_size
 from cairn.errors import AuthenticationError, ConfigError
 from cairn.manifests.models import Models
 from cairn.manifests.reference import Reference, parse_reference
@@ -41,24 +42,11 @@ def make_client(ref: Reference, insecure: bool, limit_rate: str | None = None) -
         credentials=_credentials().get(ref.host),
         ca_bundle=str(settings.ca_bundle) if settings.ca_bundle else None,
         token_realms=realms,
-        limiter=RateLimiter(_size(limit_rate)) if limit_rate else None,
+        limiter=RateLimiter(parse_size(limit_rate)) if limit_rate else None,
         ollama_key=OllamaKey(settings.home / "id_ed25519")
         if ref.host.lower() == OLLAMA_REGISTRY
         else None,
     )
-
-
-def _size(text: str) -> int:
-    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-    given = text
-    text = text.strip().lower().removesuffix("b").removesuffix("i")
-    try:
-        value = int(float(text[:-1]) * units[text[-1]]) if text and text[-1] in units else int(text)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise ConfigError(f"not a size: {given!r} (use bytes, or K, M, G suffixes)")
-    return value
 
 
 @click.command()
@@ -132,7 +120,9 @@ def push(
 
     async def run() -> str:
         async with make_client(dest, insecure, limit_rate) as client:
-            return await do_push(models, source, dest, client, fmt, _size(chunk_size), reporter)
+            return await do_push(
+                models, source, dest, client, fmt, parse_size(chunk_size), reporter
+            )
 
     try:
         import asyncio

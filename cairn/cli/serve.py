@@ -45,6 +45,16 @@ def registry() -> None:
     help="The certificate's private key (PEM).",
 )
 @click.option("--json-logs", is_flag=True, help="One JSON access-log line per request.")
+@click.option(
+    "--quota", help="Most bytes of blobs to hold (K, M, G suffixes); uploads past it fail."
+)
+@click.option(
+    "--upload-expiry",
+    type=float,
+    default=3600.0,
+    show_default=True,
+    help="Seconds after which an idle upload session and its file go.",
+)
 def serve(
     addr: str,
     root: Path | None,
@@ -55,6 +65,8 @@ def serve(
     tls_cert: Path | None,
     tls_key: Path | None,
     json_logs: bool,
+    quota: str | None,
+    upload_expiry: float,
 ) -> None:
     """Serve the store over the OCI Distribution API (pull, push, tags, referrers)."""
     import logging
@@ -62,6 +74,7 @@ def serve(
 
     from aiohttp import web
 
+    from cairn.cli.output import parse_size
     from cairn.errors import ConfigError
     from cairn.registry.server.app import Options, load_htpasswd, make_app
 
@@ -77,6 +90,8 @@ def serve(
         users=load_htpasswd(htpasswd) if htpasswd else {},
         public_read=public_read,
         json_logs=json_logs,
+        quota=parse_size(quota) if quota else None,
+        upload_expiry=upload_expiry,
     )
     context = None
     if tls_cert and tls_key:

@@ -343,3 +343,124 @@ def test_htpasswd_and_read_only(tmp_path: Path) -> None:
             assert http.get("/v2/").status_code == 200
     finally:
         stop(proc)
+
+
+def test_quota(tmp_path: Path) -> None:
+    root = tmp_path / "quota"
+    root.mkdir()
+    host, proc = start_cairn_registry(root, "--quota", "100K")
+    try:
+        with httpx.Client(base_url=f"http://{host}") as http:
+            upload(http, "lab/q", os.urandom(60_000))
+            over = http.post(
+                "/v2/lab/q/blobs/uploads/",
+                params={"digest": sha(b"x" * 60_000)},
+                content=b"x" * 60_000,
+            )
+            assert over.status_code == 403 and error_code(over) == "DENIED"
+            assert "quota" in over.json()["errors"][0]["message"]
+        assert len(list((root / "blobs").iterdir())) == 1
+    finally:
+        stop(proc)
+
+
+def test_abandoned_uploads_expire(tmp_path: Path) -> None:
+    import time
+
+    root = tmp_path / "expiry"
+    root.mkdir()
+    host, proc = start_cairn_registry(root, "--upload-expiry", "0.5")
+    try:
+        with httpx.Client(base_url=f"http://{host}") as http:
+            old = http.post("/v2/lab/e/blobs/uploads/").headers["Location"]
+            http.patch(old, content=b"abandoned bytes")
+            assert len(list((root / ".cairn" / "uploads").iterdir())) == 1
+            time.sleep(1.0)
+            http.post("/v2/lab/e/blobs/uploads/")  # any new session sweeps the old ones
+            assert error_code(http.get(old)) == "BLOB_UPLOAD_UNKNOWN"
+            assert len(list((root / ".cairn" / "uploads").iterdir())) == 1  # just the new one
+    finally:
+        stop(proc)
+
+
+def test_concurrent_uploads_of_the_same_blob(
+    http: httpx.Client, cairn_registry: tuple[str, Path]
+) -> None:
+    import concurrent.futures
+
+    host, root = cairn_registry
+    data = os.urandom(8 << 20)
+
+    def send() -> int:
+        with httpx.Client(base_url=f"http://{host}", timeout=60) as client:
+            status: int = client.post(
+                "/v2/lab/c/blobs/uploads/", params={"digest": sha(data)}, content=data
+            ).status_code
+            return status
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(lambda _: send(), range(4))) == [201] * 4
+    assert [p.name for p in (root / "blobs").iterdir()] == [f"sha256-{sha(data)[7:]}"]
+    assert (
+        hashlib.sha256((root / "blobs" / f"sha256-{sha(data)[7:]}").read_bytes()).hexdigest()
+        == sha(data)[7:]
+    )
+
+
+def test_ollama_request_pattern(
+    cairn: Runner, cairn_registry: tuple[str, Path], tmp_path: Path
+) -> None:
+    """As `ollama pull --insecure` asks: Docker schema 2 Accept, HEAD, then ranged GETs of blobs."""
+    host, _ = cairn_registry
+    gguf = write_gguf(tmp_path / "m.gguf", fill=os.urandom(256))
+    (tmp_path / "MF").write_text(f"FROM {gguf}\nTEMPLATE {{{{ .Prompt }}}}\n")
+    cairn("create", "tiny:1", "-f", str(tmp_path / "MF"))
+    cairn("push", "tiny:1", f"{host}/library/tiny:1", "--insecure", "-q")
+    with httpx.Client(base_url=f"http://{host}") as http:
+        got = http.get(
+            "/v2/library/tiny/manifests/1",
+            headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"},
+        )
+        assert got.headers["Content-Type"] == "application/vnd.docker.distribution.manifest.v2+json"
+        manifest = got.json()
+        for layer in [manifest["config"], *manifest["layers"]]:
+            head = http.head(f"/v2/library/tiny/blobs/{layer['digest']}")
+            assert head.status_code == 200 and int(head.headers["Content-Length"]) == layer["size"]
+            half = layer["size"] // 2
+            first = http.get(
+                f"/v2/library/tiny/blobs/{layer['digest']}", headers={"Range": f"bytes=0-{half}"}
+            )
+            rest = http.get(
+                f"/v2/library/tiny/blobs/{layer['digest']}", headers={"Range": f"bytes={half + 1}-"}
+            )
+            assert sha(first.content + rest.content) == layer["digest"]
+
+
+def test_tls_and_json_logs(cairn: Runner, tmp_path: Path) -> None:
+    from tests.conftest import self_signed
+
+    root = tmp_path / "tls-served"
+    root.mkdir()
+    cert, key = self_signed(tmp_path)
+    port_host, proc = start_cairn_registry(
+        root, "--tls-cert", str(cert), "--tls-key", str(key), "--json-logs"
+    )
+    try:
+        gguf = write_gguf(tmp_path / "m.gguf", fill=os.urandom(64))
+        (tmp_path / "MF").write_text(f"FROM {gguf}\n")
+        cairn("create", "tiny:1", "-f", str(tmp_path / "MF"))
+        env = {"CAIRN_CA_BUNDLE": str(cert)}
+        cairn("push", "tiny:1", f"{port_host}/library/tiny:1", "-q", env=env)
+        elsewhere = {"CAIRN_MODELS": str(tmp_path / "elsewhere"), **env}
+        cairn("pull", f"{port_host}/library/tiny:1", "-q", env=elsewhere)
+        assert "all intact" in cairn("verify", env=elsewhere).stdout
+    finally:
+        stop(proc)
+    assert proc.stderr is not None
+    lines = [
+        json.loads(line)
+        for line in proc.stderr.read().decode().splitlines()
+        if line.startswith("{")
+    ]
+    assert {"method", "path", "status", "seconds", "remote"} <= set(lines[0])
+    assert any(entry["method"] == "PUT" and entry["status"] == 201 for entry in lines)

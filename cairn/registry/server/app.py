@@ -51,6 +51,8 @@ class Options:
     public_read: bool = False
     json_logs: bool = False
     upload_expiry: float = 3600.0
+    quota: int | None = None
+    """Most bytes of blobs the store may hold; an upload past it is refused."""
 
 
 def load_htpasswd(path: Path) -> dict[str, bytes]:
@@ -69,6 +71,24 @@ class Registry:
         self.options = options
         self.models = Models(options.root)
         self.uploads = Uploads(self.models.blobs, options.upload_expiry)
+        self._usage = (0.0, 0)
+
+    def check_quota(self, adding: int) -> None:
+        """DENIED when ``adding`` more bytes would pass ``--quota`` (usage cached 5 s)."""
+        quota = self.options.quota
+        if quota is None:
+            return
+        stamp, used = self._usage
+        if time.monotonic() - stamp > 5:
+            blobs = self.models.blobs
+            used = sum(blobs.size(d) for d in blobs)
+            self._usage = (time.monotonic(), used)
+        if used + adding > quota:
+            raise OCIError("DENIED", f"the registry's quota of {quota} bytes would be exceeded")
+
+    def stored(self, size: int) -> None:
+        stamp, used = self._usage
+        self._usage = (stamp, used + size)
 
     # -- names ----------------------------------------------------------------
 
@@ -199,24 +219,25 @@ async def put_manifest(request: web.Request) -> web.StreamResponse:
         tag = reference
     ref = registry.reference(name, tag)
     blobs = registry.models.blobs
-    if isinstance(parsed, Manifest):
-        for descriptor in parsed.blobs:
-            if not blobs.has(descriptor.digest):
-                raise OCIError(
-                    "MANIFEST_BLOB_UNKNOWN",
-                    f"blob {descriptor.digest} is not in the registry",
-                    {"digest": str(descriptor.digest)},
-                )
-    else:
-        for entry in parsed.manifests:
-            try:
-                registry.find_manifest(name, str(entry.digest))
-            except OCIError:
-                raise OCIError(
-                    "MANIFEST_UNKNOWN", f"the index names manifest {entry.digest}, not in {name}"
-                ) from None
 
     def save() -> None:
+        if isinstance(parsed, Manifest):
+            for descriptor in parsed.blobs:
+                if not blobs.has(descriptor.digest):
+                    raise OCIError(
+                        "MANIFEST_BLOB_UNKNOWN",
+                        f"blob {descriptor.digest} is not in the registry",
+                        {"digest": str(descriptor.digest)},
+                    )
+        else:
+            for entry in parsed.manifests:
+                try:
+                    registry.find_manifest(name, str(entry.digest))
+                except OCIError:
+                    raise OCIError(
+                        "MANIFEST_UNKNOWN",
+                        f"the index names manifest {entry.digest}, not in {name}",
+                    ) from None
         with blobs.writing():
             registry.models.tags.write(ref, data)
 
@@ -234,18 +255,19 @@ async def put_manifest(request: web.Request) -> web.StreamResponse:
 async def delete_manifest(request: web.Request) -> web.StreamResponse:
     registry: Registry = request.app["registry"]
     name, reference = request.match_info["name"], request.match_info["reference"]
-    removed = False
-    if reference.startswith("sha256:"):
-        data_digest = reference
+
+    def remove() -> bool:
+        if not reference.startswith("sha256:"):
+            return registry.models.tags.delete(registry.reference(name, reference))
         registry.find_manifest(name, reference)  # 404 when absent
-        ref = registry.reference(name, "x")
-        for tagged in list(registry.models.tags.tags_of(ref)):
+        removed = False
+        for tagged in list(registry.models.tags.tags_of(registry.reference(name))):
             digest = "sha256:" + hashlib.sha256(tagged.path.read_bytes()).hexdigest()
-            if digest == data_digest:
+            if digest == reference:
                 removed = registry.models.tags.delete(tagged.reference) or removed
-    else:
-        removed = registry.models.tags.delete(registry.reference(name, reference))
-    if not removed:
+        return removed
+
+    if not await asyncio.to_thread(remove):
         raise OCIError("MANIFEST_UNKNOWN", f"manifest {name}:{reference} is unknown")
     return web.Response(status=202)
 
@@ -256,7 +278,7 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
     registry.reference(name)
     digest = _digest(request.match_info["digest"])
     path = registry.models.blobs.path(digest)
-    if not path.is_file():
+    if not await asyncio.to_thread(path.is_file):
         raise OCIError("BLOB_UNKNOWN", f"blob {digest} is unknown", {"digest": str(digest)})
     headers = {"Docker-Content-Digest": str(digest), "Content-Type": "application/octet-stream"}
     if request.method == "HEAD":
@@ -302,7 +324,11 @@ def _upload_headers(name: str, session: Session) -> dict[str, str]:
 
 
 async def _receive(request: web.Request, session: Session) -> None:
+    registry: Registry = request.app["registry"]
+    if request.content_length:
+        registry.check_quota(session.offset + request.content_length)
     async for chunk in request.content.iter_chunked(CHUNK):
+        registry.check_quota(session.offset + len(chunk))
         await asyncio.to_thread(Uploads.append, session, chunk)
 
 
@@ -378,6 +404,7 @@ async def _finish(
         blob = await asyncio.to_thread(registry.uploads.finish, session, digest)
     if blob is None:
         raise OCIError("DIGEST_INVALID", f"the uploaded bytes do not hash to {digest}")
+    registry.stored(blob.size)
     return web.Response(
         status=201,
         headers={"Location": f"/v2/{name}/blobs/{digest}", "Docker-Content-Digest": str(digest)},
@@ -422,9 +449,11 @@ async def referrers(request: web.Request) -> web.StreamResponse:
     subject = str(_digest(request.match_info["digest"]))
     wanted = request.query.get("artifactType")
     ref = registry.reference(name)
+    stored = await asyncio.to_thread(
+        lambda: [t.path.read_bytes() for t in registry.models.tags.tags_of(ref)]
+    )
     entries: list[dict[str, Any]] = []
-    for tagged in registry.models.tags.tags_of(ref):
-        data = tagged.path.read_bytes()
+    for data in stored:
         try:
             parsed = parse_manifest(data)
         except ManifestError:
