@@ -13,6 +13,7 @@ Medians of interleaved runs. Nothing gates CI.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -21,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -34,9 +36,7 @@ BIN = Path(sys.executable).parent
 
 def curl(url: str, copies: int = 1) -> float:
     start = time.perf_counter()
-    procs = [
-        subprocess.Popen(["curl", "-sf", "-o", "/dev/null", url]) for _ in range(copies)
-    ]
+    procs = [subprocess.Popen(["curl", "-sf", "-o", "/dev/null", url]) for _ in range(copies)]
     for proc in procs:
         if proc.wait() != 0:
             raise RuntimeError(f"curl {url} failed")
@@ -57,23 +57,44 @@ def main() -> None:
         env = {**os.environ, "CAIRN_MODELS": str(store), "CAIRN_HOME": str(work / "home")}
         (work / "Modelfile").write_text(f"FROM {assemble()}\n")
         cairn = [str(BIN / "cairn")]
-        subprocess.run([*cairn, "create", "gemma3:270m", "-q", "-f", str(work / "Modelfile")],
-                       env=env, check=True)
+        subprocess.run(
+            [*cairn, "create", "gemma3:270m", "-q", "-f", str(work / "Modelfile")],
+            env=env,
+            check=True,
+        )
         manifest = json.loads(
             (store / "manifests/registry.ollama.ai/library/gemma3/270m").read_bytes()
         )
-        digest = next(
-            layer["digest"] for layer in manifest["layers"] if layer["size"] > 1 << 20
-        )
+        digest = next(layer["digest"] for layer in manifest["layers"] if layer["size"] > 1 << 20)
         origin = Registry(work / "distribution")
         served, proc = start_cairn_registry(store)
         try:
-            subprocess.run([*cairn, "push", "gemma3:270m", f"{origin.host}/library/gemma3:270m",
-                            "--insecure", "--format", "oci", "-q"], env=env, check=True)
+            subprocess.run(
+                [
+                    *cairn,
+                    "push",
+                    "gemma3:270m",
+                    f"{origin.host}/library/gemma3:270m",
+                    "--insecure",
+                    "--format",
+                    "oci",
+                    "-q",
+                ],
+                env=env,
+                check=True,
+            )
             skopeo_dir = work / "skopeo-dir"
-            subprocess.run(["skopeo", "copy", "-q", *SKOPEO_HTTP,
-                            f"docker://{origin.host}/library/gemma3:270m", f"dir:{skopeo_dir}"],
-                           check=True)
+            subprocess.run(
+                [
+                    "skopeo",
+                    "copy",
+                    "-q",
+                    *SKOPEO_HTTP,
+                    f"docker://{origin.host}/library/gemma3:270m",
+                    f"dir:{skopeo_dir}",
+                ],
+                check=True,
+            )
             urls = {
                 "cairn": f"http://{served}/v2/library/gemma3/blobs/{digest}",
                 "distribution": f"http://{origin.host}/v2/library/gemma3/blobs/{digest}",
@@ -86,18 +107,28 @@ def main() -> None:
                     samples.setdefault(f"get8_{name}", []).append(curl(url, 8))
             for run in range(args.runs):
                 for name in ("cairn", "distribution"):
+                    finish: Callable[[], None]
                     if name == "cairn":
                         root = work / f"push-cairn-{run}"
                         root.mkdir()
                         host, target = start_cairn_registry(root)
-                        finish = lambda target=target: stop(target)  # noqa: E731
+                        finish = functools.partial(stop, target)
                     else:
                         registry = Registry(work / f"push-dist-{run}")
                         host, finish = registry.host, registry.stop
                     try:
                         start = time.perf_counter()
-                        subprocess.run(["skopeo", "copy", "-q", *SKOPEO_HTTP, f"dir:{skopeo_dir}",
-                                        f"docker://{host}/library/gemma3:270m"], check=True)
+                        subprocess.run(
+                            [
+                                "skopeo",
+                                "copy",
+                                "-q",
+                                *SKOPEO_HTTP,
+                                f"dir:{skopeo_dir}",
+                                f"docker://{host}/library/gemma3:270m",
+                            ],
+                            check=True,
+                        )
                         samples.setdefault(f"push_{name}", []).append(time.perf_counter() - start)
                     finally:
                         finish()
