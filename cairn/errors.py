@@ -10,6 +10,9 @@ errors; only the CLI catches them, prints ``Error: <message>`` and exits 1.
     ├── ManifestError               a manifest that is not valid JSON or breaks the spec
     ├── ModelfileError              a Modelfile that cannot be understood
     ├── ModelFormatError            a model file that is not what it claims (not GGUF, truncated)
+    ├── RuntimeUnavailableError     no runtime can run this model here (or the one asked for can't)
+    ├── RunnerError                 the runner process failed or died (a crash, out of memory)
+    ├── TemplateError               a prompt template that cannot be parsed or executed
     ├── RegistryError               a registry answered with an error or broke the protocol
     │   ├── AuthenticationError     credentials missing or refused (401/403)
     │   ├── RemoteNotFoundError     the registry has no such repository, tag or blob (404)
@@ -53,6 +56,18 @@ class ModelfileError(CairnError):
 
 class ModelFormatError(CairnError):
     """A model file that is not of the format it must be, or is cut short."""
+
+
+class RuntimeUnavailableError(CairnError):
+    """No installed runtime can run the model here, or the chosen one cannot."""
+
+
+class RunnerError(CairnError):
+    """The runner process failed or died; the message carries its last stderr lines."""
+
+
+class TemplateError(CairnError):
+    """A prompt template that cannot be parsed or executed."""
 
 
 class RegistryError(CairnError):

@@ -46,9 +46,9 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from cairn.cli import completion, models, registry, serve
+    from cairn.cli import completion, models, registry, run, serve
 
-    for command in (*models.COMMANDS, *registry.COMMANDS, completion.completion):
+    for command in (*models.COMMANDS, *registry.COMMANDS, *run.COMMANDS, completion.completion):
         cli.add_command(command)
     cli.add_command(serve.registry)
     cli.add_command(models.list_models, "ls")

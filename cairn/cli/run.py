@@ -1,0 +1,187 @@
+"""``cairn run`` and ``cairn runtimes``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+
+from cairn.cli.output import table
+from cairn.errors import ModelNotFoundError
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def runtimes(as_json: bool) -> None:
+    """List the installed runtimes: devices, formats, availability (and why not)."""
+    from cairn.runtime_plugins.manager import plugins
+
+    found = plugins().runtimes()
+    broken = plugins().broken
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "runtimes": [
+                        {
+                            "name": i.name,
+                            "plugin": i.plugin,
+                            "devices": list(i.availability.devices or i.runtime.devices),
+                            "formats": list(i.runtime.formats),
+                            "available": i.availability.available,
+                            "reason": i.availability.reason or None,
+                        }
+                        for i in found
+                    ],
+                    "broken_plugins": [{"name": b.name, "error": b.error} for b in broken],
+                },
+                indent=2,
+            )
+        )
+        return
+    rows = [
+        (
+            i.name,
+            i.plugin,
+            ",".join(i.availability.devices or i.runtime.devices),
+            ",".join(i.runtime.formats),
+            "yes" if i.availability.available else f"no: {i.availability.reason}",
+        )
+        for i in found
+    ]
+    rows += [(b.name, b.name, "-", "-", f"plugin failed to load: {b.error}") for b in broken]
+    click.echo(table(("NAME", "PLUGIN", "DEVICES", "FORMATS", "AVAILABLE"), rows))
+
+
+@click.command()
+@click.argument("model")
+@click.argument("prompt", required=False)
+@click.option(
+    "--runtime", "runtime_name", help="Run with this runtime (else CAIRN_RUNTIME, else the best)."
+)
+@click.option("--verbose", is_flag=True, help="Print load time, prompt and eval counts and rates.")
+@click.option("--insecure", is_flag=True, help="Pull a missing model over plain HTTP.")
+@click.option(
+    "-p",
+    "--parameter",
+    "parameters",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="Override a model parameter (temperature=0, num_predict=64, ...).",
+)
+def run(
+    model: str,
+    prompt: str | None,
+    runtime_name: str | None,
+    verbose: bool,
+    insecure: bool,
+    parameters: tuple[str, ...],
+) -> None:
+    """Run MODEL on PROMPT (or standard input), pulling it first if it is missing."""
+    from cairn.manifests.models import Models
+    from cairn.manifests.show import show_model
+    from cairn.modelfile import convert_parameter
+    from cairn.runtime_plugins.manager import plugins
+    from cairn.runtime_plugins.prompt import Message, build_prompt
+    from cairn.runtime_plugins.runner import Runner
+    from cairn.runtime_plugins.runtime import ModelSpec
+
+    models = Models.from_environment()
+    try:
+        models.get(model)
+    except ModelNotFoundError:
+        _pull(model, insecure)
+    details = show_model(models, model)
+    if details.model_blob is None:
+        raise ModelNotFoundError(f"{model} has no model weights to run")
+    options: dict[str, Any] = dict(details.parameters)
+    for item in parameters:
+        key, _, value = item.partition("=")
+        converted = convert_parameter(key.strip(), value.strip())
+        if key.strip() == "stop":
+            options.setdefault("stop", []).extend(converted)
+        else:
+            options[key.strip()] = converted
+    if prompt is None:
+        if sys.stdin.isatty():
+            raise click.UsageError("give a PROMPT, or pipe one on standard input")
+        prompt = sys.stdin.read()
+    info = plugins().choose("gguf", runtime_name)
+    text = build_prompt(
+        details.template,
+        [Message("user", prompt)],
+        details.system,
+        [Message(m.role, m.content) for m in details.messages],
+    )
+    spec = ModelSpec(
+        models.blobs.path(details.model_blob),
+        adapters=tuple(models.blobs.path(d) for d in details.adapters),
+    )
+    runner = Runner(info.name)
+    try:
+        load_seconds = runner.load(spec, options)
+        stats: dict[str, Any] = {}
+        for chunk in runner.generate(text, options):
+            if chunk.done:
+                stats = dict(chunk.stats)
+            else:
+                click.echo(chunk.text, nl=False)
+                sys.stdout.flush()
+        click.echo()
+    except KeyboardInterrupt:
+        runner.stop()
+        click.echo()
+        raise
+    except BaseException:
+        runner.stop()
+        raise
+    runner.close()
+    if verbose:
+        _verbose(load_seconds, stats)
+
+
+def _verbose(load_seconds: float, stats: dict[str, Any]) -> None:
+    def rate(count: float, seconds: float) -> str:
+        return f"{count / seconds:.2f} tokens/s" if seconds > 0 else "-"
+
+    lines = [
+        ("load duration", f"{load_seconds:.3f}s"),
+        ("prompt eval count", f"{stats.get('prompt_eval_count', 0)} token(s)"),
+        ("prompt eval duration", f"{stats.get('prompt_eval_duration', 0):.3f}s"),
+        (
+            "prompt eval rate",
+            rate(stats.get("prompt_eval_count", 0), stats.get("prompt_eval_duration", 0)),
+        ),
+        ("eval count", f"{stats.get('eval_count', 0)} token(s)"),
+        ("eval duration", f"{stats.get('eval_duration', 0):.3f}s"),
+        ("eval rate", rate(stats.get("eval_count", 0), stats.get("eval_duration", 0))),
+    ]
+    for name, value in lines:
+        click.echo(f"{name + ':':<22}{value}", err=True)
+
+
+def _pull(name: str, insecure: bool) -> None:
+    import asyncio
+
+    from cairn.cli.progress import Reporter
+    from cairn.cli.registry import make_client
+    from cairn.manifests.models import Models
+    from cairn.manifests.reference import parse_reference
+    from cairn.registry.pull import pull
+
+    ref = parse_reference(name)
+    reporter = Reporter()
+
+    async def go() -> None:
+        async with make_client(ref, insecure) as client:
+            await pull(Models.from_environment(), ref, client, reporter)
+
+    try:
+        asyncio.run(go())
+    finally:
+        reporter.close()
+
+
+COMMANDS = (run, runtimes)

@@ -1,0 +1,120 @@
+"""Which accelerators this machine has: NVIDIA (``nvidia-smi``), AMD (``/dev/kfd``, KFD topology).
+
+``CUDA_VISIBLE_DEVICES`` and ``HIP_VISIBLE_DEVICES`` (or
+``ROCR_VISIBLE_DEVICES``) are honoured as the drivers honour them: a list of
+indices, and an empty value (or ``-1``) hides every device. The command
+runner and the filesystem root are parameters, so tests replay recorded
+``nvidia-smi`` output and sysfs trees.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+Run = Callable[[Sequence[str]], str | None]
+
+
+@dataclass(frozen=True)
+class GPU:
+    kind: str  # "cuda" or "rocm"
+    index: int
+    name: str
+    memory_mib: int | None = None
+
+    @property
+    def device(self) -> str:
+        return f"{self.kind}:{self.index}"
+
+
+def _run(command: Sequence[str]) -> str | None:
+    if shutil.which(command[0]) is None:
+        return None
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout if result.returncode == 0 else None
+
+
+def _visible(value: str | None, count: int) -> list[int]:
+    """Indices a ``*_VISIBLE_DEVICES`` value leaves visible, in its order."""
+    if value is None:
+        return list(range(count))
+    chosen = []
+    for part in value.split(","):
+        part = part.strip()
+        if not part.lstrip("-").isdigit():
+            break  # UUIDs and the like: the drivers stop at the first they can't read
+        index = int(part)
+        if index < 0:
+            break
+        if index < count and index not in chosen:
+            chosen.append(index)
+    return chosen
+
+
+def nvidia(env: Mapping[str, str], run: Run = _run) -> list[GPU]:
+    output = run(
+        ["nvidia-smi", "--query-gpu=index,name,memory.total", "--format=csv,noheader,nounits"]
+    )
+    if not output:
+        return []
+    found = []
+    for line in output.strip().splitlines():
+        fields = [f.strip() for f in line.split(",")]
+        if len(fields) >= 2 and fields[0].isdigit():
+            memory = int(fields[2]) if len(fields) > 2 and fields[2].isdigit() else None
+            found.append(GPU("cuda", int(fields[0]), fields[1], memory))
+    visible = _visible(env.get("CUDA_VISIBLE_DEVICES"), len(found))
+    return [GPU("cuda", i, found[old].name, found[old].memory_mib) for i, old in enumerate(visible)]
+
+
+def amd(env: Mapping[str, str], root: Path = Path("/")) -> list[GPU]:
+    if not (root / "dev" / "kfd").exists():
+        return []
+    nodes_dir = root / "sys" / "class" / "kfd" / "kfd" / "topology" / "nodes"
+    found: list[GPU] = []
+    try:
+        nodes = sorted(nodes_dir.iterdir(), key=lambda p: int(p.name) if p.name.isdigit() else 0)
+    except FileNotFoundError:
+        return []
+    for node in nodes:
+        try:
+            properties = dict(
+                line.split(maxsplit=1)
+                for line in (node / "properties").read_text().splitlines()
+                if len(line.split(maxsplit=1)) == 2
+            )
+        except OSError:
+            continue
+        if int(properties.get("simd_count", "0")) <= 0:
+            continue  # a CPU node
+        try:
+            name = (node / "name").read_text().strip() or "AMD GPU"
+        except OSError:
+            name = "AMD GPU"
+        found.append(GPU("rocm", len(found), name))
+    hip = env.get("HIP_VISIBLE_DEVICES", env.get("ROCR_VISIBLE_DEVICES"))
+    visible = _visible(hip, len(found))
+    return [GPU("rocm", i, found[old].name) for i, old in enumerate(visible)]
+
+
+def detect(
+    env: Mapping[str, str] | None = None, run: Run = _run, root: Path = Path("/")
+) -> list[GPU]:
+    """Every visible GPU, NVIDIA first."""
+    env = os.environ if env is None else env
+    return nvidia(env, run) + amd(env, root)
+
+
+def cpu_threads() -> int:
+    """Threads for the cores this process may use (its affinity, not the machine's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)

@@ -1,0 +1,1 @@
+"""The built-in runtime: llama.cpp through llama-cpp-python."""

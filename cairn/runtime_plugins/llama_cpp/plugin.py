@@ -1,0 +1,129 @@
+"""The llama.cpp runtime plugin (entry point ``llama-cpp`` in ``cairn.runtimes``).
+
+GPU offload when llama-cpp-python was built with CUDA or HIP and a device is
+visible; CPU otherwise, with as many threads as the process may use. The
+native library is imported only inside the runner process.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from cairn.runtime_plugins import devices
+from cairn.runtime_plugins.hookspecs import hookimpl
+from cairn.runtime_plugins.runtime import Availability, Chunk, LoadedModel, ModelSpec, Runtime
+
+_SAMPLING = {
+    "temperature": "temperature",
+    "top_k": "top_k",
+    "top_p": "top_p",
+    "min_p": "min_p",
+    "typical_p": "typical_p",
+    "repeat_penalty": "repeat_penalty",
+    "presence_penalty": "presence_penalty",
+    "frequency_penalty": "frequency_penalty",
+    "seed": "seed",
+}
+
+
+def _gpu_build() -> str | None:
+    """ "cuda" or "rocm" when the installed llama-cpp-python was built for one, else None."""
+    spec = importlib.util.find_spec("llama_cpp")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    from pathlib import Path
+
+    libs = [p.name.lower() for d in spec.submodule_search_locations for p in Path(d).rglob("*.so*")]
+    if any("cuda" in name for name in libs):
+        return "cuda"
+    if any("hip" in name or "rocm" in name for name in libs):
+        return "rocm"
+    return None
+
+
+class LlamaCppRuntime(Runtime):
+    name = "llama-cpp"
+    devices = ("cuda", "rocm", "cpu")
+    formats = ("gguf",)
+    priority = 10
+
+    def availability(self) -> Availability:
+        if importlib.util.find_spec("llama_cpp") is None:
+            return Availability(
+                False,
+                "llama-cpp-python is not installed (pip install 'cairn[llama]'; "
+                "see docs/runtimes.md for the build flags)",
+            )
+        found = [g.device for g in devices.detect() if g.kind == _gpu_build()]
+        return Availability(True, "", (*found, "cpu"))
+
+    def load(self, model: ModelSpec, options: Mapping[str, Any]) -> LoadedModel:
+        return LlamaCppModel(model, options)
+
+
+class LlamaCppModel(LoadedModel):
+    def __init__(self, model: ModelSpec, options: Mapping[str, Any]) -> None:
+        from llama_cpp import Llama
+
+        started = time.perf_counter()
+        gpu = _gpu_build() is not None and any(g.kind == _gpu_build() for g in devices.detect())
+        layers = int(options.get("num_gpu", -1 if gpu else 0))
+        self.llm = Llama(
+            model_path=str(model.weights),
+            n_ctx=int(options.get("num_ctx", 4096)),
+            n_threads=int(options.get("num_thread", devices.cpu_threads())),
+            n_batch=int(options.get("num_batch", 512)),
+            n_gpu_layers=layers,
+            seed=int(options.get("seed", 0xFFFFFFFF)),
+            lora_path=str(model.adapters[0]) if model.adapters else None,
+            use_mmap=bool(options.get("use_mmap", True)),
+            verbose=False,
+        )
+        self.load_seconds = time.perf_counter() - started
+        self.gpu_layers = layers
+
+    def generate(self, prompt: str, options: Mapping[str, Any]) -> Iterator[Chunk]:
+        kwargs: dict[str, Any] = {
+            ours: options[theirs] for theirs, ours in _SAMPLING.items() if theirs in options
+        }
+        stop = options.get("stop")
+        if stop:
+            kwargs["stop"] = list(stop) if isinstance(stop, list | tuple) else [stop]
+        predict = int(options.get("num_predict", -1))
+        kwargs["max_tokens"] = None if predict < 0 else predict
+        started = time.perf_counter()
+        prompt_tokens = self.llm.tokenize(prompt.encode(), add_bos=True, special=True)
+        first: float | None = None
+        for part in self.llm.create_completion(prompt_tokens, stream=True, **kwargs):
+            if first is None:
+                first = time.perf_counter()
+            text = part["choices"][0]["text"]
+            if text:
+                yield Chunk(text)
+        ended = time.perf_counter()
+        first = first or ended
+        yield Chunk(
+            done=True,
+            stats={
+                "load_duration": self.load_seconds,
+                "prompt_eval_count": len(prompt_tokens),
+                "prompt_eval_duration": first - started,
+                "eval_count": max(0, self.llm.n_tokens - len(prompt_tokens)),
+                "eval_duration": ended - first,
+                "gpu_layers": self.gpu_layers,
+            },
+        )
+
+    def embed(self, texts: list[str]) -> list[list[float]]:
+        return [list(map(float, self.llm.embed(text))) for text in texts]
+
+    def close(self) -> None:
+        self.llm.close()
+
+
+@hookimpl
+def register_runtimes(register: Callable[[Runtime], None]) -> None:
+    register(LlamaCppRuntime())

@@ -1,0 +1,72 @@
+"""The runner process: loads one model with one runtime and serves requests over a pipe.
+
+Requests and answers are JSON lines. The protocol uses the process's
+original stdout; fd 1 is pointed at stderr first, so whatever native code
+prints cannot corrupt it. Run as ``python -m cairn.runtime_plugins.worker``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, TextIO
+
+
+def _serve(requests: TextIO, answers: TextIO) -> None:
+    from cairn.runtime_plugins.manager import plugins
+    from cairn.runtime_plugins.runtime import LoadedModel, ModelSpec
+
+    def send(message: dict[str, Any]) -> None:
+        answers.write(json.dumps(message) + "\n")
+        answers.flush()
+
+    model: LoadedModel | None = None
+    for line in requests:
+        request = json.loads(line)
+        op = request.get("op")
+        try:
+            if op == "load":
+                started = time.perf_counter()
+                info = plugins().choose(request["format"], request["runtime"])
+                spec = request["model"]
+                model = info.runtime.load(
+                    ModelSpec(
+                        Path(spec["weights"]),
+                        spec.get("format", "gguf"),
+                        tuple(Path(p) for p in spec.get("adapters", [])),
+                    ),
+                    request.get("options", {}),
+                )
+                send({"event": "loaded", "seconds": time.perf_counter() - started})
+            elif op == "generate":
+                assert model is not None, "load first"
+                for chunk in model.generate(request["prompt"], request.get("options", {})):
+                    if chunk.done:
+                        send({"event": "done", "stats": dict(chunk.stats)})
+                    else:
+                        send({"event": "chunk", "text": chunk.text})
+            elif op == "embed":
+                assert model is not None, "load first"
+                send({"event": "embeddings", "vectors": model.embed(request["texts"])})
+            else:
+                send({"event": "error", "message": f"unknown request {op!r}"})
+        except Exception as exc:
+            traceback.print_exc()
+            send({"event": "error", "message": f"{type(exc).__name__}: {exc}"})
+    if model is not None:
+        model.close()
+
+
+def main() -> None:
+    answers = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)  # native code printing to stdout lands on stderr
+    sys.stdout = sys.stderr
+    _serve(sys.stdin, answers)
+
+
+if __name__ == "__main__":
+    main()
