@@ -66,8 +66,8 @@ class Runner:
         if not line:
             self._died()
         message: dict[str, Any] = json.loads(line)
-        if message.get("event") == "error":
-            raise RunnerError(f"{self.runtime}: {message.get('message')}{self._last_lines()}")
+        if message.get("event") == "error":  # the runner caught it and lives on
+            raise RunnerError(f"{self.runtime}: {message.get('message')}")
         return message
 
     def _last_lines(self) -> str:

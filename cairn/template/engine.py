@@ -402,7 +402,12 @@ class _Run:
             function = FUNCTIONS.get(value)
             if function is None:
                 raise TemplateError(f"function {value!r} is not defined")
-            return function(*(final or []))
+            try:
+                return function(*(final or []))
+            except TemplateError:
+                raise
+            except (TypeError, ValueError, IndexError, KeyError, AttributeError) as exc:
+                raise TemplateError(f"{value}: {exc}") from None
         raise TemplateError(f"cannot evaluate {value!r}")
 
     def command(self, command: list[Any], dot: Any, piped: list[Any]) -> Any:

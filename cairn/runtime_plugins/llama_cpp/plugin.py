@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib.util
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, cast
 
 from cairn.runtime_plugins import devices
 from cairn.runtime_plugins.hookspecs import hookimpl
@@ -97,13 +97,19 @@ class LlamaCppModel(LoadedModel):
         started = time.perf_counter()
         prompt_tokens = self.llm.tokenize(prompt.encode(), add_bos=True, special=True)
         first: float | None = None
-        for part in self.llm.create_completion(prompt_tokens, stream=True, **kwargs):
+        stream = cast(
+            Iterator[Any], self.llm.create_completion(prompt_tokens, stream=True, **kwargs)
+        )
+        for part in stream:
             if first is None:
                 first = time.perf_counter()
+                self._check_logits()
             text = part["choices"][0]["text"]
             if text:
                 yield Chunk(text)
         ended = time.perf_counter()
+        if first is None:
+            self._check_logits()
         first = first or ended
         yield Chunk(
             done=True,
@@ -111,11 +117,25 @@ class LlamaCppModel(LoadedModel):
                 "load_duration": self.load_seconds,
                 "prompt_eval_count": len(prompt_tokens),
                 "prompt_eval_duration": first - started,
-                "eval_count": max(0, self.llm.n_tokens - len(prompt_tokens)),
+                # The last token sampled is never fed back, so n_tokens misses it.
+                "eval_count": max(0, self.llm.n_tokens - len(prompt_tokens) + 1),
                 "eval_duration": ended - first,
                 "gpu_layers": self.gpu_layers,
             },
         )
+
+    def _check_logits(self) -> None:
+        """Refuse weights that compute NaN (a GGUF whose tensors are garbage)."""
+        import llama_cpp
+        import numpy as np
+
+        pointer = llama_cpp.llama_get_logits_ith(self.llm._ctx.ctx, -1)
+        logits = np.ctypeslib.as_array(pointer, shape=(self.llm.n_vocab(),))
+        if not np.isfinite(logits).any():
+            raise ValueError(
+                "the model computes NaN for every token: its weights are corrupt "
+                "(the GGUF header is fine, the tensor data is not)"
+            )
 
     def embed(self, texts: list[str]) -> list[list[float]]:
         return [list(map(float, self.llm.embed(text))) for text in texts]
