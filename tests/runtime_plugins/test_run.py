@@ -1,0 +1,168 @@
+"""The real Gemma 3 270M through the llama.cpp runtime, in its runner process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cairn.errors import RunnerError
+from cairn.gguf import read_gguf
+from cairn.runtime_plugins.runner import Runner
+from cairn.runtime_plugins.runtime import ModelSpec
+from tests.conftest import GEMMA_TEMPLATE, cairn_env, modelfile
+from tests.conftest import Runner as Cli
+
+OPTIONS = {"temperature": 0.0, "seed": 42, "num_ctx": 512}
+
+
+def require_llama() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("llama_cpp") is None:  # no skip: `make test` installs it
+        pytest.fail("llama-cpp-python is not installed (make test builds it; see docs/runtimes.md)")
+
+
+@pytest.fixture
+def gemma(cairn: Cli, tmp_path: Path, gemma_gguf: Path) -> str:
+    require_llama()
+    modelfile(
+        tmp_path,
+        f'FROM {gemma_gguf}\nTEMPLATE """{GEMMA_TEMPLATE}"""\nPARAMETER temperature 0\n'
+        "PARAMETER seed 42\nPARAMETER stop <end_of_turn>\n",
+        "MF",
+    )
+    cairn("create", "gemma3:270m", "-f", str(tmp_path / "MF"))
+    return "gemma3:270m"
+
+
+def test_deterministic_answer_and_verbose_stats(cairn: Cli, gemma: str) -> None:
+    first = cairn("run", gemma, "Name a colour.", "-p", "num_predict=16", "--verbose")
+    second = cairn("run", gemma, "Name a colour.", "-p", "num_predict=16")
+    assert first.stdout == second.stdout
+    assert first.stdout.strip()  # it said something
+    assert "load duration:" in first.stderr
+    rate = next(line for line in first.stderr.splitlines() if line.startswith("eval rate:"))
+    assert float(rate.split()[2]) > 0 and rate.endswith("tokens/s")
+    count = next(line for line in first.stderr.splitlines() if line.startswith("eval count:"))
+    assert 1 <= int(count.split()[2]) <= 16
+
+
+def test_prompt_from_stdin(cairn: Cli, gemma: str) -> None:
+    piped = cairn("run", gemma, "-p", "num_predict=8", input="Name a colour.")
+    given = cairn("run", gemma, "Name a colour.", "-p", "num_predict=8")
+    assert piped.stdout == given.stdout
+
+
+def test_num_predict_and_stop(gemma_gguf: Path) -> None:
+    require_llama()
+    spec = ModelSpec(gemma_gguf)
+    with Runner("llama-cpp") as runner:
+        runner.load(spec, OPTIONS)
+        chunks = list(runner.generate("The capital of France is", {**OPTIONS, "num_predict": 24}))
+        text = "".join(c.text for c in chunks)
+        assert chunks[-1].done and chunks[-1].stats["eval_count"] <= 24
+        words = text.split()
+        assert len(words) >= 3
+        stop = words[2]
+        stopped = "".join(
+            c.text
+            for c in runner.generate(
+                "The capital of France is", {**OPTIONS, "num_predict": 24, "stop": [stop]}
+            )
+        )
+        assert stop not in stopped
+        assert text.startswith(stopped)
+
+
+def test_runner_killed_mid_generation_is_an_error_and_we_live_on(gemma_gguf: Path) -> None:
+    require_llama()
+    runner = Runner("llama-cpp")
+    runner.load(ModelSpec(gemma_gguf), OPTIONS)
+    stream = runner.generate("Once upon a time", {**OPTIONS, "num_predict": 400})
+    next(stream)
+    os.kill(runner.proc.pid, signal.SIGKILL)
+    with pytest.raises(RunnerError, match="killed by SIGKILL"):
+        for _ in stream:
+            pass
+    # the parent is fine, and a new runner works
+    with Runner("llama-cpp") as fresh:
+        fresh.load(ModelSpec(gemma_gguf), OPTIONS)
+        assert any(c.text for c in fresh.generate("Hello", {**OPTIONS, "num_predict": 4}))
+
+
+def test_segfault_in_the_runner_is_an_error(gemma_gguf: Path) -> None:
+    """A crash in native code (SIGSEGV) ends the runner, not us."""
+    require_llama()
+    runner = Runner("llama-cpp")
+    runner.load(ModelSpec(gemma_gguf), OPTIONS)
+    os.kill(runner.proc.pid, signal.SIGSEGV)
+    with pytest.raises(RunnerError, match="SIGSEGV"):
+        list(runner.generate("Hello", OPTIONS))
+
+
+def test_corrupt_gguf_is_a_clear_error(cairn: Cli, tmp_path: Path, gemma_gguf: Path) -> None:
+    require_llama()
+    info = read_gguf(gemma_gguf)
+    corrupt = tmp_path / "corrupt.gguf"
+    with open(gemma_gguf, "rb") as src, open(corrupt, "wb") as out:
+        out.write(src.read(info.data_offset))
+        left = info.file_size - info.data_offset
+        while left:
+            out.write(os.urandom(min(left, 1 << 20)))
+            left -= min(left, 1 << 20)
+    modelfile(tmp_path, f"FROM {corrupt}\n", "MF")
+    cairn("create", "broken", "-f", str(tmp_path / "MF"))
+    result = cairn("run", "broken", "hello", "-p", "num_predict=4", check=False)
+    assert result.returncode == 1
+    assert "weights are corrupt" in result.stderr
+    assert result.stderr.count("\n") == 1  # one line, no traceback
+
+
+def workers() -> set[str]:
+    found = subprocess.run(
+        ["pgrep", "-f", "cairn.runtime_plugins.worker"], capture_output=True, text=True
+    )
+    return set(found.stdout.split())
+
+
+def test_sigint_stops_cleanly(store: Path, gemma: str) -> None:
+    before = workers()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cairn",
+            "run",
+            gemma,
+            "Tell me a long story.",
+            "-p",
+            "num_predict=2000",
+        ],
+        env=cairn_env(store),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    proc.stdout.read(20)  # it is generating
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert "Interrupted" in err and "Traceback" not in err
+    time.sleep(0.2)
+    assert workers() <= before  # the runner went with it
+
+
+def test_runtimes_lists_llama_cpp(cairn: Cli) -> None:
+    require_llama()
+    listed = json.loads(cairn("runtimes", "--json").stdout)
+    [llama] = [r for r in listed["runtimes"] if r["name"] == "llama-cpp"]
+    assert llama["available"] is True and "cpu" in llama["devices"]
+    assert "llama-cpp" in cairn("runtimes").stdout
