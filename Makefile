@@ -11,9 +11,16 @@ STAMP := $(VENV)/.installed-stamp
 # Debian packages the tests and the demo use: a real registry and a real peer client.
 SYSTEM_TOOLS := docker-registry skopeo
 
+# llama.cpp for CPUs without AMX support in the VM (see docs/runtimes.md and
+# ../shared/NOTES.md): a native build dies in ggml_backend_amx_mul_mat here.
+# pip's wheel cache keeps the build (about 4 minutes on 2 cores) per machine.
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+	-DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON
+
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --config-settings editable_mode=compat -e '.[test,dev,model]'
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install --quiet 'llama-cpp-python==0.3.36'
+	$(BIN)/pip install --quiet --config-settings editable_mode=compat -e '.[test,dev,model,llama]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -60,3 +60,7 @@ echo "==> cairn pull into an empty store"
 CAIRN_MODELS="$workdir/empty-store" cairn pull "127.0.0.1:$port/library/gemma3:270m" --insecure
 CAIRN_MODELS="$workdir/empty-store" cairn list
 CAIRN_MODELS="$workdir/empty-store" cairn verify
+
+echo "==> cairn run gemma3:270m (the base model: expect fluent nonsense, deterministic at temperature 0)"
+CAIRN_MODELS="$workdir/empty-store" cairn run "127.0.0.1:$port/library/gemma3:270m" \
+    "Write one sentence about mountains." -p num_predict=48 --verbose
