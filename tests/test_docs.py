@@ -38,3 +38,13 @@ def test_modelfile_doc_names_every_instruction() -> None:
         assert f"`{instruction.upper()}" in text
     for parameter in PARAMETER_TYPES:
         assert f"`{parameter}`" in text
+
+
+def test_every_hook_is_documented() -> None:
+    from cairn.runtime_plugins import hookspecs
+
+    text = (DOCS / "runtimes.md").read_text()
+    hooks = [name for name in dir(hookspecs) if hasattr(getattr(hookspecs, name), "cairn_spec")]
+    assert hooks == ["register_runtimes"]
+    for hook in hooks:
+        assert f"`{hook}(" in text
