@@ -119,7 +119,7 @@ def run(
         models.blobs.path(details.model_blob),
         adapters=tuple(models.blobs.path(d) for d in details.adapters),
     )
-    runner = Runner(info.name)
+    runner = Runner(info.name, module=info.module)
     try:
         load_seconds = runner.load(spec, options)
         stats: dict[str, Any] = {}

@@ -38,6 +38,8 @@ class RuntimeInfo:
     runtime: Runtime
     plugin: str
     availability: Availability
+    module: str | None = None
+    """The plugin's module, when it is one: the runner imports just that."""
 
     @property
     def name(self) -> str:
@@ -81,13 +83,16 @@ class Plugins:
         """Every registered runtime with its plugin's name and its availability here."""
         found: list[RuntimeInfo] = []
         for impl in self.pm.hook.register_runtimes.get_hookimpls():
+            module = impl.plugin.__name__ if isinstance(impl.plugin, ModuleType) else None
 
-            def register(runtime: Runtime, plugin: str = impl.plugin_name) -> None:
+            def register(
+                runtime: Runtime, plugin: str = impl.plugin_name, module: str | None = module
+            ) -> None:
                 try:
                     availability = runtime.availability()
-                except Exception as exc:
+                except Exception as exc:  # a plugin's bug is its own
                     availability = Availability(False, f"{type(exc).__name__}: {exc}")
-                found.append(RuntimeInfo(runtime, plugin, availability))
+                found.append(RuntimeInfo(runtime, plugin, availability, module))
 
             try:
                 impl.function(register=register)

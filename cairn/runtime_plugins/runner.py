@@ -30,11 +30,13 @@ TAIL_LINES = 20
 class Runner:
     """One runner process holding one loaded model."""
 
-    def __init__(self, runtime: str, model_format: str = "gguf") -> None:
+    def __init__(self, runtime: str, model_format: str = "gguf", module: str | None = None) -> None:
+        """Start a runner for ``runtime``; ``module`` is its plugin's module when known,
+        so the runner imports just that instead of discovering every plugin."""
         self.runtime = runtime
         self.format = model_format
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cairn.runtime_plugins.worker"],
+            [sys.executable, "-m", "cairn.runtime_plugins.worker", *([module] if module else [])],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -13,11 +13,30 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    from cairn.runtime_plugins.runtime import Runtime
 
 
-def _serve(requests: TextIO, answers: TextIO) -> None:
+def _find(name: str, model_format: str, module: str | None) -> Runtime:
+    """The runtime ``name``: from the plugin module the parent named, else by discovery."""
+    if module:
+        import importlib
+
+        found: list[Runtime] = []
+        register = getattr(importlib.import_module(module), "register_runtimes", None)
+        if callable(register):
+            register(register=found.append)
+            for runtime in found:
+                if runtime.name == name:
+                    return runtime
     from cairn.runtime_plugins.manager import plugins
+
+    return plugins().choose(model_format, name).runtime
+
+
+def _serve(requests: TextIO, answers: TextIO, module: str | None) -> None:
     from cairn.runtime_plugins.runtime import LoadedModel, ModelSpec
 
     def send(message: dict[str, Any]) -> None:
@@ -31,9 +50,9 @@ def _serve(requests: TextIO, answers: TextIO) -> None:
         try:
             if op == "load":
                 started = time.perf_counter()
-                info = plugins().choose(request["format"], request["runtime"])
+                runtime = _find(request["runtime"], request["format"], module)
                 spec = request["model"]
-                model = info.runtime.load(
+                model = runtime.load(
                     ModelSpec(
                         Path(spec["weights"]),
                         spec.get("format", "gguf"),
@@ -65,7 +84,8 @@ def main() -> None:
     answers = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # native code printing to stdout lands on stderr
     sys.stdout = sys.stderr
-    _serve(sys.stdin, answers)
+    module = sys.argv[1] if len(sys.argv) > 1 else None
+    _serve(sys.stdin, answers, module)
 
 
 if __name__ == "__main__":
