@@ -79,7 +79,10 @@ def run(
     insecure: bool,
     parameters: tuple[str, ...],
 ) -> None:
-    """Run MODEL on PROMPT (or standard input), pulling it first if it is missing."""
+    """Run MODEL on PROMPT (or standard input), pulling it first if it is missing.
+
+    With no PROMPT on a terminal: an interactive chat (/? for help, /bye to leave).
+    """
     from cairn.manifests.models import Models
     from cairn.manifests.show import show_model
     from cairn.modelfile import convert_parameter
@@ -104,21 +107,29 @@ def run(
             options.setdefault("stop", []).extend(converted)
         else:
             options[key.strip()] = converted
-    if prompt is None:
-        if sys.stdin.isatty():
-            raise click.UsageError("give a PROMPT, or pipe one on standard input")
-        prompt = sys.stdin.read()
     info = plugins().choose("gguf", runtime_name)
-    text = build_prompt(
-        details.template,
-        [Message("user", prompt)],
-        details.system,
-        [Message(m.role, m.content) for m in details.messages],
-    )
     spec = ModelSpec(
         models.blobs.path(details.model_blob),
         adapters=tuple(models.blobs.path(d) for d in details.adapters),
     )
+    history = [Message(m.role, m.content) for m in details.messages]
+    if prompt is None and sys.stdin.isatty():
+        from cairn.cli.chat import chat
+
+        def start() -> Runner:
+            started = Runner(info.name, module=info.module)
+            started.load(spec, options)
+            return started
+
+        def describe() -> str:
+            lines = [f"  {k}: {v}" for k, v in sorted(options.items())]
+            return "Parameters:\n" + "\n".join(lines) + f"\nTemplate:\n{details.template or ''}"
+
+        chat(start, details.template, details.system, history, options, describe)
+        return
+    if prompt is None:
+        prompt = sys.stdin.read()
+    text = build_prompt(details.template, [Message("user", prompt)], details.system, history)
     runner = Runner(info.name, module=info.module)
     try:
         load_seconds = runner.load(spec, options)

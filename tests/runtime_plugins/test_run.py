@@ -166,3 +166,44 @@ def test_runtimes_lists_llama_cpp(cairn: Cli) -> None:
     [llama] = [r for r in listed["runtimes"] if r["name"] == "llama-cpp"]
     assert llama["available"] is True and "cpu" in llama["devices"]
     assert "llama-cpp" in cairn("runtimes").stdout
+
+
+def test_interactive_chat_on_a_terminal(store: Path, gemma: str) -> None:
+    import pty
+    import select
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: cairn on a terminal
+        os.execve(
+            sys.executable,
+            [sys.executable, "-m", "cairn", "run", gemma, "-p", "num_predict=8"],
+            cairn_env(store),
+        )
+
+    def until(marker: bytes) -> str:
+        seen = b""
+        deadline = time.monotonic() + 60
+        while marker not in seen and time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], 0.2)
+            if ready:
+                try:
+                    seen += os.read(fd, 4096)
+                except OSError:
+                    break
+        return seen.decode(errors="replace")
+
+    assert until(b">>> ").endswith(">>> ")
+    os.write(fd, b"/?\n")
+    assert "/bye" in until(b">>> ")
+    os.write(fd, b"/set parameter temperature 0\n")
+    assert "Set parameter 'temperature' to '0'" in until(b">>> ")
+    os.write(fd, b"/set parameter bogus 1\n")
+    assert "unknown parameter 'bogus'" in until(b">>> ")
+    os.write(fd, b"Name a colour.\n")
+    answer = until(b">>> ")
+    assert len(answer.replace("Name a colour.", "").replace(">>> ", "").strip()) > 0
+    os.write(fd, b'"""first line\nsecond line"""\n')
+    assert "... " in until(b">>> ")
+    os.write(fd, b"/bye\n")
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -1,0 +1,109 @@
+"""The interactive chat of ``cairn run MODEL`` on a terminal, in the manner of ``ollama run``."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from cairn.errors import CairnError
+from cairn.modelfile import convert_parameter
+from cairn.runtime_plugins.prompt import Message, build_prompt
+from cairn.runtime_plugins.runner import Runner
+
+HELP = """Available commands:
+  /set parameter NAME VALUE   set a parameter (temperature, num_predict, stop, ...)
+  /show                       show the model's parameters and template
+  /clear                      forget the conversation
+  /bye                        exit
+  /?, /help                   this help
+Use \"\"\" to begin a multi-line message, and \"\"\" again to end it."""
+
+
+def _read(prompt: str) -> str:
+    """One message: a line, or lines between triple quotes."""
+    line = input(prompt)
+    if not line.lstrip().startswith('"""'):
+        return line
+    text = line.lstrip()[3:]
+    while not text.rstrip().endswith('"""'):
+        text += "\n" + input("... ")
+    return text.rstrip()[:-3]
+
+
+def chat(
+    start: Callable[[], Runner],
+    template: str | None,
+    system: str | None,
+    history: list[Message],
+    options: dict[str, Any],
+    describe: Callable[[], str],
+) -> None:
+    """Read, generate, print, until /bye or end of input."""
+    with contextlib.suppress(ImportError):
+        import readline  # noqa: F401 - line editing and history for input()
+    runner = start()
+    conversation: list[Message] = []
+    try:
+        while True:
+            try:
+                text = _read(">>> ")
+            except EOFError:
+                click.echo()
+                return
+            except KeyboardInterrupt:
+                click.echo("\nUse Ctrl + d or /bye to exit.")
+                continue
+            command = text.strip()
+            if not command:
+                continue
+            if command in ("/bye", "/exit"):
+                return
+            if command in ("/?", "/help"):
+                click.echo(HELP)
+                continue
+            if command == "/clear":
+                conversation.clear()
+                click.echo("Cleared session context")
+                continue
+            if command == "/show":
+                click.echo(describe())
+                continue
+            if command.startswith("/set parameter"):
+                parts = command.split(maxsplit=3)
+                if len(parts) != 4:
+                    click.echo("Usage: /set parameter NAME VALUE")
+                    continue
+                try:
+                    value = convert_parameter(parts[2], parts[3])
+                except CairnError as exc:
+                    click.echo(f"Error: {exc}")
+                    continue
+                options[parts[2]] = value
+                click.echo(f"Set parameter '{parts[2]}' to '{parts[3]}'")
+                continue
+            if command.startswith("/"):
+                click.echo(f"Unknown command '{command.split()[0]}'. Type /? for help")
+                continue
+            conversation.append(Message("user", text))
+            prompt = build_prompt(template, conversation, system, history)
+            answer = []
+            try:
+                for chunk in runner.generate(prompt, options):
+                    if not chunk.done:
+                        answer.append(chunk.text)
+                        click.echo(chunk.text, nl=False)
+                        sys.stdout.flush()
+            except KeyboardInterrupt:
+                runner.stop()  # the only way to stop native code mid-token
+                click.echo()
+                runner = start()
+                conversation.pop()
+                continue
+            click.echo("\n")
+            conversation.append(Message("assistant", "".join(answer)))
+    finally:
+        runner.close()
