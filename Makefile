@@ -37,8 +37,8 @@ demo: install sysdeps
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh
 
 lint: install
-	$(BIN)/ruff check cairn tests bench
-	$(BIN)/ruff format --check cairn tests bench
+	$(BIN)/ruff check cairn tests bench plugins
+	$(BIN)/ruff format --check cairn tests bench plugins
 	$(BIN)/mypy
 
 test: install sysdeps lint

@@ -1,0 +1,1 @@
+"""cairn's llama-server runtime plugin."""
