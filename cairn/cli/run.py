@@ -64,6 +64,9 @@ def runtimes(as_json: bool) -> None:
 @click.option("--verbose", is_flag=True, help="Print load time, prompt and eval counts and rates.")
 @click.option("--insecure", is_flag=True, help="Pull a missing model over plain HTTP.")
 @click.option(
+    "--format", "output_format", type=click.Choice(["json"]), help="Constrain the answer to JSON."
+)
+@click.option(
     "-p",
     "--parameter",
     "parameters",
@@ -77,6 +80,7 @@ def run(
     runtime_name: str | None,
     verbose: bool,
     insecure: bool,
+    output_format: str | None,
     parameters: tuple[str, ...],
 ) -> None:
     """Run MODEL on PROMPT (or standard input), pulling it first if it is missing.
@@ -107,6 +111,8 @@ def run(
             options.setdefault("stop", []).extend(converted)
         else:
             options[key.strip()] = converted
+    if output_format:
+        options["format"] = output_format
     info = plugins().choose("gguf", runtime_name)
     spec = ModelSpec(
         models.blobs.path(details.model_blob),

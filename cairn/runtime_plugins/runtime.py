@@ -36,6 +36,7 @@ OPTION_NAMES = frozenset(
         "main_gpu",
         "use_mmap",
         "num_keep",
+        "format",
     }
 )
 

@@ -207,3 +207,11 @@ def test_interactive_chat_on_a_terminal(store: Path, gemma: str) -> None:
     os.write(fd, b"/bye\n")
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_format_json(cairn: Cli, gemma: str) -> None:
+    # Grammar-constrained sampling over a 262,144-token vocabulary is slow: a few tokens do.
+    answer = cairn(
+        "run", gemma, "A JSON object describing a cat:", "--format", "json", "-p", "num_predict=4"
+    ).stdout.strip()
+    assert answer[:1] in ("{", "[")

@@ -92,6 +92,10 @@ class LlamaCppModel(LoadedModel):
         stop = options.get("stop")
         if stop:
             kwargs["stop"] = list(stop) if isinstance(stop, list | tuple) else [stop]
+        if options.get("format") == "json":  # Ollama's --format json: only JSON may come out
+            from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
+
+            kwargs["grammar"] = LlamaGrammar.from_string(JSON_GBNF, verbose=False)
         predict = int(options.get("num_predict", -1))
         kwargs["max_tokens"] = None if predict < 0 else predict
         started = time.perf_counter()

@@ -137,6 +137,8 @@ class LlamaServerModel(LoadedModel):
         stop = options.get("stop")
         if stop:
             body["stop"] = list(stop) if isinstance(stop, list | tuple) else [stop]
+        if options.get("format") == "json":
+            body["json_schema"] = {}  # any JSON value
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=600)
         started = time.perf_counter()
         timings: dict[str, Any] = {}
