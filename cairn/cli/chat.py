@@ -41,6 +41,7 @@ def chat(
     history: list[Message],
     options: dict[str, Any],
     describe: Callable[[], str],
+    chat_template: str | None = None,
 ) -> None:
     """Read, generate, print, until /bye or end of input."""
     with contextlib.suppress(ImportError):
@@ -89,7 +90,7 @@ def chat(
                 click.echo(f"Unknown command '{command.split()[0]}'. Type /? for help")
                 continue
             conversation.append(Message("user", text))
-            prompt = build_prompt(template, conversation, system, history)
+            prompt = build_prompt(template, conversation, system, history, chat_template)
             answer = []
             try:
                 for chunk in runner.generate(prompt, options):

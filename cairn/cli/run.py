@@ -119,6 +119,9 @@ def run(
         adapters=tuple(models.blobs.path(d) for d in details.adapters),
     )
     history = [Message(m.role, m.content) for m in details.messages]
+    chat_template = details.gguf.metadata.get("tokenizer.chat_template") if details.gguf else None
+    if not isinstance(chat_template, str):
+        chat_template = None
     if prompt is None and sys.stdin.isatty():
         from cairn.cli.chat import chat
 
@@ -131,11 +134,13 @@ def run(
             lines = [f"  {k}: {v}" for k, v in sorted(options.items())]
             return "Parameters:\n" + "\n".join(lines) + f"\nTemplate:\n{details.template or ''}"
 
-        chat(start, details.template, details.system, history, options, describe)
+        chat(start, details.template, details.system, history, options, describe, chat_template)
         return
     if prompt is None:
         prompt = sys.stdin.read()
-    text = build_prompt(details.template, [Message("user", prompt)], details.system, history)
+    text = build_prompt(
+        details.template, [Message("user", prompt)], details.system, history, chat_template
+    )
     runner = Runner(info.name, module=info.module)
     try:
         load_seconds = runner.load(spec, options)

@@ -158,3 +158,28 @@ def test_any_text_raises_only_cairn_errors(source: str) -> None:
 def test_template_like_text_raises_only_cairn_errors(pieces: list[str]) -> None:
     with contextlib.suppress(CairnError):
         render("".join(pieces), {"Messages": [{"Role": "user", "Content": "c"}], "x": 1})
+
+
+CHATML_JINJA = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}"
+    "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def test_gguf_jinja_chat_template_when_there_is_no_template_layer() -> None:
+    assert build_prompt(None, [Message("user", "Hi")], "S", chat_template=CHATML_JINJA) == (
+        "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    )
+    # the template layer wins over the GGUF's
+    assert (
+        build_prompt("{{ .Prompt }}!", [Message("user", "Hi")], chat_template=CHATML_JINJA) == "Hi!"
+    )
+
+
+def test_gguf_jinja_errors_are_template_errors() -> None:
+    with pytest.raises(TemplateError, match="only user turns"):
+        build_prompt(
+            None, [Message("user", "Hi")], chat_template="{{ raise_exception('only user turns') }}"
+        )
+    with pytest.raises(TemplateError):
+        build_prompt(None, [Message("user", "Hi")], chat_template="{% for %}")
