@@ -10,8 +10,6 @@ runner and the filesystem root are parameters, so tests replay recorded
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +30,9 @@ class GPU:
 
 
 def _run(command: Sequence[str]) -> str | None:
+    import shutil  # here, not at the top: the runner imports this module on its way to a load
+    import subprocess
+
     if shutil.which(command[0]) is None:
         return None
     try:
