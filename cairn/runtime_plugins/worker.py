@@ -72,7 +72,9 @@ def _serve(requests: TextIO, answers: TextIO, module: str | None) -> None:
                 send({"event": "embeddings", "vectors": model.embed(request["texts"])})
             else:
                 send({"event": "error", "message": f"unknown request {op!r}"})
-        except Exception as exc:
+        except Exception as exc:  # reported to the parent, which raises
+            import traceback
+
             traceback.print_exc()
             send({"event": "error", "message": f"{type(exc).__name__}: {exc}"})
     if model is not None:
