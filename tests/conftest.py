@@ -123,14 +123,45 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wait_until_serving(
+    proc: subprocess.Popen[bytes], port: int, what: str, tls: Path | bool | None = None
+) -> None:
+    """Wait for ``/v2/`` to answer (a 401 counts: auth is on); fail if the process dies.
+
+    ``tls``: a CA bundle to verify with, True to skip verification, None for plain HTTP.
+    """
+    import ssl
+    import time
+    import urllib.error
+    import urllib.request
+
+    context = None
+    if isinstance(tls, Path):
+        context = ssl.create_default_context(cafile=str(tls))
+    elif tls:
+        context = ssl._create_unverified_context()
+    url = f"{'https' if tls else 'http'}://127.0.0.1:{port}/v2/"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=1, context=context)
+            return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            if proc.poll() is not None:
+                died = proc.stderr.read() if proc.stderr else b""
+                raise AssertionError(f"{what} died: {died!r}") from None
+            time.sleep(0.05)
+    proc.kill()
+    raise AssertionError(f"{what} did not start")
+
+
 def start_registry(
     root: Path, htpasswd: Path | None = None, auth: str = "", tls: tuple[Path, Path] | None = None
 ) -> tuple[str, subprocess.Popen[bytes]]:
     """A real CNCF distribution registry (Debian's docker-registry) on 127.0.0.1."""
     import shutil
-    import time
-    import urllib.error
-    import urllib.request
 
     binary = shutil.which("docker-registry")
     if binary is None:  # no skip: `make test` installs it
@@ -149,27 +180,7 @@ def start_registry(
     proc = subprocess.Popen(
         [binary, "serve", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        try:
-            if tls:
-                import ssl
-
-                context = ssl.create_default_context(cafile=str(tls[0]))
-                urllib.request.urlopen(f"https://127.0.0.1:{port}/v2/", timeout=1, context=context)
-            else:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1)
-            break
-        except urllib.error.HTTPError:
-            break  # 401 with auth on: it is up
-        except OSError:
-            if proc.poll() is not None:
-                died = proc.stderr.read() if proc.stderr else b""
-                raise AssertionError(f"docker-registry died: {died!r}") from None
-            time.sleep(0.05)
-    else:
-        proc.kill()
-        raise AssertionError("docker-registry did not start")
+    wait_until_serving(proc, port, "docker-registry", tls[0] if tls else None)
     return f"127.0.0.1:{port}", proc
 
 
@@ -289,9 +300,6 @@ def run_at_once(args: list[str], env: dict[str, str], copies: int = 2) -> None:
 
 def start_cairn_registry(root: Path, *args: str) -> tuple[str, subprocess.Popen[bytes]]:
     """``cairn registry serve`` on a free port over the store at ``root``."""
-    import time
-    import urllib.error
-    import urllib.request
 
     port = free_port()
     proc = subprocess.Popen(
@@ -311,28 +319,7 @@ def start_cairn_registry(root: Path, *args: str) -> tuple[str, subprocess.Popen[
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    deadline = time.monotonic() + 20
-    tls = "--tls-cert" in args
-    while time.monotonic() < deadline:
-        try:
-            if tls:
-                import ssl
-
-                context = ssl._create_unverified_context()
-                urllib.request.urlopen(f"https://127.0.0.1:{port}/v2/", timeout=1, context=context)
-            else:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1)
-            break
-        except urllib.error.HTTPError:
-            break
-        except OSError:
-            if proc.poll() is not None:
-                died = proc.stderr.read() if proc.stderr else b""
-                raise AssertionError(f"cairn registry serve died: {died!r}") from None
-            time.sleep(0.05)
-    else:
-        proc.kill()
-        raise AssertionError("cairn registry serve did not start")
+    wait_until_serving(proc, port, "cairn registry serve", "--tls-cert" in args)
     return f"127.0.0.1:{port}", proc
 
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cairn.blobstore.digest import Digest
-from cairn.blobstore.store import SYNC_EVERY, Blob, BlobStore, storage_error
+from cairn.blobstore.store import SYNC_EVERY, Blob, BlobStore, pwrite_all, storage_error
 from cairn.errors import DigestMismatchError, StoreBusyError
 
 _HASH_STEP = 8 << 20
@@ -149,15 +149,8 @@ class PartialBlob:
         and at the blob's end the digest check judges what was kept.
         """
         view = memoryview(data)[: max(0, span.end - span.position)]
-        offset = span.position
         count = len(view)
-        try:
-            while view:
-                written = os.pwrite(self._fd, view, offset)
-                view = view[written:]
-                offset += written
-        except OSError as exc:
-            raise storage_error(exc, f"writing blob {self.digest}") from exc
+        pwrite_all(self._fd, view, span.position, f"writing blob {self.digest}")
         with self._lock:
             span.done += count
             self._unsynced += count

@@ -598,6 +598,19 @@ def _kernel_copy_hashing(source: int, fd: int, interrupt: Callable[[], None]) ->
     return Digest(hasher.hexdigest()), hashed
 
 
+def pwrite_all(fd: int, data: bytes | memoryview, offset: int, what: str) -> int:
+    """Write all of ``data`` at ``offset``; the offset after it. Errors are store errors."""
+    view = memoryview(data)
+    try:
+        while view:
+            written = os.pwrite(fd, view, offset)
+            view = view[written:]
+            offset += written
+    except OSError as exc:
+        raise storage_error(exc, what) from exc
+    return offset
+
+
 def _names(directory: Path) -> list[str]:
     """The sorted names in a directory; none when it does not exist yet."""
     try:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from cairn.blobstore import Blob, BlobStore, Digest
-from cairn.blobstore.store import storage_error
+from cairn.blobstore.store import pwrite_all, storage_error
 
 
 @dataclass
@@ -64,17 +64,8 @@ class Uploads:
     @staticmethod
     def append(session: Session, data: bytes) -> None:
         """Write and hash the next bytes (call in a thread)."""
-        view = memoryview(data)
-        offset = session.offset
-        try:
-            while view:
-                written = os.pwrite(session.fd, view, offset)
-                view = view[written:]
-                offset += written
-        except OSError as exc:
-            raise storage_error(exc, "writing an upload") from exc
+        session.offset = pwrite_all(session.fd, data, session.offset, "writing an upload")
         session.hasher.update(data)
-        session.offset = offset
 
     def finish(self, session: Session, expected: Digest) -> Blob | None:
         """Commit the upload as blob ``expected``; None (and nothing kept) on a mismatch."""
