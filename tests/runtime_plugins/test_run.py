@@ -215,3 +215,11 @@ def test_format_json(cairn: Cli, gemma: str) -> None:
         "run", gemma, "A JSON object describing a cat:", "--format", "json", "-p", "num_predict=4"
     ).stdout.strip()
     assert answer[:1] in ("{", "[")
+
+
+def test_korean_prompt_gives_well_formed_text(cairn: Cli, gemma: str) -> None:
+    answer = cairn(
+        "run", gemma, "한국어로 대답하세요: 하늘은 왜 파란가요? 🦙", "-p", "num_predict=40"
+    ).stdout
+    assert answer.strip()
+    assert "\ufffd" not in answer

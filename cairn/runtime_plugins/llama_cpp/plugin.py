@@ -10,14 +10,16 @@ from __future__ import annotations
 import importlib.util
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, cast
+from typing import Any
 
 from cairn.runtime_plugins import devices
 from cairn.runtime_plugins.hookspecs import hookimpl
 from cairn.runtime_plugins.runtime import Availability, Chunk, LoadedModel, ModelSpec, Runtime
+from cairn.runtime_plugins.utf8 import TextStream
 
+# Ollama's option names to llama-cpp-python's generate() arguments.
 _SAMPLING = {
-    "temperature": "temperature",
+    "temperature": "temp",
     "top_k": "top_k",
     "top_p": "top_p",
     "min_p": "min_p",
@@ -86,31 +88,47 @@ class LlamaCppModel(LoadedModel):
         self.gpu_layers = layers
 
     def generate(self, prompt: str, options: Mapping[str, Any]) -> Iterator[Chunk]:
-        kwargs: dict[str, Any] = {
-            ours: options[theirs] for theirs, ours in _SAMPLING.items() if theirs in options
-        }
-        stop = options.get("stop")
-        if stop:
-            kwargs["stop"] = list(stop) if isinstance(stop, list | tuple) else [stop]
+        """Sample token by token; token bytes become text through :class:`TextStream`,
+        so no character is ever split and stop sequences are matched on whole text."""
+        import llama_cpp
+
+        llm = self.llm
+        sampling = {name: options[key] for key, name in _SAMPLING.items() if key in options}
+        sampling.pop("seed", None)
+        grammar = None
         if options.get("format") == "json":  # Ollama's --format json: only JSON may come out
             from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
 
-            kwargs["grammar"] = LlamaGrammar.from_string(JSON_GBNF, verbose=False)
-        predict = int(options.get("num_predict", -1))
-        kwargs["max_tokens"] = None if predict < 0 else predict
+            grammar = LlamaGrammar.from_string(JSON_GBNF, verbose=False)
+        if "seed" in options:
+            llm.set_seed(int(options["seed"]))
+        stop = options.get("stop") or []
+        stream = TextStream([stop] if isinstance(stop, str) else list(stop))
         started = time.perf_counter()
-        prompt_tokens = self.llm.tokenize(prompt.encode(), add_bos=True, special=True)
+        prompt_tokens = llm.tokenize(prompt.encode(), add_bos=True, special=True)
+        room = llm.n_ctx() - len(prompt_tokens) - 4  # 4: to finish a cut character
+        predict = int(options.get("num_predict", -1))
+        limit = room if predict < 0 else min(predict, room)
         first: float | None = None
-        stream = cast(
-            Iterator[Any], self.llm.create_completion(prompt_tokens, stream=True, **kwargs)
-        )
-        for part in stream:
-            if first is None:
-                first = time.perf_counter()
-                self._check_logits()
-            text = part["choices"][0]["text"]
-            if text:
-                yield Chunk(text)
+        produced = 0
+        if limit > 0:
+            for token in llm.generate(prompt_tokens, grammar=grammar, **sampling):
+                if first is None:
+                    first = time.perf_counter()
+                    self._check_logits()
+                if llama_cpp.llama_vocab_is_eog(llm._model.vocab, token):
+                    break
+                produced += 1
+                text = stream.feed(llm.detokenize([token]))
+                if text:
+                    yield Chunk(text)
+                if stream.stopped or produced >= limit + 4:
+                    break
+                if produced >= limit and not stream.pending:
+                    break  # past the limit only to finish a character it cut
+        tail = stream.finish()
+        if tail:
+            yield Chunk(tail)
         ended = time.perf_counter()
         if first is None:
             self._check_logits()
@@ -121,8 +139,7 @@ class LlamaCppModel(LoadedModel):
                 "load_duration": self.load_seconds,
                 "prompt_eval_count": len(prompt_tokens),
                 "prompt_eval_duration": first - started,
-                # The last token sampled is never fed back, so n_tokens misses it.
-                "eval_count": max(0, self.llm.n_tokens - len(prompt_tokens) + 1),
+                "eval_count": produced,
                 "eval_duration": ended - first,
                 "gpu_layers": self.gpu_layers,
             },
