@@ -59,8 +59,8 @@ CAIRN = (
 from pathlib import Path
 start = time.perf_counter()
 from cairn.runtime_plugins.runner import Runner
-from cairn.runtime_plugins.runtime import ModelSpec
 runner = Runner("llama-cpp", module="cairn.runtime_plugins.llama_cpp.plugin")
+from cairn.runtime_plugins.runtime import ModelSpec  # while the runner boots, as cairn run does
 runner.load(ModelSpec(Path(model)), options)
 loaded = time.perf_counter()
 asked = time.perf_counter()

@@ -136,13 +136,13 @@ def run(
 
         chat(start, details.template, details.system, history, options, describe, chat_template)
         return
-    if prompt is None:
-        prompt = sys.stdin.read()
-    text = build_prompt(
-        details.template, [Message("user", prompt)], details.system, history, chat_template
-    )
-    runner = Runner(info.name, module=info.module)
+    runner = Runner(info.name, module=info.module)  # it boots while the prompt is prepared
     try:
+        if prompt is None:
+            prompt = sys.stdin.read()
+        text = build_prompt(
+            details.template, [Message("user", prompt)], details.system, history, chat_template
+        )
         load_seconds = runner.load(spec, options)
         stats: dict[str, Any] = {}
         for chunk in runner.generate(text, options):

@@ -12,17 +12,18 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import json
 import os
 import signal
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator, Mapping
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-from cairn.errors import RunnerError
-from cairn.runtime_plugins.runtime import Chunk, ModelSpec
+# Only what starting the process needs is imported up front: the rest loads
+# while the runner boots, on the other core (see Runner.__init__).
+if TYPE_CHECKING:
+    from cairn.runtime_plugins.runtime import Chunk, ModelSpec
 
 TAIL_LINES = 20
 
@@ -55,6 +56,8 @@ class Runner:
             self.tail.append(line.rstrip("\n"))
 
     def _send(self, message: Mapping[str, Any]) -> None:
+        import json
+
         assert self.proc.stdin is not None
         try:
             self.proc.stdin.write(json.dumps(message) + "\n")
@@ -63,6 +66,10 @@ class Runner:
             self._died()
 
     def _receive(self) -> dict[str, Any]:
+        import json
+
+        from cairn.errors import RunnerError
+
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         if not line:
@@ -78,6 +85,8 @@ class Runner:
         return (" | last output: " + " / ".join(lines)) if lines else ""
 
     def _died(self) -> None:
+        from cairn.errors import RunnerError
+
         code = self.proc.wait()
         if code < 0:
             try:
@@ -110,6 +119,8 @@ class Runner:
         return seconds
 
     def generate(self, prompt: str, options: Mapping[str, Any]) -> Iterator[Chunk]:
+        from cairn.runtime_plugins.runtime import Chunk
+
         self._send({"op": "generate", "prompt": prompt, "options": dict(options)})
         while True:
             message = self._receive()
