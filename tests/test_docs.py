@@ -48,3 +48,10 @@ def test_every_hook_is_documented() -> None:
     assert hooks == ["register_runtimes"]
     for hook in hooks:
         assert f"`{hook}(" in text
+
+
+def test_korean_docs_exist_and_are_linked() -> None:
+    for name in ("README.md", "quickstart.md"):
+        text = (DOCS / "ko" / name).read_text(encoding="utf-8")
+        assert sum("\uac00" <= c <= "\ud7a3" for c in text) > 200  # written in Hangul
+    assert "docs/ko/README.md" in README.read_text()
