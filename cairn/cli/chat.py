@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from cairn.errors import CairnError
+from cairn.errors import CairnError, ConfigError
 from cairn.modelfile import convert_parameter
 from cairn.runtime_plugins.prompt import Message, build_prompt
 from cairn.runtime_plugins.runner import Runner
@@ -44,6 +44,16 @@ def chat(
     chat_template: str | None = None,
 ) -> None:
     """Read, generate, print, until /bye or end of input."""
+    for stream in (sys.stdin, sys.stdout):
+        encoding = (
+            (getattr(stream, "encoding", None) or "").lower().replace("-", "").replace("_", "")
+        )
+        if encoding != "utf8":
+            raise ConfigError(
+                f"the terminal's encoding is {stream.encoding or 'unknown'}, not UTF-8: Korean and "
+                "other non-ASCII text would be garbled; use a UTF-8 locale "
+                "(LANG=ko_KR.UTF-8 or LANG=C.UTF-8)"
+            )
     with contextlib.suppress(ImportError):
         import readline  # noqa: F401 - line editing and history for input()
     runner = start()

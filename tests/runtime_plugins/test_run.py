@@ -223,3 +223,31 @@ def test_korean_prompt_gives_well_formed_text(cairn: Cli, gemma: str) -> None:
     ).stdout
     assert answer.strip()
     assert "\ufffd" not in answer
+
+
+def test_chat_outside_a_utf8_locale_says_what_is_wrong(store: Path, gemma: str) -> None:
+    import pty
+    import select
+
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execve(
+            sys.executable,
+            [sys.executable, "-m", "cairn", "run", gemma],
+            {**cairn_env(store), "PYTHONIOENCODING": "latin-1"},
+        )
+    output = b""
+    while True:
+        ready, _, _ = select.select([fd], [], [], 30)
+        if not ready:
+            break
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        output += chunk
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 1
+    assert "not UTF-8" in output.decode(errors="replace")
