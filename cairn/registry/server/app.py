@@ -23,7 +23,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from cairn.blobstore import Digest
+from cairn.blobstore import Blob, Digest
 from cairn.config import DEFAULT_HOST
 from cairn.errors import CairnError, ManifestError, StorageFullError
 from cairn.manifests import mediatypes as mt
@@ -400,8 +400,12 @@ async def put_upload(request: web.Request) -> web.StreamResponse:
 async def _finish(
     request: web.Request, registry: Registry, name: str, session: Session, digest: Digest
 ) -> web.StreamResponse:
-    with registry.models.blobs.writing():
-        blob = await asyncio.to_thread(registry.uploads.finish, session, digest)
+    def finish() -> Blob | None:
+        # The writer lock can wait on a `cairn prune` in another process: never in the loop.
+        with registry.models.blobs.writing():
+            return registry.uploads.finish(session, digest)
+
+    blob = await asyncio.to_thread(finish)
     if blob is None:
         raise OCIError("DIGEST_INVALID", f"the uploaded bytes do not hash to {digest}")
     registry.stored(blob.size)
