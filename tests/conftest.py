@@ -51,8 +51,10 @@ Runner = Callable[..., subprocess.CompletedProcess[str]]
 
 
 def cairn_env(store: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CAIRN_")}
-    env.update(CAIRN_MODELS=str(store), PYTHONPATH=str(REPO), **extra)
+    """The environment for a cairn subprocess: no CAIRN_ settings, English in UTF-8."""
+    locale = ("CAIRN_", "LANGUAGE", "LC_ALL", "LC_MESSAGES", "LANG")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(locale)}
+    env.update(CAIRN_MODELS=str(store), PYTHONPATH=str(REPO), LANG="C.UTF-8", **extra)
     return env
 
 

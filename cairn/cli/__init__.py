@@ -27,8 +27,10 @@ class CairnGroup(click.Group):
                 import traceback
 
                 traceback.print_exc()
+            from cairn.i18n import _
+
             message = " ".join(str(exc).split()) or type(exc).__name__
-            click.echo(f"Error: {message}", err=True)
+            click.echo(f"{_('Error')}: {message}", err=True)
             ctx.exit(1)
         except KeyboardInterrupt:
             click.echo("Interrupted", err=True)
@@ -52,6 +54,33 @@ def _register() -> None:
         cli.add_command(command)
     cli.add_command(serve.registry)
     cli.add_command(models.list_models, "ls")
+    _translate(cli)
+
+
+def _translate(command: click.Command) -> None:
+    """Help texts in the user's language, for every command and option (English is the source)."""
+    from cairn.i18n import _, language
+
+    if language() == "en":
+        return
+    if command.help:
+        command.help = _(command.help)
+    original = command.get_help_option
+
+    def get_help_option(ctx: click.Context) -> click.Option | None:
+        option = original(ctx)
+        if option is not None and option.help:
+            option.help = _(option.help)
+        return option
+
+    command.get_help_option = get_help_option  # type: ignore[method-assign]
+    for param in command.params:
+        text = getattr(param, "help", None)
+        if text:
+            param.help = _(text)
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            _translate(sub)
 
 
 _register()

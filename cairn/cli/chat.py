@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from cairn.errors import CairnError, ConfigError
+from cairn.i18n import _
 from cairn.modelfile import convert_parameter
 from cairn.runtime_plugins.prompt import Message, build_prompt
 from cairn.runtime_plugins.runner import Runner
@@ -61,12 +62,12 @@ def chat(
     try:
         while True:
             try:
-                text = _read(">>> ")
+                text = _read(_(">>> "))
             except EOFError:
                 click.echo()
                 return
             except KeyboardInterrupt:
-                click.echo("\nUse Ctrl + d or /bye to exit.")
+                click.echo("\n" + _("Use Ctrl + d or /bye to exit."))
                 continue
             command = text.strip()
             if not command:
@@ -74,11 +75,11 @@ def chat(
             if command in ("/bye", "/exit"):
                 return
             if command in ("/?", "/help"):
-                click.echo(HELP)
+                click.echo(_(HELP))
                 continue
             if command == "/clear":
                 conversation.clear()
-                click.echo("Cleared session context")
+                click.echo(_("Cleared session context"))
                 continue
             if command == "/show":
                 click.echo(describe())
@@ -86,7 +87,7 @@ def chat(
             if command.startswith("/set parameter"):
                 parts = command.split(maxsplit=3)
                 if len(parts) != 4:
-                    click.echo("Usage: /set parameter NAME VALUE")
+                    click.echo(_("Usage: /set parameter NAME VALUE"))
                     continue
                 try:
                     value = convert_parameter(parts[2], parts[3])
@@ -94,10 +95,16 @@ def chat(
                     click.echo(f"Error: {exc}")
                     continue
                 options[parts[2]] = value
-                click.echo(f"Set parameter '{parts[2]}' to '{parts[3]}'")
+                click.echo(
+                    _("Set parameter '{name}' to '{value}'").format(name=parts[2], value=parts[3])
+                )
                 continue
             if command.startswith("/"):
-                click.echo(f"Unknown command '{command.split()[0]}'. Type /? for help")
+                click.echo(
+                    _("Unknown command '{command}'. Type /? for help").format(
+                        command=command.split()[0]
+                    )
+                )
                 continue
             conversation.append(Message("user", text))
             prompt = build_prompt(template, conversation, system, history, chat_template)

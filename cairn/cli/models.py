@@ -12,6 +12,7 @@ from click.shell_completion import CompletionItem
 
 from cairn.cli.output import human_age, human_size, table
 from cairn.errors import CairnError, CorruptBlobError, ModelfileError
+from cairn.i18n import _
 from cairn.manifests.models import Models
 
 
@@ -100,7 +101,7 @@ def list_models(as_json: bool) -> None:
         )
         return
     rows = [(m.reference.display, m.id, human_size(m.size), human_age(m.modified)) for m in found]
-    click.echo(table(("NAME", "ID", "SIZE", "MODIFIED"), rows))
+    click.echo(table((_("NAME"), _("ID"), _("SIZE"), _("MODIFIED")), rows))
     for problem in problems:
         click.echo(f"warning: {problem.reference.display}: {problem.error}", err=True)
 

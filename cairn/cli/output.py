@@ -43,14 +43,23 @@ def human_age(then: float, now: float | None = None) -> str:
     return "1 year ago" if years == 1 else f"{years} years ago"
 
 
+def display_width(text: str) -> int:
+    """Terminal columns: East Asian wide and full-width characters (Hangul, CJK) take two."""
+    import unicodedata
+
+    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """Columns left-aligned, separated by at least four spaces."""
-    widths = [len(h) for h in headers]
+    """Columns left-aligned by display width, separated by at least four spaces."""
+    widths = [display_width(h) for h in headers]
     for row in rows:
-        widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
+        widths = [max(w, display_width(cell)) for w, cell in zip(widths, row, strict=True)]
     lines = []
     for row in (headers, *rows):
-        cells = [cell.ljust(w) for cell, w in zip(row, widths, strict=True)]
+        cells = [
+            cell + " " * (w - display_width(cell)) for cell, w in zip(row, widths, strict=True)
+        ]
         lines.append("    ".join(cells).rstrip())
     return "\n".join(lines)
 

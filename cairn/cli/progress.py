@@ -11,6 +11,16 @@ import click
 from cairn.registry.pull import Event
 
 
+def _label(status: str) -> str:
+    """A status line in the user's language (NDJSON keeps the original)."""
+    from cairn.i18n import _
+
+    word, _sep, rest = status.partition(" ")
+    if word in ("pulling", "pushing") and rest and rest != "manifest":
+        return _(f"{word} {{digest}}").format(digest=rest)
+    return _(status)
+
+
 class Reporter:
     """Turns transfer events into bars (one per blob, one overall), JSON lines or status lines."""
 
@@ -30,7 +40,8 @@ class Reporter:
         elif event.digest and event.total is not None and self.tty:
             self._bar(event)
         else:
-            line = event.status if not event.digest else f"{event.status} {event.total} bytes"
+            label = _label(event.status)
+            line = label if not event.digest else f"{label} {event.total} bytes"
             if line != self._last and (not event.digest or event.completed == event.total):
                 if self._bars:
                     from tqdm import tqdm

@@ -10,6 +10,7 @@ import click
 
 from cairn.cli.output import table
 from cairn.errors import ModelNotFoundError
+from cairn.i18n import _
 
 
 @click.command()
@@ -47,12 +48,13 @@ def runtimes(as_json: bool) -> None:
             i.plugin,
             ",".join(i.availability.devices or i.runtime.devices),
             ",".join(i.runtime.formats),
-            "yes" if i.availability.available else f"no: {i.availability.reason}",
+            _("yes") if i.availability.available else f"no: {i.availability.reason}",
         )
         for i in found
     ]
     rows += [(b.name, b.name, "-", "-", f"plugin failed to load: {b.error}") for b in broken]
-    click.echo(table(("NAME", "PLUGIN", "DEVICES", "FORMATS", "AVAILABLE"), rows))
+    headers = (_("NAME"), _("PLUGIN"), _("DEVICES"), _("FORMATS"), _("AVAILABLE"))
+    click.echo(table(headers, rows))
 
 
 @click.command()
