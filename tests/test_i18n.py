@@ -107,3 +107,26 @@ def test_table_columns_align_by_display_width() -> None:
     assert display_width("이름") == 4
     column = display_width(lines[0][: lines[0].index("ID")])
     assert column == display_width(lines[1][: lines[1].index("abc")])
+
+
+def test_chat_output_wraps_by_display_width() -> None:
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    from cairn.cli.output import WordWrapper, display_width
+
+    text = "하늘은 왜 파란가요? 빛이 공기 분자에 부딪혀 흩어지기 때문입니다. 🦙 llama 漢字 words"
+
+    @given(st.lists(st.integers(1, 8), max_size=30), st.integers(10, 40))
+    def check(sizes: list[int], columns: int) -> None:
+        wrapper = WordWrapper(columns)
+        pieces, start = [], 0
+        for size in [*sizes, len(text)]:
+            pieces.append(text[start : start + size])
+            start += size
+        out = "".join(wrapper.feed(p) for p in pieces) + wrapper.finish()
+        assert all(display_width(line) <= columns for line in out.split("\n"))
+        visible = out.replace("\n", "").replace(" ", "")
+        assert visible == text.replace(" ", "")  # no character lost or reordered
+
+    check()

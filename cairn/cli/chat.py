@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import shutil
 import sys
 from collections.abc import Callable
 from typing import Any
 
 import click
 
+from cairn.cli.output import WordWrapper
 from cairn.errors import CairnError, ConfigError
 from cairn.i18n import _
 from cairn.modelfile import convert_parameter
@@ -109,12 +111,14 @@ def chat(
             conversation.append(Message("user", text))
             prompt = build_prompt(template, conversation, system, history, chat_template)
             answer = []
+            wrapper = WordWrapper(shutil.get_terminal_size().columns)
             try:
                 for chunk in runner.generate(prompt, options):
                     if not chunk.done:
                         answer.append(chunk.text)
-                        click.echo(chunk.text, nl=False)
+                        click.echo(wrapper.feed(chunk.text), nl=False)
                         sys.stdout.flush()
+                click.echo(wrapper.finish(), nl=False)
             except KeyboardInterrupt:
                 runner.stop()  # the only way to stop native code mid-token
                 click.echo()

@@ -76,3 +76,53 @@ def parse_size(text: str) -> int:
     if value <= 0:
         raise ConfigError(f"not a size: {given!r} (use bytes, or K, M, G suffixes)")
     return value
+
+
+class WordWrapper:
+    """Wraps streamed text at word boundaries by display width (Hangul and CJK count two).
+
+    Text arrives in pieces; a word is held until it ends, then goes on the
+    current line if it fits, else on a new one. A word wider than the line
+    is broken where it must be.
+    """
+
+    def __init__(self, columns: int) -> None:
+        self.columns = max(10, columns)
+        self.column = 0
+        self.word = ""
+
+    def feed(self, text: str) -> str:
+        out: list[str] = []
+        for char in text:
+            if char == "\n":
+                out.append(self._flush_word() + "\n")
+                self.column = 0
+            elif char == " ":
+                out.append(self._flush_word())
+                if self.column < self.columns:
+                    out.append(" ")
+                    self.column += 1
+            else:
+                self.word += char
+        return "".join(out)
+
+    def finish(self) -> str:
+        return self._flush_word()
+
+    def _flush_word(self) -> str:
+        word, self.word = self.word, ""
+        if not word:
+            return ""
+        out = []
+        width = display_width(word)
+        if self.column and self.column + width > self.columns:
+            out.append("\n")
+            self.column = 0
+        for char in word:  # a word wider than a line is cut where it must be
+            char_width = display_width(char)
+            if self.column + char_width > self.columns:
+                out.append("\n")
+                self.column = 0
+            out.append(char)
+            self.column += char_width
+        return "".join(out)
