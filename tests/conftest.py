@@ -333,3 +333,31 @@ def cairn_registry(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     host, proc = start_cairn_registry(root)
     yield host, root
     stop(proc)
+
+
+def run_in_pty(argv: list[str], env: dict[str, str], columns: int = 100) -> tuple[int, str]:
+    """Run a command on a pseudo-terminal of ``columns`` columns; its exit code and output."""
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: size the terminal, then become the command
+        fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 30, columns, 0, 0))
+        os.execve(argv[0], argv, env)
+    output = b""
+    while True:
+        ready, _, _ = select.select([fd], [], [], 60)
+        if not ready:
+            break
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        output += chunk
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), output.decode(errors="replace")

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import Runner, cairn_env, modelfile, run_at_once
+from tests.conftest import Runner, cairn_env, modelfile, run_at_once, run_in_pty
 from tests.ggufmaker import write_gguf
 from tests.tokenserver import TokenServer
 
@@ -434,34 +434,13 @@ def test_progress_bars_on_a_terminal(
     cairn: Runner, store: Path, tmp_path: Path, registry: str
 ) -> None:
     """On a terminal: a bar per blob and an overall one (a pty of 100 columns)."""
-    import fcntl
-    import pty
-    import struct
-    import termios
-
     make_model(cairn, tmp_path)
     cairn("push", "tiny:1", f"{registry}/lab/tiny:1", "--insecure", "-q")
-    env = {**cairn_env(tmp_path / "tty-store")}
-    pid, fd = pty.fork()
-    if pid == 0:  # the child: a terminal of 30 rows and 100 columns, then cairn
-        fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
-        os.execve(
-            sys.executable,
-            [sys.executable, "-m", "cairn", "pull", "--insecure", f"{registry}/lab/tiny:1"],
-            env,
-        )
-    output = b""
-    while True:
-        try:
-            chunk = os.read(fd, 65536)
-        except OSError:
-            break
-        if not chunk:
-            break
-        output += chunk
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
-    text = output.decode(errors="replace")
+    code, text = run_in_pty(
+        [sys.executable, "-m", "cairn", "pull", "--insecure", f"{registry}/lab/tiny:1"],
+        cairn_env(tmp_path / "tty-store"),
+    )
+    assert code == 0
     assert "total: 100%" in text
     assert text.count("100%|") >= 4  # config, weights, system, params, and the total
 

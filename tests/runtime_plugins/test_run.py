@@ -16,7 +16,7 @@ from cairn.errors import RunnerError
 from cairn.gguf import read_gguf
 from cairn.runtime_plugins.runner import Runner
 from cairn.runtime_plugins.runtime import ModelSpec
-from tests.conftest import GEMMA_TEMPLATE, cairn_env, modelfile
+from tests.conftest import GEMMA_TEMPLATE, cairn_env, modelfile, run_in_pty
 from tests.conftest import Runner as Cli
 
 OPTIONS = {"temperature": 0.0, "seed": 42, "num_ctx": 512}
@@ -226,28 +226,9 @@ def test_korean_prompt_gives_well_formed_text(cairn: Cli, gemma: str) -> None:
 
 
 def test_chat_outside_a_utf8_locale_says_what_is_wrong(store: Path, gemma: str) -> None:
-    import pty
-    import select
-
-    pid, fd = pty.fork()
-    if pid == 0:
-        os.execve(
-            sys.executable,
-            [sys.executable, "-m", "cairn", "run", gemma],
-            {**cairn_env(store), "PYTHONIOENCODING": "latin-1"},
-        )
-    output = b""
-    while True:
-        ready, _, _ = select.select([fd], [], [], 30)
-        if not ready:
-            break
-        try:
-            chunk = os.read(fd, 4096)
-        except OSError:
-            break
-        if not chunk:
-            break
-        output += chunk
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 1
-    assert "not UTF-8" in output.decode(errors="replace")
+    code, output = run_in_pty(
+        [sys.executable, "-m", "cairn", "run", gemma],
+        {**cairn_env(store), "PYTHONIOENCODING": "latin-1"},
+    )
+    assert code == 1
+    assert "not UTF-8" in output
