@@ -133,9 +133,7 @@ def bench_cp_and_list(work: Path, runs: int) -> dict[str, float]:
     existing, _ = models.catalog()
     source = models.get("small")
     for i in range(1000 - len(existing)):
-        models.tags.write(
-            models.get("small").reference.with_tag(f"t{i}"), source.manifest.to_bytes()
-        )
+        models.tags.write(source.reference.with_tag(f"t{i}"), source.manifest.to_bytes())
     count = len(models.catalog()[0])
     listing = median_of(runs, lambda: None, lambda: timed([*CAIRN, "list"], env))
     return {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from click.shell_completion import CompletionItem
@@ -14,6 +14,9 @@ from cairn.cli.output import human_age, human_size, table
 from cairn.errors import CairnError, CorruptBlobError, ModelfileError
 from cairn.i18n import _
 from cairn.manifests.models import Models
+
+if TYPE_CHECKING:
+    from cairn.manifests.show import ModelDetails
 
 
 def _models() -> Models:
@@ -145,7 +148,7 @@ def _parameter_lines(parameters: dict[str, Any], indent: str) -> str:
     return "\n".join(f"{indent}{k.ljust(width)}    {v}" for k, v in rows)
 
 
-def _describe(details: Any) -> str:
+def _describe(details: ModelDetails) -> str:
     sections = []
     summary = details.summary()
     width = max(len(k) for k in summary) if summary else 0

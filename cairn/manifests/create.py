@@ -29,12 +29,11 @@ from cairn.gguf import MAGIC, GGUFInfo, human_parameters, read_gguf
 from cairn.manifests import mediatypes as mt
 from cairn.manifests.manifest import Descriptor, Manifest
 from cairn.manifests.models import LocalModel, Models
+from cairn.manifests.platform import architecture
 from cairn.manifests.reference import parse_reference
 from cairn.modelfile import Modelfile
 
 Progress = Callable[[str], None]
-
-_ARCHITECTURES = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
 
 
 def _quiet(_: str) -> None:
@@ -111,9 +110,7 @@ def _config(info: GGUFInfo | None, base: dict[str, Any], layers: list[Descriptor
             model_type=human_parameters(info.parameter_count),
             file_type=info.file_type or "unknown",
         )
-    import platform
-
-    config["architecture"] = _ARCHITECTURES.get(platform.machine().lower(), platform.machine())
+    config["architecture"] = architecture()
     config["os"] = sys.platform
     config["rootfs"] = {"type": "layers", "diff_ids": [str(layer.digest) for layer in layers]}
     return json.dumps(config, separators=(",", ":")).encode()

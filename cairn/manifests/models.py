@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,7 +65,6 @@ class VerifyReport:
     corrupt: list[Digest] = field(default_factory=list)
     missing: list[tuple[Reference, Digest]] = field(default_factory=list)
     bad_manifests: list[Problem] = field(default_factory=list)
-    repaired: bool = False
 
     @property
     def ok(self) -> bool:
@@ -219,27 +218,23 @@ class Models:
 
     def verify(self, names: Iterable[str] = (), repair: bool = False) -> VerifyReport:
         """Rehash the blobs of the named models (all blobs when none are named)."""
-        report = VerifyReport(repaired=repair)
+        report = VerifyReport()
         wanted = list(names)
         digests: dict[Digest, None] = {}
-        entries: Iterator[tuple[Reference, Manifest]]
         if wanted:
-            entries = iter([(m.reference, m.manifest) for m in (self.get(n) for n in wanted)])
+            models = [self.get(name) for name in wanted]
         else:
             models, problems = self.catalog()
             report.bad_manifests.extend(problems)
-            entries = iter([(m.reference, m.manifest) for m in models])
             digests.update(dict.fromkeys(self.blobs))
-        for ref, manifest in entries:
-            for descriptor in manifest.blobs:
+        for model in models:
+            for descriptor in model.manifest.blobs:
                 if not self.blobs.has(descriptor.digest):
-                    report.missing.append((ref, descriptor.digest))
+                    report.missing.append((model.reference, descriptor.digest))
                 else:
                     digests[descriptor.digest] = None
         report.checked = len(digests)
-        if repair:
-            with self.blobs.collecting():
-                report.corrupt = self.blobs.check(list(digests), repair=True)
-        else:
-            report.corrupt = self.blobs.check(list(digests))
+        lock = self.blobs.collecting() if repair else contextlib.nullcontext()
+        with lock:
+            report.corrupt = self.blobs.check(list(digests), repair=repair)
         return report

@@ -115,9 +115,23 @@ class TagStore:
 
     def __iter__(self) -> Iterator[Tagged]:
         """Every tag file whose path is a valid reference, in path order."""
-        for host in _subdirs(self.dir):
-            for namespace in _subdirs(host):
-                for name in _subdirs(namespace):
+        return self._walk(None)
+
+    def tags_of(self, ref: Reference) -> Iterator[Tagged]:
+        """Every tag of the repository ``ref`` names (its directories only, ignoring case)."""
+        return self._walk((ref.host, ref.namespace, ref.name))
+
+    def _walk(self, repository: tuple[str, str, str] | None) -> Iterator[Tagged]:
+        def level(parent: Path, depth: int) -> list[Path]:
+            found = _subdirs(parent)
+            if repository is None:
+                return found
+            wanted = repository[depth].casefold()
+            return [p for p in found if p.name.casefold() == wanted]
+
+        for host in level(self.dir, 0):
+            for namespace in level(host, 1):
+                for name in level(namespace, 2):
                     for entry in _files(name):
                         text = f"{host.name}/{namespace.name}/{name.name}:{entry.name}"
                         try:
@@ -125,14 +139,6 @@ class TagStore:
                         except CairnError:
                             continue
                         yield Tagged(ref, Path(entry.path), entry.stat().st_mtime)
-
-    def tags_of(self, ref: Reference) -> Iterator[Tagged]:
-        """Every tag of the repository ``ref`` names."""
-        wanted = (ref.host.casefold(), ref.namespace.casefold(), ref.name.casefold())
-        for tagged in self:
-            found = tagged.reference
-            if (found.host.casefold(), found.namespace.casefold(), found.name.casefold()) == wanted:
-                yield tagged
 
 
 def _subdirs(path: Path) -> list[Path]:

@@ -347,10 +347,6 @@ class RegistryClient:
 
     # -- operations ------------------------------------------------------------
 
-    async def ping(self) -> None:
-        response = await self.request("GET", "/v2/", scope="*")
-        self.check(response, f"{self.host} is not an OCI registry")
-
     async def get_manifest(
         self, repository: str, reference: str, accept: tuple[str, ...] = mt.ACCEPT
     ) -> tuple[bytes, str | None, str | None]:

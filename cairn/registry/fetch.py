@@ -60,6 +60,10 @@ class _RangeIgnored(Exception):
     """The server answered a ranged request with the whole blob (200)."""
 
 
+class _Retryable(Exception):
+    """A status worth asking again for (5xx and the like) in the middle of a blob."""
+
+
 class _Expired(Exception):
     """The credential stopped working (401) mid-download."""
 
@@ -111,10 +115,6 @@ class _Context:
         if status in (403,):
             raise AuthenticationError(f"blob {self.partial.digest}: access denied", status)
         raise _Retryable(f"blob {self.partial.digest}: HTTP {status}")
-
-
-class _Retryable(Exception):
-    pass
 
 
 def use_fast_path(client: RegistryClient) -> bool:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import platform
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -22,6 +21,7 @@ from cairn.errors import DigestMismatchError, InvalidDigestError, ManifestError,
 from cairn.manifests import mediatypes as mt
 from cairn.manifests.manifest import Descriptor, Index, Manifest, parse_manifest
 from cairn.manifests.models import LocalModel, Models
+from cairn.manifests.platform import architecture
 from cairn.manifests.reference import Reference
 from cairn.registry.client import RegistryClient
 from cairn.registry.fetch import fetch_blob
@@ -68,7 +68,7 @@ def _header_digest(value: str | None) -> Digest | None:
 def choose_from_index(index: Index) -> Descriptor:
     """The index entry that is a model: an artifact, else this machine's platform."""
     manifests = [d for d in index.manifests if d.media_type in mt.MANIFEST_TYPES]
-    arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
+    arch = architecture()
     preferences: tuple[Callable[[Descriptor], bool], ...] = (
         lambda d: d.artifact_type is not None or d.platform is None,
         lambda d: (d.platform or {}).get("architecture") == arch,

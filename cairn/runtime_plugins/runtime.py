@@ -14,32 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# Options a runtime should honour, with Ollama's names.
-OPTION_NAMES = frozenset(
-    {
-        "temperature",
-        "top_k",
-        "top_p",
-        "min_p",
-        "typical_p",
-        "seed",
-        "num_ctx",
-        "num_predict",
-        "stop",
-        "repeat_penalty",
-        "repeat_last_n",
-        "presence_penalty",
-        "frequency_penalty",
-        "num_thread",
-        "num_gpu",
-        "num_batch",
-        "main_gpu",
-        "use_mmap",
-        "num_keep",
-        "format",
-    }
-)
-
 
 @dataclass(frozen=True)
 class Availability:
@@ -56,7 +30,6 @@ class ModelSpec:
     weights: Path
     format: str = "gguf"
     adapters: tuple[Path, ...] = ()
-    projector: Path | None = None
 
 
 @dataclass(frozen=True)

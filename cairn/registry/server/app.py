@@ -155,10 +155,6 @@ class Registry:
         return bool(bcrypt.checkpw(password.encode(), hashed))
 
 
-def _name_and_rest(request: web.Request) -> tuple[str, str]:
-    return request.match_info["name"], request.match_info.get("rest", "")
-
-
 # -- handlers -----------------------------------------------------------------
 
 

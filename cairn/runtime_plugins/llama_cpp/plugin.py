@@ -7,6 +7,7 @@ native library is imported only inside the runner process.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -27,10 +28,10 @@ _SAMPLING = {
     "repeat_penalty": "repeat_penalty",
     "presence_penalty": "presence_penalty",
     "frequency_penalty": "frequency_penalty",
-    "seed": "seed",
 }
 
 
+@functools.lru_cache(maxsize=1)
 def _gpu_build() -> str | None:
     """ "cuda" or "rocm" when the installed llama-cpp-python was built for one, else None."""
     spec = importlib.util.find_spec("llama_cpp")
@@ -46,6 +47,12 @@ def _gpu_build() -> str | None:
     return None
 
 
+def _offload_devices() -> list[str]:
+    """The visible GPUs this build of llama-cpp-python can offload to."""
+    build = _gpu_build()
+    return [g.device for g in devices.detect() if g.kind == build] if build else []
+
+
 class LlamaCppRuntime(Runtime):
     name = "llama-cpp"
     devices = ("cuda", "rocm", "cpu")
@@ -59,8 +66,7 @@ class LlamaCppRuntime(Runtime):
                 "llama-cpp-python is not installed (pip install 'cairn[llama]'; "
                 "see docs/runtimes.md for the build flags)",
             )
-        found = [g.device for g in devices.detect() if g.kind == _gpu_build()]
-        return Availability(True, "", (*found, "cpu"))
+        return Availability(True, "", (*_offload_devices(), "cpu"))
 
     def load(self, model: ModelSpec, options: Mapping[str, Any]) -> LoadedModel:
         return LlamaCppModel(model, options)
@@ -71,8 +77,7 @@ class LlamaCppModel(LoadedModel):
         from llama_cpp import Llama
 
         started = time.perf_counter()
-        gpu = _gpu_build() is not None and any(g.kind == _gpu_build() for g in devices.detect())
-        layers = int(options.get("num_gpu", -1 if gpu else 0))
+        layers = int(options.get("num_gpu", -1 if _offload_devices() else 0))
         self.llm = Llama(
             model_path=str(model.weights),
             n_ctx=int(options.get("num_ctx", 4096)),
@@ -94,7 +99,6 @@ class LlamaCppModel(LoadedModel):
 
         llm = self.llm
         sampling = {name: options[key] for key, name in _SAMPLING.items() if key in options}
-        sampling.pop("seed", None)
         grammar = None
         if options.get("format") == "json":  # Ollama's --format json: only JSON may come out
             from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
