@@ -68,16 +68,18 @@ def _mirrors(text: str, path: Path) -> dict[str, tuple[str, ...]]:
     except FileNotFoundError:
         data = {}
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot read mirrors from {path}: {exc}") from None
+        raise ConfigError("cannot read mirrors from {path}: {exc}", path=path, exc=exc) from None
     if not isinstance(data, dict) or not all(
         isinstance(v, list) and all(isinstance(m, str) for m in v) for v in data.values()
     ):
-        raise ConfigError(f"{path} must map registry hosts to lists of mirrors")
+        raise ConfigError("{path} must map registry hosts to lists of mirrors", path=path)
     mirrors.update({str(k).lower(): tuple(v) for k, v in data.items()})
     for entry in filter(None, (part.strip() for part in text.split(";"))):
         origin, sep, targets = entry.partition("=")
         found = tuple(t.strip() for t in targets.split(",") if t.strip())
         if not sep or not origin.strip() or not found:
-            raise ConfigError(f"CAIRN_MIRRORS entry {entry!r} is not origin=mirror[,mirror]")
+            raise ConfigError(
+                "CAIRN_MIRRORS entry {entry!r} is not origin=mirror[,mirror]", entry=entry
+            )
         mirrors[origin.strip().lower()] = found
     return mirrors

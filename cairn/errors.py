@@ -2,6 +2,9 @@
 
 Library code raises these and nothing else for protocol, store or user
 errors; only the CLI catches them, prints ``Error: <message>`` and exits 1.
+A message is a template and its parameters, ``NotFound("model {name} is
+missing", name=n)``: ``str(error)`` is English (what an HTTP API sends) and
+:func:`cairn.i18n.localize` says it in the user's language.
 
     CairnError
     ├── ConfigError                 a setting in the environment is unusable
@@ -29,9 +32,22 @@ errors; only the CLI catches them, prints ``Error: <message>`` and exits 1.
 
 from __future__ import annotations
 
+from typing import Any
+
+from cairn.i18n import Phrase
+
 
 class CairnError(Exception):
     """Base of every error cairn raises on purpose."""
+
+    def __init__(self, message: str = "", /, **params: Any) -> None:
+        super().__init__(Phrase(message, **params))
+
+    @property
+    def message(self) -> Phrase:
+        """The message: English as a ``str``, with what it takes to translate it."""
+        phrase: Phrase = self.args[0]
+        return phrase
 
 
 class ConfigError(CairnError):
@@ -73,8 +89,8 @@ class TemplateError(CairnError):
 class RegistryError(CairnError):
     """A registry answered with an error, or broke the Distribution protocol."""
 
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, /, status: int | None = None, **params: Any) -> None:
+        super().__init__(message, **params)
         self.status = status
 
 
@@ -106,7 +122,9 @@ class DigestMismatchError(StoreError):
     """Bytes whose digest differs from the one they were expected to have."""
 
     def __init__(self, expected: str, actual: str) -> None:
-        super().__init__(f"digest mismatch: expected {expected}, got {actual}")
+        super().__init__(
+            "digest mismatch: expected {expected}, got {actual}", expected=expected, actual=actual
+        )
         self.expected = expected
         self.actual = actual
 

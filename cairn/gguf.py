@@ -210,7 +210,8 @@ class _Cursor:
             return
         if self.tell() + n > self.size:
             raise ModelFormatError(
-                f"truncated GGUF: the header runs past the end of the file ({self.size} bytes)"
+                "truncated GGUF: the header runs past the end of the file ({size} bytes)",
+                size=self.size,
             )
         rest = self.buf[self.pos :]
         chunk = self.f.read(max(n - len(rest), _READ_SIZE))
@@ -239,7 +240,9 @@ class _Cursor:
     def string(self) -> str:
         length = self.unpack(_U64)
         if length > _MAX_STRING:
-            raise ModelFormatError(f"GGUF string of {length} bytes is implausibly long")
+            raise ModelFormatError(
+                "GGUF string of {length} bytes is implausibly long", length=length
+            )
         self.need(length)
         raw = self.buf[self.pos : self.pos + length]
         self.pos += length
@@ -262,7 +265,9 @@ class _Cursor:
             self.need(8)
             length = unpack_from(self.buf, self.pos)[0]
             if length > _MAX_STRING:
-                raise ModelFormatError(f"GGUF string of {length} bytes is implausibly long")
+                raise ModelFormatError(
+                    "GGUF string of {length} bytes is implausibly long", length=length
+                )
             self.need(8 + length)
             buf, pos, end = self.buf, self.pos, len(self.buf)
         self.pos = pos
@@ -280,7 +285,9 @@ def _value(cur: _Cursor, value_type: int, depth: int = 0) -> Any:
         item_type = cur.unpack(_U32)
         length = cur.unpack(_U64)
         if length > cur.size:
-            raise ModelFormatError(f"GGUF array of {length} items cannot fit in the file")
+            raise ModelFormatError(
+                "GGUF array of {length} items cannot fit in the file", length=length
+            )
         item_fmt = _SCALARS.get(item_type)
         if length <= KEEP_ARRAY_VALUES:
             return ArrayValue(
@@ -294,7 +301,9 @@ def _value(cur: _Cursor, value_type: int, depth: int = 0) -> Any:
             for _ in range(length):
                 _value(cur, item_type, depth + 1)
         return ArrayValue(item_type, length, None)
-    raise ModelFormatError(f"GGUF metadata has an unknown value type {value_type}")
+    raise ModelFormatError(
+        "GGUF metadata has an unknown value type {value_type}", value_type=value_type
+    )
 
 
 def read_gguf_file(f: IO[bytes], size: int | None = None) -> GGUFInfo:
@@ -308,10 +317,16 @@ def read_gguf_file(f: IO[bytes], size: int | None = None) -> GGUFInfo:
     magic = cur.buf[:4]
     cur.pos = 4
     if magic != MAGIC:
-        raise ModelFormatError(f"not a GGUF file: it starts with {magic!r}, not {MAGIC!r}")
+        raise ModelFormatError(
+            "not a GGUF file: it starts with {magic!r}, not {expected!r}",
+            magic=magic,
+            expected=MAGIC,
+        )
     version = cur.unpack(_U32)
     if version not in (2, 3):
-        raise ModelFormatError(f"GGUF version {version} is not supported (2 and 3 are)")
+        raise ModelFormatError(
+            "GGUF version {version} is not supported (2 and 3 are)", version=version
+        )
     tensor_count = cur.unpack(_U64)
     kv_count = cur.unpack(_U64)
     if tensor_count * 32 > size or kv_count * 12 > size:
@@ -327,13 +342,17 @@ def read_gguf_file(f: IO[bytes], size: int | None = None) -> GGUFInfo:
         name = cur.string()
         dims = cur.unpack(_U32)
         if dims > _MAX_DIMS:
-            raise ModelFormatError(f"corrupt GGUF: tensor {name!r} has {dims} dimensions")
+            raise ModelFormatError(
+                "corrupt GGUF: tensor {name!r} has {dims} dimensions", name=name, dims=dims
+            )
         shape = tuple(cur.unpack(_U64) for _ in range(dims))
         tensors.append(TensorInfo(name, shape, cur.unpack(_U32), cur.unpack(_U64)))
 
     alignment = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
     if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
-        raise ModelFormatError(f"corrupt GGUF: general.alignment {alignment!r} is not a power of 2")
+        raise ModelFormatError(
+            "corrupt GGUF: general.alignment {alignment!r} is not a power of 2", alignment=alignment
+        )
     data_offset = -(-cur.tell() // alignment) * alignment
     info = GGUFInfo(version, metadata, tuple(tensors), data_offset, size)
     _check_extent(info)
@@ -350,15 +369,21 @@ def _check_extent(info: GGUFInfo) -> None:
             _, block, _ = known
             if tensor.elements % block:
                 raise ModelFormatError(
-                    f"corrupt GGUF: tensor {tensor.name!r} has {tensor.elements} elements, "
-                    f"not a multiple of its type's block of {block}"
+                    "corrupt GGUF: tensor {name!r} has {elements} elements,"
+                    " not a multiple of its type's block of {block}",
+                    name=tensor.name,
+                    elements=tensor.elements,
+                    block=block,
                 )
             nbytes = tensor.nbytes or 0
         end = info.data_offset + tensor.offset + nbytes
         if end > info.file_size:
             raise ModelFormatError(
-                f"truncated GGUF: tensor {tensor.name!r} ends at byte {end}, "
-                f"but the file has only {info.file_size} bytes"
+                "truncated GGUF: tensor {name!r} ends at byte {end},"
+                " but the file has only {file_size} bytes",
+                name=tensor.name,
+                end=end,
+                file_size=info.file_size,
             )
 
 
@@ -368,6 +393,8 @@ def read_gguf(path: Path | str) -> GGUFInfo:
         with open(path, "rb") as f:
             return read_gguf_file(f)
     except IsADirectoryError:
-        raise ModelFormatError(f"{path} is a directory, not a GGUF file") from None
+        raise ModelFormatError("{path} is a directory, not a GGUF file", path=path) from None
     except OSError as exc:
-        raise ModelFormatError(f"cannot read {path}: {exc.strerror or exc}") from exc
+        raise ModelFormatError(
+            "cannot read {path}: {reason}", path=path, reason=exc.strerror or exc
+        ) from exc

@@ -5,6 +5,12 @@ The language comes from ``CAIRN_LANG``, else the first of ``LANGUAGE``
 set, as gettext chooses. English is the source and the default. Catalogs
 are ``.po`` files, read directly (no compile step). Machine output
 (``--json``, NDJSON, HTTP APIs) never goes through here.
+
+Errors are raised in English and said in the user's language only when the
+CLI prints them: an error's message is a :class:`Phrase`, a ``str`` that
+keeps its template and parameters, so that :func:`localize` can look the
+template up in the catalog and fill in the same parameters. An HTTP API
+that reports the same error sends ``str(error)``: English.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import inspect
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 LOCALE_DIR = Path(__file__).resolve().parent / "locale"
 
@@ -76,6 +83,11 @@ def catalog(lang: str) -> dict[str, str]:
     return load_po(path) if path.is_file() else {}
 
 
+def N_(text: str) -> str:
+    """Marks ``text`` for the catalog where it is defined; :func:`_` translates it where used."""
+    return text
+
+
 def _(text: str) -> str:
     """``text`` in the user's language (English when there is no translation)."""
     lang = language()
@@ -83,3 +95,58 @@ def _(text: str) -> str:
         return text
     table = catalog(lang)
     return table.get(text) or table.get(inspect.cleandoc(text)) or text
+
+
+class Phrase(str):
+    """English text that remembers the template and parameters it was made from.
+
+    ``Phrase("blob {digest} is missing", digest=d)`` is the string
+    ``"blob sha256:… is missing"``; with no parameters the template is the
+    text as it stands (braces and all).
+    """
+
+    template: str
+    params: dict[str, Any]
+
+    def __new__(cls, template: str, /, **params: Any) -> Phrase:
+        if isinstance(template, Phrase) and not params:
+            return template
+        self = super().__new__(cls, template.format(**params) if params else template)
+        self.template = str(template)
+        self.params = params
+        return self
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_phrase, (self.template, self.params))
+
+
+def _phrase(template: str, params: dict[str, Any]) -> Phrase:
+    return Phrase(template, **params)
+
+
+def localize(said: object) -> str:
+    """``said`` (a :class:`Phrase`, an exception or anything else) in the user's language.
+
+    Parameters that are phrases or cairn errors themselves are said in the
+    user's language too; any other text (a path, a server's own words)
+    stays as it came.
+    """
+    from cairn.errors import CairnError
+
+    if isinstance(said, CairnError) and said.args:
+        said = said.args[0]
+    if not isinstance(said, Phrase):
+        return str(said)
+    if language() == "en":
+        return str(said)
+    template = _(said.template)
+    if not said.params:
+        return template
+    params = {
+        key: localize(value) if isinstance(value, Phrase | CairnError) else value
+        for key, value in said.params.items()
+    }
+    try:
+        return template.format(**params)
+    except (KeyError, IndexError, ValueError):  # a catalog entry that breaks the template
+        return str(said)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cairn.errors import ModelfileError
+from cairn.i18n import Phrase
 
 INSTRUCTIONS = ("from", "template", "system", "parameter", "license", "message", "adapter")
 ROLES = ("system", "user", "assistant")
@@ -121,11 +122,11 @@ class Modelfile:
 def convert_parameter(key: str, raw: str, line: int = 0) -> Any:
     """A PARAMETER value as the type Ollama stores it; unknown names are errors."""
     kind = PARAMETER_TYPES.get(key)
-    where = f"line {line}: " if line else ""
+    where = Phrase("line {line}: ", line=line) if line else ""
     if kind is None:
-        raise ModelfileError(f"{where}unknown parameter {key!r}")
+        raise ModelfileError("{where}unknown parameter {key!r}", where=where, key=key)
     if not raw:
-        raise ModelfileError(f"{where}parameter {key!r} needs a value")
+        raise ModelfileError("{where}parameter {key!r} needs a value", where=where, key=key)
     try:
         if kind is list:
             return [raw]
@@ -142,7 +143,11 @@ def convert_parameter(key: str, raw: str, line: int = 0) -> Any:
         return value
     except ValueError:
         raise ModelfileError(
-            f"{where}parameter {key!r} wants {kind.__name__}, got {raw!r:.60}"
+            "{where}parameter {key!r} wants {wanted}, got {raw!r:.60}",
+            where=where,
+            key=key,
+            wanted=kind.__name__,
+            raw=raw,
         ) from None
 
 
@@ -174,8 +179,10 @@ def parse_modelfile(text: str) -> Modelfile:
         name = word.lower()
         if name not in INSTRUCTIONS:
             raise ModelfileError(
-                f"line {number}: unknown instruction {word!r}; "
-                f"one of {', '.join(i.upper() for i in INSTRUCTIONS)} was expected"
+                "line {number}: unknown instruction {word!r}; one of {known} was expected",
+                number=number,
+                word=word,
+                known=", ".join(i.upper() for i in INSTRUCTIONS),
             )
         rest = rest.strip()
         head = ""
@@ -183,29 +190,42 @@ def parse_modelfile(text: str) -> Modelfile:
             head, _, rest = rest.partition(" ")
             rest = rest.strip()
             if not head:
-                raise ModelfileError(f"line {number}: {word.upper()} needs a name and a value")
+                raise ModelfileError(
+                    "line {number}: {instruction} needs a name and a value",
+                    number=number,
+                    instruction=word.upper(),
+                )
         if rest.startswith('"""'):
             body = rest[3:]
             while '"""' not in body:
                 if index >= len(lines):
-                    raise ModelfileError(f'line {number}: a """ quote is never closed')
+                    raise ModelfileError(
+                        'line {number}: a """ quote is never closed', number=number
+                    )
                 body += "\n" + lines[index]
                 index += 1
             value, _, trailing = body.partition('"""')
             if trailing.strip():
-                raise ModelfileError(f'line {number}: text after the closing """')
+                raise ModelfileError('line {number}: text after the closing """', number=number)
         else:
             value = _unquote(rest)
         if name == "message":
             if head.lower() not in ROLES:
                 raise ModelfileError(
-                    f"line {number}: message role {head!r} must be one of {', '.join(ROLES)}"
+                    "line {number}: message role {head!r} must be one of {roles}",
+                    number=number,
+                    head=head,
+                    roles=", ".join(ROLES),
                 )
             value = f"{head.lower()} {value}"
         elif name == "parameter":
             value = f"{head} {value}"
         elif not value and name in ("from", "adapter"):
-            raise ModelfileError(f"line {number}: {word.upper()} needs a value")
+            raise ModelfileError(
+                "line {number}: {instruction} needs a value",
+                number=number,
+                instruction=word.upper(),
+            )
         commands.append(Command(name, value, number))
     modelfile = Modelfile(tuple(commands))
     modelfile.from_  # noqa: B018 - a Modelfile without FROM is an error at once

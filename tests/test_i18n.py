@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import inspect
 import json
+import pickle
 import re
 from pathlib import Path
 
@@ -48,6 +50,74 @@ def marked_strings() -> list[str]:
                 continue
             found.append(eval(literal))
     return found
+
+
+def _message_calls() -> list[tuple[str, ast.Call]]:
+    """Calls that make a message a user may read: cairn's errors and the helpers that build them."""
+    from cairn import errors
+
+    makers = {
+        name
+        for name, value in vars(errors).items()
+        if isinstance(value, type) and issubclass(value, errors.CairnError)
+    } | {"Phrase", "storage_error", "pwrite_all", "check", "_fail", "__init__"}
+    found = []
+    for path in sorted(SOURCES.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call):
+                func = node.func
+                name = getattr(func, "id", None) or getattr(func, "attr", None)
+                if name in makers:
+                    found.append((f"{path.relative_to(SOURCES.parent)}:{node.lineno}", node))
+    return found
+
+
+def error_templates() -> list[str]:
+    """The template of every error message (and of the phrases that go into one)."""
+    found = []
+    for _where, call in _message_calls():
+        for arg in call.args:
+            choices = [arg.body, arg.orelse] if isinstance(arg, ast.IfExp) else [arg]
+            found += [
+                c.value for c in choices if isinstance(c, ast.Constant) and isinstance(c.value, str)
+            ]
+    return found
+
+
+def test_error_messages_are_templates_not_f_strings() -> None:
+    """An f-string message could never be found in the catalog: it must be a template."""
+    formatted = [
+        where
+        for where, call in _message_calls()
+        if any(isinstance(arg, ast.JoinedStr) for arg in call.args)
+    ]
+    assert formatted == []
+    assert len(error_templates()) > 150
+
+
+@pytest.mark.parametrize("template", sorted(set(error_templates())))
+def test_every_error_message_is_translated(template: str) -> None:
+    assert template in CATALOG, f"missing from cairn/locale/ko/LC_MESSAGES/cairn.po: {template!r}"
+    fields = sorted(re.findall(r"(?<!\{)\{(\w*)", template))
+    assert sorted(re.findall(r"(?<!\{)\{(\w*)", CATALOG[template])) == fields
+
+
+def click_strings() -> list[str]:
+    """Click's own words (``Usage:``, its usage errors): what its modules pass to gettext."""
+    from cairn.cli import CLICK_MODULES
+
+    found = []
+    for name in CLICK_MODULES:
+        source = Path(click.__file__).with_name(f"{name}.py").read_text()
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) in ("_", "ngettext"):
+                found += [a.value for a in node.args if isinstance(a, ast.Constant)]
+    return found
+
+
+@pytest.mark.parametrize("text", sorted(set(click_strings())))
+def test_every_click_string_is_translated(text: str) -> None:
+    assert text in CATALOG, f"missing from cairn/locale/ko/LC_MESSAGES/cairn.po: {text!r}"
 
 
 def test_the_catalog_loads() -> None:
@@ -98,6 +168,65 @@ def test_cli_in_korean_and_in_english(cairn: Runner, tmp_path: Path) -> None:
     assert cairn("list").stdout.split()[:2] == ["NAME", "ID"]
     # machine output is never translated
     assert json.loads(cairn("list", "--json", env=korean).stdout) == {"models": [], "errors": []}
+
+
+def test_error_messages_in_korean(cairn: Runner) -> None:
+    korean = {"LANG": "ko_KR.UTF-8"}
+    missing = cairn("show", "nosuchmodel", env=korean, check=False).stderr
+    assert missing == "오류: 모델 'nosuchmodel:latest'을(를) 찾을 수 없습니다\n"
+    assert cairn("show", "nosuchmodel", check=False).stderr == (
+        "Error: model 'nosuchmodel:latest' not found\n"
+    )
+    # a phrase inside a phrase is translated too
+    bad_name = cairn("show", "a//b", env=korean, check=False).stderr
+    assert bad_name == "오류: 잘못된 모델 이름 'a//b': 네임스페이스이(가) 비어 있습니다\n"
+    modelfile = cairn("create", "m", "-f", "/nonexistent/Modelfile", env=korean, check=False)
+    assert modelfile.stderr == "오류: /nonexistent/Modelfile에 Modelfile이 없습니다\n"
+
+
+def test_click_usage_and_usage_errors_in_korean(cairn: Runner) -> None:
+    korean = {"LANG": "ko_KR.UTF-8"}
+    helped = cairn("--help", env=korean).stdout
+    assert helped.startswith("사용법: cairn ") and "\n옵션:\n" in helped and "\n명령:\n" in helped
+    unknown = cairn("nosuchcommand", env=korean, check=False)
+    assert unknown.returncode == 2
+    assert "오류: 'nosuchcommand' 명령은 없습니다." in unknown.stderr
+    assert "도움말은 'cairn --help'을(를) 실행하세요." in unknown.stderr
+    assert "Usage" not in unknown.stderr and "Error" not in unknown.stderr
+    missing = cairn("show", env=korean, check=False).stderr
+    assert "오류: 인자가 없습니다 'NAME'." in missing
+    english = cairn("nosuchcommand", check=False).stderr
+    assert "Error: No such command 'nosuchcommand'." in english and "Usage: cairn" in english
+
+
+def test_a_terminal_that_cannot_show_korean_gets_english(cairn: Runner) -> None:
+    env = {"LANG": "ko_KR.UTF-8", "PYTHONIOENCODING": "ascii"}
+    shown = cairn("show", "nosuchmodel", env=env, check=False)
+    assert shown.stderr == "Error: model 'nosuchmodel:latest' not found\n"
+
+
+def test_errors_stay_english_for_machines_and_korean_for_people(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from cairn.errors import DigestMismatchError, ModelNotFoundError, RunnerError
+
+    monkeypatch.setenv("CAIRN_LANG", "ko")
+    error = ModelNotFoundError("model {display!r} not found", display="gemma3:270m")
+    assert str(error) == "model 'gemma3:270m' not found"  # what an HTTP API sends
+    assert i18n.localize(error) == "모델 'gemma3:270m'을(를) 찾을 수 없습니다"
+    # it survives a trip through pickle (a worker process sends errors back)
+    assert i18n.localize(pickle.loads(pickle.dumps(error))) == i18n.localize(error)
+    nested = DigestMismatchError(
+        "sha256:aa", i18n.Phrase("an incomplete download ({size} bytes)", size=3)
+    )
+    assert (
+        i18n.localize(nested)
+        == "다이제스트 불일치: sha256:aa이어야 하는데 끝나지 않은 다운로드(3바이트)입니다"
+    )
+    # text that is not a phrase (a runner's own output) is passed through as it is
+    assert i18n.localize(RunnerError("{x} and {y}")) == "{x} and {y}"
+    monkeypatch.setenv("CAIRN_LANG", "en")
+    assert i18n.localize(error) == "model 'gemma3:270m' not found"
 
 
 def test_table_columns_align_by_display_width() -> None:

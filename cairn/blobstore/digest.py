@@ -18,18 +18,22 @@ class Digest:
 
     def __post_init__(self) -> None:
         if not isinstance(self.hex, str) or not _HEX.fullmatch(self.hex):
-            raise InvalidDigestError(f"invalid sha256 hex: {self.hex!r:.80}")
+            raise InvalidDigestError("invalid sha256 hex: {hex!r:.80}", hex=self.hex)
 
     @classmethod
     def parse(cls, text: str) -> Digest:
         """Parse ``sha256:<hex>`` (Ollama's ``sha256-<hex>`` file form is accepted too)."""
         if not isinstance(text, str):
-            raise InvalidDigestError(f"digest must be a string, not {type(text).__name__}")
+            raise InvalidDigestError(
+                "digest must be a string, not {kind}", kind=type(text).__name__
+            )
         algorithm, sep, value = text.partition(":")
         if not sep:
             algorithm, sep, value = text.partition("-")
         if not sep or algorithm != "sha256" or not _HEX.fullmatch(value):
-            raise InvalidDigestError(f"invalid digest {text!r:.100}: want sha256:<64 hex digits>")
+            raise InvalidDigestError(
+                "invalid digest {text!r:.100}: want sha256:<64 hex digits>", text=text
+            )
         return cls(value)
 
     @property

@@ -26,6 +26,7 @@ from typing import Any
 from cairn.blobstore.digest import Digest
 from cairn.blobstore.store import SYNC_EVERY, Blob, BlobStore, pwrite_all, storage_error
 from cairn.errors import DigestMismatchError, StoreBusyError
+from cairn.i18n import Phrase
 
 _HASH_STEP = 8 << 20
 SAVE_EVERY = 8 << 20
@@ -84,7 +85,7 @@ class PartialBlob:
             self.store.tmp_dir.mkdir(parents=True, exist_ok=True)
             self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
-            raise storage_error(exc, f"opening {self.path}") from exc
+            raise storage_error(exc, "opening {path}", path=self.path) from exc
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -93,7 +94,9 @@ class PartialBlob:
             except BlockingIOError:
                 if time.monotonic() > deadline:
                     os.close(self._fd)
-                    raise StoreBusyError(f"another process is downloading {self.digest}") from None
+                    raise StoreBusyError(
+                        "another process is downloading {digest}", digest=self.digest
+                    ) from None
                 time.sleep(0.05)
         # The process we waited for may have committed this very file into
         # blobs/ (or prune removed it): then the name no longer leads to the
@@ -150,7 +153,9 @@ class PartialBlob:
         """
         view = memoryview(data)[: max(0, span.end - span.position)]
         count = len(view)
-        pwrite_all(self._fd, view, span.position, f"writing blob {self.digest}")
+        pwrite_all(
+            self._fd, view, span.position, Phrase("writing blob {digest}", digest=self.digest)
+        )
         with self._lock:
             span.done += count
             self._unsynced += count
@@ -176,7 +181,7 @@ class PartialBlob:
             try:
                 os.fdatasync(self._fd)
             except OSError as exc:
-                raise storage_error(exc, f"writing blob {self.digest}") from exc
+                raise storage_error(exc, "writing blob {digest}", digest=self.digest) from exc
 
     def split(self, span: Span, parts: int) -> list[Span]:
         """Cut what is left of ``span`` into ``parts`` ranges; return the new ones.
@@ -244,7 +249,9 @@ class PartialBlob:
             hasher, hashed = hashlib.sha256(), 0
         size = os.fstat(self._fd).st_size
         if size != self.size or any(not s.complete for s in self.spans):
-            raise DigestMismatchError(str(self.digest), f"an incomplete download ({size} bytes)")
+            raise DigestMismatchError(
+                str(self.digest), Phrase("an incomplete download ({size} bytes)", size=size)
+            )
         self.hash_prefix(hasher, hashed, size)
         actual = Digest(hasher.hexdigest())
         if actual != self.digest:
@@ -254,7 +261,7 @@ class PartialBlob:
             os.fsync(self._fd)
             os.fchmod(self._fd, 0o444)
         except OSError as exc:
-            raise storage_error(exc, f"writing blob {self.digest}") from exc
+            raise storage_error(exc, "writing blob {digest}", digest=self.digest) from exc
         self.store.link_in(self.path, self.digest, size)
         with contextlib.suppress(OSError):
             os.unlink(self.record)

@@ -42,6 +42,7 @@ from cairn.errors import (
     StoreBusyError,
     StoreError,
 )
+from cairn.i18n import Phrase
 
 if TYPE_CHECKING:
     from cairn.blobstore.partial import PartialBlob
@@ -75,10 +76,12 @@ class Partial:
     in_use: bool
 
 
-def storage_error(exc: OSError, what: str) -> StoreError:
+def storage_error(exc: OSError, what: str, **params: Any) -> StoreError:
+    """The store's error for ``exc``, met while ``what`` (a template filled with ``params``)."""
+    doing = Phrase(what, **params)
     if exc.errno in _FULL:
-        return StorageFullError(f"no space left on device while {what}")
-    return StoreError(f"{what} failed: {exc.strerror or exc}")
+        return StorageFullError("no space left on device while {doing}", doing=doing)
+    return StoreError("{doing} failed: {reason}", doing=doing, reason=exc.strerror or str(exc))
 
 
 class _Writer:
@@ -170,13 +173,13 @@ class BlobStore:
         try:
             return self.path(digest).stat().st_size
         except FileNotFoundError:
-            raise BlobNotFoundError(f"blob {digest} is not in the store") from None
+            raise BlobNotFoundError("blob {digest} is not in the store", digest=digest) from None
 
     def open(self, digest: Digest) -> BinaryIO:
         try:
             return self.path(digest).open("rb")
         except FileNotFoundError:
-            raise BlobNotFoundError(f"blob {digest} is not in the store") from None
+            raise BlobNotFoundError("blob {digest} is not in the store", digest=digest) from None
 
     def __iter__(self) -> Iterator[Digest]:
         for name in _names(self.blobs_dir):
@@ -225,13 +228,16 @@ class BlobStore:
         try:
             self._ensure_dirs()
         except OSError as exc:
-            raise storage_error(exc, f"creating the store at {self.root}") from exc
+            raise storage_error(exc, "creating the store at {root}", root=self.root) from exc
         tmp, fd = self._new_partial(expected)
         try:
             digest, size = fill(fd)
             if expected_size is not None and size != expected_size:
                 raise SizeMismatchError(
-                    f"blob {expected or digest}: got {size} bytes, expected {expected_size}"
+                    "blob {blob}: got {size} bytes, expected {expected_size}",
+                    blob=expected or digest,
+                    size=size,
+                    expected_size=expected_size,
                 )
             if expected is not None and digest != expected:
                 raise DigestMismatchError(str(expected), str(digest))
@@ -241,7 +247,7 @@ class BlobStore:
                 os.fsync(fd)
                 os.fchmod(fd, 0o444)
             except OSError as exc:
-                raise storage_error(exc, f"writing blob {digest}") from exc
+                raise storage_error(exc, "writing blob {digest}", digest=digest) from exc
             self.link_in(tmp, digest, size)
         except BaseException:
             with contextlib.suppress(OSError):
@@ -266,7 +272,7 @@ class BlobStore:
             try:
                 fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
             except OSError as exc:
-                raise storage_error(exc, f"creating {tmp}") from exc
+                raise storage_error(exc, "creating {tmp}", tmp=tmp) from exc
             fcntl.flock(fd, fcntl.LOCK_EX)
             try:
                 if os.stat(tmp).st_ino == os.fstat(fd).st_ino:
@@ -274,7 +280,7 @@ class BlobStore:
             except FileNotFoundError:
                 pass
             os.close(fd)
-        raise StoreError(f"temp files in {self.tmp_dir} keep disappearing")
+        raise StoreError("temp files in {tmp_dir} keep disappearing", tmp_dir=self.tmp_dir)
 
     def put_file(
         self,
@@ -294,7 +300,9 @@ class BlobStore:
         try:
             source = open(path, "rb", buffering=0)  # noqa: SIM115 - closed below
         except OSError as exc:
-            raise StoreError(f"cannot read {path}: {exc.strerror or exc}") from exc
+            raise StoreError(
+                "cannot read {path}: {reason}", path=path, reason=exc.strerror or exc
+            ) from exc
         with source:
             try:
                 return self._write(
@@ -357,7 +365,7 @@ class BlobStore:
                 os.unlink(tmp)
             _fsync_dir(self.blobs_dir)
         except OSError as exc:
-            raise storage_error(exc, f"storing blob {digest}") from exc
+            raise storage_error(exc, "storing blob {digest}", digest=digest) from exc
         self._stamp(digest)
 
     def delete(self, digest: Digest) -> bool:
@@ -410,8 +418,9 @@ class BlobStore:
             pass
         if not self.verify(digest):
             raise CorruptBlobError(
-                f"blob {digest} is corrupt: its bytes no longer match its digest "
-                "(run `cairn verify --repair`, then pull or create the model again)"
+                "blob {digest} is corrupt: its bytes no longer match its digest"
+                " (run `cairn verify --repair`, then pull or create the model again)",
+                digest=digest,
             )
 
     def check(self, digests: list[Digest] | None = None, repair: bool = False) -> list[Digest]:
@@ -432,7 +441,7 @@ class BlobStore:
         try:
             st = os.stat(self.path(digest))
         except FileNotFoundError:
-            raise BlobNotFoundError(f"blob {digest} is not in the store") from None
+            raise BlobNotFoundError("blob {digest} is not in the store", digest=digest) from None
         return f"{st.st_size} {st.st_mtime_ns} {st.st_ctime_ns} {st.st_ino}"
 
     def _stamp(self, digest: Digest) -> None:
@@ -500,7 +509,7 @@ class BlobStore:
             self._ensure_dirs()
             fd = os.open(self.locks_dir / "store.lock", os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
-            raise storage_error(exc, f"locking the store at {self.root}") from exc
+            raise storage_error(exc, "locking the store at {root}", root=self.root) from exc
         try:
             deadline = time.monotonic() + timeout
             while True:
@@ -510,7 +519,7 @@ class BlobStore:
                 except BlockingIOError:
                     if time.monotonic() >= deadline:
                         raise StoreBusyError(
-                            f"the store at {self.root} is locked by another cairn process"
+                            "the store at {root} is locked by another cairn process", root=self.root
                         ) from None
                     time.sleep(0.05)
             yield

@@ -27,13 +27,14 @@ class CairnGroup(click.Group):
                 import traceback
 
                 traceback.print_exc()
-            from cairn.i18n import _
+            from cairn.cli.output import say_error
 
-            message = " ".join(str(exc).split()) or type(exc).__name__
-            click.echo(f"{_('Error')}: {message}", err=True)
+            say_error(exc)
             ctx.exit(1)
         except KeyboardInterrupt:
-            click.echo("Interrupted", err=True)
+            from cairn.cli.output import say
+
+            say("Interrupted", err=True)
             ctx.exit(130)
 
 
@@ -50,11 +51,41 @@ def cli() -> None:
 def _register() -> None:
     from cairn.cli import completion, models, registry, run, serve
 
+    _localize_click()
     for command in (*models.COMMANDS, *registry.COMMANDS, *run.COMMANDS, completion.completion):
         cli.add_command(command)
     cli.add_command(serve.registry)
     cli.add_command(models.list_models, "ls")
     _translate(cli)
+
+
+CLICK_MODULES = ("core", "decorators", "exceptions", "formatting", "parser", "termui", "types")
+
+
+def _localize_click() -> None:
+    """Click's own words (``Usage:``, ``Options``, its usage errors) in the user's language.
+
+    Click looks them up through the ``_`` and ``ngettext`` that each of its
+    modules imports from :mod:`gettext`; here those names are pointed at
+    cairn's catalog, which carries click's strings too. Korean has no
+    plural forms, so ``ngettext`` only picks the English form to look up.
+    """
+    import importlib
+
+    from cairn.i18n import _, language
+
+    if language() == "en":
+        return
+
+    def ngettext(singular: str, plural: str, count: int) -> str:
+        return _(singular if count == 1 else plural)
+
+    for name in CLICK_MODULES:
+        module = importlib.import_module(f"click.{name}")
+        if hasattr(module, "_"):
+            module._ = _  # type: ignore[attr-defined]
+        if hasattr(module, "ngettext"):
+            module.ngettext = ngettext  # type: ignore[attr-defined]
 
 
 def _translate(command: click.Command) -> None:

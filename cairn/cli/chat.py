@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from cairn.cli.output import WordWrapper
+from cairn.cli.output import WordWrapper, say
 from cairn.errors import CairnError, ConfigError
 from cairn.i18n import _
 from cairn.modelfile import convert_parameter
@@ -53,9 +53,10 @@ def chat(
         )
         if encoding != "utf8":
             raise ConfigError(
-                f"the terminal's encoding is {stream.encoding or 'unknown'}, not UTF-8: Korean and "
-                "other non-ASCII text would be garbled; use a UTF-8 locale "
-                "(LANG=ko_KR.UTF-8 or LANG=C.UTF-8)"
+                "the terminal's encoding is {encoding}, not UTF-8: Korean and other"
+                " non-ASCII text would be garbled; use a UTF-8 locale"
+                " (LANG=ko_KR.UTF-8 or LANG=C.UTF-8)",
+                encoding=stream.encoding or "unknown",
             )
     with contextlib.suppress(ImportError):
         import readline  # noqa: F401 - line editing and history for input()
@@ -94,7 +95,7 @@ def chat(
                 try:
                     value = convert_parameter(parts[2], parts[3])
                 except CairnError as exc:
-                    click.echo(f"Error: {exc}")
+                    say(exc, label="Error")
                     continue
                 options[parts[2]] = value
                 click.echo(

@@ -17,8 +17,9 @@ def completion(shell: str) -> None:
     fish:  cairn completion fish > ~/.config/fish/completions/cairn.fish
     """
     from cairn.cli import cli
+    from cairn.i18n import _
 
     completion_class = get_completion_class(shell)
     if completion_class is None:  # click knows all three choices
-        raise click.UsageError(f"no completion for {shell}")
+        raise click.UsageError(_("no completion for {shell}").format(shell=shell))
     click.echo(completion_class(cli, {}, "cairn", "_CAIRN_COMPLETE").source())

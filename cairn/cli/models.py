@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Any
 import click
 from click.shell_completion import CompletionItem
 
-from cairn.cli.output import human_age, human_size, table
+from cairn.cli.output import human_age, human_size, say, table
 from cairn.errors import CairnError, CorruptBlobError, ModelfileError
-from cairn.i18n import _
+from cairn.i18n import Phrase, _
 from cairn.manifests.models import Models
 
 if TYPE_CHECKING:
@@ -68,10 +68,13 @@ def create(name: str, modelfile_path: Path | None, quiet: bool) -> None:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        hint = "" if modelfile_path else " (give one with -f, or put a Modelfile here)"
-        raise ModelfileError(f"no Modelfile at {path}{hint}") from None
+        if modelfile_path:
+            raise ModelfileError("no Modelfile at {path}", path=path) from None
+        raise ModelfileError(
+            "no Modelfile at {path} (give one with -f, or put a Modelfile here)", path=path
+        ) from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ModelfileError(f"cannot read {path}: {exc}") from None
+        raise ModelfileError("cannot read {path}: {exc}", path=path, exc=exc) from None
 
     def progress(status: str) -> None:
         if not quiet:
@@ -106,7 +109,11 @@ def list_models(as_json: bool) -> None:
     rows = [(m.reference.display, m.id, human_size(m.size), human_age(m.modified)) for m in found]
     click.echo(table((_("NAME"), _("ID"), _("SIZE"), _("MODIFIED")), rows))
     for problem in problems:
-        click.echo(f"warning: {problem.reference.display}: {problem.error}", err=True)
+        say(
+            Phrase("{model}: {error}", model=problem.reference.display, error=problem.error),
+            err=True,
+            label="warning",
+        )
 
 
 @click.command()
@@ -175,7 +182,13 @@ def _indent_head(text: str, lines: int = 4) -> str:
 def cp(source: str, destination: str) -> None:
     """Copy SOURCE to DESTINATION: a new name for the same model, no data copied."""
     model = _models().copy(source, destination)
-    click.echo(f"copied '{source}' to '{model.reference.display}'")
+    say(
+        Phrase(
+            "copied {source!r} to {destination!r}",
+            source=source,
+            destination=model.reference.display,
+        )
+    )
 
 
 @click.command()
@@ -184,9 +197,9 @@ def rm(names: tuple[str, ...]) -> None:
     """Remove models; their blobs go when no other model uses them."""
     removed, freed = _models().remove(names)
     for ref in removed:
-        click.echo(f"deleted '{ref.display}'")
+        say(Phrase("deleted {model!r}", model=ref.display))
     if freed:
-        click.echo(f"freed {len(freed)} blob{'s' if len(freed) != 1 else ''}", err=True)
+        say(Phrase("freed {count} blob(s)", count=len(freed)), err=True)
 
 
 @click.command()
@@ -207,18 +220,22 @@ def prune(dry_run: bool, as_json: bool) -> None:
             }
         )
         return
-    verb = "would remove" if dry_run else "removed"
     for digest in report.blobs:
-        click.echo(f"{verb} blob {digest}")
+        blob = "would remove blob {digest}" if dry_run else "removed blob {digest}"
+        say(Phrase(blob, digest=digest))
     for path in report.partials:
-        click.echo(f"{verb} partial file {path}")
+        partial = "would remove partial file {path}" if dry_run else "removed partial file {path}"
+        say(Phrase(partial, path=path))
     for path in report.in_use:
-        click.echo(f"kept {path} (a transfer in progress holds it)")
-    total = report.blob_bytes + report.partial_bytes
-    click.echo(
-        f"{verb} {len(report.blobs)} blobs and {len(report.partials)} partial files "
-        f"({human_size(total)})",
-        err=True,
+        say(Phrase("kept {path} (a transfer in progress holds it)", path=path))
+    summary = (
+        "would remove {blobs} blobs and {partials} partial files ({size})"
+        if dry_run
+        else "removed {blobs} blobs and {partials} partial files ({size})"
+    )
+    size = human_size(report.blob_bytes + report.partial_bytes)
+    say(
+        Phrase(summary, blobs=len(report.blobs), partials=len(report.partials), size=size), err=True
     )
 
 
@@ -246,21 +263,37 @@ def verify(names: tuple[str, ...], repair: bool, as_json: bool) -> None:
         )
     else:
         for digest in report.corrupt:
-            click.echo(f"corrupt blob {digest}" + (" (removed)" if repair else ""))
+            say(
+                Phrase(
+                    "corrupt blob {digest} (removed)" if repair else "corrupt blob {digest}",
+                    digest=digest,
+                )
+            )
         for ref, digest in report.missing:
-            click.echo(f"missing blob {digest} of {ref.display}")
+            say(Phrase("missing blob {digest} of {model}", digest=digest, model=ref.display))
         for problem in report.bad_manifests:
-            click.echo(f"damaged manifest {problem.reference.display}: {problem.error}")
+            say(
+                Phrase(
+                    "damaged manifest {model}: {error}",
+                    model=problem.reference.display,
+                    error=problem.error,
+                )
+            )
         if report.ok:
-            click.echo(f"{report.checked} blobs checked, all intact")
+            say(Phrase("{count} blobs checked, all intact", count=report.checked))
     if not report.ok:
-        counts = f"{len(report.corrupt)} corrupt, {len(report.missing)} missing blobs"
-        if report.bad_manifests:
-            counts += f", {len(report.bad_manifests)} damaged manifests"
-        advice = "pull or create the affected models again" if repair else "run with --repair"
         if as_json:
             sys.exit(1)
-        raise CorruptBlobError(f"the store is damaged: {counts}; {advice}")
+        raise CorruptBlobError(
+            "the store is damaged: {corrupt} corrupt, {missing} missing blobs,"
+            " {manifests} damaged manifests; {advice}",
+            corrupt=len(report.corrupt),
+            missing=len(report.missing),
+            manifests=len(report.bad_manifests),
+            advice=Phrase(
+                "pull or create the affected models again" if repair else "run with --repair"
+            ),
+        )
 
 
 COMMANDS = (create, list_models, show, cp, rm, prune, verify)

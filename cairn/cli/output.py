@@ -1,11 +1,41 @@
-"""Turning results into text for people: sizes, ages, tables."""
+"""Turning results into text for people: sizes, ages, tables, errors."""
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Sequence
 
+import click
+
 from cairn.errors import ConfigError
+from cairn.i18n import N_, _, localize
+
+
+def say(said: object, err: bool = False, label: str = "") -> None:
+    """Print ``said`` (a phrase, an error, text) in the user's language, on one line.
+
+    A terminal whose encoding cannot show the translation gets the English
+    text instead of mojibake or a crash.
+    """
+    stream = sys.stderr if err else sys.stdout
+    line = _label_line(label, localize(said))
+    encoding = getattr(stream, "encoding", None) or "utf-8"
+    try:
+        line.encode(encoding)
+    except (UnicodeEncodeError, LookupError):
+        line = f"{label}: {said}" if label else str(said)
+    click.echo(line, err=err)
+
+
+def _label_line(label: str, text: str) -> str:
+    text = " ".join(text.split())
+    return f"{_(label)}: {text}" if label else text
+
+
+def say_error(exc: BaseException) -> None:
+    """``Error: <message>`` on stderr, in the user's language."""
+    say(exc if str(exc) else type(exc).__name__, err=True, label="Error")
 
 
 def human_size(size: int) -> str:
@@ -24,23 +54,23 @@ def human_age(then: float, now: float | None = None) -> str:
     """``2 hours ago``, ``About a minute ago``, in the manner of ``ollama list``."""
     seconds = max(0.0, (time.time() if now is None else now) - then)
     if seconds < 1:
-        return "Less than a second ago"
-    steps = (
-        (60, 1, "second"),
-        (3600, 60, "minute"),
-        (86400, 3600, "hour"),
-        (86400 * 7, 86400, "day"),
-        (86400 * 30, 86400 * 7, "week"),
-        (86400 * 365, 86400 * 30, "month"),
-    )
-    for limit, unit, name in steps:
+        return _("Less than a second ago")
+    for limit, unit, one, many in _AGES:
         if seconds < limit:
             count = int(seconds // unit)
-            if count == 1:
-                return f"About a {name} ago" if name in ("minute", "hour") else f"1 {name} ago"
-            return f"{count} {name}s ago"
-    years = int(seconds // (86400 * 365))
-    return "1 year ago" if years == 1 else f"{years} years ago"
+            return _(one) if count == 1 else _(many).format(count=count)
+    raise AssertionError("unreachable")
+
+
+_AGES = (  # (below, unit, one of them, several): the last row is unbounded
+    (60, 1, N_("1 second ago"), N_("{count} seconds ago")),
+    (3600, 60, N_("About a minute ago"), N_("{count} minutes ago")),
+    (86400, 3600, N_("About an hour ago"), N_("{count} hours ago")),
+    (86400 * 7, 86400, N_("1 day ago"), N_("{count} days ago")),
+    (86400 * 30, 86400 * 7, N_("1 week ago"), N_("{count} weeks ago")),
+    (86400 * 365, 86400 * 30, N_("1 month ago"), N_("{count} months ago")),
+    (float("inf"), 86400 * 365, N_("1 year ago"), N_("{count} years ago")),
+)
 
 
 def display_width(text: str) -> int:
@@ -74,7 +104,7 @@ def parse_size(text: str) -> int:
     except ValueError:
         value = 0
     if value <= 0:
-        raise ConfigError(f"not a size: {given!r} (use bytes, or K, M, G suffixes)")
+        raise ConfigError("not a size: {given!r} (use bytes, or K, M, G suffixes)", given=given)
     return value
 
 

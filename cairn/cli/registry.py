@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING
 import click
 
 from cairn import config
-from cairn.cli.output import parse_size
+from cairn.cli.output import parse_size, say
 from cairn.errors import AuthenticationError, ConfigError
+from cairn.i18n import Phrase
 from cairn.manifests.models import Models
 from cairn.manifests.reference import Reference, parse_reference
 
@@ -131,7 +132,7 @@ def push(
     finally:
         reporter.close()
     if not as_json and not quiet:
-        click.echo(f"pushed {dest.display} {digest}")
+        say(Phrase("pushed {model} {digest}", model=dest.display, digest=digest))
 
 
 @click.command()
@@ -159,14 +160,16 @@ def login(host: str, username: str | None, password_stdin: bool, insecure: bool)
         async with client:
             response = await client.request("GET", "/v2/", scope="*")
             if response.status_code in (401, 403):
-                raise AuthenticationError(f"{host} refused the credentials for {username}")
-            client.check(response, f"{host} is not an OCI registry")
+                raise AuthenticationError(
+                    "{host} refused the credentials for {username}", host=host, username=username
+                )
+            client.check(response, Phrase("{host} is not an OCI registry", host=host))
 
     import asyncio
 
     asyncio.run(check())
     _credentials().save(host, credentials)
-    click.echo("Login Succeeded")
+    say(Phrase("Login Succeeded"))
 
 
 @click.command()
@@ -174,8 +177,8 @@ def login(host: str, username: str | None, password_stdin: bool, insecure: bool)
 def logout(host: str) -> None:
     """Forget the stored credentials for HOST."""
     if not _credentials().remove(host):
-        raise ConfigError(f"not logged in to {host}")
-    click.echo(f"Removed login credentials for {host}")
+        raise ConfigError("not logged in to {host}", host=host)
+    say(Phrase("Removed login credentials for {host}", host=host))
 
 
 COMMANDS = (pull, push, login, logout)

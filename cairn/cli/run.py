@@ -10,7 +10,7 @@ import click
 
 from cairn.cli.output import table
 from cairn.errors import ModelNotFoundError
-from cairn.i18n import _
+from cairn.i18n import Phrase, _, localize
 
 
 @click.command()
@@ -48,11 +48,22 @@ def runtimes(as_json: bool) -> None:
             i.plugin,
             ",".join(i.availability.devices or i.runtime.devices),
             ",".join(i.runtime.formats),
-            _("yes") if i.availability.available else f"no: {i.availability.reason}",
+            _("yes")
+            if i.availability.available
+            else localize(Phrase("no: {reason}", reason=i.availability.reason)),
         )
         for i in found
     ]
-    rows += [(b.name, b.name, "-", "-", f"plugin failed to load: {b.error}") for b in broken]
+    rows += [
+        (
+            b.name,
+            b.name,
+            "-",
+            "-",
+            localize(Phrase("plugin failed to load: {error}", error=b.error)),
+        )
+        for b in broken
+    ]
     headers = (_("NAME"), _("PLUGIN"), _("DEVICES"), _("FORMATS"), _("AVAILABLE"))
     click.echo(table(headers, rows))
 
@@ -104,7 +115,7 @@ def run(
         _pull(model, insecure)
     details = show_model(models, model)
     if details.model_blob is None:
-        raise ModelNotFoundError(f"{model} has no model weights to run")
+        raise ModelNotFoundError("{model} has no model weights to run", model=model)
     options: dict[str, Any] = dict(details.parameters)
     for item in parameters:
         key, _, value = item.partition("=")

@@ -7,6 +7,8 @@ from pathlib import Path
 import click
 
 from cairn import config
+from cairn.cli.output import say
+from cairn.i18n import Phrase
 
 
 @click.group()
@@ -80,7 +82,7 @@ def serve(
 
     host, _, port = addr.rpartition(":")
     if not host or not port.isdigit():
-        raise ConfigError(f"--addr {addr!r} is not HOST:PORT")
+        raise ConfigError("--addr {addr!r} is not HOST:PORT", addr=addr)
     if bool(tls_cert) != bool(tls_key):
         raise ConfigError("--tls-cert and --tls-key go together")
     options = Options(
@@ -99,7 +101,8 @@ def serve(
         context.load_cert_chain(tls_cert, tls_key)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    click.echo(f"serving {options.root} on {'https' if context else 'http'}://{addr}", err=True)
+    url = f"{'https' if context else 'http'}://{addr}"
+    say(Phrase("serving {root} on {url}", root=options.root, url=url), err=True)
     web.run_app(
         make_app(options),
         host=host,

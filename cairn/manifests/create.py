@@ -57,9 +57,13 @@ def import_gguf(blobs: BlobStore, path: Path) -> tuple[Blob, GGUFInfo]:
         with open(path, "rb") as f:
             magic = f.read(4)
     except OSError as exc:
-        raise ModelFormatError(f"cannot read {path}: {exc.strerror or exc}") from exc
+        raise ModelFormatError(
+            "cannot read {path}: {kind}", path=path, reason=exc.strerror or exc
+        ) from exc
     if magic != MAGIC:
-        raise ModelFormatError(f"{path} is not a GGUF file (it starts with {magic!r})")
+        raise ModelFormatError(
+            "{path} is not a GGUF file (it starts with {magic!r})", path=path, magic=magic
+        )
 
     info: list[GGUFInfo] = []
     error: list[BaseException] = []
@@ -79,7 +83,7 @@ def import_gguf(blobs: BlobStore, path: Path) -> tuple[Blob, GGUFInfo]:
         if error:
             raise error[0]
         if blob.size != info[0].file_size:
-            raise ModelFormatError(f"{path} changed while it was being imported")
+            raise ModelFormatError("{path} changed while it was being imported", path=path)
 
     def interrupt() -> None:
         if failed.is_set():  # a bad header stops the copy at once
@@ -122,14 +126,17 @@ def _resolve_from(models: Models, value: str, base_dir: Path) -> Path | LocalMod
         path = base_dir / path
     if path.is_dir():
         raise ModelfileError(
-            f"FROM {value}: is a directory; cairn imports GGUF files and existing models"
+            "FROM {value}: is a directory; cairn imports GGUF files and existing models",
+            value=value,
         )
     if path.is_file():
         return path
     try:
         return models.get(value)
     except (InvalidReferenceError, ModelNotFoundError):
-        raise ModelfileError(f"FROM {value}: no such file, and no model of that name") from None
+        raise ModelfileError(
+            "FROM {value}: no such file, and no model of that name", value=value
+        ) from None
 
 
 def create_model(
@@ -143,7 +150,7 @@ def create_model(
     ref = parse_reference(name)
     if ref.tag is None:
         raise InvalidReferenceError(
-            f"cannot create {name!r}: a new model needs a tag, not a digest"
+            "cannot create {name!r}: a new model needs a tag, not a digest", name=name
         )
     base_dir = Path(base_dir)
     source = _resolve_from(models, modelfile.from_, base_dir)
@@ -179,7 +186,7 @@ def create_model(
             adapter = Path(modelfile.adapter).expanduser()
             adapter = adapter if adapter.is_absolute() else base_dir / adapter
             if not adapter.is_file():
-                raise ModelfileError(f"ADAPTER {modelfile.adapter}: no such file")
+                raise ModelfileError("ADAPTER {adapter}: no such file", adapter=modelfile.adapter)
             progress(f"copying adapter {adapter}")
             blob, _ = import_gguf(blobs, adapter)
             layers.append(Descriptor(mt.OLLAMA_ADAPTER, blob.digest, blob.size))
@@ -225,7 +232,9 @@ def _read_json(blobs: BlobStore, descriptor: Descriptor, kind: type) -> Any:
     try:
         value = json.loads(data)
     except ValueError:
-        raise ManifestError(f"blob {descriptor.digest} is not valid JSON") from None
+        raise ManifestError("blob {digest} is not valid JSON", digest=descriptor.digest) from None
     if not isinstance(value, kind):
-        raise ManifestError(f"blob {descriptor.digest} is not a JSON {kind.__name__}")
+        raise ManifestError(
+            "blob {digest} is not a JSON {kind}", digest=descriptor.digest, kind=kind.__name__
+        )
     return value

@@ -27,7 +27,9 @@ _MEDIA_TYPE = re.compile(
 
 def _media_type(value: object, where: str) -> str:
     if not isinstance(value, str) or not _MEDIA_TYPE.fullmatch(value):
-        raise ManifestError(f"{where}: mediaType {value!r:.80} is not a media type")
+        raise ManifestError(
+            "{where}: mediaType {value!r:.80} is not a media type", where=where, value=value
+        )
     return value
 
 
@@ -37,7 +39,7 @@ def _string_map(value: object, where: str) -> dict[str, str]:
     if not isinstance(value, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in value.items()
     ):
-        raise ManifestError(f"{where}: annotations must map strings to strings")
+        raise ManifestError("{where}: annotations must map strings to strings", where=where)
     return dict(value)
 
 
@@ -55,23 +57,27 @@ class Descriptor:
     @classmethod
     def from_json(cls, obj: object, where: str = "descriptor") -> Descriptor:
         if not isinstance(obj, dict):
-            raise ManifestError(f"{where} must be a JSON object")
+            raise ManifestError("{where} must be a JSON object", where=where)
         media_type = _media_type(obj.get("mediaType"), where)
         try:
             digest = Digest.parse(obj.get("digest"))  # type: ignore[arg-type]
         except StoreError:
             raise ManifestError(
-                f"{where}: digest {obj.get('digest')!r:.100} is not sha256:<64 hex digits>"
+                "{where}: digest {digest!r:.100} is not sha256:<64 hex digits>",
+                where=where,
+                digest=obj.get("digest"),
             ) from None
         size = obj.get("size")
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            raise ManifestError(f"{where}: size {size!r:.40} is not a non-negative integer")
+            raise ManifestError(
+                "{where}: size {size!r:.40} is not a non-negative integer", where=where, size=size
+            )
         artifact_type = obj.get("artifactType")
         if artifact_type is not None:
             artifact_type = _media_type(artifact_type, f"{where} artifactType")
         platform = obj.get("platform")
         if platform is not None and not isinstance(platform, dict):
-            raise ManifestError(f"{where}: platform must be a JSON object")
+            raise ManifestError("{where}: platform must be a JSON object", where=where)
         return cls(
             media_type=media_type,
             digest=digest,
@@ -128,16 +134,20 @@ def _load(data: bytes) -> dict[str, Any]:
         raise ManifestError("a manifest must be bytes")
     if len(data) > MAX_MANIFEST_SIZE:
         raise ManifestError(
-            f"manifest of {len(data)} bytes is larger than the {MAX_MANIFEST_SIZE} byte limit"
+            "manifest of {n_data} bytes is larger than the {limit} byte limit",
+            n_data=len(data),
+            limit=MAX_MANIFEST_SIZE,
         )
     try:
         obj = json.loads(bytes(data))
     except (ValueError, RecursionError) as exc:
-        raise ManifestError(f"manifest is not valid JSON: {exc!s:.200}") from None
+        raise ManifestError("manifest is not valid JSON: {exc!s:.200}", exc=exc) from None
     if not isinstance(obj, dict):
         raise ManifestError("manifest must be a JSON object")
     if obj.get("schemaVersion") != 2 or isinstance(obj.get("schemaVersion"), bool):
-        raise ManifestError(f"schemaVersion {obj.get('schemaVersion')!r:.40} is not 2")
+        raise ManifestError(
+            "schemaVersion {version!r:.40} is not 2", version=obj.get("schemaVersion")
+        )
     if "mediaType" in obj:
         _media_type(obj["mediaType"], "manifest")
     return obj
@@ -172,7 +182,9 @@ class Manifest:
     def from_json_object(cls, obj: dict[str, Any], raw: bytes) -> Manifest:
         media_type = obj.get("mediaType")
         if media_type is not None and media_type not in mt.MANIFEST_TYPES:
-            raise ManifestError(f"mediaType {media_type!r:.80} is not an image manifest type")
+            raise ManifestError(
+                "mediaType {media_type!r:.80} is not an image manifest type", media_type=media_type
+            )
         layers = obj.get("layers")
         if not isinstance(layers, list):
             raise ManifestError("manifest has no layers list")
@@ -251,7 +263,9 @@ class Index:
     def from_json_object(cls, obj: dict[str, Any], raw: bytes) -> Index:
         media_type = obj.get("mediaType")
         if media_type is not None and media_type not in mt.INDEX_TYPES:
-            raise ManifestError(f"mediaType {media_type!r:.80} is not an index type")
+            raise ManifestError(
+                "mediaType {media_type!r:.80} is not an index type", media_type=media_type
+            )
         entries = obj.get("manifests")
         if not isinstance(entries, list):
             raise ManifestError("index has no manifests list")

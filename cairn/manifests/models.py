@@ -93,10 +93,12 @@ class Models:
         try:
             manifest = Manifest.from_bytes(data)
         except ManifestError as exc:
-            raise ManifestError(f"the manifest of {ref.display} is damaged: {exc}") from None
+            raise ManifestError(
+                "the manifest of {display} is damaged: {exc}", display=ref.display, exc=exc
+            ) from None
         if ref.digest is not None and manifest.digest != ref.digest:
             raise ModelNotFoundError(
-                f"model {ref.display!r} not found (the tag has another digest)"
+                "model {display!r} not found (the tag has another digest)", display=ref.display
             )
         stored = self._as_stored(ref, path)
         return LocalModel(stored, manifest, path.stat().st_mtime, path)
@@ -115,7 +117,7 @@ class Models:
                 model = self.get(tagged.reference)
                 if model.manifest.digest == digest:
                     return model
-        raise ModelNotFoundError(f"model {ref.display!r} not found")
+        raise ModelNotFoundError("model {display!r} not found", display=ref.display)
 
     def catalog(self) -> tuple[list[LocalModel], list[Problem]]:
         """Every readable model (newest first) and the tags that could not be read."""
@@ -125,7 +127,8 @@ class Models:
             try:
                 manifest = Manifest.from_bytes(tagged.path.read_bytes())
             except (ManifestError, OSError) as exc:
-                problems.append(Problem(tagged.reference, str(exc)))
+                error = exc.message if isinstance(exc, ManifestError) else str(exc)
+                problems.append(Problem(tagged.reference, error))
                 continue
             models.append(LocalModel(tagged.reference, manifest, tagged.modified, tagged.path))
         models.sort(key=lambda m: m.modified, reverse=True)
@@ -145,11 +148,15 @@ class Models:
         so no collection runs between storing them and tagging them.
         """
         if ref.tag is None:
-            raise ModelNotFoundError(f"{ref.display}: a model is saved under a tag, not a digest")
+            raise ModelNotFoundError(
+                "{display}: a model is saved under a tag, not a digest", display=ref.display
+            )
         for descriptor in manifest.blobs:
             if not self.blobs.has(descriptor.digest):
                 raise BlobNotFoundError(
-                    f"cannot save {ref.display}: blob {descriptor.digest} is not in the store"
+                    "cannot save {display}: blob {digest} is not in the store",
+                    display=ref.display,
+                    digest=descriptor.digest,
                 )
         path = self.tags.write(ref, manifest.to_bytes())
         return LocalModel(self._as_stored(ref, path), manifest, path.stat().st_mtime, path)

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from cairn.blobstore.digest import Digest
 from cairn.config import DEFAULT_HOST, DEFAULT_NAMESPACE, DEFAULT_TAG
 from cairn.errors import InvalidReferenceError, StoreError
+from cairn.i18n import Phrase
 
 MAX_LENGTH = 512
 _ALLOWED = re.compile(r"[A-Za-z0-9._:/@-]+")
@@ -90,8 +92,10 @@ class Reference:
         return str(self).casefold() == str(other).casefold()
 
 
-def _fail(text: str, why: str) -> InvalidReferenceError:
-    return InvalidReferenceError(f"invalid model name {text!r:.120}: {why}")
+def _fail(text: str, why: str, **params: Any) -> InvalidReferenceError:
+    return InvalidReferenceError(
+        "invalid model name {text!r:.120}: {why}", text=text, why=Phrase(why, **params)
+    )
 
 
 def _looks_like_host(part: str) -> bool:
@@ -101,11 +105,13 @@ def _looks_like_host(part: str) -> bool:
 def parse_reference(text: str) -> Reference:
     """Parse and validate a reference; raise :class:`InvalidReferenceError` naming the bad part."""
     if not isinstance(text, str):
-        raise InvalidReferenceError(f"a model name must be a string, not {type(text).__name__}")
+        raise InvalidReferenceError(
+            "a model name must be a string, not {kind}", kind=type(text).__name__
+        )
     if not text:
         raise _fail(text, "it is empty")
     if len(text) > MAX_LENGTH:
-        raise _fail(text, f"longer than {MAX_LENGTH} characters")
+        raise _fail(text, "longer than {limit} characters", limit=MAX_LENGTH)
     insecure = False
     rest = text
     for scheme in ("https://", "http://"):
@@ -123,7 +129,11 @@ def parse_reference(text: str) -> Reference:
         try:
             digest = Digest.parse(digest_text)
         except StoreError:
-            raise _fail(text, f"digest {digest_text!r:.80} is not sha256:<64 hex digits>") from None
+            raise _fail(
+                text,
+                "digest {digest_text!r:.80} is not sha256:<64 hex digits>",
+                digest_text=digest_text,
+            ) from None
 
     tag: str | None = None
     slash = rest.rfind("/")
@@ -133,8 +143,9 @@ def parse_reference(text: str) -> Reference:
         if not _TAG.fullmatch(tag):
             raise _fail(
                 text,
-                f"tag {tag!r} must be 1-128 letters, digits, '_', '.' or '-', "
-                "not starting with '.' or '-'",
+                "tag {tag!r} must be 1-128 letters, digits, '_', '.' or '-',"
+                " not starting with '.' or '-'",
+                tag=tag,
             )
     if tag is None and digest is None:
         tag = DEFAULT_TAG
@@ -153,18 +164,27 @@ def parse_reference(text: str) -> Reference:
         raise _fail(text, "a model name has at most three parts: host/namespace/name")
 
     if not host or len(host) > _MAX_HOST or not _HOST.fullmatch(host):
-        raise _fail(text, f"host {host!r} is not a valid host name (with an optional :port)")
+        raise _fail(
+            text, "host {host!r} is not a valid host name (with an optional :port)", host=host
+        )
     if ":" in host and not 0 < int(host.rpartition(":")[2]) < 65536:
-        raise _fail(text, f"host {host!r} has a port outside 1-65535")
-    for label, value in (("namespace", namespace), ("name", name)):
+        raise _fail(text, "host {host!r} has a port outside 1-65535", host=host)
+    for part, value in ((Phrase("namespace"), namespace), (Phrase("name"), name)):
         if not value:
-            raise _fail(text, f"the {label} is empty")
+            raise _fail(text, "the {label} is empty", label=part)
         if len(value) > _MAX_COMPONENT:
-            raise _fail(text, f"the {label} is longer than {_MAX_COMPONENT} characters")
+            raise _fail(
+                text,
+                "the {label} is longer than {limit} characters",
+                label=part,
+                limit=_MAX_COMPONENT,
+            )
         if not _COMPONENT.fullmatch(value):
             raise _fail(
                 text,
-                f"{label} {value!r} must be letters and digits, separated by single '.', "
-                "'_' or '__', or by dashes",
+                "{label} {value!r} must be letters and digits,"
+                " separated by single '.', '_' or '__', or by dashes",
+                label=part,
+                value=value,
             )
     return Reference(host, namespace, name, tag, digest, insecure)

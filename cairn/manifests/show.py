@@ -117,7 +117,9 @@ def _json(models: Models, descriptor: Descriptor | None, default: Any) -> Any:
     try:
         value = json.loads(_read_checked(models, descriptor))
     except ValueError:
-        raise CorruptBlobError(f"blob {descriptor.digest} does not hold JSON") from None
+        raise CorruptBlobError(
+            "blob {digest} does not hold JSON", digest=descriptor.digest
+        ) from None
     return value if isinstance(value, type(default)) else default
 
 
@@ -129,13 +131,17 @@ def show_model(models: Models, name: str) -> ModelDetails:
             size = models.blobs.size(descriptor.digest)
         except BlobNotFoundError:
             raise BlobNotFoundError(
-                f"model {model.reference.display} is incomplete: blob {descriptor.digest} "
-                "is missing (pull or create it again)"
+                "model {display} is incomplete: blob {digest} is missing (pull or create it again)",
+                display=model.reference.display,
+                digest=descriptor.digest,
             ) from None
         if size != descriptor.size:
             raise CorruptBlobError(
-                f"model {model.reference.display}: blob {descriptor.digest} has {size} bytes, "
-                f"the manifest says {descriptor.size}"
+                "model {display}: blob {digest} has {size} bytes, the manifest says {size2}",
+                display=model.reference.display,
+                digest=descriptor.digest,
+                size=size,
+                size2=descriptor.size,
             )
 
     weights = next((d for d in manifest.layers if d.media_type in mt.WEIGHT_TYPES), None)

@@ -29,7 +29,9 @@ class Tagged:
 
 def _parts(ref: Reference) -> tuple[str, str, str, str]:
     if ref.tag is None:
-        raise ModelNotFoundError(f"{ref.display}: a digest alone does not name a local tag")
+        raise ModelNotFoundError(
+            "{display}: a digest alone does not name a local tag", display=ref.display
+        )
     return ref.host, ref.namespace, ref.name, ref.tag
 
 
@@ -70,11 +72,11 @@ class TagStore:
     def read(self, ref: Reference) -> tuple[Path, bytes]:
         path = self.find(ref)
         if path is None:
-            raise ModelNotFoundError(f"model {ref.display!r} not found")
+            raise ModelNotFoundError("model {display!r} not found", display=ref.display)
         try:
             return path, path.read_bytes()
         except FileNotFoundError:  # removed between find and read
-            raise ModelNotFoundError(f"model {ref.display!r} not found") from None
+            raise ModelNotFoundError("model {display!r} not found", display=ref.display) from None
 
     def write(self, ref: Reference, data: bytes) -> Path:
         """Write a tag atomically (temp file, fsync, rename)."""
@@ -92,7 +94,9 @@ class TagStore:
         except OSError as exc:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
-            raise storage_error(exc, f"writing the manifest of {ref.display}") from exc
+            raise storage_error(
+                exc, "writing the manifest of {display}", display=ref.display
+            ) from exc
         return target
 
     def delete(self, ref: Reference) -> bool:

@@ -102,7 +102,9 @@ class CredentialStore:
         except FileNotFoundError:
             return {}
         except (OSError, ValueError) as exc:
-            raise ConfigError(f"cannot read credentials from {path}: {exc}") from None
+            raise ConfigError(
+                "cannot read credentials from {path}: {exc}", path=path, exc=exc
+            ) from None
         return data if isinstance(data, dict) else {}
 
     def get(self, host: str) -> Credentials | None:

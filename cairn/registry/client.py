@@ -33,6 +33,7 @@ from cairn.errors import (
     RemoteNotFoundError,
     TransferError,
 )
+from cairn.i18n import Phrase
 from cairn.manifests import mediatypes as mt
 from cairn.manifests.manifest import MAX_MANIFEST_SIZE
 from cairn.registry.auth import Credentials, parse_challenges
@@ -206,7 +207,12 @@ class RegistryClient:
                 response = await self._send(method, url, sent, content, stream)
             except httpx.TransportError as exc:
                 if not replayable or attempt + 1 >= self.retry.attempts:
-                    raise TransferError(f"{method} {_redact(url)}: {_describe(exc)}") from exc
+                    raise TransferError(
+                        "{method} {url}: {reason}",
+                        method=method,
+                        url=_redact(url),
+                        reason=_describe(exc),
+                    ) from exc
                 await asyncio.sleep(self.retry.delay(attempt))
                 attempt += 1
                 continue
@@ -259,7 +265,9 @@ class RegistryClient:
                 # Leaving the registry (blob storage, a CDN): never take its credentials along.
                 headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
             url = target
-        raise RegistryError(f"too many redirects for {method} {_redact(url)}")
+        raise RegistryError(
+            "too many redirects for {method} {url}", method=method, url=_redact(url)
+        )
 
     async def _answer(self, response: httpx.Response, scope: str) -> None:
         """Answer a 401's challenge: fetch a token or use Basic credentials."""
@@ -272,12 +280,14 @@ class RegistryClient:
             if challenge.scheme == "basic":
                 if self.credentials is None:
                     raise AuthenticationError(
-                        f"{self.host} needs credentials: run `cairn login {self.host}`", 401
+                        "{host} needs credentials: run `cairn login {host}`",
+                        host=self.host,
+                        status=401,
                     )
                 self._auth["*"] = self.credentials.basic()
                 return
         raise AuthenticationError(
-            f"{self.host} refused the request (401) and offered no way in", 401
+            "{host} refused the request (401) and offered no way in", host=self.host, status=401
         )
 
     async def _token(self, params: Mapping[str, str], scope: str) -> str:
@@ -287,9 +297,11 @@ class RegistryClient:
         allowed = self.token_realms | (OLLAMA_REALMS if self.ollama_key is not None else set())
         if not _same_site(realm_host, registry_host) and realm_host not in allowed:
             raise AuthenticationError(
-                f"{self.host} sends token requests to {realm_host}, another site; "
-                "allow it with CAIRN_TOKEN_REALMS if that is intended",
-                401,
+                "{host} sends token requests to {realm_host}, another site;"
+                " allow it with CAIRN_TOKEN_REALMS if that is intended",
+                host=self.host,
+                realm_host=realm_host,
+                status=401,
             )
         query: dict[str, str] = {}
         if params.get("service"):
@@ -306,20 +318,30 @@ class RegistryClient:
         try:
             response = await self.http.get(url, headers=headers)
         except httpx.TransportError as exc:
-            raise TransferError(f"token request to {realm_host}: {_describe(exc)}") from exc
+            raise TransferError(
+                "token request to {realm_host}: {reason}",
+                realm_host=realm_host,
+                reason=_describe(exc),
+            ) from exc
         if response.status_code in (401, 403):
             if self.credentials is None:
                 raise AuthenticationError(
-                    f"{self.host} needs credentials: run `cairn login {self.host}`",
-                    response.status_code,
+                    "{host} needs credentials: run `cairn login {host}`",
+                    host=self.host,
+                    status=response.status_code,
                 )
             raise AuthenticationError(
-                f"{realm_host} refused the credentials for {self.host}", response.status_code
+                "{realm_host} refused the credentials for {host}",
+                realm_host=realm_host,
+                host=self.host,
+                status=response.status_code,
             )
         if response.status_code != 200:
             raise AuthenticationError(
-                f"token request to {realm_host} failed: HTTP {response.status_code}",
-                response.status_code,
+                "token request to {realm_host} failed: HTTP {status_code}",
+                realm_host=realm_host,
+                status_code=response.status_code,
+                status=response.status_code,
             )
         try:
             body: Any = response.json()
@@ -327,7 +349,9 @@ class RegistryClient:
         except (ValueError, AttributeError):
             token = None
         if not isinstance(token, str) or not token:
-            raise AuthenticationError(f"{realm_host} answered without a token")
+            raise AuthenticationError(
+                "{realm_host} answered without a token", realm_host=realm_host
+            )
         return f"Bearer {token}"
 
     # -- checking ------------------------------------------------------------
@@ -338,12 +362,17 @@ class RegistryClient:
         status = response.status_code
         if status in ok:
             return
-        message = f"{what}: {_error_message(response)} (HTTP {status})"
+        message = Phrase(
+            "{what}: {detail} (HTTP {status})",
+            what=what,
+            detail=_error_message(response),
+            status=status,
+        )
         if status == 404:
-            raise RemoteNotFoundError(message, status)
+            raise RemoteNotFoundError(message, status=status)
         if status in (401, 403):
-            raise AuthenticationError(message, status)
-        raise RegistryError(message, status)
+            raise AuthenticationError(message, status=status)
+        raise RegistryError(message, status=status)
 
     # -- operations ------------------------------------------------------------
 
@@ -361,23 +390,32 @@ class RegistryClient:
         try:
             if response.status_code != 200:
                 await response.aread()
-            self.check(response, f"manifest {repository}:{reference}")
+            self.check(
+                response,
+                Phrase(
+                    "manifest {repository}:{reference}", repository=repository, reference=reference
+                ),
+            )
             declared = response.headers.get("Content-Length")
             if declared and declared.isdigit() and int(declared) > MAX_MANIFEST_SIZE:
                 raise ManifestError(
-                    f"manifest of {declared} bytes is larger than the "
-                    f"{MAX_MANIFEST_SIZE} byte limit"
+                    "manifest of {declared} bytes is larger than the {limit} byte limit",
+                    declared=declared,
+                    limit=MAX_MANIFEST_SIZE,
                 )
             body = bytearray()
             async for chunk in response.aiter_bytes():
                 body += chunk
                 if len(body) > MAX_MANIFEST_SIZE:
                     raise ManifestError(
-                        f"manifest is larger than the {MAX_MANIFEST_SIZE} byte limit"
+                        "manifest is larger than the {limit} byte limit", limit=MAX_MANIFEST_SIZE
                     )
         except httpx.TransportError as exc:
             raise TransferError(
-                f"reading manifest {repository}:{reference}: {_describe(exc)}"
+                "reading manifest {repository}:{reference}: {reason}",
+                repository=repository,
+                reference=reference,
+                reason=_describe(exc),
             ) from exc
         finally:
             await response.aclose()
@@ -392,7 +430,7 @@ class RegistryClient:
         response = await self.request("HEAD", f"/v2/{repository}/blobs/{digest}", scope=scope)
         if response.status_code == 404:
             return None
-        self.check(response, f"blob {digest}")
+        self.check(response, Phrase("blob {digest}", digest=digest))
         length = response.headers.get("Content-Length", "")
         return int(length) if length.isdigit() else 0
 
@@ -406,7 +444,15 @@ class RegistryClient:
             headers={"Content-Type": content_type},
             content=data,
         )
-        self.check(response, f"pushing manifest {repository}:{reference}", (200, 201, 202))
+        self.check(
+            response,
+            Phrase(
+                "pushing manifest {repository}:{reference}",
+                repository=repository,
+                reference=reference,
+            ),
+            (200, 201, 202),
+        )
         digest: str | None = response.headers.get("Docker-Content-Digest")
         return digest
 

@@ -99,7 +99,9 @@ class _Context:
             start = (content_range or "").removeprefix("bytes ").split("-")[0]
             if not start.isdigit() or int(start) != span.position:
                 raise TransferError(
-                    f"blob {self.partial.digest}: wrong Content-Range {content_range!r}"
+                    "blob {digest}: wrong Content-Range {content_range!r}",
+                    digest=self.partial.digest,
+                    content_range=content_range,
                 )
             return
         if status == 200:
@@ -110,10 +112,15 @@ class _Context:
             raise _Expired()
         if status == 404:
             raise RemoteNotFoundError(
-                f"blob {self.partial.digest} is not in {self.repository}", 404
+                "blob {digest} is not in {repository}",
+                digest=self.partial.digest,
+                repository=self.repository,
+                status=404,
             )
         if status in (403,):
-            raise AuthenticationError(f"blob {self.partial.digest}: access denied", status)
+            raise AuthenticationError(
+                "blob {digest}: access denied", digest=self.partial.digest, status=status
+            )
         raise _Retryable(f"blob {self.partial.digest}: HTTP {status}")
 
 
@@ -169,7 +176,7 @@ def _fast_span(ctx: _Context, span: Span, ssl_context: ssl.SSLContext | None) ->
             return
         finally:
             conn.close()
-    raise RegistryError(f"too many redirects fetching blob {ctx.partial.digest}")
+    raise RegistryError("too many redirects fetching blob {digest}", digest=ctx.partial.digest)
 
 
 async def _httpx_span(ctx: _Context, span: Span) -> None:
@@ -190,7 +197,7 @@ async def _httpx_span(ctx: _Context, span: Span) -> None:
             if span.complete:
                 return
         if not span.complete:
-            raise TransferError(f"blob {ctx.partial.digest}: the body ended early")
+            raise TransferError("blob {digest}: the body ended early", digest=ctx.partial.digest)
     finally:
         await response.aclose()
 
@@ -225,7 +232,9 @@ async def _span_with_retries(ctx: _Context, span: Span, fast: bool) -> None:
             attempt = 0  # progress was made: this is a fresh failure
         attempt += 1
         if attempt >= client.retry.attempts:
-            raise TransferError(f"blob {ctx.partial.digest}: {problem}") from problem
+            raise TransferError(
+                "blob {digest}: {problem}", digest=ctx.partial.digest, problem=problem
+            ) from problem
         await asyncio.sleep(client.retry.delay(attempt - 1))
 
 

@@ -63,9 +63,11 @@ class OllamaKey:
         try:
             loaded = serialization.load_ssh_private_key(self.path.read_bytes(), password=None)
         except (ValueError, OSError) as exc:
-            raise ConfigError(f"cannot read the ed25519 key {self.path}: {exc}") from None
+            raise ConfigError(
+                "cannot read the ed25519 key {path}: {exc}", path=self.path, exc=exc
+            ) from None
         if not isinstance(loaded, ed25519.Ed25519PrivateKey):
-            raise ConfigError(f"{self.path} is not an ed25519 key")
+            raise ConfigError("{path} is not an ed25519 key", path=self.path)
         return loaded
 
     def sign(self, data: bytes) -> str:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from cairn.blobstore import Digest
 from cairn.errors import DigestMismatchError, InvalidDigestError, ManifestError, RegistryError
+from cairn.i18n import Phrase
 from cairn.manifests import mediatypes as mt
 from cairn.manifests.manifest import Descriptor, Index, Manifest, parse_manifest
 from cairn.manifests.models import LocalModel, Models
@@ -52,7 +53,9 @@ def _quiet(_: Event) -> None:
 def _check_digest(data: bytes, expected: Digest | None, what: str) -> Digest:
     actual = Digest(hashlib.sha256(data).hexdigest())
     if expected is not None and actual != expected:
-        raise DigestMismatchError(f"{what} {expected}", str(actual))
+        raise DigestMismatchError(
+            Phrase("{what} {expected}", what=what, expected=expected), str(actual)
+        )
     return actual
 
 
@@ -79,7 +82,7 @@ def choose_from_index(index: Index) -> Descriptor:
             if wanted(descriptor):
                 return descriptor
     kinds = ", ".join(sorted({d.media_type for d in index.manifests})) or "none"
-    raise ManifestError(f"the index holds no model manifest (its entries: {kinds})")
+    raise ManifestError("the index holds no model manifest (its entries: {kinds})", kinds=kinds)
 
 
 async def resolve(client: RegistryClient, ref: Reference) -> Manifest:

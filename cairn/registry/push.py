@@ -22,6 +22,7 @@ import httpx
 
 from cairn.blobstore import BlobStore
 from cairn.errors import RegistryError, TransferError
+from cairn.i18n import Phrase
 from cairn.manifests import mediatypes as mt
 from cairn.manifests.manifest import Descriptor, Manifest
 from cairn.manifests.models import Models
@@ -89,7 +90,9 @@ async def _pieces(
         while position < end:
             piece = await asyncio.to_thread(handle.read, min(_PIECE, end - position))
             if not piece:
-                raise TransferError(f"blob {descriptor.digest} is shorter than its manifest says")
+                raise TransferError(
+                    "blob {digest} is shorter than its manifest says", digest=descriptor.digest
+                )
             position += len(piece)
             if limiter is not None:
                 await limiter.aconsume(len(piece))
@@ -151,7 +154,7 @@ async def _start(
     response = await client.request("POST", start, scope=scope)
     if response.status_code == 201:
         return ""
-    client.check(response, f"starting the upload of {digest}", (202,))
+    client.check(response, Phrase("starting the upload of {digest}", digest=digest), (202,))
     location: str = urljoin(client.base_url, response.headers.get("Location", ""))
     return location
 
@@ -182,7 +185,7 @@ async def _send_from(
             0,
             size,
         )
-        client.check(response, f"uploading {digest}", (201, 204))
+        client.check(response, Phrase("uploading {digest}", digest=digest), (201, 204))
         progress(size)
         return
     while offset < size:
@@ -195,7 +198,7 @@ async def _send_from(
         response = await _send_body(
             client, "PATCH", location, scope, headers, store, descriptor, offset, end
         )
-        client.check(response, f"uploading {digest}", (202,))
+        client.check(response, Phrase("uploading {digest}", digest=digest), (202,))
         location = urljoin(location, response.headers.get("Location", location))
         progress(end - offset)
         offset = end
@@ -206,7 +209,7 @@ async def _send_from(
         headers={"Content-Length": "0"},
         content=b"",
     )
-    client.check(response, f"finishing the upload of {digest}", (201, 204))
+    client.check(response, Phrase("finishing the upload of {digest}", digest=digest), (201, 204))
 
 
 async def _send_body(
@@ -243,7 +246,12 @@ async def _send_body(
             _sendfile_request, method, url, sent, path, start, end - start, ssl_context
         )
     except (OSError, http.client.HTTPException) as exc:
-        raise TransferError(f"{method} of blob {descriptor.digest}: {exc!r:.200}") from exc
+        raise TransferError(
+            "{method} of blob {digest}: {exc!r:.200}",
+            method=method,
+            digest=descriptor.digest,
+            exc=exc,
+        ) from exc
     return httpx.Response(status, headers=answer, content=body)
 
 

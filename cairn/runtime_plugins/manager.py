@@ -113,11 +113,15 @@ class Plugins:
                 if info.name == name:
                     if not info.availability.available:
                         raise RuntimeUnavailableError(
-                            f"runtime {name} is not available here: {info.availability.reason}"
+                            "runtime {name} is not available here: {reason}",
+                            name=name,
+                            reason=info.availability.reason,
                         )
                     return info
             known = ", ".join(sorted(i.name for i in every)) or "none"
-            raise RuntimeUnavailableError(f"no runtime named {name!r} (installed: {known})")
+            raise RuntimeUnavailableError(
+                "no runtime named {name!r} (installed: {known})", name=name, known=known
+            )
         usable = [
             i for i in every if i.availability.available and model_format in i.runtime.formats
         ]
@@ -126,7 +130,9 @@ class Plugins:
                 "; ".join(f"{i.name}: {i.availability.reason}" for i in every) or "none installed"
             )
             raise RuntimeUnavailableError(
-                f"no runtime can run a {model_format} model here ({reasons})"
+                "no runtime can run a {model_format} model here ({reasons})",
+                model_format=model_format,
+                reasons=reasons,
             )
 
         def rank(info: RuntimeInfo) -> tuple[int, int]:

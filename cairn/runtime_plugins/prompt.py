@@ -67,7 +67,7 @@ def _jinja(
     messages = ([Message("system", system)] if system else []) + history + conversation
 
     def fail(message: str) -> None:
-        raise TemplateError(f"the GGUF chat template says: {message}")
+        raise TemplateError("the GGUF chat template says: {said}", said=message)
 
     environment = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
     environment.globals["raise_exception"] = fail
@@ -79,4 +79,4 @@ def _jinja(
             eos_token="",
         )
     except JinjaError as exc:
-        raise TemplateError(f"the GGUF chat template failed: {exc}") from None
+        raise TemplateError("the GGUF chat template failed: {exc}", exc=exc) from None

@@ -76,16 +76,23 @@ class Runner:
             self._died()
         message: dict[str, Any] = json.loads(line)
         if message.get("event") == "error":  # the runner caught it and lives on
-            raise RunnerError(f"{self.runtime}: {message.get('message')}")
+            raise RunnerError(
+                "{runtime}: {detail}", runtime=self.runtime, detail=message.get("message")
+            )
         return message
 
     def _last_lines(self) -> str:
         self._stderr.join(timeout=1)
         lines = [line for line in self.tail if line.strip()][-5:]
-        return (" | last output: " + " / ".join(lines)) if lines else ""
+        if not lines:
+            return ""
+        from cairn.i18n import Phrase
+
+        return Phrase(" | last output: {lines}", lines=" / ".join(lines))
 
     def _died(self) -> None:
         from cairn.errors import RunnerError
+        from cairn.i18n import Phrase
 
         code = self.proc.wait()
         if code < 0:
@@ -93,12 +100,20 @@ class Runner:
                 name = signal.Signals(-code).name
             except ValueError:
                 name = f"signal {-code}"
-            how = f"was killed by {name}"
-            if -code == signal.SIGKILL:
-                how += " (out of memory, or killed)"
+            how = Phrase(
+                "was killed by {name} (out of memory, or killed)"
+                if -code == signal.SIGKILL
+                else "was killed by {name}",
+                name=name,
+            )
         else:
-            how = f"exited with status {code}"
-        raise RunnerError(f"the {self.runtime} runner {how}{self._last_lines()}")
+            how = Phrase("exited with status {code}", code=code)
+        raise RunnerError(
+            "the {runtime} runner {how}{tail}",
+            runtime=self.runtime,
+            how=how,
+            tail=self._last_lines(),
+        )
 
     def load(self, model: ModelSpec, options: Mapping[str, Any]) -> float:
         """Load the model; the seconds it took."""

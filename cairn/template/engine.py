@@ -96,7 +96,9 @@ def _tokens(source: str) -> list[tuple[str, str]]:
         match = _TOKEN.match(source, position)
         if match is None or match.end() == position:
             raise TemplateError(
-                f"cannot read {source[position : position + 20]!r} in {{{{ {source} }}}}"
+                "cannot read {text!r} in {{{{ {source} }}}}",
+                text=source[position : position + 20],
+                source=source,
             )
         kind = match.lastgroup or ""
         tokens.append((kind, match.group(kind)))
@@ -120,7 +122,7 @@ class _Expr:
     def take(self) -> tuple[str, str]:
         token = self.peek()
         if token is None:
-            raise TemplateError(f"{{{{ {self.source} }}}} ends too soon")
+            raise TemplateError("{{{{ {source} }}}} ends too soon", source=self.source)
         self.index += 1
         return token
 
@@ -133,7 +135,7 @@ class _Expr:
                 continue
             commands[-1].append(self.operand())
         if any(not c for c in commands):
-            raise TemplateError(f"empty command in {{{{ {self.source} }}}}")
+            raise TemplateError("empty command in {{{{ {source} }}}}", source=self.source)
         return commands
 
     def operand(self) -> Any:
@@ -154,7 +156,9 @@ class _Expr:
             return ("func", value)
         if kind in ("var", "field"):
             return (kind, value)
-        raise TemplateError(f"unexpected {value!r} in {{{{ {self.source} }}}}")
+        raise TemplateError(
+            "unexpected {value!r} in {{{{ {source} }}}}", value=value, source=self.source
+        )
 
 
 def _parse_action(body: str) -> tuple[str, Any]:
@@ -169,7 +173,9 @@ def _parse_action(body: str) -> tuple[str, Any]:
             return "elseif", _Expr(rest[1:], body).pipeline()
         if value in ("end", "else", "break", "continue"):
             if rest:
-                raise TemplateError(f"{{{{ {body} }}}}: nothing may follow {value}")
+                raise TemplateError(
+                    "{{{{ {body} }}}}: nothing may follow {value}", body=body, value=value
+                )
             return value, None
         if value == "range":
             names: list[str] = []
@@ -178,7 +184,9 @@ def _parse_action(body: str) -> tuple[str, Any]:
                 rest = rest[1:]
                 if rest[0][0] == "comma":
                     if len(rest) < 3 or rest[1][0] != "var" or rest[2][0] != "declare":
-                        raise TemplateError(f"{{{{ {body} }}}}: range wants $i, $e := ...")
+                        raise TemplateError(
+                            "{{{{ {body} }}}}: range wants $i, $e := ...", body=body
+                        )
                     names.append(rest[1][1])
                     rest = rest[2:]
                 rest = rest[1:]
@@ -303,7 +311,7 @@ def _index(value: Any, *keys: Any) -> Any:
         try:
             value = value[key]
         except (IndexError, KeyError, TypeError):
-            raise TemplateError(f"index {key!r} out of range") from None
+            raise TemplateError("index {key!r} out of range", key=key) from None
     return value
 
 
@@ -320,7 +328,7 @@ def _printf(form: str, *args: Any) -> str:
     try:
         return converted % tuple(_show(a) if not isinstance(a, str) else a for a in args)
     except (TypeError, ValueError) as exc:
-        raise TemplateError(f"printf {form!r}: {exc}") from None
+        raise TemplateError("printf {form!r}: {exc}", form=form, exc=exc) from None
 
 
 def _and(*values: Any) -> Any:
@@ -368,7 +376,7 @@ class _Run:
         for scope in reversed(self.scopes):
             if name in scope:
                 return scope[name]
-        raise TemplateError(f"undefined variable {name}")
+        raise TemplateError("undefined variable {name}", name=name)
 
     def set(self, name: str, value: Any, declare: bool) -> None:
         if declare:
@@ -378,7 +386,7 @@ class _Run:
             if name in scope:
                 scope[name] = value
                 return
-        raise TemplateError(f"undefined variable {name}")
+        raise TemplateError("undefined variable {name}", name=name)
 
     def operand(self, operand: Any, dot: Any, final: list[Any] | None = None) -> Any:
         kind, value = operand
@@ -401,14 +409,14 @@ class _Run:
         if kind == "func":
             function = FUNCTIONS.get(value)
             if function is None:
-                raise TemplateError(f"function {value!r} is not defined")
+                raise TemplateError("function {value!r} is not defined", value=value)
             try:
                 return function(*(final or []))
             except TemplateError:
                 raise
             except (TypeError, ValueError, IndexError, KeyError, AttributeError) as exc:
-                raise TemplateError(f"{value}: {exc}") from None
-        raise TemplateError(f"cannot evaluate {value!r}")
+                raise TemplateError("{value}: {exc}", value=value, exc=exc) from None
+        raise TemplateError("cannot evaluate {value!r}", value=value)
 
     def command(self, command: list[Any], dot: Any, piped: list[Any]) -> Any:
         head = command[0]
@@ -416,7 +424,7 @@ class _Run:
             args = [self.operand(a, dot) for a in command[1:]] + piped
             return self.operand(head, dot, args)
         if len(command) > 1 or piped:
-            raise TemplateError(f"{head[1]!r} is not a function")
+            raise TemplateError("{name!r} is not a function", name=head[1])
         return self.operand(head, dot)
 
     def pipeline(self, commands: Sequence[list[Any]], dot: Any) -> Any:
@@ -467,7 +475,7 @@ class _Run:
         elif isinstance(items, Sequence) and not isinstance(items, str):
             pairs = list(enumerate(items))
         else:
-            raise TemplateError(f"range cannot walk over {type(items).__name__}")
+            raise TemplateError("range cannot walk over {kind}", kind=type(items).__name__)
         if not pairs:
             self.block(node.otherwise, dot)
             return

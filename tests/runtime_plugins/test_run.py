@@ -209,6 +209,43 @@ def test_interactive_chat_on_a_terminal(store: Path, gemma: str) -> None:
     assert os.waitstatus_to_exitcode(status) == 0
 
 
+def test_chat_edits_hangul_lines_in_korean(store: Path, gemma: str) -> None:
+    """Backspace and the arrow keys move over whole Hangul syllables (two columns each)."""
+    import pty
+    import select
+
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execve(
+            sys.executable,
+            [sys.executable, "-m", "cairn", "run", gemma, "-p", "num_predict=4"],
+            {**cairn_env(store), "LANG": "ko_KR.UTF-8", "TERM": "xterm"},
+        )
+    seen = b""
+    deadline = time.monotonic() + 60
+    typed = False
+    while time.monotonic() < deadline and b"/bye" not in seen[-200:]:
+        ready, _, _ = select.select([fd], [], [], 0.2)
+        if ready:
+            try:
+                seen += os.read(fd, 4096)
+            except OSError:
+                break
+        if not typed and seen.endswith(b">>> "):
+            # "하늘색", two backspaces, "늘", two steps left, "파란 ": the line is "파란 하늘"
+            keys = "/set parameter stop 하늘색\x7f\x7f늘\x1b[D\x1b[D파란 \r"
+            os.write(fd, keys.encode())
+            typed = True
+        if typed and "설정했습니다".encode() in seen:
+            os.write(fd, b"/bye\r")
+            seen += b"/bye"
+    _, status = os.waitpid(pid, 0)
+    text = seen.decode(errors="replace")
+    assert "\ufffd" not in text
+    assert "파라미터 'stop'을(를) '파란 하늘'(으)로 설정했습니다" in text
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
 def test_format_json(cairn: Cli, gemma: str) -> None:
     # Grammar-constrained sampling over a 262,144-token vocabulary is slow: a few tokens do.
     answer = cairn(

@@ -62,7 +62,7 @@ def load_htpasswd(path: Path) -> dict[str, bytes]:
         if sep and user and hashed.startswith(("$2a$", "$2b$", "$2y$")):
             users[user] = hashed.encode()
     if not users:
-        raise CairnError(f"{path} has no bcrypt entries (user:$2y$...)")
+        raise CairnError("{path} has no bcrypt entries (user:$2y$...)", path=path)
     return users
 
 

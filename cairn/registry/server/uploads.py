@@ -78,7 +78,7 @@ class Uploads:
             os.fchmod(session.fd, 0o444)
         except OSError as exc:
             self.drop(session)
-            raise storage_error(exc, f"storing blob {expected}") from exc
+            raise storage_error(exc, "storing blob {expected}", expected=expected) from exc
         self.store.link_in(session.path, expected, session.offset)
         self.drop(session)
         return Blob(expected, session.offset)
