@@ -106,12 +106,16 @@ def click_strings() -> list[str]:
     """Click's own words (``Usage:``, its usage errors): what its modules pass to gettext."""
     from cairn.cli import CLICK_MODULES
 
-    found = []
+    found: list[str] = []
     for name in CLICK_MODULES:
         source = Path(click.__file__).with_name(f"{name}.py").read_text()
         for node in ast.walk(ast.parse(source)):
             if isinstance(node, ast.Call) and getattr(node.func, "id", None) in ("_", "ngettext"):
-                found += [a.value for a in node.args if isinstance(a, ast.Constant)]
+                found += [
+                    a.value
+                    for a in node.args
+                    if isinstance(a, ast.Constant) and isinstance(a.value, str)
+                ]
     return found
 
 
