@@ -15,9 +15,7 @@ that reports the same error sends ``str(error)``: English.
 
 from __future__ import annotations
 
-import ast
 import functools
-import inspect
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -41,6 +39,8 @@ def language(environ: Mapping[str, str] | None = None) -> str:
 
 def load_po(path: Path) -> dict[str, str]:
     """msgid → msgstr from a ``.po`` file (untranslated and fuzzy entries left out)."""
+    import ast
+
     catalog: dict[str, str] = {}
     msgid: list[str] | None = None
     msgstr: list[str] | None = None
@@ -93,6 +93,8 @@ def _(text: str) -> str:
     lang = language()
     if lang == "en":
         return text
+    import inspect
+
     table = catalog(lang)
     return table.get(text) or table.get(inspect.cleandoc(text)) or text
 

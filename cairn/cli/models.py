@@ -78,7 +78,7 @@ def create(name: str, modelfile_path: Path | None, quiet: bool) -> None:
 
     def progress(status: str) -> None:
         if not quiet:
-            click.echo(status, err=True)
+            say(status, err=True)
 
     create_model(_models(), name, parse_modelfile(text), path.parent, progress)
 

@@ -8,17 +8,8 @@ from typing import Any
 
 import click
 
+from cairn.i18n import Phrase, _, localize
 from cairn.registry.pull import Event
-
-
-def _label(status: str) -> str:
-    """A status line in the user's language (NDJSON keeps the original)."""
-    from cairn.i18n import _
-
-    word, _sep, rest = status.partition(" ")
-    if word in ("pulling", "pushing") and rest and rest != "manifest":
-        return _(f"{word} {{digest}}").format(digest=rest)
-    return _(status)
 
 
 class Reporter:
@@ -40,8 +31,14 @@ class Reporter:
         elif event.digest and event.total is not None and self.tty:
             self._bar(event)
         else:
-            label = _label(event.status)
-            line = label if not event.digest else f"{label} {event.total} bytes"
+            label = localize(event.status)  # NDJSON keeps the English
+            line = (
+                label
+                if not event.digest
+                else localize(
+                    Phrase("{label} {total} bytes", label=event.status, total=event.total)
+                )
+            )
             if line != self._last and (not event.digest or event.completed == event.total):
                 if self._bars:
                     from tqdm import tqdm
@@ -58,7 +55,7 @@ class Reporter:
         if self._overall is None:
             self._overall = tqdm(
                 total=0,
-                desc="total",
+                desc=_("total"),
                 unit="B",
                 unit_scale=True,
                 unit_divisor=1024,
@@ -69,7 +66,7 @@ class Reporter:
         if bar is None:
             bar = tqdm(
                 total=event.total,
-                desc=event.status,
+                desc=localize(event.status),
                 unit="B",
                 unit_scale=True,
                 unit_divisor=1024,

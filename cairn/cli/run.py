@@ -145,7 +145,8 @@ def run(
 
         def describe() -> str:
             lines = [f"  {k}: {v}" for k, v in sorted(options.items())]
-            return "Parameters:\n" + "\n".join(lines) + f"\nTemplate:\n{details.template or ''}"
+            template = details.template or ""
+            return "\n".join([_("Parameters:"), *lines, _("Template:"), template])
 
         chat(start, details.template, details.system, history, options, describe, chat_template)
         return

@@ -26,6 +26,7 @@ from cairn.errors import (
     ModelNotFoundError,
 )
 from cairn.gguf import MAGIC, GGUFInfo, human_parameters, read_gguf
+from cairn.i18n import Phrase
 from cairn.manifests import mediatypes as mt
 from cairn.manifests.manifest import Descriptor, Manifest
 from cairn.manifests.models import LocalModel, Models
@@ -154,7 +155,7 @@ def create_model(
         )
     base_dir = Path(base_dir)
     source = _resolve_from(models, modelfile.from_, base_dir)
-    progress("gathering model components")
+    progress(Phrase("gathering model components"))
     blobs = models.blobs
 
     def put_text(media_type: str, text: str) -> Descriptor:
@@ -167,12 +168,19 @@ def create_model(
         inherited: list[Descriptor] = []
         base_params: dict[str, Any] = {}
         if isinstance(source, Path):
-            progress(f"copying file {source}")
+            progress(Phrase("copying file {source}", source=source))
             blob, info = import_gguf(blobs, source)
-            progress(f"parsed GGUF: {info.architecture} {human_parameters(info.parameter_count)}")
+            parameters = human_parameters(info.parameter_count)
+            progress(
+                Phrase(
+                    "parsed GGUF: {architecture} {parameters}",
+                    architecture=info.architecture,
+                    parameters=parameters,
+                )
+            )
             layers = [Descriptor(mt.OLLAMA_MODEL, blob.digest, blob.size)]
         else:
-            progress(f"using model {source.reference.display}")
+            progress(Phrase("using model {model}", model=source.reference.display))
             base_config = _read_json(blobs, source.manifest.config, dict)
             layers = list(source.manifest.layers_of(mt.OLLAMA_MODEL))
             layers += source.manifest.layers_of(mt.OLLAMA_PROJECTOR)
@@ -187,7 +195,7 @@ def create_model(
             adapter = adapter if adapter.is_absolute() else base_dir / adapter
             if not adapter.is_file():
                 raise ModelfileError("ADAPTER {adapter}: no such file", adapter=modelfile.adapter)
-            progress(f"copying adapter {adapter}")
+            progress(Phrase("copying adapter {adapter}", adapter=adapter))
             blob, _ = import_gguf(blobs, adapter)
             layers.append(Descriptor(mt.OLLAMA_ADAPTER, blob.digest, blob.size))
 
@@ -214,13 +222,13 @@ def create_model(
         else:
             keep_or(mt.OLLAMA_LICENSE, None)
 
-        progress("writing manifest")
+        progress(Phrase("writing manifest"))
         config_blob = blobs.put_bytes(_config(info, base_config, layers))
         manifest = Manifest.build(
             Descriptor(mt.DOCKER_CONFIG, config_blob.digest, config_blob.size), layers
         )
         model = models.save(ref, manifest)
-    progress("success")
+    progress(Phrase("success"))
     return model
 
 

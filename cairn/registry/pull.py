@@ -109,7 +109,7 @@ async def pull(
     save_as: Reference | None = None,
 ) -> LocalModel:
     """Pull ``ref`` into ``models`` (under ``save_as``, for a mirror); return the model."""
-    report(Event("pulling manifest"))
+    report(Event(Phrase("pulling manifest")))
     manifest = await resolve(client, ref)
     unique = list({d.digest: d for d in manifest.blobs}.values())
     with models.blobs.writing():
@@ -118,7 +118,7 @@ async def pull(
             if descriptor not in missing:
                 report(
                     Event(
-                        f"pulling {descriptor.digest.short}",
+                        Phrase("pulling {digest}", digest=descriptor.digest.short),
                         str(descriptor.digest),
                         descriptor.size,
                         descriptor.size,
@@ -135,7 +135,7 @@ async def pull(
                     done += count
                     report(
                         Event(
-                            f"pulling {descriptor.digest.short}",
+                            Phrase("pulling {digest}", digest=descriptor.digest.short),
                             str(descriptor.digest),
                             descriptor.size,
                             done,
@@ -145,12 +145,12 @@ async def pull(
                 await fetch_blob(client, ref.repository, descriptor, models.blobs, progress)
 
         await asyncio.gather(*(one(d) for d in missing))
-        report(Event("verifying sha256 digest"))
-        report(Event("writing manifest"))
+        report(Event(Phrase("verifying sha256 digest")))
+        report(Event(Phrase("writing manifest")))
         target = save_as or ref
         tag = target.tag or f"sha256-{manifest.digest.hex}"
         model = models.save(target.with_tag(tag), manifest)
-    report(Event("success"))
+    report(Event(Phrase("success")))
     return model
 
 
@@ -175,5 +175,7 @@ async def pull_via_mirrors(
             async with connect(host, insecure) as client:
                 return await pull(models, mirrored, client, report, save_as=ref)
         except RegistryError as exc:
-            report(Event(f"mirror {host} failed ({exc}); trying the next"))
+            report(
+                Event(Phrase("mirror {host} failed ({exc}); trying the next", host=host, exc=exc))
+            )
     return None

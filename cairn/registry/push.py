@@ -333,9 +333,9 @@ async def push(
     mount_from = model.reference.repository if same_registry else None
     if mount_from == repository:
         mount_from = None
-    report(Event("retrieving manifest"))
+    report(Event(Phrase("retrieving manifest")))
     for descriptor in {d.digest: d for d in manifest.blobs}.values():
-        label = f"pushing {descriptor.digest.short}"
+        label = Phrase("pushing {digest}", digest=descriptor.digest.short)
         if await client.blob_size(repository, str(descriptor.digest), push=True) is not None:
             report(Event(label, str(descriptor.digest), descriptor.size, descriptor.size))
             continue
@@ -349,9 +349,9 @@ async def push(
         await upload_blob(
             client, repository, models.blobs, descriptor, chunk_size, progress, mount_from
         )
-    report(Event("pushing manifest"))
+    report(Event(Phrase("pushing manifest")))
     await client.put_manifest(
         repository, dest.tag_or_default, manifest.to_bytes(), manifest.content_type
     )
-    report(Event("success"))
+    report(Event(Phrase("success")))
     return str(manifest.digest)
