@@ -191,6 +191,9 @@ def test_progress_in_korean_ndjson_in_english(
     created = cairn("create", "tiny", "-f", str(tmp_path / "Modelfile"), env=korean).stderr
     assert "모델 구성 요소 모으는 중" in created and created.rstrip().endswith("완료")
     assert "gathering" not in created
+    shown = cairn("show", "tiny", env=korean).stdout
+    assert "  모델\n" in shown and "양자화" in shown
+    assert "quantization" in cairn("show", "tiny").stdout
     pushed = cairn("push", "tiny", f"{registry}/lab/tiny:1", "--insecure", env=korean)
     assert "매니페스트 올리는 중" in pushed.stderr and "올렸습니다" in pushed.stdout
     cairn("rm", "tiny")

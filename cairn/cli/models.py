@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import click
 from click.shell_completion import CompletionItem
 
-from cairn.cli.output import human_age, human_size, say, table
+from cairn.cli.output import display_width, human_age, human_size, pad, say, table
 from cairn.errors import CairnError, CorruptBlobError, ModelfileError
 from cairn.i18n import Phrase, _
 from cairn.manifests.models import Models
@@ -156,17 +156,18 @@ def _parameter_lines(parameters: dict[str, Any], indent: str) -> str:
 
 
 def _describe(details: ModelDetails) -> str:
+    """``ollama show``'s sections, headings and names in the user's language."""
     sections = []
-    summary = details.summary()
-    width = max(len(k) for k in summary) if summary else 0
-    lines = [f"    {k.ljust(width)}    {v}" for k, v in summary.items()]
-    sections.append("  Model\n" + "\n".join(lines))
+    summary = {_(key): value for key, value in details.summary().items()}
+    width = max((display_width(key) for key in summary), default=0)
+    lines = [f"    {pad(key, width)}    {value}" for key, value in summary.items()]
+    sections.append(f"  {_('Model')}\n" + "\n".join(lines))
     if details.parameters:
-        sections.append("  Parameters\n" + _parameter_lines(details.parameters, "    "))
+        sections.append(f"  {_('Parameters')}\n" + _parameter_lines(details.parameters, "    "))
     if details.system:
-        sections.append("  System\n" + _indent_head(details.system))
+        sections.append(f"  {_('System')}\n" + _indent_head(details.system))
     if details.licenses:
-        sections.append("  License\n" + _indent_head("\n".join(details.licenses)))
+        sections.append(f"  {_('License')}\n" + _indent_head("\n".join(details.licenses)))
     return "\n\n".join(sections) + "\n"
 
 

@@ -80,6 +80,11 @@ def display_width(text: str) -> int:
     return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
 
 
+def pad(text: str, width: int) -> str:
+    """``text`` padded with spaces to ``width`` terminal columns (Hangul counts two)."""
+    return text + " " * max(0, width - display_width(text))
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """Columns left-aligned by display width, separated by at least four spaces."""
     widths = [display_width(h) for h in headers]
@@ -87,9 +92,7 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
         widths = [max(w, display_width(cell)) for w, cell in zip(widths, row, strict=True)]
     lines = []
     for row in (headers, *rows):
-        cells = [
-            cell + " " * (w - display_width(cell)) for cell, w in zip(row, widths, strict=True)
-        ]
+        cells = [pad(cell, w) for cell, w in zip(row, widths, strict=True)]
         lines.append("    ".join(cells).rstrip())
     return "\n".join(lines)
 

@@ -11,7 +11,7 @@ import click
 from cairn import config
 from cairn.cli.output import parse_size, say
 from cairn.errors import AuthenticationError, ConfigError
-from cairn.i18n import Phrase
+from cairn.i18n import Phrase, _
 from cairn.manifests.models import Models
 from cairn.manifests.reference import Reference, parse_reference
 
@@ -143,11 +143,11 @@ def push(
 def login(host: str, username: str | None, password_stdin: bool, insecure: bool) -> None:
     """Store credentials for HOST (in $CAIRN_HOME/auth.json, mode 0600), after checking them."""
     if username is None:
-        username = click.prompt("Username")
+        username = click.prompt(_("Username"))
     if password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
     else:
-        password = click.prompt("Password", hide_input=True)
+        password = click.prompt(_("Password"), hide_input=True)
 
     from cairn.registry.auth import Credentials
 

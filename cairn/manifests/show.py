@@ -16,6 +16,7 @@ from typing import Any
 from cairn.blobstore import Digest
 from cairn.errors import BlobNotFoundError, CorruptBlobError, ModelFormatError
 from cairn.gguf import GGUFInfo, human_parameters, read_gguf_file
+from cairn.i18n import N_
 from cairn.manifests import mediatypes as mt
 from cairn.manifests.manifest import Descriptor
 from cairn.manifests.models import LocalModel, Models
@@ -41,13 +42,13 @@ class ModelDetails:
         """The "Model" section: architecture, parameters, context, quantization."""
         gguf = self.gguf
         info: dict[str, Any] = {
-            "architecture": (gguf and gguf.architecture) or self.config.get("model_family"),
-            "parameters": human_parameters(gguf.parameter_count)
+            N_("architecture"): (gguf and gguf.architecture) or self.config.get("model_family"),
+            N_("parameters"): human_parameters(gguf.parameter_count)
             if gguf
             else self.config.get("model_type"),
-            "context length": gguf.arch_value("context_length") if gguf else None,
-            "embedding length": gguf.arch_value("embedding_length") if gguf else None,
-            "quantization": (gguf and gguf.file_type) or self.config.get("file_type"),
+            N_("context length"): gguf.arch_value("context_length") if gguf else None,
+            N_("embedding length"): gguf.arch_value("embedding_length") if gguf else None,
+            N_("quantization"): (gguf and gguf.file_type) or self.config.get("file_type"),
         }
         return {k: v for k, v in info.items() if v is not None}
 
