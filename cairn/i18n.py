@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +124,14 @@ class Phrase(str):
 
 def _phrase(template: str, params: dict[str, Any]) -> Phrase:
     return Phrase(template, **params)
+
+
+def join_phrases(separator: str, parts: Iterable[str]) -> Phrase:
+    """``separator.join(parts)`` as one phrase whose parts are still translated one by one."""
+    items = list(parts)
+    escaped = separator.replace("{", "{{").replace("}", "}}")
+    template = escaped.join(f"{{part{i}}}" for i in range(len(items)))
+    return Phrase(template, **{f"part{i}": item for i, item in enumerate(items)})
 
 
 def localize(said: object) -> str:

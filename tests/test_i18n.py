@@ -59,7 +59,17 @@ def _message_calls() -> list[tuple[str, ast.Call]]:
         name
         for name, value in vars(errors).items()
         if isinstance(value, type) and issubclass(value, errors.CairnError)
-    } | {"Phrase", "storage_error", "pwrite_all", "check", "_fail", "__init__", "Event", "progress"}
+    } | {
+        "Phrase",
+        "storage_error",
+        "pwrite_all",
+        "check",
+        "_fail",
+        "__init__",
+        "Event",
+        "progress",
+        "Availability",
+    }
     found = []
     for path in sorted(SOURCES.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
@@ -78,7 +88,9 @@ def error_templates() -> list[str]:
         for arg in call.args:
             choices = [arg.body, arg.orelse] if isinstance(arg, ast.IfExp) else [arg]
             found += [
-                c.value for c in choices if isinstance(c, ast.Constant) and isinstance(c.value, str)
+                c.value
+                for c in choices
+                if isinstance(c, ast.Constant) and isinstance(c.value, str) and c.value
             ]
     return found
 
@@ -246,6 +258,10 @@ def test_errors_stay_english_for_machines_and_korean_for_people(
     )
     # text that is not a phrase (a runner's own output) is passed through as it is
     assert i18n.localize(RunnerError("{x} and {y}")) == "{x} and {y}"
+    # phrases joined into a list are translated one by one; the rest passes as it is
+    joined = i18n.join_phrases("; ", [i18n.Phrase("none installed"), "a {plugin}'s words"])
+    assert str(joined) == "none installed; a {plugin}'s words"
+    assert i18n.localize(joined) == "설치된 것 없음; a {plugin}'s words"
     monkeypatch.setenv("CAIRN_LANG", "en")
     assert i18n.localize(error) == "model 'gemma3:270m' not found"
 

@@ -19,6 +19,7 @@ from types import ModuleType
 import pluggy
 
 from cairn.errors import RuntimeUnavailableError
+from cairn.i18n import Phrase, join_phrases
 from cairn.runtime_plugins import hookspecs
 from cairn.runtime_plugins.runtime import Availability, Runtime
 
@@ -91,7 +92,9 @@ class Plugins:
                 try:
                     availability = runtime.availability()
                 except Exception as exc:  # a plugin's bug is its own
-                    availability = Availability(False, f"{type(exc).__name__}: {exc}")
+                    availability = Availability(
+                        False, Phrase("{kind}: {exc}", kind=type(exc).__name__, exc=exc)
+                    )
                 found.append(RuntimeInfo(runtime, plugin, availability, module))
 
             try:
@@ -126,9 +129,13 @@ class Plugins:
             i for i in every if i.availability.available and model_format in i.runtime.formats
         ]
         if not usable:
-            reasons = (
-                "; ".join(f"{i.name}: {i.availability.reason}" for i in every) or "none installed"
-            )
+            reasons = join_phrases(
+                "; ",
+                [
+                    Phrase("{name}: {reason}", name=i.name, reason=i.availability.reason)
+                    for i in every
+                ],
+            ) or Phrase("none installed")
             raise RuntimeUnavailableError(
                 "no runtime can run a {model_format} model here ({reasons})",
                 model_format=model_format,

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+from cairn.i18n import Phrase
 from cairn.runtime_plugins import devices
 from cairn.runtime_plugins.hookspecs import hookimpl
 from cairn.runtime_plugins.runtime import Availability, Chunk, LoadedModel, ModelSpec, Runtime
@@ -63,8 +64,10 @@ class LlamaCppRuntime(Runtime):
         if importlib.util.find_spec("llama_cpp") is None:
             return Availability(
                 False,
-                "llama-cpp-python is not installed (pip install 'cairn[llama]'; "
-                "see docs/runtimes.md for the build flags)",
+                Phrase(
+                    "llama-cpp-python is not installed (pip install 'cairn[llama]';"
+                    " see docs/runtimes.md for the build flags)"
+                ),
             )
         return Availability(True, "", (*_offload_devices(), "cpu"))
 
