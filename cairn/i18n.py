@@ -118,6 +118,28 @@ class Phrase(str):
         self.params = params
         return self
 
+    def to_json(self) -> dict[str, Any]:
+        """Template and fields as JSON (fields that are not JSON values become text)."""
+        return {
+            "template": self.template,
+            "params": {
+                key: value.to_json()
+                if isinstance(value, Phrase)
+                else value
+                if isinstance(value, str | int | float | bool) or value is None
+                else str(value)
+                for key, value in self.params.items()
+            },
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Phrase:
+        params = {
+            key: cls.from_json(value) if isinstance(value, dict) else value
+            for key, value in data.get("params", {}).items()
+        }
+        return cls(str(data["template"]), **params)
+
     def __reduce__(self) -> tuple[Any, ...]:
         return (_phrase, (self.template, self.params))
 

@@ -258,6 +258,9 @@ def test_errors_stay_english_for_machines_and_korean_for_people(
     )
     # text that is not a phrase (a runner's own output) is passed through as it is
     assert i18n.localize(RunnerError("{x} and {y}")) == "{x} and {y}"
+    # and through JSON (how the runner process reports an error to cairn)
+    carried = i18n.Phrase.from_json(json.loads(json.dumps(nested.message.to_json())))
+    assert str(carried) == str(nested) and i18n.localize(carried) == i18n.localize(nested)
     # phrases joined into a list are translated one by one; the rest passes as it is
     joined = i18n.join_phrases("; ", [i18n.Phrase("none installed"), "a {plugin}'s words"])
     assert str(joined) == "none installed; a {plugin}'s words"

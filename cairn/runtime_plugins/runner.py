@@ -76,9 +76,11 @@ class Runner:
             self._died()
         message: dict[str, Any] = json.loads(line)
         if message.get("event") == "error":  # the runner caught it and lives on
-            raise RunnerError(
-                "{runtime}: {detail}", runtime=self.runtime, detail=message.get("message")
-            )
+            from cairn.i18n import Phrase
+
+            phrase = message.get("phrase")
+            detail = Phrase.from_json(phrase) if phrase else message.get("message")
+            raise RunnerError("{runtime}: {detail}", runtime=self.runtime, detail=detail)
         return message
 
     def _last_lines(self) -> str:

@@ -76,7 +76,12 @@ def _serve(requests: TextIO, answers: TextIO, module: str | None) -> None:
             import traceback
 
             traceback.print_exc()
-            send({"event": "error", "message": f"{type(exc).__name__}: {exc}"})
+            from cairn.errors import CairnError
+
+            if isinstance(exc, CairnError):  # the parent can still say it in the user's language
+                send({"event": "error", "message": str(exc), "phrase": exc.message.to_json()})
+            else:
+                send({"event": "error", "message": f"{type(exc).__name__}: {exc}"})
     if model is not None:
         model.close()
 

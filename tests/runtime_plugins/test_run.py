@@ -123,6 +123,11 @@ def test_corrupt_gguf_is_a_clear_error(cairn: Cli, tmp_path: Path, gemma_gguf: P
     assert result.returncode == 1
     assert "weights are corrupt" in result.stderr
     assert result.stderr.count("\n") == 1  # one line, no traceback
+    # raised in the runner process, said in the user's language in the parent
+    korean = cairn(
+        "run", "broken", "hi", "-p", "num_predict=4", env={"LANG": "ko_KR.UTF-8"}, check=False
+    )
+    assert korean.stderr.startswith("오류: llama-cpp: 모델이 모든 토큰에 대해 NaN을 계산합니다")
 
 
 def workers() -> set[str]:

@@ -160,9 +160,11 @@ class LlamaCppModel(LoadedModel):
         pointer = llama_cpp.llama_get_logits_ith(self.llm._ctx.ctx, -1)
         logits = np.ctypeslib.as_array(pointer, shape=(self.llm.n_vocab(),))
         if not np.isfinite(logits).any():
-            raise ValueError(
-                "the model computes NaN for every token: its weights are corrupt "
-                "(the GGUF header is fine, the tensor data is not)"
+            from cairn.errors import ModelFormatError
+
+            raise ModelFormatError(
+                "the model computes NaN for every token: its weights are corrupt"
+                " (the GGUF header is fine, the tensor data is not)"
             )
 
     def embed(self, texts: list[str]) -> list[list[float]]:
