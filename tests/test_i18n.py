@@ -299,3 +299,20 @@ def test_chat_output_wraps_by_display_width() -> None:
         assert visible == text.replace(" ", "")  # no character lost or reordered
 
     check()
+
+
+def test_an_answer_the_terminal_cannot_show_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import io
+
+    from cairn.cli.run import _write
+    from cairn.errors import ConfigError
+
+    latin1 = io.TextIOWrapper(io.BytesIO(), encoding="latin-1")
+    monkeypatch.setattr("sys.stdout", latin1)
+    _write("café ")  # what it can show, it shows
+    with pytest.raises(ConfigError, match="encoding is latin-1, not UTF-8"):
+        _write("하늘")
+    latin1.flush()
+    assert latin1.buffer.getvalue() == "café \n".encode("latin-1")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from collections.abc import Sequence
@@ -16,21 +17,24 @@ def say(said: object, err: bool = False, label: str = "") -> None:
     """Print ``said`` (a phrase, an error, text) in the user's language, on one line.
 
     A terminal whose encoding cannot show the translation gets the English
-    text instead of mojibake or a crash.
+    text instead of mojibake or a crash (with what it still cannot show, a
+    name or a path, escaped).
     """
     stream = sys.stderr if err else sys.stdout
-    line = _label_line(label, localize(said))
+    line = _line(_(label) if label else "", localize(said))
     encoding = getattr(stream, "encoding", None) or "utf-8"
     try:
         line.encode(encoding)
     except (UnicodeEncodeError, LookupError):
-        line = f"{label}: {said}" if label else str(said)
+        line = _line(label, str(said))
+        with contextlib.suppress(LookupError):
+            line = line.encode(encoding, "backslashreplace").decode(encoding)
     click.echo(line, err=err)
 
 
-def _label_line(label: str, text: str) -> str:
+def _line(label: str, text: str) -> str:
     text = " ".join(text.split())
-    return f"{_(label)}: {text}" if label else text
+    return f"{label}: {text}" if label else text
 
 
 def say_error(exc: BaseException) -> None:

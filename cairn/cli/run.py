@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from cairn.cli.output import table
-from cairn.errors import ModelNotFoundError
+from cairn.errors import ConfigError, ModelNotFoundError
 from cairn.i18n import Phrase, _, localize
 
 
@@ -163,8 +163,7 @@ def run(
             if chunk.done:
                 stats = dict(chunk.stats)
             else:
-                click.echo(chunk.text, nl=False)
-                sys.stdout.flush()
+                _write(chunk.text)
         click.echo()
     except KeyboardInterrupt:
         runner.stop()
@@ -176,6 +175,20 @@ def run(
     runner.close()
     if verbose:
         _verbose(load_seconds, stats)
+
+
+def _write(text: str) -> None:
+    """Stream ``text`` to stdout; an encoding that cannot show it is an error, not mojibake."""
+    try:
+        click.echo(text, nl=False)
+    except UnicodeEncodeError:
+        click.echo()  # the error goes on a line of its own
+        raise ConfigError(
+            "the output's encoding is {encoding}, not UTF-8, and cannot show the answer;"
+            " use a UTF-8 locale (LANG=ko_KR.UTF-8 or LANG=C.UTF-8)",
+            encoding=sys.stdout.encoding,
+        ) from None
+    sys.stdout.flush()
 
 
 def _verbose(load_seconds: float, stats: dict[str, Any]) -> None:
