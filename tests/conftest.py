@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -333,6 +334,39 @@ def cairn_registry(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     host, proc = start_cairn_registry(root)
     yield host, root
     stop(proc)
+
+
+class Terminal:
+    """A command on a pseudo-terminal: keys typed into it, its output read up to a marker."""
+
+    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
+        import pty
+
+        self.pid, self.fd = pty.fork()
+        if self.pid == 0:  # the child: the command on a terminal
+            os.execve(argv[0], argv, env)
+
+    def until(self, marker: str, seconds: float = 60) -> str:
+        """What the command printed from now until ``marker`` (or the time ran out)."""
+        import select
+
+        seen = b""
+        deadline = time.monotonic() + seconds
+        while marker.encode() not in seen and time.monotonic() < deadline:
+            ready, _, _ = select.select([self.fd], [], [], 0.2)
+            if ready:
+                try:
+                    seen += os.read(self.fd, 4096)
+                except OSError:
+                    break
+        return seen.decode(errors="replace")
+
+    def type(self, keys: str) -> None:
+        os.write(self.fd, keys.encode())
+
+    def wait(self) -> int:
+        _, status = os.waitpid(self.pid, 0)
+        return os.waitstatus_to_exitcode(status)
 
 
 def run_in_pty(argv: list[str], env: dict[str, str], columns: int = 100) -> tuple[int, str]:

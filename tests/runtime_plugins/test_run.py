@@ -16,7 +16,7 @@ from cairn.errors import RunnerError
 from cairn.gguf import read_gguf
 from cairn.runtime_plugins.runner import Runner
 from cairn.runtime_plugins.runtime import ModelSpec
-from tests.conftest import GEMMA_TEMPLATE, cairn_env, modelfile, run_in_pty
+from tests.conftest import GEMMA_TEMPLATE, Terminal, cairn_env, modelfile, run_in_pty
 from tests.conftest import Runner as Cli
 
 OPTIONS = {"temperature": 0.0, "seed": 42, "num_ctx": 512}
@@ -174,81 +174,39 @@ def test_runtimes_lists_llama_cpp(cairn: Cli) -> None:
 
 
 def test_interactive_chat_on_a_terminal(store: Path, gemma: str) -> None:
-    import pty
-    import select
-
-    pid, fd = pty.fork()
-    if pid == 0:  # the child: cairn on a terminal
-        os.execve(
-            sys.executable,
-            [sys.executable, "-m", "cairn", "run", gemma, "-p", "num_predict=8"],
-            cairn_env(store),
-        )
-
-    def until(marker: bytes) -> str:
-        seen = b""
-        deadline = time.monotonic() + 60
-        while marker not in seen and time.monotonic() < deadline:
-            ready, _, _ = select.select([fd], [], [], 0.2)
-            if ready:
-                try:
-                    seen += os.read(fd, 4096)
-                except OSError:
-                    break
-        return seen.decode(errors="replace")
-
-    assert until(b">>> ").endswith(">>> ")
-    os.write(fd, b"/?\n")
-    assert "/bye" in until(b">>> ")
-    os.write(fd, b"/set parameter temperature 0\n")
-    assert "Set parameter 'temperature' to '0'" in until(b">>> ")
-    os.write(fd, b"/set parameter bogus 1\n")
-    assert "unknown parameter 'bogus'" in until(b">>> ")
-    os.write(fd, b"Name a colour.\n")
-    answer = until(b">>> ")
+    chat = Terminal(
+        [sys.executable, "-m", "cairn", "run", gemma, "-p", "num_predict=8"], cairn_env(store)
+    )
+    assert chat.until(">>> ").endswith(">>> ")
+    chat.type("/?\n")
+    assert "/bye" in chat.until(">>> ")
+    chat.type("/set parameter temperature 0\n")
+    assert "Set parameter 'temperature' to '0'" in chat.until(">>> ")
+    chat.type("/set parameter bogus 1\n")
+    assert "unknown parameter 'bogus'" in chat.until(">>> ")
+    chat.type("Name a colour.\n")
+    answer = chat.until(">>> ")
     assert len(answer.replace("Name a colour.", "").replace(">>> ", "").strip()) > 0
-    os.write(fd, b'"""first line\nsecond line"""\n')
-    assert "... " in until(b">>> ")
-    os.write(fd, b"/bye\n")
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+    chat.type('"""first line\nsecond line"""\n')
+    assert "... " in chat.until(">>> ")
+    chat.type("/bye\n")
+    assert chat.wait() == 0
 
 
 def test_chat_edits_hangul_lines_in_korean(store: Path, gemma: str) -> None:
     """Backspace and the arrow keys move over whole Hangul syllables (two columns each)."""
-    import pty
-    import select
-
-    pid, fd = pty.fork()
-    if pid == 0:
-        os.execve(
-            sys.executable,
-            [sys.executable, "-m", "cairn", "run", gemma, "-p", "num_predict=4"],
-            {**cairn_env(store), "LANG": "ko_KR.UTF-8", "TERM": "xterm"},
-        )
-    seen = b""
-    deadline = time.monotonic() + 60
-    typed = False
-    while time.monotonic() < deadline and b"/bye" not in seen[-200:]:
-        ready, _, _ = select.select([fd], [], [], 0.2)
-        if ready:
-            try:
-                seen += os.read(fd, 4096)
-            except OSError:
-                break
-        if not typed and seen.endswith(b">>> "):
-            # "하늘색", two backspaces, "늘", two steps left, "파란 ": the line is "파란 하늘"
-            keys = "/set parameter stop 하늘색\x7f\x7f늘\x1b[D\x1b[D파란 \r"
-            os.write(fd, keys.encode())
-            typed = True
-        if typed and "설정했습니다".encode() in seen:
-            os.write(fd, b"/bye\r")
-            seen += b"/bye"
-    _, status = os.waitpid(pid, 0)
-    text = seen.decode(errors="replace")
-    assert "\ufffd" not in text
-    assert "파라미터 'stop'을(를) '파란 하늘'(으)로 설정했습니다" in text
-    assert os.waitstatus_to_exitcode(status) == 0
+    chat = Terminal(
+        [sys.executable, "-m", "cairn", "run", gemma, "-p", "num_predict=4"],
+        {**cairn_env(store), "LANG": "ko_KR.UTF-8", "TERM": "xterm"},
+    )
+    assert chat.until(">>> ").endswith(">>> ")
+    # "하늘색", two backspaces, "늘", two steps left, "파란 ": the line is "파란 하늘"
+    chat.type("/set parameter stop 하늘색\x7f\x7f늘\x1b[D\x1b[D파란 \r")
+    shown = chat.until(">>> ")
+    assert "\ufffd" not in shown
+    assert "파라미터 'stop'을(를) '파란 하늘'(으)로 설정했습니다" in shown
+    chat.type("/bye\r")
+    assert chat.wait() == 0
 
 
 def test_format_json(cairn: Cli, gemma: str) -> None:
