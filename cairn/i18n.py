@@ -16,6 +16,7 @@ that reports the same error sends ``str(error)``: English.
 from __future__ import annotations
 
 import functools
+import json
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -39,8 +40,6 @@ def language(environ: Mapping[str, str] | None = None) -> str:
 
 def load_po(path: Path) -> dict[str, str]:
     """msgid → msgstr from a ``.po`` file (untranslated and fuzzy entries left out)."""
-    import ast
-
     catalog: dict[str, str] = {}
     msgid: list[str] | None = None
     msgstr: list[str] | None = None
@@ -61,20 +60,29 @@ def load_po(path: Path) -> dict[str, str]:
             fuzzy = True
         elif line.startswith("msgid "):
             flush()
-            if line.startswith("#,"):
-                fuzzy = True
-            msgid, current = [ast.literal_eval(line[6:])], None
-            current = msgid
+            msgid = current = [_po_string(line[6:])]
         elif line.startswith("msgstr "):
-            msgstr = [ast.literal_eval(line[7:])]
-            current = msgstr
+            msgstr = current = [_po_string(line[7:])]
         elif line.startswith('"') and current is not None:
-            current.append(ast.literal_eval(line))
+            current.append(_po_string(line))
         elif not line:
             flush()
             current = None
     flush()
     return catalog
+
+
+def _po_string(literal: str) -> str:
+    """A quoted ``.po`` string: C escapes, which JSON reads but for the rare ``\\a`` or ``\\'``."""
+    try:
+        text = json.loads(literal)
+    except ValueError:
+        import ast
+
+        text = ast.literal_eval(literal)
+    if not isinstance(text, str):
+        raise ValueError(f"not a quoted string: {literal[:40]}")
+    return text
 
 
 @functools.lru_cache(maxsize=4)
