@@ -101,10 +101,13 @@ def _(text: str) -> str:
     lang = language()
     if lang == "en":
         return text
-    import inspect
-
     table = catalog(lang)
-    return table.get(text) or table.get(inspect.cleandoc(text)) or text
+    found = table.get(text)
+    if found is None and "\n" in text:  # a docstring, indented as written
+        import inspect
+
+        found = table.get(inspect.cleandoc(text))
+    return found or text
 
 
 class Phrase(str):
