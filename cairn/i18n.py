@@ -133,14 +133,7 @@ class Phrase(str):
         """Template and fields as JSON (fields that are not JSON values become text)."""
         return {
             "template": self.template,
-            "params": {
-                key: value.to_json()
-                if isinstance(value, Phrase)
-                else value
-                if isinstance(value, str | int | float | bool) or value is None
-                else str(value)
-                for key, value in self.params.items()
-            },
+            "params": {key: _json_field(value) for key, value in self.params.items()},
         }
 
     @classmethod
@@ -157,6 +150,18 @@ class Phrase(str):
 
 def _phrase(template: str, params: dict[str, Any]) -> Phrase:
     return Phrase(template, **params)
+
+
+def _json_field(value: object) -> object:
+    from cairn.errors import CairnError
+
+    if isinstance(value, CairnError):
+        value = value.message
+    if isinstance(value, Phrase):
+        return value.to_json()
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return str(value)
 
 
 def join_phrases(separator: str, parts: Iterable[str]) -> Phrase:
