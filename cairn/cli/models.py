@@ -222,22 +222,30 @@ def prune(dry_run: bool, as_json: bool) -> None:
         )
         return
     for digest in report.blobs:
-        blob = "would remove blob {digest}" if dry_run else "removed blob {digest}"
-        say(Phrase(blob, digest=digest))
+        say(
+            Phrase(
+                "would remove blob {digest}" if dry_run else "removed blob {digest}", digest=digest
+            )
+        )
     for path in report.partials:
-        partial = "would remove partial file {path}" if dry_run else "removed partial file {path}"
-        say(Phrase(partial, path=path))
+        say(
+            Phrase(
+                "would remove partial file {path}" if dry_run else "removed partial file {path}",
+                path=path,
+            )
+        )
     for path in report.in_use:
         say(Phrase("kept {path} (a transfer in progress holds it)", path=path))
-    summary = (
+    size = human_size(report.blob_bytes + report.partial_bytes)
+    summary = Phrase(
         "would remove {blobs} blobs and {partials} partial files ({size})"
         if dry_run
-        else "removed {blobs} blobs and {partials} partial files ({size})"
+        else "removed {blobs} blobs and {partials} partial files ({size})",
+        blobs=len(report.blobs),
+        partials=len(report.partials),
+        size=size,
     )
-    size = human_size(report.blob_bytes + report.partial_bytes)
-    say(
-        Phrase(summary, blobs=len(report.blobs), partials=len(report.partials), size=size), err=True
-    )
+    say(summary, err=True)
 
 
 @click.command()

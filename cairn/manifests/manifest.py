@@ -134,8 +134,8 @@ def _load(data: bytes) -> dict[str, Any]:
         raise ManifestError("a manifest must be bytes")
     if len(data) > MAX_MANIFEST_SIZE:
         raise ManifestError(
-            "manifest of {n_data} bytes is larger than the {limit} byte limit",
-            n_data=len(data),
+            "manifest of {size} bytes is larger than the {limit} byte limit",
+            size=len(data),
             limit=MAX_MANIFEST_SIZE,
         )
     try:

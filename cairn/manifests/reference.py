@@ -131,8 +131,8 @@ def parse_reference(text: str) -> Reference:
         except StoreError:
             raise _fail(
                 text,
-                "digest {digest_text!r:.80} is not sha256:<64 hex digits>",
-                digest_text=digest_text,
+                "digest {digest!r:.80} is not sha256:<64 hex digits>",
+                digest=digest_text,
             ) from None
 
     tag: str | None = None

@@ -138,11 +138,11 @@ def show_model(models: Models, name: str) -> ModelDetails:
             ) from None
         if size != descriptor.size:
             raise CorruptBlobError(
-                "model {display}: blob {digest} has {size} bytes, the manifest says {size2}",
+                "model {display}: blob {digest} has {size} bytes, the manifest says {declared}",
                 display=model.reference.display,
                 digest=descriptor.digest,
                 size=size,
-                size2=descriptor.size,
+                declared=descriptor.size,
             )
 
     weights = next((d for d in manifest.layers if d.media_type in mt.WEIGHT_TYPES), None)
