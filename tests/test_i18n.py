@@ -122,6 +122,22 @@ def test_error_messages_are_templates_not_f_strings() -> None:
     assert len(error_templates()) > 150
 
 
+def test_templates_name_the_fields_they_are_given() -> None:
+    """A template whose {field} is not passed would fail as it is raised (a KeyError)."""
+    wrong = []
+    for where, call in _message_calls():
+        given = {k.arg for k in call.keywords}
+        if None in given:  # **params: checked where they are built
+            continue
+        for arg in call.args:
+            for choice in [arg.body, arg.orelse] if isinstance(arg, ast.IfExp) else [arg]:
+                if isinstance(choice, ast.Constant) and isinstance(choice.value, str):
+                    fields = set(re.findall(r"(?<!\{)\{(\w+)", choice.value))
+                    if not fields <= given:
+                        wrong.append(f"{where}: {sorted(fields - given)}")
+    assert wrong == []
+
+
 @pytest.mark.parametrize("template", sorted(set(error_templates())))
 def test_every_error_message_is_translated(template: str) -> None:
     assert template in CATALOG, f"missing from cairn/locale/ko/LC_MESSAGES/cairn.po: {template!r}"

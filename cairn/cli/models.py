@@ -25,7 +25,7 @@ def _models() -> Models:
 
 def _complete_model(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
     try:
-        found, _ = _models().catalog()
+        found, _problems = _models().catalog()
     except (CairnError, OSError):
         return []
     names = sorted({m.reference.display for m in found})
@@ -151,7 +151,7 @@ def _parameter_lines(parameters: dict[str, Any], indent: str) -> str:
     for key, value in parameters.items():
         for item in value if isinstance(value, list) else [value]:
             rows.append((key, json.dumps(item) if isinstance(item, str | bool) else str(item)))
-    width = max((len(k) for k, _ in rows), default=0)
+    width = max((len(key) for key, _value in rows), default=0)
     return "\n".join(f"{indent}{k.ljust(width)}    {v}" for k, v in rows)
 
 

@@ -118,7 +118,7 @@ def run(
         raise ModelNotFoundError("{model} has no model weights to run", model=model)
     options: dict[str, Any] = dict(details.parameters)
     for item in parameters:
-        key, _, value = item.partition("=")
+        key, _sep, value = item.partition("=")
         converted = convert_parameter(key.strip(), value.strip())
         if key.strip() == "stop":
             options.setdefault("stop", []).extend(converted)

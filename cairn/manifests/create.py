@@ -59,7 +59,7 @@ def import_gguf(blobs: BlobStore, path: Path) -> tuple[Blob, GGUFInfo]:
             magic = f.read(4)
     except OSError as exc:
         raise ModelFormatError(
-            "cannot read {path}: {kind}", path=path, reason=exc.strerror or exc
+            "cannot read {path}: {reason}", path=path, reason=exc.strerror or exc
         ) from exc
     if magic != MAGIC:
         raise ModelFormatError(

@@ -182,6 +182,9 @@ def test_interactive_chat_on_a_terminal(store: Path, gemma: str) -> None:
     assert "/bye" in chat.until(">>> ")
     chat.type("/set parameter temperature 0\n")
     assert "Set parameter 'temperature' to '0'" in chat.until(">>> ")
+    chat.type("/show\n")
+    shown = chat.until(">>> ").replace("\r", "")
+    assert "Parameters:\n" in shown and "  temperature: 0.0\nTemplate:\n" in shown
     chat.type("/set parameter bogus 1\n")
     assert "unknown parameter 'bogus'" in chat.until(">>> ")
     chat.type("Name a colour.\n")
