@@ -16,7 +16,6 @@ import fcntl
 import hashlib
 import itertools
 import json
-import mmap
 import os
 import threading
 import time
@@ -24,11 +23,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from cairn.blobstore.digest import Digest
-from cairn.blobstore.store import SYNC_EVERY, Blob, BlobStore, pwrite_all, storage_error
+from cairn.blobstore.store import (
+    SYNC_EVERY,
+    Blob,
+    BlobStore,
+    hash_range,
+    pwrite_all,
+    storage_error,
+)
 from cairn.errors import DigestMismatchError, StoreBusyError
 from cairn.i18n import Phrase
 
-_HASH_STEP = 8 << 20
 SAVE_EVERY = 8 << 20
 
 
@@ -47,6 +52,13 @@ class Span:
     @property
     def complete(self) -> bool:
         return self.position >= self.end
+
+
+def _cut(start: int, end: int, parts: int) -> list[Span]:
+    """``start:end`` in ``parts`` ranges of (nearly) equal size; none when it is empty."""
+    step = -(-(end - start) // parts)
+    bounds = [min(end, start + i * step) for i in range(parts + 1)]
+    return [Span(a, b) for a, b in itertools.pairwise(bounds) if b > a]
 
 
 class PartialBlob:
@@ -130,9 +142,7 @@ class PartialBlob:
         except (OSError, ValueError, KeyError, TypeError):
             pass
         os.ftruncate(self._fd, 0)
-        step = -(-self.size // self._parts) if self.size else 0
-        bounds = [min(i * step, self.size) for i in range(self._parts + 1)]
-        return [Span(a, b) for a, b in itertools.pairwise(bounds) if b > a] or [Span(0, 0)]
+        return _cut(0, self.size, self._parts) or [Span(0, 0)]
 
     def restart(self) -> None:
         """Forget all progress (the server ignored a Range request): one span from zero."""
@@ -190,11 +200,11 @@ class PartialBlob:
         its new end); the others are added for new connections to fetch.
         """
         with self._lock:
-            start, end = span.position, span.end
-            step = -(-(end - start) // parts)
-            cuts = [min(end, start + i * step) for i in range(parts + 1)]
-            span.end = cuts[1]
-            added = [Span(a, b) for a, b in itertools.pairwise(cuts[1:]) if b > a]
+            pieces = _cut(span.position, span.end, parts)
+            if not pieces:
+                return []
+            span.end = pieces[0].end
+            added = pieces[1:]
             index = self.spans.index(span)
             self.spans[index + 1 : index + 1] = added
             self._save()
@@ -227,16 +237,7 @@ class PartialBlob:
 
     def hash_prefix(self, hasher: Any, start: int, end: int) -> None:
         """Feed bytes ``start:end`` of the partial file to ``hasher``."""
-        while start < end:
-            stop = min(end, start + _HASH_STEP)
-            base = start - start % mmap.ALLOCATIONGRANULARITY
-            with (
-                mmap.mmap(self._fd, stop - base, offset=base, access=mmap.ACCESS_READ) as region,
-                memoryview(region) as view,
-                view[start - base :] as chunk,
-            ):
-                hasher.update(chunk)
-            start = stop
+        hash_range(self._fd, hasher, start, end)
 
     def commit(self, hasher: Any | None = None, hashed: int = 0) -> Blob:
         """Check the whole file against the digest and move it into the store.
@@ -257,12 +258,7 @@ class PartialBlob:
         if actual != self.digest:
             self.discard()
             raise DigestMismatchError(str(self.digest), str(actual))
-        try:
-            os.fsync(self._fd)
-            os.fchmod(self._fd, 0o444)
-        except OSError as exc:
-            raise storage_error(exc, "writing blob {digest}", digest=self.digest) from exc
-        self.store.link_in(self.path, self.digest, size)
+        self.store.seal(self.path, self._fd, self.digest, size)
         with contextlib.suppress(OSError):
             os.unlink(self.record)
         return Blob(self.digest, size)

@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 
 CHUNK_SIZE = 4 << 20
 SYNC_EVERY = 64 << 20
+HASH_STEP = 8 << 20
 _FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 _NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF}
 
@@ -243,12 +244,7 @@ class BlobStore:
                 raise DigestMismatchError(str(expected), str(digest))
             if accept is not None:
                 accept(Blob(digest, size))
-            try:
-                os.fsync(fd)
-                os.fchmod(fd, 0o444)
-            except OSError as exc:
-                raise storage_error(exc, "writing blob {digest}", digest=digest) from exc
-            self.link_in(tmp, digest, size)
+            self.seal(tmp, fd, digest, size)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
@@ -346,8 +342,17 @@ class BlobStore:
             writer.close()
         return Digest(hasher.hexdigest()), size
 
-    def link_in(self, tmp: Path, digest: Digest, size: int) -> None:
-        """Move a verified, fsynced temp file into ``blobs/`` (a link; the first one wins)."""
+    def seal(self, tmp: Path, fd: int, digest: Digest, size: int) -> None:
+        """Put a verified temp file (open as ``fd``) into the store: fsynced, read-only, linked."""
+        try:
+            os.fsync(fd)
+            os.fchmod(fd, 0o444)
+        except OSError as exc:
+            raise storage_error(exc, "writing blob {digest}", digest=digest) from exc
+        self._link_in(tmp, digest, size)
+
+    def _link_in(self, tmp: Path, digest: Digest, size: int) -> None:
+        """Move a sealed temp file into ``blobs/`` (a link; the first one wins)."""
         final = self.path(digest)
         try:
             try:
@@ -588,13 +593,7 @@ def _kernel_copy_hashing(source: int, fd: int, interrupt: Callable[[], None]) ->
                 copied = state["copied"]
             if copied == hashed:
                 break
-            start = hashed - hashed % mmap.ALLOCATIONGRANULARITY
-            with (
-                mmap.mmap(fd, copied - start, offset=start, access=mmap.ACCESS_READ) as region,
-                memoryview(region) as view,
-                view[hashed - start :] as landed,
-            ):
-                hasher.update(landed)
+            hash_range(fd, hasher, hashed, copied)
             hashed = copied
     finally:
         state["stop"] = True  # only matters when interrupt() raised
@@ -605,6 +604,20 @@ def _kernel_copy_hashing(source: int, fd: int, interrupt: Callable[[], None]) ->
             raise _NoKernelCopy() from error
         raise storage_error(error, "copying a file into the store") from error
     return Digest(hasher.hexdigest()), hashed
+
+
+def hash_range(fd: int, hasher: Any, start: int, end: int) -> None:
+    """Feed bytes ``start:end`` of the file ``fd`` to ``hasher``, through mmap (no copies)."""
+    while start < end:
+        stop = min(end, start + HASH_STEP)
+        base = start - start % mmap.ALLOCATIONGRANULARITY
+        with (
+            mmap.mmap(fd, stop - base, offset=base, access=mmap.ACCESS_READ) as region,
+            memoryview(region) as view,
+            view[start - base :] as chunk,
+        ):
+            hasher.update(chunk)
+        start = stop
 
 
 def pwrite_all(fd: int, data: bytes | memoryview, offset: int, what: str) -> int:

@@ -74,13 +74,9 @@ class Uploads:
             self.drop(session)
             return None
         try:
-            os.fsync(session.fd)
-            os.fchmod(session.fd, 0o444)
-        except OSError as exc:
+            self.store.seal(session.path, session.fd, expected, session.offset)
+        finally:
             self.drop(session)
-            raise storage_error(exc, "storing blob {expected}", expected=expected) from exc
-        self.store.link_in(session.path, expected, session.offset)
-        self.drop(session)
         return Blob(expected, session.offset)
 
     def drop(self, session: Session) -> None:
