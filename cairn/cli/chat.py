@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import shutil
 import sys
@@ -48,10 +49,7 @@ def chat(
 ) -> None:
     """Read, generate, print, until /bye or end of input."""
     for stream in (sys.stdin, sys.stdout):
-        encoding = (
-            (getattr(stream, "encoding", None) or "").lower().replace("-", "").replace("_", "")
-        )
-        if encoding != "utf8":
+        if codecs.lookup(getattr(stream, "encoding", None) or "ascii").name != "utf-8":
             raise ConfigError(
                 "the terminal's encoding is {encoding}, not UTF-8: Korean and other"
                 " non-ASCII text would be garbled; use a UTF-8 locale"

@@ -31,14 +31,10 @@ class Reporter:
         elif event.digest and event.total is not None and self.tty:
             self._bar(event)
         else:
-            label = localize(event.status)  # NDJSON keeps the English
-            line = (
-                label
-                if not event.digest
-                else localize(
-                    Phrase("{label} {total} bytes", label=event.status, total=event.total)
-                )
-            )
+            said = event.status  # NDJSON keeps the English
+            if event.digest:
+                said = Phrase("{label} {total} bytes", label=said, total=event.total)
+            line = localize(said)
             if line != self._last and (not event.digest or event.completed == event.total):
                 if self._bars:
                     from tqdm import tqdm

@@ -250,11 +250,7 @@ class RegistryClient:
             if (
                 response.status_code not in REDIRECTS
                 or not location
-                or method
-                not in (
-                    "GET",
-                    "HEAD",
-                )
+                or method not in ("GET", "HEAD")
             ):
                 if not stream:
                     await response.aread()

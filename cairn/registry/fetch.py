@@ -134,27 +134,33 @@ def use_fast_path(client: RegistryClient) -> bool:
     return not (scheme in proxies and not urllib.request.proxy_bypass(host))
 
 
+def connect(url: str, ssl_context: ssl.SSLContext | None) -> tuple[http.client.HTTPConnection, str]:
+    """An ``http.client`` connection to ``url``'s host, and the request target on it."""
+    parts = urlsplit(url)
+    conn: http.client.HTTPConnection
+    if parts.scheme == "https":
+        conn = http.client.HTTPSConnection(
+            parts.hostname or "", parts.port, timeout=60, context=ssl_context
+        )
+    else:
+        conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=60)
+    return conn, parts.path + (f"?{parts.query}" if parts.query else "")
+
+
 def _fast_span(ctx: _Context, span: Span, ssl_context: ssl.SSLContext | None) -> None:
     """Fetch the rest of ``span`` with http.client (runs in a thread)."""
     url = ctx.url
     headers = ctx.headers(span)
     for _ in range(10):
-        parts = urlsplit(url)
-        if parts.scheme == "https":
-            conn: http.client.HTTPConnection = http.client.HTTPSConnection(
-                parts.hostname or "", parts.port, timeout=60, context=ssl_context
-            )
-        else:
-            conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=60)
+        conn, target = connect(url, ssl_context)
         try:
-            target = parts.path + (f"?{parts.query}" if parts.query else "")
             conn.request("GET", target, headers=headers)
             response = conn.getresponse()
             location = response.getheader("Location")
             if response.status in REDIRECTS and location:
                 response.read()
                 following = urljoin(url, location)
-                if urlsplit(following).netloc != parts.netloc:
+                if urlsplit(following).netloc != urlsplit(url).netloc:
                     headers.pop("Authorization", None)
                 url = following
                 continue

@@ -50,13 +50,10 @@ def _quiet(_: Event) -> None:
     pass
 
 
-def _check_digest(data: bytes, expected: Digest | None, what: str) -> Digest:
+def _check_manifest(data: bytes, expected: Digest | None) -> None:
     actual = Digest(hashlib.sha256(data).hexdigest())
     if expected is not None and actual != expected:
-        raise DigestMismatchError(
-            Phrase("{what} {expected}", what=what, expected=expected), str(actual)
-        )
-    return actual
+        raise DigestMismatchError(Phrase("manifest {expected}", expected=expected), str(actual))
 
 
 def _header_digest(value: str | None) -> Digest | None:
@@ -89,12 +86,12 @@ async def resolve(client: RegistryClient, ref: Reference) -> Manifest:
     """Fetch and check the manifest ``ref`` names, following an index to its model."""
     reference = str(ref.digest) if ref.digest else ref.tag_or_default
     data, content_type, header = await client.get_manifest(ref.repository, reference)
-    _check_digest(data, ref.digest or _header_digest(header), "manifest")
+    _check_manifest(data, ref.digest or _header_digest(header))
     parsed = parse_manifest(data, content_type)
     if isinstance(parsed, Index):
         entry = choose_from_index(parsed)
         data, content_type, _ = await client.get_manifest(ref.repository, str(entry.digest))
-        _check_digest(data, entry.digest, "manifest")
+        _check_manifest(data, entry.digest)
         parsed = parse_manifest(data, content_type)
         if not isinstance(parsed, Manifest):
             raise ManifestError("an index inside an index is not a model")

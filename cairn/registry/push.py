@@ -16,7 +16,7 @@ import http.client
 import ssl
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin
 
 import httpx
 
@@ -28,7 +28,7 @@ from cairn.manifests.manifest import Descriptor, Manifest
 from cairn.manifests.models import Models
 from cairn.manifests.reference import Reference
 from cairn.registry.client import USER_AGENT, RegistryClient
-from cairn.registry.fetch import use_fast_path
+from cairn.registry.fetch import connect, use_fast_path
 from cairn.registry.pull import Event, Report, _quiet
 from cairn.registry.ratelimit import RateLimiter
 
@@ -264,20 +264,9 @@ def _sendfile_request(
     count: int,
     ssl_context: ssl.SSLContext | None,
 ) -> tuple[int, list[tuple[str, str]], bytes]:
-    parts = urlsplit(url)
-    conn: http.client.HTTPConnection
-    if parts.scheme == "https":
-        conn = http.client.HTTPSConnection(
-            parts.hostname or "", parts.port, timeout=60, context=ssl_context
-        )
-    else:
-        conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=60)
+    conn, target = connect(url, ssl_context)
     try:
-        conn.putrequest(
-            method,
-            parts.path + (f"?{parts.query}" if parts.query else ""),
-            skip_accept_encoding=True,
-        )
+        conn.putrequest(method, target, skip_accept_encoding=True)
         conn.putheader("User-Agent", USER_AGENT)
         for key, value in headers.items():
             conn.putheader(key, value)
@@ -285,7 +274,7 @@ def _sendfile_request(
         if count:
             assert conn.sock is not None
             with open(path, "rb") as f:
-                if parts.scheme == "https":  # TLS: the bytes pass through user space anyway
+                if isinstance(conn, http.client.HTTPSConnection):  # TLS: through user space
                     f.seek(offset)
                     left = count
                     while left:

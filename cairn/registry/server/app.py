@@ -25,7 +25,7 @@ from aiohttp import web
 
 from cairn.blobstore import Blob, Digest
 from cairn.config import DEFAULT_HOST
-from cairn.errors import CairnError, ManifestError, StorageFullError
+from cairn.errors import CairnError, ConfigError, ManifestError, StorageFullError
 from cairn.manifests import mediatypes as mt
 from cairn.manifests.manifest import MAX_MANIFEST_SIZE, Index, Manifest, parse_manifest
 from cairn.manifests.models import Models
@@ -62,7 +62,7 @@ def load_htpasswd(path: Path) -> dict[str, bytes]:
         if sep and user and hashed.startswith(("$2a$", "$2b$", "$2y$")):
             users[user] = hashed.encode()
     if not users:
-        raise CairnError("{path} has no bcrypt entries (user:$2y$...)", path=path)
+        raise ConfigError("{path} has no bcrypt entries (user:$2y$...)", path=path)
     return users
 
 
@@ -114,10 +114,7 @@ class Registry:
     def find_manifest(self, name: str, reference: str) -> bytes:
         """Manifest bytes by tag or digest (MANIFEST_UNKNOWN when absent)."""
         if reference.startswith("sha256:"):
-            try:
-                digest = Digest.parse(reference)
-            except CairnError:
-                raise OCIError("DIGEST_INVALID", f"{reference!r} is not a sha256 digest") from None
+            digest = _digest(reference)
             ref = self.reference(name, DIGEST_TAG + digest.hex)
             path = self.models.tags.find(ref)
             if path is not None:
@@ -203,13 +200,8 @@ async def put_manifest(request: web.Request) -> web.StreamResponse:
     except ManifestError as exc:
         raise OCIError("MANIFEST_INVALID", str(exc)) from None
     if reference.startswith("sha256:"):
-        try:
-            if Digest.parse(reference) != digest:
-                raise OCIError(
-                    "DIGEST_INVALID", f"the manifest's digest is {digest}, not {reference}"
-                )
-        except CairnError:
-            raise OCIError("DIGEST_INVALID", f"{reference!r} is not a sha256 digest") from None
+        if _digest(reference) != digest:
+            raise OCIError("DIGEST_INVALID", f"the manifest's digest is {digest}, not {reference}")
         tag = DIGEST_TAG + digest.hex
     else:
         tag = reference
