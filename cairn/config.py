@@ -33,8 +33,16 @@ class Settings:
     """``CAIRN_CA_BUNDLE`` (else ``SSL_CERT_FILE``): the CAs to trust for TLS."""
     docker_config: Path
     """``DOCKER_CONFIG``/config.json: Docker's credentials, read as a fallback."""
-    mirrors: Mapping[str, tuple[str, ...]]
-    """``CAIRN_MIRRORS`` and ``$CAIRN_HOME/mirrors.json``: registries to try first, per host."""
+    mirror_list: str
+    """``CAIRN_MIRRORS`` as given (see :meth:`mirrors`)."""
+
+    def mirrors(self) -> dict[str, tuple[str, ...]]:
+        """Registries to try first, per host: ``CAIRN_MIRRORS`` over ``$CAIRN_HOME/mirrors.json``.
+
+        Read when a pull asks, so that a broken mirrors file stops pulls only,
+        not every command (nor the printing of its error).
+        """
+        return _mirrors(self.mirror_list, self.home / "mirrors.json")
 
 
 def _truthy(value: str | None) -> bool:
@@ -48,7 +56,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
     ca_bundle = env.get("CAIRN_CA_BUNDLE") or env.get("SSL_CERT_FILE")
     docker = Path(env.get("DOCKER_CONFIG") or "~/.docker").expanduser() / "config.json"
     return Settings(
-        mirrors=_mirrors(env.get("CAIRN_MIRRORS", ""), home / "mirrors.json"),
+        mirror_list=env.get("CAIRN_MIRRORS", ""),
         models=Path(models).expanduser(),
         debug=_truthy(env.get("CAIRN_DEBUG")),
         home=home,

@@ -66,7 +66,7 @@ def pull(name: str, insecure: bool, quiet: bool, as_json: bool, limit_rate: str 
 
     async def run() -> None:
         models = Models.from_environment()
-        mirrors = config.load().mirrors.get(ref.host.lower(), ())
+        mirrors = config.load().mirrors().get(ref.host.lower(), ())
         if mirrors:
             from cairn.registry.pull import pull_via_mirrors
 

@@ -355,6 +355,19 @@ def test_push_skips_blobs_the_registry_has(cairn: Runner, tmp_path: Path, regist
     assert events[-1] == {"status": "success"}
 
 
+def test_a_broken_mirrors_file_stops_pulls_only(cairn: Runner, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "mirrors.json").write_text('{"registry.ollama.ai": "not a list"}')
+    env = {"CAIRN_HOME": str(home)}
+    assert cairn("list", env=env).stdout.split()[:2] == ["NAME", "ID"]
+    pulled = cairn("pull", "127.0.0.1:9/lab/tiny:1", "--insecure", env=env, check=False)
+    assert pulled.returncode == 1
+    assert (
+        pulled.stderr == f"Error: {home}/mirrors.json must map registry hosts to lists of mirrors\n"
+    )
+
+
 def test_mirror_serves_a_pull_for_an_unreachable_origin(
     cairn: Runner, tmp_path: Path, registry: str
 ) -> None:
