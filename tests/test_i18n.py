@@ -36,7 +36,6 @@ def help_strings() -> list[str]:
                 walk(sub)
 
     walk(cli)
-    found.append("Show this message and exit.")
     return found
 
 

@@ -89,22 +89,16 @@ def _localize_click() -> None:
 
 
 def _translate(command: click.Command) -> None:
-    """Help texts in the user's language, for every command and option (English is the source)."""
+    """Help texts in the user's language, for every command and option (English is the source).
+
+    ``--help``'s own text comes from click at run time, through its gettext hook.
+    """
     from cairn.i18n import _, language
 
     if language() == "en":
         return
     if command.help:
         command.help = _(command.help)
-    original = command.get_help_option
-
-    def get_help_option(ctx: click.Context) -> click.Option | None:
-        option = original(ctx)
-        if option is not None and option.help:
-            option.help = _(option.help)
-        return option
-
-    command.get_help_option = get_help_option  # type: ignore[method-assign]
     for param in command.params:
         text = getattr(param, "help", None)
         if text:
