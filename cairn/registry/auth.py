@@ -28,9 +28,12 @@ class Credentials:
     username: str
     password: str = field(repr=False)
 
+    def encoded(self) -> str:
+        """``user:password`` in base64, as Basic auth and Docker's ``auths`` hold it."""
+        return base64.b64encode(f"{self.username}:{self.password}".encode()).decode()
+
     def basic(self) -> str:
-        raw = f"{self.username}:{self.password}".encode()
-        return "Basic " + base64.b64encode(raw).decode()
+        return "Basic " + self.encoded()
 
 
 @dataclass(frozen=True)
@@ -121,8 +124,7 @@ class CredentialStore:
     def save(self, host: str, credentials: Credentials) -> None:
         data = self._read(self.path)
         auths = data.setdefault("auths", {})
-        raw = f"{credentials.username}:{credentials.password}".encode()
-        auths[host] = {"auth": base64.b64encode(raw).decode()}
+        auths[host] = {"auth": credentials.encoded()}
         self._write(data)
 
     def remove(self, host: str) -> bool:
