@@ -15,7 +15,6 @@ gates CI.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -24,8 +23,10 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-CAIRN = str(Path(sys.executable).parent / "cairn")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.common import BIN, REPO, report
+
+CAIRN = str(BIN / "cairn")
 COMMANDS = {"list_100_models": ["list"], "error": ["show", "nosuchmodel"], "help": ["--help"]}
 
 
@@ -39,7 +40,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=21)
     args = parser.parse_args()
-    sys.path.insert(0, str(REPO))
     from cairn.manifests.models import Models
     from tests.ggufmaker import write_gguf
 
@@ -64,12 +64,7 @@ def main() -> None:
                 samples["ko"].append(timed(command, korean))
             en, ko = (statistics.median(samples[k]) for k in ("en", "ko"))
             results |= {f"{name}_en_s": en, f"{name}_ko_s": ko, f"{name}_ratio_ko_to_en": ko / en}
-    width = max(len(k) for k in results)
-    for key, value in results.items():
-        print(f"{key.ljust(width)}  {value:.3f}")
-    out = REPO / "bench" / "results"
-    out.mkdir(exist_ok=True)
-    (out / "korean.json").write_text(json.dumps(results, indent=2) + "\n")
+    report("korean", results)
 
 
 if __name__ == "__main__":

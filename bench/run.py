@@ -16,19 +16,18 @@ run pays for the previous one's write-back. Nothing here gates CI.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-CAIRN = [str(Path(sys.executable).parent / "cairn")]
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.common import BIN, REPO, report, timed
+
+CAIRN = [str(BIN / "cairn")]
 
 PEER = r"""
 import hashlib, os, sys
@@ -44,13 +43,6 @@ with open(source, "rb", buffering=0) as src, open(target, "wb", buffering=0) as 
         os.fsync(dst.fileno())
 print(hasher.hexdigest())
 """
-
-
-def timed(command: list[str], env: dict[str, str] | None = None) -> float:
-    os.sync()
-    start = time.perf_counter()
-    subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - start
 
 
 def median_of(runs: int, setup: Callable[[], None], command: Callable[[], float]) -> float:
@@ -152,16 +144,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=REPO / "bench") as directory:
         work = Path(directory)
         results = {**bench_create(work, args.runs), **bench_cp_and_list(work, args.runs)}
-    width = max(len(k) for k in results)
-    for key, value in results.items():
-        print(
-            f"{key.ljust(width)}  {value:.3f}"
-            if isinstance(value, float)
-            else f"{key.ljust(width)}  {value}"
-        )
-    out = REPO / "bench" / "results"
-    out.mkdir(exist_ok=True)
-    (out / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
+    report("latest", results)
 
 
 if __name__ == "__main__":

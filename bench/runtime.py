@@ -22,7 +22,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.common import report
 
 COMMON = r"""
 import json, sys, time
@@ -106,12 +107,7 @@ def main() -> None:
     results["decode_ratio"] = results["cairn_decode"] / results["direct_decode"]
     results["ttft_extra_ms"] = (results["cairn_ttft"] - results["direct_ttft"]) * 1000
     results["load_ratio"] = results["cairn_load"] / results["direct_load"]
-    width = max(len(k) for k in results)
-    for key, value in results.items():
-        print(f"{key.ljust(width)}  {value:.3f}")
-    out = REPO / "bench" / "results"
-    out.mkdir(exist_ok=True)
-    (out / "runtime.json").write_text(json.dumps({**results, "samples": samples}, indent=2) + "\n")
+    report("runtime", results, samples)
 
 
 if __name__ == "__main__":

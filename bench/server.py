@@ -25,13 +25,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from bench.registry import SKOPEO_HTTP, Registry  # noqa: E402
-from tests.conftest import start_cairn_registry, stop  # noqa: E402
-
-BIN = Path(sys.executable).parent
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.common import BIN, REPO, report
+from bench.registry import SKOPEO_HTTP, Registry
+from tests.conftest import start_cairn_registry, stop
 
 
 def curl(url: str, copies: int = 1) -> float:
@@ -143,14 +140,7 @@ def main() -> None:
     results["get8_throughput_ratio"] = results["get8_distribution_s"] / results["get8_cairn_s"]
     results["get8_cairn_mb_s"] = 8 * size / results["get8_cairn_s"] / 1e6
     results["push_ratio"] = results["push_cairn_s"] / results["push_distribution_s"]
-    width = max(len(k) for k in results)
-    for key, value in results.items():
-        print(f"{key.ljust(width)}  {value:.3f}")
-    for key, values in samples.items():
-        print(f"{key} samples: {' '.join(f'{v:.3f}' for v in values)}")
-    out = REPO / "bench" / "results"
-    out.mkdir(exist_ok=True)
-    (out / "server.json").write_text(json.dumps({**results, "samples": samples}, indent=2) + "\n")
+    report("server", results, samples)
 
 
 if __name__ == "__main__":
