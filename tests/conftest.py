@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -326,14 +327,23 @@ def start_cairn_registry(root: Path, *args: str) -> tuple[str, subprocess.Popen[
     return f"127.0.0.1:{port}", proc
 
 
+@contextlib.contextmanager
+def serving(root: Path, *args: str) -> Iterator[str]:
+    """``cairn registry serve`` over the store at ``root`` (made if need be) for a with block."""
+    root.mkdir(parents=True, exist_ok=True)
+    host, proc = start_cairn_registry(root, *args)
+    try:
+        yield host
+    finally:
+        stop(proc)
+
+
 @pytest.fixture
 def cairn_registry(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """``(host, store root)`` of a running ``cairn registry serve`` over an empty store."""
     root = tmp_path / "served"
-    root.mkdir()
-    host, proc = start_cairn_registry(root)
-    yield host, root
-    stop(proc)
+    with serving(root) as host:
+        yield host, root
 
 
 class Terminal:

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import Runner, start_cairn_registry, stop
+from tests.conftest import Runner, serving, start_cairn_registry, stop
 from tests.ggufmaker import write_gguf
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -320,67 +320,54 @@ def test_htpasswd_and_read_only(tmp_path: Path) -> None:
     import bcrypt
 
     root = tmp_path / "secured"
-    root.mkdir()
     htpasswd = tmp_path / "htpasswd"
     htpasswd.write_text(f"carol:{bcrypt.hashpw(b'pw', bcrypt.gensalt(rounds=4)).decode()}\n")
-    host, proc = start_cairn_registry(root, "--htpasswd", str(htpasswd), "--public-read")
-    try:
-        with httpx.Client(base_url=f"http://{host}") as http:
-            denied = http.post("/v2/lab/x/blobs/uploads/")
-            assert denied.status_code == 401 and error_code(denied) == "UNAUTHORIZED"
-            assert denied.headers["WWW-Authenticate"].startswith("Basic")
-            assert http.get("/v2/").status_code == 200  # public read
-            ok = http.post("/v2/lab/x/blobs/uploads/", auth=("carol", "pw"))
-            assert ok.status_code == 202
-            assert http.post("/v2/lab/x/blobs/uploads/", auth=("carol", "wrong")).status_code == 401
-    finally:
-        stop(proc)
-    host, proc = start_cairn_registry(root, "--read-only")
-    try:
-        with httpx.Client(base_url=f"http://{host}") as http:
-            refused = http.post("/v2/lab/x/blobs/uploads/")
-            assert refused.status_code == 405 and error_code(refused) == "UNSUPPORTED"
-            assert http.get("/v2/").status_code == 200
-    finally:
-        stop(proc)
+    with (
+        serving(root, "--htpasswd", str(htpasswd), "--public-read") as host,
+        httpx.Client(base_url=f"http://{host}") as http,
+    ):
+        denied = http.post("/v2/lab/x/blobs/uploads/")
+        assert denied.status_code == 401 and error_code(denied) == "UNAUTHORIZED"
+        assert denied.headers["WWW-Authenticate"].startswith("Basic")
+        assert http.get("/v2/").status_code == 200  # public read
+        ok = http.post("/v2/lab/x/blobs/uploads/", auth=("carol", "pw"))
+        assert ok.status_code == 202
+        assert http.post("/v2/lab/x/blobs/uploads/", auth=("carol", "wrong")).status_code == 401
+    with serving(root, "--read-only") as host, httpx.Client(base_url=f"http://{host}") as http:
+        refused = http.post("/v2/lab/x/blobs/uploads/")
+        assert refused.status_code == 405 and error_code(refused) == "UNSUPPORTED"
+        assert http.get("/v2/").status_code == 200
 
 
 def test_quota(tmp_path: Path) -> None:
     root = tmp_path / "quota"
-    root.mkdir()
-    host, proc = start_cairn_registry(root, "--quota", "100K")
-    try:
-        with httpx.Client(base_url=f"http://{host}") as http:
-            upload(http, "lab/q", os.urandom(60_000))
-            over = http.post(
-                "/v2/lab/q/blobs/uploads/",
-                params={"digest": sha(b"x" * 60_000)},
-                content=b"x" * 60_000,
-            )
-            assert over.status_code == 403 and error_code(over) == "DENIED"
-            assert "quota" in over.json()["errors"][0]["message"]
+    with serving(root, "--quota", "100K") as host, httpx.Client(base_url=f"http://{host}") as http:
+        upload(http, "lab/q", os.urandom(60_000))
+        over = http.post(
+            "/v2/lab/q/blobs/uploads/",
+            params={"digest": sha(b"x" * 60_000)},
+            content=b"x" * 60_000,
+        )
+        assert over.status_code == 403 and error_code(over) == "DENIED"
+        assert "quota" in over.json()["errors"][0]["message"]
         assert len(list((root / "blobs").iterdir())) == 1
-    finally:
-        stop(proc)
 
 
 def test_abandoned_uploads_expire(tmp_path: Path) -> None:
     import time
 
     root = tmp_path / "expiry"
-    root.mkdir()
-    host, proc = start_cairn_registry(root, "--upload-expiry", "0.5")
-    try:
-        with httpx.Client(base_url=f"http://{host}") as http:
-            old = http.post("/v2/lab/e/blobs/uploads/").headers["Location"]
-            http.patch(old, content=b"abandoned bytes")
-            assert len(list((root / ".cairn" / "uploads").iterdir())) == 1
-            time.sleep(1.0)
-            http.post("/v2/lab/e/blobs/uploads/")  # any new session sweeps the old ones
-            assert error_code(http.get(old)) == "BLOB_UPLOAD_UNKNOWN"
-            assert len(list((root / ".cairn" / "uploads").iterdir())) == 1  # just the new one
-    finally:
-        stop(proc)
+    with (
+        serving(root, "--upload-expiry", "0.5") as host,
+        httpx.Client(base_url=f"http://{host}") as http,
+    ):
+        old = http.post("/v2/lab/e/blobs/uploads/").headers["Location"]
+        http.patch(old, content=b"abandoned bytes")
+        assert len(list((root / ".cairn" / "uploads").iterdir())) == 1
+        time.sleep(1.0)
+        http.post("/v2/lab/e/blobs/uploads/")  # any new session sweeps the old ones
+        assert error_code(http.get(old)) == "BLOB_UPLOAD_UNKNOWN"
+        assert len(list((root / ".cairn" / "uploads").iterdir())) == 1  # just the new one
 
 
 def test_concurrent_uploads_of_the_same_blob(
