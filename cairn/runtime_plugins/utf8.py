@@ -45,14 +45,8 @@ class TextStream:
         if self.stopped:
             return ""
         self._decoder.reset()
-        text = self._held
-        self._held = ""
-        for stop in self._stops:
-            at = text.find(stop)
-            if at >= 0:
-                text = text[:at]
-                self.stopped = True
-        return text
+        text, self._held = self._held, ""
+        return text  # held text is only ever the start of a stop, never a whole one
 
     def _release(self, text: str) -> str:
         text = self._held + text
