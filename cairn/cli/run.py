@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from cairn.cli.output import table
+from cairn.cli.output import say, table
 from cairn.errors import ConfigError, ModelNotFoundError
 from cairn.i18n import Phrase, _, localize
+
+if TYPE_CHECKING:
+    from cairn.runtime_plugins.runtime import Availability
 
 
 @click.command()
@@ -127,6 +130,7 @@ def run(
     if output_format:
         options["format"] = output_format
     info = plugins().choose("gguf", runtime_name)
+    _check_offload(info.name, info.availability, options)
     spec = ModelSpec(
         models.blobs.path(details.model_blob),
         adapters=tuple(models.blobs.path(d) for d in details.adapters),
@@ -191,6 +195,27 @@ def _write(text: str) -> None:
     sys.stdout.flush()
 
 
+def _check_offload(runtime: str, availability: Availability, options: dict[str, Any]) -> None:
+    """``num_gpu`` above 0 asks for a GPU: where the runtime has none, say why and use the CPU."""
+    asked = options.get("num_gpu")
+    has_gpu = any(d.split(":")[0] != "cpu" for d in availability.devices)
+    if not isinstance(asked, int) or asked <= 0 or has_gpu:
+        return
+    reason = availability.no_gpu or Phrase("it drives no GPU here")
+    say(
+        Phrase(
+            "num_gpu={asked} asks for GPU offload, but {runtime} cannot: {reason};"
+            " running on the CPU",
+            asked=asked,
+            runtime=runtime,
+            reason=reason,
+        ),
+        err=True,
+        label="warning",
+    )
+    options["num_gpu"] = 0
+
+
 def _verbose(load_seconds: float, stats: dict[str, Any]) -> None:
     def rate(count: float, seconds: float) -> str:
         return f"{count / seconds:.2f} tokens/s" if seconds > 0 else "-"
@@ -207,6 +232,10 @@ def _verbose(load_seconds: float, stats: dict[str, Any]) -> None:
         ("eval duration", f"{stats.get('eval_duration', 0):.3f}s"),
         ("eval rate", rate(stats.get("eval_count", 0), stats.get("eval_duration", 0))),
     ]
+    if "gpu_layers" in stats and "layers" in stats:
+        on = ", ".join(stats.get("gpu_devices") or [])
+        offload = f"{stats['gpu_layers']}/{stats['layers']} layers on GPU"
+        lines.append(("offload", f"{offload} ({on})" if on else offload))
     for name, value in lines:
         click.echo(f"{name + ':':<22}{value}", err=True)
 

@@ -21,6 +21,8 @@ class Availability:
     reason: str = ""
     devices: tuple[str, ...] = ()
     """The devices usable here (e.g. ``("cuda:0", "cpu")``)."""
+    no_gpu: str = ""
+    """Why a runtime that can drive GPUs has none here (empty when it has one, or never can)."""
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import re
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -48,10 +50,65 @@ def _gpu_build() -> str | None:
     return None
 
 
-def _offload_devices() -> list[str]:
+def _offload_gpus() -> list[devices.GPU]:
     """The visible GPUs this build of llama-cpp-python can offload to."""
     build = _gpu_build()
-    return [g.device for g in devices.detect() if g.kind == build] if build else []
+    return [g for g in devices.detect() if g.kind == build] if build else []
+
+
+def _offload_devices() -> list[str]:
+    return [g.device for g in _offload_gpus()]
+
+
+def _no_gpu_reason(gpus: list[devices.GPU]) -> Phrase | str:
+    """Why this build cannot offload here; empty when it can."""
+    build = _gpu_build()
+    if build is None:
+        return Phrase(
+            "this llama-cpp-python was built for the CPU only"
+            " ('make install-cuda' builds it for CUDA; see docs/runtimes.md)"
+        )
+    if not gpus:
+        return Phrase(
+            "this llama-cpp-python was built for {build}, but no {build} device is visible",
+            build=build.upper(),
+        )
+    return ""
+
+
+# llama.cpp says how many layers it put on the GPU in its load log (llama-model.cpp).
+_OFFLOADED = re.compile(r"offloaded (-?\d+)/(\d+) layers to GPU")
+
+
+class _LoadLog:
+    """llama.cpp's log while a model loads: kept to read the offload, errors passed to stderr."""
+
+    ERROR, CONTINUED = 3, 5
+
+    def __init__(self) -> None:
+        import ctypes
+
+        import llama_cpp
+
+        self.text: list[str] = []
+        self._last = 0
+
+        def receive(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
+            line = text.decode("utf-8", "replace")
+            self._last = self._last if level == self.CONTINUED else level
+            if len(self.text) < 10_000:
+                self.text.append(line)
+            if self._last == self.ERROR:
+                print(line, end="", file=sys.stderr, flush=True)
+
+        # The callback must outlive the model: llama.cpp logs on unload too.
+        self._callback = llama_cpp.llama_log_callback(receive)
+        llama_cpp.llama_log_set(self._callback, ctypes.c_void_p(0))
+
+    def offloaded(self) -> tuple[int, int] | None:
+        """(layers on the GPU, layers in all) as llama.cpp reported them, if it did."""
+        found = _OFFLOADED.search("".join(self.text))
+        return (max(0, int(found[1])), int(found[2])) if found else None
 
 
 class LlamaCppRuntime(Runtime):
@@ -69,7 +126,8 @@ class LlamaCppRuntime(Runtime):
                     " see docs/runtimes.md for the build flags)"
                 ),
             )
-        return Availability(True, "", (*_offload_devices(), "cpu"))
+        gpus = _offload_gpus()
+        return Availability(True, "", (*(g.device for g in gpus), "cpu"), _no_gpu_reason(gpus))
 
     def load(self, model: ModelSpec, options: Mapping[str, Any]) -> LoadedModel:
         return LlamaCppModel(model, options)
@@ -77,10 +135,13 @@ class LlamaCppRuntime(Runtime):
 
 class LlamaCppModel(LoadedModel):
     def __init__(self, model: ModelSpec, options: Mapping[str, Any]) -> None:
+        import llama_cpp
         from llama_cpp import Llama
 
         started = time.perf_counter()
-        layers = int(options.get("num_gpu", -1 if _offload_devices() else 0))
+        gpus = _offload_gpus()
+        layers = int(options.get("num_gpu", -1 if gpus else 0))
+        self.log = _LoadLog()
         self.llm = Llama(
             model_path=str(model.weights),
             n_ctx=int(options.get("num_ctx", 4096)),
@@ -93,7 +154,10 @@ class LlamaCppModel(LoadedModel):
             verbose=False,
         )
         self.load_seconds = time.perf_counter() - started
-        self.gpu_layers = layers
+        offloaded = self.log.offloaded()
+        every = int(llama_cpp.llama_model_n_layer(self.llm._model.model)) + 1  # + output layer
+        self.gpu_layers, self.layers = offloaded or (0, every)
+        self.gpu_devices = [f"{g.device} ({g.name})" for g in gpus] if self.gpu_layers else []
 
     def generate(self, prompt: str, options: Mapping[str, Any]) -> Iterator[Chunk]:
         """Sample token by token; token bytes become text through :class:`TextStream`,
@@ -149,6 +213,8 @@ class LlamaCppModel(LoadedModel):
                 "eval_count": produced,
                 "eval_duration": ended - first,
                 "gpu_layers": self.gpu_layers,
+                "layers": self.layers,
+                "gpu_devices": self.gpu_devices,
             },
         )
 
