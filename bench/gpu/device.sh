@@ -97,7 +97,7 @@ cat /tmp/hidden.err
 check "the warning names the reason" grep -q 'warning: num_gpu=99 asks for GPU offload, but llama-cpp cannot: this llama-cpp-python was built for CUDA, but no CUDA device is visible; running on the CPU' /tmp/hidden.err
 check "and it ran on the CPU" grep -Eq 'offload: +0/19 layers on GPU' /tmp/hidden.err
 
-step "GPU memory with the model loaded and idle"
+step "GPU memory with nothing loaded"
 nvidia-smi --query-gpu=memory.used,memory.total --format=csv
 
 step "benchmark on the GPU: cairn against llama-cpp-python direct, same build"
