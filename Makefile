@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install sysdeps demo test lint bench clean
+.PHONY: install install-cuda sysdeps demo test lint bench clean
 
 # Debian packages the tests and the demo use: a real registry and a real peer client.
 SYSTEM_TOOLS := docker-registry skopeo
@@ -24,6 +24,11 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# llama-cpp-python rebuilt with CUDA for this machine's GPUs (nvcc needed; the
+# architecture from nvidia-smi, or CUDA_ARCH=90). See docs/runtimes.md.
+install-cuda: $(STAMP)
+	PYTHON=$(BIN)/python bash scripts/build-llama-cuda.sh
 
 sysdeps:
 	@missing=""; for tool in $(SYSTEM_TOOLS); do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \

@@ -12,6 +12,9 @@ at temperature 0:
   ``cairn run`` names the one it chose);
 - time to first token, from the generate call;
 - decode tokens/s, after the first token;
+- a third side, "loop", is llama-cpp-python's bare token loop (``generate``
+  plus ``detokenize``, no completion bookkeeping): the least Python a
+  decode can cost, so ``decode_ratio_loop`` is cairn against that floor;
 - with ``--num-gpu`` other than 0: the GPU memory the process holding the
   model uses, from ``nvidia-smi --query-compute-apps`` once it is loaded.
 Medians of interleaved runs. Nothing gates CI.
@@ -51,11 +54,10 @@ def gpu_memory(pid):  # MiB of GPU memory: held by process pid, and in use on th
     return (mine[0] if mine else None), int(smi("--query-gpu=memory.used")[0])
 """
 
-DIRECT = (
-    COMMON
-    + r"""
+LOAD = r"""
 import os
 start = time.perf_counter()
+import llama_cpp
 from llama_cpp import Llama
 llm = Llama(model_path=model, n_ctx=512, n_threads=threads, n_batch=512, seed=1,
             n_gpu_layers=gpu, verbose=False)
@@ -64,16 +66,47 @@ memory, total = gpu_memory(os.getpid())
 asked = time.perf_counter()
 first = None
 count = 0
+"""
+
+REPORT = r"""
+print(json.dumps({"load": loaded - start, "ttft": first - asked,
+                  "decode": (count - 1) / (last - first), "tokens": count,
+                  "gpu_mib": memory, "gpu_used_mib": total}))
+"""
+
+# llama-cpp-python as its users call it: a streamed completion.
+DIRECT = (
+    COMMON
+    + LOAD
+    + r"""
 for part in llm.create_completion(prompt, max_tokens=tokens, temperature=0.0, stream=True):
     now = time.perf_counter()
     if first is None:
         first = now
     count += 1
     last = now
-print(json.dumps({"load": loaded - start, "ttft": first - asked,
-                  "decode": (count - 1) / (last - first), "tokens": count,
-                  "gpu_mib": memory, "gpu_used_mib": total}))
 """
+    + REPORT
+)
+
+# The least Python per token: llama-cpp-python's own token loop, each token detokenized.
+LOOP = (
+    COMMON
+    + LOAD
+    + r"""
+for token in llm.generate(llm.tokenize(prompt.encode(), add_bos=True, special=True), temp=0.0):
+    now = time.perf_counter()
+    if first is None:
+        first = now
+    if llama_cpp.llama_vocab_is_eog(llm._model.vocab, token):
+        break
+    llm.detokenize([token])
+    count += 1
+    last = now
+    if count >= tokens:
+        break
+"""
+    + REPORT
 )
 
 CAIRN = (
@@ -124,10 +157,11 @@ def main() -> None:
     parser.add_argument("--num-gpu", type=int, default=0, help="layers on the GPU (-1: all)")
     parser.add_argument("--name", default="runtime", help="bench/results/NAME.json")
     args = parser.parse_args()
-    samples: dict[str, list[dict[str, float]]] = {"direct": [], "cairn": []}
+    samples: dict[str, list[dict[str, float]]] = {"direct": [], "loop": [], "cairn": []}
     measure(DIRECT, args, 8)  # warm the page cache
     for _ in range(args.runs):
         samples["direct"].append(measure(DIRECT, args, args.tokens))
+        samples["loop"].append(measure(LOOP, args, args.tokens))
         samples["cairn"].append(measure(CAIRN, args, args.tokens))
     results: dict[str, float] = {}
     keys = ["load", "ttft", "decode", "tokens", "gpu_mib", "gpu_used_mib"]
@@ -137,6 +171,7 @@ def main() -> None:
             if values:
                 results[f"{side}_{key}"] = statistics.median(values)
     results["decode_ratio"] = results["cairn_decode"] / results["direct_decode"]
+    results["decode_ratio_loop"] = results["cairn_decode"] / results["loop_decode"]
     results["ttft_extra_ms"] = (results["cairn_ttft"] - results["direct_ttft"]) * 1000
     results["load_ratio"] = results["cairn_load"] / results["direct_load"]
     report(args.name, results, samples)

@@ -52,6 +52,23 @@ def test_deterministic_answer_and_verbose_stats(cairn: Cli, gemma: str) -> None:
     assert float(rate.split()[2]) > 0 and rate.endswith("tokens/s")
     count = next(line for line in first.stderr.splitlines() if line.startswith("eval count:"))
     assert 1 <= int(count.split()[2]) <= 16
+    # Gemma 3 270M has 18 blocks and an output layer; this build runs them all on the CPU.
+    assert "offload:              0/19 layers on GPU" in first.stderr.splitlines()
+
+
+def test_gpu_layers_asked_for_without_a_gpu_warn_and_run_on_the_cpu(cairn: Cli, gemma: str) -> None:
+    asked = cairn(
+        "run", gemma, "Name a colour.", "-p", "num_predict=8", "-p", "num_gpu=99", "--verbose"
+    )
+    plain = cairn("run", gemma, "Name a colour.", "-p", "num_predict=8")
+    assert asked.stdout == plain.stdout  # the same answer, from the CPU
+    assert asked.stderr.splitlines()[0] == (
+        "warning: num_gpu=99 asks for GPU offload, but llama-cpp cannot: this llama-cpp-python"
+        " was built for the CPU only ('make install-cuda' builds it for CUDA; see"
+        " docs/runtimes.md); running on the CPU"
+    )
+    assert "offload:              0/19 layers on GPU" in asked.stderr.splitlines()
+    assert "warning" not in plain.stderr
 
 
 def test_prompt_from_stdin(cairn: Cli, gemma: str) -> None:

@@ -13,7 +13,7 @@ import re
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 from cairn.i18n import Phrase
 from cairn.runtime_plugins import devices
@@ -81,29 +81,36 @@ _OFFLOADED = re.compile(r"offloaded (-?\d+)/(\d+) layers to GPU")
 
 
 class _LoadLog:
-    """llama.cpp's log while a model loads: kept to read the offload, errors passed to stderr."""
+    """llama.cpp's log of a model's load: kept to read the offload; errors go on to stderr.
+
+    llama.cpp keeps the callback's pointer for the life of the process, so
+    there is one callback, never freed, writing into the newest log.
+    """
 
     ERROR, CONTINUED = 3, 5
+    _callback: ClassVar[Any] = None
+    _newest: ClassVar[_LoadLog | None] = None
+    _level = 0
 
     def __init__(self) -> None:
-        import ctypes
-
-        import llama_cpp
-
         self.text: list[str] = []
-        self._last = 0
+        cls = type(self)
+        if cls._callback is None:
+            import ctypes
 
-        def receive(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
-            line = text.decode("utf-8", "replace")
-            self._last = self._last if level == self.CONTINUED else level
-            if len(self.text) < 10_000:
-                self.text.append(line)
-            if self._last == self.ERROR:
-                print(line, end="", file=sys.stderr, flush=True)
+            import llama_cpp
 
-        # The callback must outlive the model: llama.cpp logs on unload too.
-        self._callback = llama_cpp.llama_log_callback(receive)
-        llama_cpp.llama_log_set(self._callback, ctypes.c_void_p(0))
+            def receive(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
+                line = text.decode("utf-8", "replace")
+                cls._level = cls._level if level == cls.CONTINUED else level
+                if cls._newest is not None and len(cls._newest.text) < 10_000:
+                    cls._newest.text.append(line)
+                if cls._level == cls.ERROR:
+                    print(line, end="", file=sys.stderr, flush=True)
+
+            cls._callback = llama_cpp.llama_log_callback(receive)
+            llama_cpp.llama_log_set(cls._callback, ctypes.c_void_p(0))
+        cls._newest = self
 
     def offloaded(self) -> tuple[int, int] | None:
         """(layers on the GPU, layers in all) as llama.cpp reported them, if it did."""
