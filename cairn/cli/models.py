@@ -12,7 +12,7 @@ from click.shell_completion import CompletionItem
 
 from cairn.cli.output import display_width, human_age, human_size, pad, say, table
 from cairn.errors import CairnError, CorruptBlobError, ModelfileError
-from cairn.i18n import Phrase, _
+from cairn.i18n import Phrase, _, localize
 from cairn.manifests.models import Models
 
 if TYPE_CHECKING:
@@ -192,23 +192,58 @@ def cp(source: str, destination: str) -> None:
     )
 
 
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def _duration(_ctx: click.Context, _param: click.Parameter, value: str) -> float:
+    """Seconds from ``90``, ``90s``, ``30m``, ``1h`` or ``2d``."""
+    text = value.strip().lower()
+    scale = _UNITS.get(text[-1:])
+    try:
+        seconds = float(text[:-1] if scale else text) * (scale or 1.0)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < float("inf"):
+        raise click.BadParameter(
+            localize(Phrase("{value!r} is not a duration (like 90s, 30m, 1h or 0)", value=value))
+        )
+    return seconds
+
+
+GRACE_HELP = (
+    "Keep unused blobs that arrived less than this long ago (another tool may be"
+    " about to write their manifest)."
+)
+
+
 @click.command()
 @click.argument("names", nargs=-1, required=True, shell_complete=_complete_model)
-def rm(names: tuple[str, ...]) -> None:
+@click.option("--grace", default="1h", show_default=True, callback=_duration, help=GRACE_HELP)
+def rm(names: tuple[str, ...], grace: float) -> None:
     """Remove models; their blobs go when no other model uses them."""
-    removed, freed = _models().remove(names)
-    for ref in removed:
+    report = _models().remove(names, grace=grace)
+    for ref in report.removed:
         say(Phrase("deleted {model!r}", model=ref.display))
-    if freed:
-        say(Phrase("freed {count} blob(s)", count=len(freed)), err=True)
+    if report.freed:
+        say(Phrase("freed {count} blob(s)", count=len(report.freed)), err=True)
+    if report.young:
+        say(
+            Phrase(
+                "kept {count} unused blob(s) that changed within the grace period;"
+                " 'cairn prune' removes them later",
+                count=len(report.young),
+            ),
+            err=True,
+        )
 
 
 @click.command()
 @click.option("-n", "--dry-run", is_flag=True, help="Say what would go, remove nothing.")
+@click.option("--grace", default="1h", show_default=True, callback=_duration, help=GRACE_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def prune(dry_run: bool, as_json: bool) -> None:
+def prune(dry_run: bool, grace: float, as_json: bool) -> None:
     """Remove blobs no model uses and temp files of transfers that died."""
-    report = _models().prune(dry_run=dry_run)
+    report = _models().prune(dry_run=dry_run, grace=grace)
     if as_json:
         _emit_json(
             {
@@ -218,6 +253,7 @@ def prune(dry_run: bool, as_json: bool) -> None:
                 "partials": [str(p) for p in report.partials],
                 "partial_bytes": report.partial_bytes,
                 "in_use": [str(p) for p in report.in_use],
+                "young": [str(d) for d in report.young],
             }
         )
         return
@@ -236,6 +272,14 @@ def prune(dry_run: bool, as_json: bool) -> None:
         )
     for path in report.in_use:
         say(Phrase("kept {path} (a transfer in progress holds it)", path=path))
+    if report.young:
+        say(
+            Phrase(
+                "kept {count} unused blob(s) younger than the grace period"
+                " (--grace 0 removes them too)",
+                count=len(report.young),
+            )
+        )
     size = human_size(report.blob_bytes + report.partial_bytes)
     summary = Phrase(
         "would remove {blobs} blobs and {partials} partial files ({size})"

@@ -186,6 +186,8 @@ class Manifest:
                 "mediaType {media_type!r:.80} is not an image manifest type", media_type=media_type
             )
         layers = obj.get("layers")
+        if layers is None and "layers" in obj:
+            layers = []  # Go's encoding of an empty slice: Ollama writes it for a model with none
         if not isinstance(layers, list):
             raise ManifestError("manifest has no layers list")
         artifact_type = obj.get("artifactType")

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterable
+import re
+import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from cairn import config
 from cairn.blobstore import BlobStore, Digest
+from cairn.blobstore.store import storage_error
 from cairn.errors import BlobNotFoundError, CairnError, ManifestError, ModelNotFoundError
 from cairn.manifests.manifest import Manifest
 from cairn.manifests.reference import Reference, parse_reference
@@ -50,6 +53,14 @@ class Problem:
     error: str
 
 
+GRACE = 3600.0
+"""Seconds a blob is safe from collection after it arrives, as Ollama's own cleanup:
+another tool (an ``ollama pull``) places blobs first and writes their manifest last."""
+
+# A digest as any manifest text spells it: "sha256:<hex>", or the file form "sha256-<hex>".
+_MENTIONED = re.compile(rb"sha256[:-]([0-9a-fA-F]{64})")
+
+
 @dataclass
 class PruneReport:
     blobs: list[Digest] = field(default_factory=list)
@@ -57,6 +68,17 @@ class PruneReport:
     partials: list[Path] = field(default_factory=list)
     partial_bytes: int = 0
     in_use: list[Path] = field(default_factory=list)
+    young: list[Digest] = field(default_factory=list)
+    """Unreferenced blobs kept because they arrived within the grace period."""
+
+
+@dataclass
+class RemoveReport:
+    removed: list[Reference] = field(default_factory=list)
+    freed: list[Digest] = field(default_factory=list)
+    young: list[Digest] = field(default_factory=list)
+    """Blobs no model uses any more, kept: they changed after the removed model was saved,
+    within the grace period (something else may have just placed them)."""
 
 
 @dataclass
@@ -135,9 +157,34 @@ class Models:
         return models, problems
 
     def referenced(self) -> set[Digest]:
-        """Every blob some readable manifest references."""
-        models, _ = self.catalog()
-        return {d.digest for m in models for d in m.manifest.blobs}
+        """Every blob that any file under ``manifests/`` mentions.
+
+        Not only the manifests cairn can parse and name: Ollama accepts names
+        cairn does not (``library/my_model_``) and writes manifests cairn's
+        parser may refuse, and a store can be shared with it. Every digest a
+        manifest file's text mentions is kept, so a collection never frees a
+        blob that any of them may need. A file that cannot be read stops the
+        collection (a :class:`StoreError` naming it) before anything is freed.
+        """
+        found: set[Digest] = set()
+        for path in _every_file(self.tags.dir):
+            try:
+                found.update(_mentioned(path))
+            except OSError as exc:
+                raise storage_error(
+                    exc,
+                    "reading {path} to see which blobs it uses (nothing was removed)",
+                    path=path,
+                ) from exc
+        return found
+
+    def _age(self, digest: Digest, now: float) -> float | None:
+        """Seconds since the blob last changed (written, renamed or linked in); None if gone."""
+        try:
+            stat = self.blobs.path(digest).stat()
+        except FileNotFoundError:
+            return None
+        return now - max(stat.st_mtime, stat.st_ctime)
 
     # -- writing -----------------------------------------------------------
 
@@ -168,40 +215,56 @@ class Models:
         with self.blobs.writing():
             return self.save(dst, src.manifest)
 
-    def remove(self, names: Iterable[str | Reference]) -> tuple[list[Reference], list[Digest]]:
-        """Remove tags; then the blobs of theirs that no remaining manifest references.
+    def remove(self, names: Iterable[str | Reference], grace: float = GRACE) -> RemoveReport:
+        """Remove tags; then the blobs of theirs that no remaining manifest mentions.
 
         Every name is checked before anything is removed, so a typo in the
-        third name leaves the first two in place.
+        third name leaves the first two in place. A blob that changed after
+        the model being removed was saved, less than ``grace`` seconds ago,
+        is kept: the model's own blobs are older than its manifest, so such
+        a blob was placed again by someone else, maybe an ``ollama pull``
+        whose manifest is not written yet. ``cairn prune`` frees it later.
         """
-        targets: list[tuple[Reference, Manifest | None]] = []
+        targets: list[tuple[Reference, Manifest | None, float]] = []
         for name in names:
             ref = parse_reference(name) if isinstance(name, str) else name
             try:
                 model = self.get(ref)
-                targets.append((model.reference, model.manifest))
+                targets.append((model.reference, model.manifest, model.modified))
             except ManifestError:  # a damaged manifest can still be removed
-                targets.append((ref, None))
+                targets.append((ref, None, 0.0))
+        report = RemoveReport()
         with self.blobs.collecting():
-            candidates: set[Digest] = set()
-            removed = []
-            for ref, manifest in targets:
+            saved: dict[Digest, float] = {}
+            for ref, manifest, modified in targets:
                 if self.tags.delete(ref):
-                    removed.append(ref)
-                    if manifest is not None:
-                        candidates.update(d.digest for d in manifest.blobs)
-            freed = sorted(candidates - self.referenced())
-            for digest in freed:
-                self.blobs.delete(digest)
-        return removed, freed
+                    report.removed.append(ref)
+                    for descriptor in manifest.blobs if manifest is not None else ():
+                        saved[descriptor.digest] = max(modified, saved.get(descriptor.digest, 0))
+            now = time.time()
+            for digest in sorted(set(saved) - self.referenced()):
+                age = self._age(digest, now)
+                if age is None:
+                    continue
+                if age < grace and now - age > saved[digest]:
+                    report.young.append(digest)
+                elif self.blobs.delete(digest):
+                    report.freed.append(digest)
+        return report
 
-    def prune(self, dry_run: bool = False) -> PruneReport:
-        """Remove blobs no manifest references and temp files no live process holds."""
+    def prune(self, dry_run: bool = False, grace: float = GRACE) -> PruneReport:
+        """Remove blobs no manifest mentions that arrived over ``grace`` seconds ago,
+        and temp files no live process holds."""
         report = PruneReport()
         with self.blobs.collecting():
             referenced = self.referenced()
+            now = time.time()
             for digest in self.blobs:
                 if digest not in referenced:
+                    age = self._age(digest, now)
+                    if age is not None and age < grace:
+                        report.young.append(digest)
+                        continue
                     report.blobs.append(digest)
                     with contextlib.suppress(CairnError):
                         report.blob_bytes += self.blobs.size(digest)
@@ -245,3 +308,25 @@ class Models:
         with lock:
             report.corrupt = self.blobs.check(list(digests), repair=repair)
         return report
+
+
+def _every_file(directory: Path) -> Iterator[Path]:
+    """Every regular file below ``directory``, at any depth, links not followed."""
+    for parent, _dirs, files in os.walk(directory):
+        for name in files:
+            path = Path(parent) / name
+            if path.is_file() and not path.is_symlink():
+                yield path
+
+
+def _mentioned(path: Path, chunk: int = 1 << 20) -> set[Digest]:
+    """The digests ``path``'s bytes mention, read a chunk at a time."""
+    found: set[Digest] = set()
+    keep = len(b"sha256:") + 64 - 1  # a digest cut by a chunk's end is whole in the next
+    tail = b""
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            text = tail + block
+            found.update(Digest(m[1].decode().lower()) for m in _MENTIONED.finditer(text))
+            tail = text[-keep:]
+    return found

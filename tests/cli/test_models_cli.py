@@ -230,12 +230,13 @@ def test_prune_removes_orphans_and_stale_partials(
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline() == "held\n"
-        dry = json.loads(cairn("prune", "--dry-run", "--json").stdout)
+        # The orphan was just written: --grace 0, or it would be kept for an hour.
+        dry = json.loads(cairn("prune", "--dry-run", "--grace", "0", "--json").stdout)
         assert dry["blobs"] == ["sha256:" + hashlib.sha256(b"orphan").hexdigest()]
         assert dry["partials"] == [str(stale)]
         assert dry["in_use"] == [str(store / ".cairn" / "tmp" / "live.partial")]
         assert orphan.exists() and stale.exists()
-        cairn("prune")
+        cairn("prune", "--grace", "0")
         assert not orphan.exists() and not stale.exists()
         assert (store / ".cairn" / "tmp" / "live.partial").exists()
         assert "architecture" in cairn("show", "tiny").stdout

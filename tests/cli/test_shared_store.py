@@ -1,0 +1,174 @@
+"""A store shared with Ollama: cairn's collection never frees a blob an Ollama manifest needs.
+
+The manifests here are written as Ollama writes them (server/images.go,
+manifest/manifest.go: Go's encoding/json, so a model with no layers has
+``"layers":null``), under names Ollama accepts and cairn's reference
+parser does not; blobs are placed as Ollama's downloader places them
+(a temp file renamed into ``blobs/``, the manifest written after).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+from cairn.manifests.manifest import Manifest
+from tests.conftest import Runner, modelfile
+
+
+def place_blob(store: Path, data: bytes) -> str:
+    """A blob put where Ollama puts it: written beside, then renamed in. Returns its digest."""
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    blobs = store / "blobs"
+    blobs.mkdir(parents=True, exist_ok=True)
+    partial = blobs / (digest.replace(":", "-") + "-partial")
+    partial.write_bytes(data)
+    os.rename(partial, blobs / digest.replace(":", "-"))
+    return digest
+
+
+def ollama_manifest(config: str, layers: list[str] | None) -> bytes:
+    """Manifest bytes as Ollama's Go code marshals them (no spaces, ``null`` for no layers)."""
+
+    def descriptor(media_type: str, digest: str) -> dict[str, object]:
+        return {"mediaType": media_type, "digest": digest, "size": 1}
+
+    return json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+            "config": descriptor("application/vnd.docker.container.image.v1+json", config),
+            "layers": None
+            if layers is None
+            else [descriptor("application/vnd.ollama.image.model", d) for d in layers],
+        },
+        separators=(",", ":"),
+    ).encode()
+
+
+def write_manifest(store: Path, name: str, data: bytes) -> None:
+    path = store / "manifests" / "registry.ollama.ai" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def blob_files(store: Path) -> set[str]:
+    return {p.name for p in (store / "blobs").iterdir() if p.name.startswith("sha256-")}
+
+
+def as_file(digest: str) -> str:
+    return digest.replace(":", "-")
+
+
+def test_layers_null_is_a_manifest_with_no_layers() -> None:
+    manifest = Manifest.from_bytes(ollama_manifest("sha256:" + "a" * 64, None))
+    assert manifest.layers == ()
+    assert [str(d.digest) for d in manifest.blobs] == ["sha256:" + "a" * 64]
+
+
+def test_rm_and_prune_keep_every_blob_ollamas_manifests_use(
+    cairn: Runner, store: Path, tmp_path: Path, tiny_gguf: Path
+) -> None:
+    modelfile(tmp_path, f"FROM {tiny_gguf}\nSYSTEM mine\n")
+    cairn("create", "tiny")
+    ours = json.loads((store / "manifests/registry.ollama.ai/library/tiny/latest").read_bytes())
+    weights = ours["layers"][0]["digest"]  # shared with Ollama's models below
+    theirs = {
+        # names Ollama accepts and cairn's reference grammar does not
+        "library/my_model_/latest": ollama_manifest(place_blob(store, b"c1"), [weights]),
+        "_team/llama/latest": ollama_manifest(place_blob(store, b"c2"), [place_blob(store, b"l2")]),
+        "library/a..b/latest": ollama_manifest(
+            place_blob(store, b"c3"), [place_blob(store, b"l3")]
+        ),
+        # a model with no layers, as Go encodes it
+        "library/empty/latest": ollama_manifest(place_blob(store, b"c4"), None),
+    }
+    for name, data in theirs.items():
+        write_manifest(store, name, data)
+    # and a manifest no parser reads, which still names a blob
+    broken = place_blob(store, b"l5")
+    write_manifest(store, "library/broken/latest", b'{"layers":[{"digest":"' + broken.encode())
+    needed = {as_file(d) for d in {weights, broken}} | {
+        as_file(descriptor["digest"])
+        for data in theirs.values()
+        for descriptor in [
+            json.loads(data)["config"],
+            *(json.loads(data)["layers"] or []),
+        ]
+    }
+
+    removed = cairn("rm", "tiny", "--grace", "0")
+    assert "deleted 'tiny:latest'" in removed.stdout
+    assert "freed 2 blob(s)" in removed.stderr  # our config and system layer, nothing of theirs
+    assert needed <= blob_files(store)
+    pruned = json.loads(cairn("prune", "--grace", "0", "--json").stdout)
+    assert pruned["blobs"] == []
+    assert blob_files(store) == needed
+
+
+def test_prune_during_an_ollama_pull_keeps_what_it_just_downloaded(
+    cairn: Runner, store: Path
+) -> None:
+    # Ollama's pull: every blob renamed into place, the manifest written last.
+    config = place_blob(store, b"config of a model being pulled")
+    layer = place_blob(store, b"weights of a model being pulled")
+    report = json.loads(cairn("prune", "--json").stdout)  # between the blobs and the manifest
+    assert report["blobs"] == []
+    assert sorted(report["young"]) == sorted([config, layer])
+    said = cairn("prune").stdout
+    assert (
+        "kept 2 unused blob(s) younger than the grace period (--grace 0 removes them too)" in said
+    )
+    write_manifest(store, "library/pulled/latest", ollama_manifest(config, [layer]))
+    assert {as_file(config), as_file(layer)} <= blob_files(store)
+    assert json.loads(cairn("prune", "--grace", "0", "--json").stdout)["blobs"] == []
+
+
+def test_an_orphan_goes_once_older_than_the_grace(cairn: Runner, store: Path) -> None:
+    orphan = place_blob(store, b"nobody's")
+    assert json.loads(cairn("prune", "--grace", "2s", "--json").stdout)["young"] == [orphan]
+    time.sleep(2.1)
+    assert json.loads(cairn("prune", "--grace", "2s", "--json").stdout)["blobs"] == [orphan]
+    assert as_file(orphan) not in blob_files(store)
+
+
+def test_rm_keeps_a_blob_placed_again_after_the_model_was_saved(
+    cairn: Runner, store: Path, tmp_path: Path, tiny_gguf: Path
+) -> None:
+    modelfile(tmp_path, f"FROM {tiny_gguf}\nSYSTEM only mine\n")
+    cairn("create", "tiny")
+    ours = json.loads((store / "manifests/registry.ollama.ai/library/tiny/latest").read_bytes())
+    time.sleep(0.01)
+    # Another tool downloads the same weights again and renames them into place; its
+    # manifest is not written yet.
+    weights = ours["layers"][0]["digest"]
+    path = store / "blobs" / as_file(weights)
+    data = path.read_bytes()
+    path.chmod(0o644)
+    place_blob(store, data)
+    removed = cairn("rm", "tiny")
+    assert "freed 2 blob(s)" in removed.stderr  # the config and the system layer
+    assert (
+        "kept 1 unused blob(s) that changed within the grace period;"
+        " 'cairn prune' removes them later"
+    ) in removed.stderr
+    assert path.exists()
+
+
+def test_rm_right_after_create_frees_the_space(
+    cairn: Runner, store: Path, tmp_path: Path, tiny_gguf: Path
+) -> None:
+    # A model's own blobs are older than its manifest: the grace does not keep them.
+    modelfile(tmp_path, f"FROM {tiny_gguf}\n")
+    cairn("create", "tiny")
+    assert "freed 2 blob(s)" in cairn("rm", "tiny").stderr
+    assert blob_files(store) == set()
+
+
+def test_a_grace_that_is_not_a_duration_is_a_usage_error(cairn: Runner) -> None:
+    result = cairn("prune", "--grace", "soon", check=False)
+    assert result.returncode == 2
+    assert "'soon' is not a duration (like 90s, 30m, 1h or 0)" in result.stderr
