@@ -10,6 +10,13 @@ Two components are ``namespace/name``, unless the first looks like a host
 (holds a ``.`` or a ``:``, or is ``localhost``), as Docker reads them; three
 are ``host/namespace/name``. Letters may be upper or lower case; the store
 looks names up ignoring case, as Ollama does.
+
+A store is shared with Ollama, so a namespace or name Ollama accepts is
+read too, where it breaks the OCI grammar: a part that starts with a
+letter, digit or ``_`` and holds letters, digits, ``_``, ``-`` and ``.``
+(``library/my_model_``, ``_team/llama``, ``library/a..b``); such a name
+cannot be pushed (:func:`require_oci`). Writing a tag refuses what Ollama
+would skip as corrupt (:func:`require_ollama_readable`).
 """
 
 from __future__ import annotations
@@ -32,7 +39,10 @@ _HOST = re.compile(
 # OCI path component, case-insensitively (Ollama accepts upper case).
 _COMPONENT = re.compile(r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*", re.IGNORECASE)
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
+# Ollama's own rule for a namespace or model part (types/model/name.go, isValidPart).
+_OLLAMA_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 _MAX_COMPONENT = 80
+_MAX_OLLAMA_TAG = 80
 _MAX_HOST = 253
 
 
@@ -179,12 +189,46 @@ def parse_reference(text: str) -> Reference:
                 label=part,
                 limit=_MAX_COMPONENT,
             )
-        if not _COMPONENT.fullmatch(value):
+        if not _COMPONENT.fullmatch(value) and not _OLLAMA_PART.fullmatch(value):
             raise _fail(
                 text,
-                "{label} {value!r} must be letters and digits,"
-                " separated by single '.', '_' or '__', or by dashes",
+                "{label} {value!r} must start with a letter, digit or '_' and hold only"
+                " letters, digits, '_', '-' and '.'",
                 label=part,
                 value=value,
             )
     return Reference(host, namespace, name, tag, digest, insecure)
+
+
+def is_oci(ref: Reference) -> bool:
+    """Whether every part also obeys the OCI distribution grammar (what a registry takes)."""
+    return all(_COMPONENT.fullmatch(part) for part in (ref.namespace, ref.name))
+
+
+def require_oci(ref: Reference) -> None:
+    """Refuse a name only Ollama's grammar allows, before it reaches a registry."""
+    if not is_oci(ref):
+        raise InvalidReferenceError(
+            "{display} cannot be pushed: an OCI registry takes names of letters and digits"
+            " separated by single '.', '_' or '__', or by dashes; copy it to such a name first"
+            " (cairn cp)",
+            display=ref.display,
+        )
+
+
+def require_ollama_readable(ref: Reference) -> None:
+    """Refuse to store a tag Ollama, which reads the same layout, would skip as corrupt."""
+    if "." in ref.namespace:
+        raise InvalidReferenceError(
+            "cannot store {display}: Ollama, which shares this store's layout, skips a"
+            " namespace with a '.' in it ({namespace!r})",
+            display=ref.display,
+            namespace=ref.namespace,
+        )
+    if ref.tag is not None and len(ref.tag) > _MAX_OLLAMA_TAG:
+        raise InvalidReferenceError(
+            "cannot store {display}: Ollama, which shares this store's layout, skips a tag"
+            " longer than {limit} characters",
+            display=ref.display,
+            limit=_MAX_OLLAMA_TAG,
+        )

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from cairn.blobstore.store import storage_error
 from cairn.errors import CairnError, ModelNotFoundError
-from cairn.manifests.reference import Reference, parse_reference
+from cairn.manifests.reference import Reference, parse_reference, require_ollama_readable
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,8 @@ class TagStore:
             raise ModelNotFoundError("model {display!r} not found", display=ref.display) from None
 
     def write(self, ref: Reference, data: bytes) -> Path:
-        """Write a tag atomically (temp file, fsync, rename)."""
+        """Write a tag atomically (temp file, fsync, rename); only a name Ollama can read."""
+        require_ollama_readable(ref)
         existing = self.find(ref)
         target = existing if existing is not None else self.dir.joinpath(*_parts(ref))
         tmp = self.tmp_dir / f"manifest-{os.urandom(8).hex()}.partial"

@@ -26,7 +26,7 @@ from cairn.i18n import Phrase
 from cairn.manifests import mediatypes as mt
 from cairn.manifests.manifest import Descriptor, Manifest
 from cairn.manifests.models import Models
-from cairn.manifests.reference import Reference
+from cairn.manifests.reference import Reference, require_oci
 from cairn.registry.client import USER_AGENT, RegistryClient
 from cairn.registry.fetch import connect, use_fast_path
 from cairn.registry.pull import Event, Report, _quiet
@@ -313,6 +313,7 @@ async def push(
     report: Report = _quiet,
 ) -> str:
     """Push the local model ``source`` as ``dest``; return the manifest's digest."""
+    require_oci(dest)
     model = models.get(source)
     manifest = model.manifest if fmt == "ollama" else as_oci_artifact(model.manifest)
     for descriptor in manifest.blobs:

@@ -172,3 +172,46 @@ def test_a_grace_that_is_not_a_duration_is_a_usage_error(cairn: Runner) -> None:
     result = cairn("prune", "--grace", "soon", check=False)
     assert result.returncode == 2
     assert "'soon' is not a duration (like 90s, 30m, 1h or 0)" in result.stderr
+
+
+def test_names_only_ollama_accepts_are_listed_shown_and_removed(
+    cairn: Runner, store: Path, tmp_path: Path, tiny_gguf: Path
+) -> None:
+    modelfile(tmp_path, f"FROM {tiny_gguf}\n")
+    cairn("create", "tiny")
+    ours = (store / "manifests/registry.ollama.ai/library/tiny/latest").read_bytes()
+    for name in ("library/my_model_/latest", "_team/llama/latest", "library/a..b/latest"):
+        write_manifest(store, name, ours)
+    names = {m["name"] for m in json.loads(cairn("list", "--json").stdout)["models"]}
+    assert names == {"tiny:latest", "my_model_:latest", "_team/llama:latest", "a..b:latest"}
+    assert "architecture" in cairn("show", "_team/llama").stdout
+    assert "deleted 'a..b:latest'" in cairn("rm", "a..b").stdout
+
+
+def test_names_ollama_would_skip_are_not_written(
+    cairn: Runner, store: Path, tmp_path: Path, tiny_gguf: Path
+) -> None:
+    modelfile(tmp_path, f"FROM {tiny_gguf}\n")
+    cairn("create", "tiny")
+    dotted = cairn("cp", "tiny", "quay.io/my.team/tiny:v1", check=False)
+    assert dotted.returncode == 1
+    assert dotted.stderr.strip() == (
+        "Error: cannot store quay.io/my.team/tiny:v1: Ollama, which shares this store's"
+        " layout, skips a namespace with a '.' in it ('my.team')"
+    )
+    long_tag = cairn("create", "tiny:" + "v" * 81, check=False)
+    assert long_tag.returncode == 1
+    assert "skips a tag longer than 80 characters" in long_tag.stderr
+    cairn("create", "tiny:" + "v" * 80)
+    assert not (store / "manifests/quay.io").exists()
+
+
+def test_a_name_only_ollama_accepts_is_not_pushed(
+    cairn: Runner, store: Path, tmp_path: Path, tiny_gguf: Path
+) -> None:
+    modelfile(tmp_path, f"FROM {tiny_gguf}\n")
+    cairn("create", "my_model_")
+    # Refused before any connection: nothing listens on port 9.
+    pushed = cairn("push", "my_model_", "127.0.0.1:9/library/my_model_", "--insecure", check=False)
+    assert pushed.returncode == 1
+    assert "cannot be pushed: an OCI registry takes names of letters and digits" in pushed.stderr

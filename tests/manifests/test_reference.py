@@ -6,7 +6,12 @@ from hypothesis import strategies as st
 
 from cairn.blobstore import Digest
 from cairn.errors import CairnError, InvalidReferenceError
-from cairn.manifests.reference import parse_reference
+from cairn.manifests.reference import (
+    is_oci,
+    parse_reference,
+    require_oci,
+    require_ollama_readable,
+)
 
 HEX = "0123456789abcdef" * 4
 
@@ -92,7 +97,8 @@ def test_case_is_kept_but_compared_loosely() -> None:
         ("gemma3@sha256:abc", "digest"),
         ("gemma3@md5:" + HEX, "digest"),
         ("-gemma", "name '-gemma'"),
-        ("gem..ma", "name"),
+        (".gemma", "name '.gemma'"),  # "gem..ma" is Ollama's (read, see below)
+        ("a/.b", "name '.b'"),
         ("host:99999/a/b", "port"),
         ("bad_host/a/b", "host"),
         ("x" * 600, "longer than"),
@@ -104,6 +110,24 @@ def test_invalid_references_name_the_bad_part(text: str, part: str) -> None:
     with pytest.raises(InvalidReferenceError) as caught:
         parse_reference(text)
     assert part in str(caught.value)
+
+
+@pytest.mark.parametrize("text", ["library/my_model_", "_team/llama", "library/a..b", "gem..ma"])
+def test_names_only_ollama_accepts_are_read_but_not_pushed(text: str) -> None:
+    ref = parse_reference(text)
+    assert not is_oci(ref)
+    with pytest.raises(InvalidReferenceError, match="cannot be pushed"):
+        require_oci(ref)
+    require_ollama_readable(ref)  # Ollama wrote it: it reads it
+
+
+def test_what_ollama_would_skip_is_not_stored() -> None:
+    with pytest.raises(InvalidReferenceError, match=r"skips a namespace with a '\.' in it"):
+        require_ollama_readable(parse_reference("quay.io/my.team/model:v1"))
+    with pytest.raises(InvalidReferenceError, match="skips a tag longer than 80 characters"):
+        require_ollama_readable(parse_reference("gemma3:" + "x" * 81))
+    require_ollama_readable(parse_reference("gemma3:" + "x" * 80))
+    assert is_oci(parse_reference("quay.io/my.team/model:v1"))
 
 
 @given(st.text(max_size=300))
