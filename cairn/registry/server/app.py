@@ -137,6 +137,7 @@ class Registry:
             return True
         if self.options.public_read and request.method in ("GET", "HEAD"):
             return True
+
         header = request.headers.get("Authorization", "")
         if not header.startswith("Basic "):
             return False
@@ -231,7 +232,7 @@ async def put_manifest(request: web.Request) -> web.StreamResponse:
 
     await asyncio.to_thread(save)
     headers = {
-        "Location": f"/v2/{name}/manifests/{digest}",
+        "Location": _absolute(request, f"/v2/{name}/manifests/{digest}"),
         "Docker-Content-Digest": str(digest),
     }
     subject = getattr(parsed, "subject", None)
@@ -268,7 +269,13 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
     path = registry.models.blobs.path(digest)
     if not await asyncio.to_thread(path.is_file):
         raise OCIError("BLOB_UNKNOWN", f"blob {digest} is unknown", {"digest": str(digest)})
-    headers = {"Docker-Content-Digest": str(digest), "Content-Type": "application/octet-stream"}
+    headers = {
+        "Docker-Content-Digest": str(digest),
+        "Content-Type": "application/octet-stream",
+        # Ollama's downloader (server/download.go, before ollama#7244 was fixed) takes
+        # the blob's URL from the unranged GET's Location and fails without one.
+        "Location": _absolute(request, f"/v2/{name}/blobs/{digest}"),
+    }
     if request.method == "HEAD":
         headers["Content-Length"] = str(path.stat().st_size)
         headers["Accept-Ranges"] = "bytes"
@@ -303,9 +310,15 @@ def _digest(text: str) -> Digest:
         raise OCIError("DIGEST_INVALID", f"{text!r} is not a sha256 digest") from None
 
 
-def _upload_headers(name: str, session: Session) -> dict[str, str]:
+def _absolute(request: web.Request, path: str) -> str:
+    """``path`` on this server as an absolute URL: Ollama's uploader does not resolve a
+    relative Location (server/upload.go), and every other client takes either."""
+    return f"{request.scheme}://{request.host}{path}"
+
+
+def _upload_headers(request: web.Request, name: str, session: Session) -> dict[str, str]:
     return {
-        "Location": f"/v2/{name}/blobs/uploads/{session.id}",
+        "Location": _absolute(request, f"/v2/{name}/blobs/uploads/{session.id}"),
         "Range": f"0-{max(0, session.offset - 1)}",
         "Docker-Upload-UUID": session.id,
     }
@@ -331,7 +344,7 @@ async def start_upload(request: web.Request) -> web.StreamResponse:
             return web.Response(
                 status=201,
                 headers={
-                    "Location": f"/v2/{name}/blobs/{digest}",
+                    "Location": _absolute(request, f"/v2/{name}/blobs/{digest}"),
                     "Docker-Content-Digest": str(digest),
                 },
             )
@@ -342,7 +355,7 @@ async def start_upload(request: web.Request) -> web.StreamResponse:
         async with session.lock:
             await _receive(request, session)
             return await _finish(request, registry, name, session, digest)
-    return web.Response(status=202, headers=_upload_headers(name, session))
+    return web.Response(status=202, headers=_upload_headers(request, name, session))
 
 
 def _session(request: web.Request) -> tuple[Registry, str, Session]:
@@ -366,15 +379,15 @@ async def patch_upload(request: web.Request) -> web.StreamResponse:
                 raise OCIError(
                     "RANGE_INVALID",
                     f"the upload is at byte {session.offset}; this chunk starts at {start}",
-                    headers=_upload_headers(name, session),
+                    headers=_upload_headers(request, name, session),
                 )
         await _receive(request, session)
-        return web.Response(status=202, headers=_upload_headers(name, session))
+        return web.Response(status=202, headers=_upload_headers(request, name, session))
 
 
 async def upload_status(request: web.Request) -> web.StreamResponse:
     _, name, session = _session(request)
-    return web.Response(status=204, headers=_upload_headers(name, session))
+    return web.Response(status=204, headers=_upload_headers(request, name, session))
 
 
 async def put_upload(request: web.Request) -> web.StreamResponse:
@@ -399,7 +412,10 @@ async def _finish(
     registry.stored(blob.size)
     return web.Response(
         status=201,
-        headers={"Location": f"/v2/{name}/blobs/{digest}", "Docker-Content-Digest": str(digest)},
+        headers={
+            "Location": _absolute(request, f"/v2/{name}/blobs/{digest}"),
+            "Docker-Content-Digest": str(digest),
+        },
     )
 
 

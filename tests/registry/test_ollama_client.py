@@ -1,0 +1,181 @@
+"""Ollama's own registry client against ``cairn registry serve``, replayed request by request.
+
+Ollama cannot run here (not on PyPI or Debian, no network), so these tests
+make the requests its pull and push make, in their order, with their
+headers, as written in Ollama's source (github.com/ollama/ollama):
+
+- pull, ``server/download.go`` (commit 01ca4ec3): ``Prepare`` HEADs the
+  blob for its size and cuts it into parts (``total / 16``, at least 100 MB,
+  at most 1 GB); ``run`` GETs the blob with no Range, following redirects
+  on the same host only, and takes ``resp.Location()`` on 302/307 or the
+  request's own URL on 200; releases before ollama#7244 was fixed took
+  ``resp.Location()`` on every answer, and failed without a ``Location``;
+  ``downloadChunk`` GETs each part from that URL with ``Range:
+  bytes=a-b`` through ``http.DefaultClient``: no Authorization.
+- push, ``server/upload.go`` (commit 084d8466): ``uploadBlob`` HEADs the
+  blob; ``Prepare`` POSTs ``blobs/uploads/`` and parses the
+  ``Docker-Upload-Location`` or ``Location`` as it is (``url.Parse``: a
+  relative one has no host to send the PATCH to); each part is a PATCH with
+  ``X-Redirect-Uploads: 1`` and ``Content-Range: a-b`` (no ``bytes``
+  prefix), to the Location the previous answer gave; the commit is a PUT
+  with ``?digest=...&etag=<md5 of the parts' md5s>-<parts>`` and an empty
+  body. The manifest is PUT as Docker schema 2.
+
+Part sizes here are the file's rule scaled down (a 100 MB minimum would
+make every test blob one part); the sequence is unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import urljoin, urlsplit
+
+import httpx
+
+from tests.conftest import cairn_env, serving
+
+SCHEMA2 = "application/vnd.docker.distribution.manifest.v2+json"
+
+
+def sha(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def parts(total: int, count: int = 16, smallest: int = 64 * 1024) -> list[tuple[int, int]]:
+    """(offset, size) of each part: download.go's and upload.go's rule, scaled down."""
+    size = max(total // count, smallest)
+    cut = []
+    offset = 0
+    while offset < total:
+        cut.append((offset, min(size, total - offset)))
+        offset += size
+    return cut
+
+
+def ollama_push_blob(base: str, repository: str, data: bytes) -> None:
+    digest = sha(data)
+    with httpx.Client(base_url=base) as client:
+        assert client.head(f"/v2/{repository}/blobs/{digest}").status_code == 404
+        started = client.post(f"/v2/{repository}/blobs/uploads/")
+        assert started.status_code == 202
+        location = started.headers.get("Docker-Upload-Location") or started.headers["Location"]
+        next_url = urlsplit(location)
+        assert next_url.scheme == "http" and next_url.netloc, location  # Ollama can't resolve it
+        md5s = hashlib.md5()
+        cut = parts(len(data))
+        for offset, size in cut:
+            body = data[offset : offset + size]
+            answer = httpx.patch(
+                location,
+                content=body,
+                headers={
+                    "Content-Type": "application/octet-stream",
+                    "Content-Length": str(size),
+                    "X-Redirect-Uploads": "1",
+                    "Content-Range": f"{offset}-{offset + size - 1}",
+                },
+            )
+            assert answer.status_code == 202, answer.text
+            location = answer.headers.get("Docker-Upload-Location") or answer.headers["Location"]
+            assert urlsplit(location).netloc, location
+            md5s.update(hashlib.md5(body).digest())
+        done = httpx.put(
+            location,
+            params={"digest": digest, "etag": f"{md5s.hexdigest()}-{len(cut)}"},
+            headers={"Content-Type": "application/octet-stream", "Content-Length": "0"},
+        )
+        assert done.status_code == 201, done.text
+
+
+def ollama_pull_blob(base: str, repository: str, digest: str, old_client: bool) -> bytes:
+    request_url = f"{base}/v2/{repository}/blobs/{digest}"
+    total = int(httpx.head(request_url).headers["Content-Length"])
+    # The unranged GET, same-host redirects followed; Ollama closes the body unread.
+    with (
+        httpx.Client(follow_redirects=True) as client,
+        client.stream("GET", request_url) as first,
+    ):
+        assert first.status_code in (200, 302, 307)
+        if old_client or first.status_code != 200:
+            assert "Location" in first.headers, "resp.Location(): http: no Location header"
+            direct = urljoin(str(first.url), first.headers["Location"])
+        else:
+            direct = request_url
+    data = bytearray(total)
+    for offset, size in parts(total):
+        # http.DefaultClient: no Authorization, no redirect rules of the registry's.
+        piece = httpx.get(direct, headers={"Range": f"bytes={offset}-{offset + size - 1}"})
+        assert piece.status_code == 206, piece.status_code
+        data[offset : offset + size] = piece.content[:size]
+    assert sha(bytes(data)) == digest
+    return bytes(data)
+
+
+def test_ollama_push_then_pull_through_cairn_registry_serve(tmp_path: Path) -> None:
+    root = tmp_path / "served"
+    weights = bytes(range(256)) * 4000  # 1 MB: 16 parts
+    config = json.dumps({"model_format": "gguf", "model_family": "test"}).encode()
+    with serving(root) as host:
+        base = f"http://{host}"
+        repository = "me/replayed"
+        for blob in (weights, config):
+            ollama_push_blob(base, repository, blob)
+        manifest = json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": SCHEMA2,
+                "config": {
+                    "mediaType": "application/vnd.docker.container.image.v1+json",
+                    "digest": sha(config),
+                    "size": len(config),
+                },
+                "layers": [
+                    {
+                        "mediaType": "application/vnd.ollama.image.model",
+                        "digest": sha(weights),
+                        "size": len(weights),
+                    }
+                ],
+            },
+            separators=(",", ":"),
+        ).encode()
+        put = httpx.put(
+            f"{base}/v2/{repository}/manifests/v1",
+            content=manifest,
+            headers={"Content-Type": SCHEMA2},
+        )
+        assert put.status_code == 201, put.text
+
+        pulled = httpx.get(f"{base}/v2/{repository}/manifests/v1", headers={"Accept": SCHEMA2})
+        assert pulled.status_code == 200 and pulled.content == manifest
+        for old_client in (True, False):
+            assert ollama_pull_blob(base, repository, sha(weights), old_client) == weights
+            assert ollama_pull_blob(base, repository, sha(config), old_client) == config
+
+    # What Ollama pushed is a model in the store's Ollama layout.
+    stored = root / "manifests" / "registry.ollama.ai" / "me" / "replayed" / "v1"
+    assert stored.read_bytes() == manifest
+    listed = subprocess.run(
+        [sys.executable, "-m", "cairn", "list", "--json"],
+        env=cairn_env(root),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert [m["name"] for m in json.loads(listed.stdout)["models"]] == ["me/replayed:v1"]
+
+
+def test_every_location_is_absolute(tmp_path: Path) -> None:
+    data = b"mounted and single-request"
+    with serving(tmp_path / "served") as host, httpx.Client(base_url=f"http://{host}") as c:
+        single = c.post("/v2/a/b/blobs/uploads/", params={"digest": sha(data)}, content=data)
+        mounted = c.post("/v2/c/d/blobs/uploads/", params={"mount": sha(data), "from": "a/b"})
+        got = c.get(f"/v2/a/b/blobs/{sha(data)}")
+        head = c.head(f"/v2/a/b/blobs/{sha(data)}")
+    for answer in (single, mounted, got, head):
+        assert answer.headers["Location"].startswith(f"http://{host}/v2/"), answer.headers
+    assert got.headers["Location"] == f"http://{host}/v2/a/b/blobs/{sha(data)}"
