@@ -10,18 +10,26 @@ that a create or pull in another process is about to reference.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from stat import S_ISREG as stat_is_file
 
 from cairn import config
 from cairn.blobstore import BlobStore, Digest
 from cairn.blobstore.store import storage_error
-from cairn.errors import BlobNotFoundError, CairnError, ManifestError, ModelNotFoundError
-from cairn.manifests.manifest import Manifest
+from cairn.errors import (
+    BlobNotFoundError,
+    CairnError,
+    ManifestError,
+    ModelNotFoundError,
+    StoreError,
+)
+from cairn.manifests.manifest import MAX_MANIFEST_SIZE, Manifest
 from cairn.manifests.reference import Reference, parse_reference
 from cairn.manifests.tagstore import TagStore
 
@@ -156,33 +164,48 @@ class Models:
         models.sort(key=lambda m: m.modified, reverse=True)
         return models, problems
 
-    def referenced(self) -> set[Digest]:
+    def referenced(self, grace: float = GRACE) -> set[Digest]:
         """Every blob that any file under ``manifests/`` mentions.
 
         Not only the manifests cairn can parse and name: Ollama accepts names
         cairn does not (``library/my_model_``) and writes manifests cairn's
         parser may refuse, and a store can be shared with it. Every digest a
-        manifest file's text mentions is kept, so a collection never frees a
-        blob that any of them may need. A file that cannot be read stops the
-        collection (a :class:`StoreError` naming it) before anything is freed.
+        manifest file mentions is kept: in its bytes, and in its strings once
+        JSON-decoded (``\\u003a``, UTF-16), links followed as both tools
+        follow them. What cannot be read stops the collection with a
+        :class:`StoreError` naming it before any blob is freed: a file or
+        folder that cannot be read, a ``manifests`` that is not a folder, and
+        an empty manifest younger than the grace period (Ollama truncates a
+        manifest, then writes it).
         """
         found: set[Digest] = set()
+        now = time.time()
         for path in _every_file(self.tags.dir):
             try:
+                stat = path.stat()
+                if stat.st_size == 0 and now - stat.st_mtime < grace:
+                    raise StoreError(
+                        "{path} is empty: a manifest being written? Collect again later,"
+                        " or remove the file (no blob was removed)",
+                        path=path,
+                    )
                 found.update(_mentioned(path))
             except OSError as exc:
                 raise storage_error(
                     exc,
-                    "reading {path} to see which blobs it uses (nothing was removed)",
+                    "reading {path} to see which blobs it uses (no blob was removed)",
                     path=path,
                 ) from exc
         return found
 
     def _age(self, digest: Digest, now: float) -> float | None:
-        """Seconds since the blob last changed (written, renamed or linked in); None if gone."""
+        """Seconds since the blob last changed (written, renamed or linked in); None when
+        it is gone or is not a file (a folder named like a blob is no blob)."""
         try:
             stat = self.blobs.path(digest).stat()
         except FileNotFoundError:
+            return None
+        if not stat_is_file(stat.st_mode):
             return None
         return now - max(stat.st_mtime, stat.st_ctime)
 
@@ -235,41 +258,51 @@ class Models:
                 targets.append((ref, None, 0.0))
         report = RemoveReport()
         with self.blobs.collecting():
+            self.referenced(grace)  # every manifest readable, or nothing is removed
+            now = time.time()
             saved: dict[Digest, float] = {}
             for ref, manifest, modified in targets:
                 if self.tags.delete(ref):
                     report.removed.append(ref)
+                    modified = modified if modified <= now else 0.0  # dated in the future: unknown
                     for descriptor in manifest.blobs if manifest is not None else ():
                         saved[descriptor.digest] = max(modified, saved.get(descriptor.digest, 0))
-            now = time.time()
-            for digest in sorted(set(saved) - self.referenced()):
+            for digest in sorted(set(saved) - self.referenced(grace)):
                 age = self._age(digest, now)
                 if age is None:
                     continue
-                if age < grace and now - age > saved[digest]:
+                if grace > 0 and age < grace and now - age > saved[digest]:
                     report.young.append(digest)
-                elif self.blobs.delete(digest):
+                elif self._delete(digest):
                     report.freed.append(digest)
         return report
+
+    def _delete(self, digest: Digest) -> bool:
+        try:
+            return self.blobs.delete(digest)
+        except OSError as exc:
+            raise storage_error(exc, "removing blob {digest}", digest=digest) from exc
 
     def prune(self, dry_run: bool = False, grace: float = GRACE) -> PruneReport:
         """Remove blobs no manifest mentions that arrived over ``grace`` seconds ago,
         and temp files no live process holds."""
         report = PruneReport()
         with self.blobs.collecting():
-            referenced = self.referenced()
+            referenced = self.referenced(grace)
             now = time.time()
             for digest in self.blobs:
                 if digest not in referenced:
                     age = self._age(digest, now)
-                    if age is not None and age < grace:
-                        report.young.append(digest)
+                    if age is None:
+                        continue  # gone meanwhile, or not a file
+                    if grace > 0 and age < grace:
+                        report.young.append(digest)  # a blob dated in the future too
                         continue
                     report.blobs.append(digest)
                     with contextlib.suppress(CairnError):
                         report.blob_bytes += self.blobs.size(digest)
                     if not dry_run:
-                        self.blobs.delete(digest)
+                        self._delete(digest)
             for partial in self.blobs.partials():
                 if partial.in_use:
                     report.in_use.append(partial.path)
@@ -311,16 +344,48 @@ class Models:
 
 
 def _every_file(directory: Path) -> Iterator[Path]:
-    """Every regular file below ``directory``, at any depth, links not followed."""
-    for parent, _dirs, files in os.walk(directory):
-        for name in files:
-            path = Path(parent) / name
-            if path.is_file() and not path.is_symlink():
-                yield path
+    """Every regular file below ``directory``, at any depth, links followed (each folder
+    once); a folder that cannot be listed, or a ``directory`` that is not one, is an error."""
+    try:
+        os.lstat(directory)
+    except FileNotFoundError:
+        return  # a store with no manifests yet
+    except OSError as exc:
+        raise storage_error(exc, "listing {path} (no blob was removed)", path=directory) from exc
+    if not os.path.isdir(directory):
+        raise StoreError(
+            "{path} is a link to nothing: cannot tell which blobs are in use (no blob was removed)"
+            if os.path.islink(directory)
+            else "{path} is not a folder: cannot tell which blobs are in use (no blob was removed)",
+            path=directory,
+        )
+    seen: set[tuple[int, int]] = set()
+    pending = [directory]
+    while pending:
+        folder = pending.pop()
+        try:
+            info = folder.stat()
+            if (info.st_dev, info.st_ino) in seen:
+                continue  # a link back up: once is enough
+            seen.add((info.st_dev, info.st_ino))
+            with os.scandir(folder) as entries:
+                listed = list(entries)
+        except OSError as exc:
+            raise storage_error(exc, "listing {path} (no blob was removed)", path=folder) from exc
+        for entry in sorted(listed, key=lambda e: e.name):
+            path = Path(entry.path)
+            try:
+                if entry.is_dir():  # follows links, as Ollama's Glob and Stat do
+                    pending.append(path)
+                elif entry.is_file():
+                    yield path
+            except OSError:
+                continue  # a dangling link names nothing
 
 
 def _mentioned(path: Path, chunk: int = 1 << 20) -> set[Digest]:
-    """The digests ``path``'s bytes mention, read a chunk at a time."""
+    """The digests ``path`` mentions: in its bytes, read a chunk at a time, and in its
+    strings when it is JSON (escapes and UTF-16/32 decoded)."""
     found: set[Digest] = set()
     keep = len(b"sha256:") + 64 - 1  # a digest cut by a chunk's end is whole in the next
     tail = b""
@@ -329,4 +394,28 @@ def _mentioned(path: Path, chunk: int = 1 << 20) -> set[Digest]:
             text = tail + block
             found.update(Digest(m[1].decode().lower()) for m in _MENTIONED.finditer(text))
             tail = text[-keep:]
+        if f.tell() <= MAX_MANIFEST_SIZE:
+            f.seek(0)
+            found.update(_in_json(f.read()))
+    return found
+
+
+def _in_json(data: bytes) -> set[Digest]:
+    """Digests in the strings of a JSON document (none when it is not JSON)."""
+    try:
+        document = json.loads(data)
+    except (ValueError, RecursionError):
+        return set()
+    found: set[Digest] = set()
+    pending = [document]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, str):
+            text = value.encode("utf-8", "replace")
+            found.update(Digest(m[1].decode().lower()) for m in _MENTIONED.finditer(text))
+        elif isinstance(value, dict):
+            pending.extend(value.keys())
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
     return found

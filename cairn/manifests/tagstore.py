@@ -38,16 +38,18 @@ def _parts(ref: Reference) -> tuple[str, str, str, str]:
 def _child(parent: Path, name: str) -> Path | None:
     """``parent/name``, matching ``name`` without regard to case."""
     exact = parent / name
-    if exact.exists():
-        return exact
-    folded = name.casefold()
     try:
+        if exact.exists():
+            return exact
+        folded = name.casefold()
         with os.scandir(parent) as entries:
             for entry in entries:
                 if entry.name.casefold() == folded:
                     return parent / entry.name
     except (FileNotFoundError, NotADirectoryError):
         return None
+    except OSError as exc:
+        raise storage_error(exc, "looking up {path}", path=exact) from exc
     return None
 
 

@@ -215,3 +215,115 @@ def test_a_name_only_ollama_accepts_is_not_pushed(
     pushed = cairn("push", "my_model_", "127.0.0.1:9/library/my_model_", "--insecure", check=False)
     assert pushed.returncode == 1
     assert "cannot be pushed: an OCI registry takes names of letters and digits" in pushed.stderr
+
+
+# Found by attacking the collection (each failed before its fix): what a store may hold
+# that the byte scan alone missed, and what stopped it too late or not at all.
+
+
+def model_with_blobs(store: Path, name: str, tag: str = "latest") -> tuple[str, str]:
+    config, layer = (
+        place_blob(store, name.encode() + b" config"),
+        place_blob(store, b"w " + name.encode()),
+    )
+    write_manifest(store, f"library/{name}/{tag}", ollama_manifest(config, [layer]))
+    return config, layer
+
+
+def test_linked_manifests_are_followed(cairn: Runner, store: Path, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    config, layer = place_blob(store, b"c"), place_blob(store, b"l")
+    (elsewhere / "latest").write_bytes(ollama_manifest(config, [layer]))
+    (store / "manifests/registry.ollama.ai/library/linked").mkdir(parents=True)
+    os.symlink(elsewhere / "latest", store / "manifests/registry.ollama.ai/library/linked/latest")
+    # and a whole host folder that is a link
+    other = tmp_path / "other-host"
+    (other / "me" / "m").mkdir(parents=True)
+    c2, l2 = place_blob(store, b"c2"), place_blob(store, b"l2")
+    (other / "me" / "m" / "v1").write_bytes(ollama_manifest(c2, [l2]))
+    os.symlink(other, store / "manifests" / "example.com")
+    os.symlink(store / "manifests", store / "manifests" / "loop")  # a loop is walked once
+    assert json.loads(cairn("prune", "--grace", "0", "--json").stdout)["blobs"] == []
+    assert {as_file(d) for d in (config, layer, c2, l2)} <= blob_files(store)
+
+
+def test_a_manifests_folder_that_is_not_one_stops_the_collection(
+    cairn: Runner, store: Path, tmp_path: Path
+) -> None:
+    config, layer = model_with_blobs(store, "kept")
+    os.rename(store / "manifests", tmp_path / "away")
+    os.symlink(tmp_path / "unmounted", store / "manifests")  # a drive not mounted
+    dangling = cairn("prune", "--grace", "0", check=False)
+    assert dangling.returncode == 1
+    assert dangling.stderr.startswith("Error: ") and "is a link to nothing" in dangling.stderr
+    os.unlink(store / "manifests")
+    (store / "manifests").write_text("not a folder")
+    plain = cairn("prune", "--grace", "0", check=False)
+    assert plain.returncode == 1 and "is not a folder" in plain.stderr
+    assert {as_file(config), as_file(layer)} <= blob_files(store)
+
+
+def test_escaped_and_utf16_manifests_keep_their_blobs(cairn: Runner, store: Path) -> None:
+    # Pull stores a registry's bytes as sent; JSON may escape any character.
+    config, layer = place_blob(store, b"esc c"), place_blob(store, b"esc l")
+    escaped = ollama_manifest(config, [layer]).replace(b"sha256:", b"sha256\\u003a")
+    write_manifest(store, "library/escaped/latest", escaped)
+    c16, l16 = place_blob(store, b"utf16 c"), place_blob(store, b"utf16 l")
+    write_manifest(
+        store, "library/wide/latest", ollama_manifest(c16, [l16]).decode().encode("utf-16")
+    )
+    assert json.loads(cairn("prune", "--grace", "0", "--json").stdout)["blobs"] == []
+    assert {as_file(d) for d in (config, layer, c16, l16)} <= blob_files(store)
+
+
+def test_a_manifest_being_written_stops_the_collection(cairn: Runner, store: Path) -> None:
+    # Ollama's WriteManifest truncates the file, then writes it.
+    config, layer = model_with_blobs(store, "rewritten")
+    (store / "manifests/registry.ollama.ai/library/rewritten/latest").write_bytes(b"")
+    result = cairn("prune", check=False)
+    assert result.returncode == 1
+    assert "is empty: a manifest being written?" in result.stderr
+    assert {as_file(config), as_file(layer)} <= blob_files(store)
+
+
+def test_rm_stops_before_removing_anything_when_a_manifest_cannot_be_read(
+    cairn: Runner, store: Path, tmp_path: Path, tiny_gguf: Path
+) -> None:
+    modelfile(tmp_path, f"FROM {tiny_gguf}\n")
+    cairn("create", "tiny")
+    (store / "manifests/registry.ollama.ai/library/rewritten").mkdir(parents=True)
+    (store / "manifests/registry.ollama.ai/library/rewritten/latest").write_bytes(b"")
+    result = cairn("rm", "tiny", check=False)
+    assert result.returncode == 1 and "(no blob was removed)" in result.stderr
+    assert "tiny:latest" in {
+        m["name"] for m in json.loads(cairn("list", "--json").stdout)["models"]
+    }
+
+
+def test_a_manifest_dated_in_the_future_does_not_void_the_grace(
+    cairn: Runner, store: Path, tmp_path: Path, tiny_gguf: Path
+) -> None:
+    modelfile(tmp_path, f"FROM {tiny_gguf}\nSYSTEM s\n")
+    cairn("create", "tiny")
+    tag = store / "manifests/registry.ollama.ai/library/tiny/latest"
+    weights = json.loads(tag.read_bytes())["layers"][0]["digest"]
+    future = time.time() + 7200
+    os.utime(tag, (future, future))  # clock skew, a restored backup
+    path = store / "blobs" / as_file(weights)
+    data = path.read_bytes()
+    place_blob(store, data)  # placed again just now by someone else
+    # With the manifest's date unusable, every young blob of the model is kept.
+    assert "kept 3 unused blob(s)" in cairn("rm", "tiny").stderr
+    assert path.exists()
+
+
+def test_odd_things_in_blobs_are_not_tracebacks(cairn: Runner, store: Path) -> None:
+    (store / "blobs" / ("sha256-" + "c" * 64)).mkdir(parents=True)  # a folder named like a blob
+    future = place_blob(store, b"from the future")
+    when = time.time() + 10 * 365 * 86400
+    os.utime(store / "blobs" / as_file(future), (when, when))
+    report = cairn("prune", "--json")
+    assert report.returncode == 0 and json.loads(report.stdout)["young"] == [future]
+    assert json.loads(cairn("prune", "--grace", "0", "--json").stdout)["blobs"] == [future]
+    assert (store / "blobs" / ("sha256-" + "c" * 64)).is_dir()  # not a blob: left alone
