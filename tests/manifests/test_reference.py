@@ -157,4 +157,5 @@ def test_reference_like_inputs(pieces: list[str]) -> None:
         return
     assert parse_reference(str(ref)) == ref
     for part in (ref.host, ref.namespace, ref.name):
-        assert not part.startswith(".") and ".." not in part
+        # "a..b" is a name Ollama accepts (and a safe folder name); "..", ".x" are refused.
+        assert not part.startswith(".") and part not in ("", ".", "..")
