@@ -57,6 +57,12 @@ def registry() -> None:
     show_default=True,
     help="Seconds after which an idle upload session and its file go.",
 )
+@click.option(
+    "--protect-upstream",
+    is_flag=True,
+    help="Refuse a push through a name mapped onto --default-host (ns/name) that would replace"
+    " a tag the store holds with other content.",
+)
 def serve(
     addr: str,
     root: Path | None,
@@ -69,6 +75,7 @@ def serve(
     json_logs: bool,
     quota: str | None,
     upload_expiry: float,
+    protect_upstream: bool,
 ) -> None:
     """Serve the store over the OCI Distribution API (pull, push, tags, referrers)."""
     import logging
@@ -94,6 +101,7 @@ def serve(
         json_logs=json_logs,
         quota=parse_size(quota) if quota else None,
         upload_expiry=upload_expiry,
+        protect_upstream=protect_upstream,
     )
     context = None
     if tls_cert and tls_key:

@@ -36,7 +36,7 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 
-from tests.conftest import cairn_env, serving
+from tests.conftest import cairn_env, serving, start_cairn_registry, stop
 
 SCHEMA2 = "application/vnd.docker.distribution.manifest.v2+json"
 
@@ -179,3 +179,49 @@ def test_every_location_is_absolute(tmp_path: Path) -> None:
     for answer in (single, mounted, got, head):
         assert answer.headers["Location"].startswith(f"http://{host}/v2/"), answer.headers
     assert got.headers["Location"] == f"http://{host}/v2/a/b/blobs/{sha(data)}"
+
+
+def test_a_push_that_replaces_a_pulled_model_says_so(tmp_path: Path) -> None:
+    """``HOST/library/gemma3`` maps onto the store's registry.ollama.ai/library/gemma3."""
+    root = tmp_path / "served"
+    pulled = b'{"schemaVersion":2,"config":{"mediaType":"a/b","digest":"%s","size":2},"layers":[]}'
+    config = b"{}"
+    stored = root / "manifests" / "registry.ollama.ai" / "library" / "gemma3" / "270m"
+    stored.parent.mkdir(parents=True)
+    (root / "blobs").mkdir()
+    (root / "blobs" / sha(config).replace(":", "-")).write_bytes(config)
+    original = pulled % sha(config).encode()
+    stored.write_bytes(original)
+    other = original.replace(b'"layers":[]', b'"layers":[],"annotations":{"a":"b"}')
+
+    def put(base: str, name: str, body: bytes) -> httpx.Response:
+        return httpx.put(
+            f"{base}/v2/{name}/manifests/270m",
+            content=body,
+            headers={"Content-Type": "application/vnd.oci.image.manifest.v1+json"},
+        )
+
+    host, proc = start_cairn_registry(root, "--protect-upstream")
+    try:
+        refused = put(f"http://{host}", "library/gemma3", other)
+        same = put(f"http://{host}", "library/gemma3", original)
+    finally:
+        stop(proc)
+    assert refused.status_code == 403 and refused.json()["errors"][0]["code"] == "DENIED"
+    assert "--protect-upstream refuses to replace it" in refused.text
+    assert same.status_code == 201 and "Warning" not in same.headers  # nothing replaced
+    assert stored.read_bytes() == original
+
+    host, proc = start_cairn_registry(root)
+    try:
+        replaced = put(f"http://{host}", "library/gemma3", other)
+        explicit = put(f"http://{host}", "registry.ollama.ai/library/gemma3", original)
+    finally:
+        stop(proc)
+    said = "library/gemma3:270m replaced registry.ollama.ai/library/gemma3:270m in the store"
+    assert replaced.status_code == 201
+    assert replaced.headers["Warning"].startswith(f'299 cairn "{said} (it was {sha(original)})')
+    assert proc.stderr is not None and said in proc.stderr.read().decode()
+    # Named in full, the store's own name: an ordinary replacement, not reported.
+    assert explicit.status_code == 201 and "Warning" not in explicit.headers
+    assert stored.read_bytes() == original

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import json
 import logging
@@ -25,7 +26,13 @@ from aiohttp import web
 
 from cairn.blobstore import Blob, Digest
 from cairn.config import DEFAULT_HOST
-from cairn.errors import CairnError, ConfigError, ManifestError, StorageFullError
+from cairn.errors import (
+    CairnError,
+    ConfigError,
+    InvalidReferenceError,
+    ManifestError,
+    StorageFullError,
+)
 from cairn.manifests import mediatypes as mt
 from cairn.manifests.manifest import MAX_MANIFEST_SIZE, Index, Manifest, parse_manifest
 from cairn.manifests.models import Models
@@ -37,6 +44,7 @@ API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
 CHUNK = 1 << 20
 DIGEST_TAG = "sha256-"
 log = logging.getLogger("cairn.registry.access")
+warn = logging.getLogger("cairn.registry")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -53,6 +61,9 @@ class Options:
     upload_expiry: float = 3600.0
     quota: int | None = None
     """Most bytes of blobs the store may hold; an upload past it is refused."""
+    protect_upstream: bool = False
+    """Refuse, rather than report, a push through a name mapped onto ``default_host`` that
+    replaces a tag the store holds (a model pulled from registry.ollama.ai, say)."""
 
 
 def load_htpasswd(path: Path) -> dict[str, bytes]:
@@ -208,8 +219,10 @@ async def put_manifest(request: web.Request) -> web.StreamResponse:
         tag = reference
     ref = registry.reference(name, tag)
     blobs = registry.models.blobs
+    mapped = len(name.split("/")) < 3  # ns/name: onto --default-host, registry.ollama.ai's place
 
-    def save() -> None:
+    def save() -> str | None:
+        """Store the manifest; what it replaced under a mapped name, if anything."""
         if isinstance(parsed, Manifest):
             for descriptor in parsed.blobs:
                 if not blobs.has(descriptor.digest):
@@ -228,9 +241,25 @@ async def put_manifest(request: web.Request) -> web.StreamResponse:
                         f"the index names manifest {entry.digest}, not in {name}",
                     ) from None
         with blobs.writing():
-            registry.models.tags.write(ref, data)
+            replaced = None
+            if mapped and not reference.startswith("sha256:"):
+                with contextlib.suppress(CairnError, OSError):
+                    old = registry.models.tags.read(ref)[1]
+                    if old != data:
+                        replaced = f"sha256:{hashlib.sha256(old).hexdigest()}"
+            if replaced and registry.options.protect_upstream:
+                raise OCIError(
+                    "DENIED",
+                    f"{name}:{tag} is {ref} in this store, which holds it already"
+                    f" ({replaced}); --protect-upstream refuses to replace it",
+                )
+            try:
+                registry.models.tags.write(ref, data)
+            except InvalidReferenceError as exc:
+                raise OCIError("NAME_INVALID", str(exc)) from None
+            return replaced
 
-    await asyncio.to_thread(save)
+    replaced = await asyncio.to_thread(save)
     headers = {
         "Location": _absolute(request, f"/v2/{name}/manifests/{digest}"),
         "Docker-Content-Digest": str(digest),
@@ -238,6 +267,11 @@ async def put_manifest(request: web.Request) -> web.StreamResponse:
     subject = getattr(parsed, "subject", None)
     if subject is not None:
         headers["OCI-Subject"] = str(subject.digest)
+    if replaced:
+        said = f"{name}:{tag} replaced {ref} in the store (it was {replaced})"
+        level = {"level": "warning", "message": said}
+        warn.warning("%s", json.dumps(level) if registry.options.json_logs else said)
+        headers["Warning"] = f'299 cairn "{said}"'
     return web.Response(status=201, headers=headers)
 
 
