@@ -18,7 +18,9 @@ from cairn.i18n import Phrase
 INSTRUCTIONS = ("from", "template", "system", "parameter", "license", "message", "adapter")
 ROLES = ("system", "user", "assistant")
 
-# Ollama's options and the type each value is stored as in the params layer.
+# Ollama's options (api/types.go, Options and Runner) and the type each value is stored
+# as in the params layer. Nothing else: Ollama refuses a model whose params name an
+# option it does not know (it dropped numa, for one).
 PARAMETER_TYPES: dict[str, type] = {
     "num_ctx": int,
     "num_batch": int,
@@ -38,7 +40,6 @@ PARAMETER_TYPES: dict[str, type] = {
     "presence_penalty": float,
     "frequency_penalty": float,
     "use_mmap": bool,
-    "numa": bool,
     "stop": list,
 }
 

@@ -24,6 +24,7 @@ from cairn.errors import (
     ModelfileError,
     ModelFormatError,
     ModelNotFoundError,
+    TemplateError,
 )
 from cairn.gguf import MAGIC, GGUFInfo, human_parameters, read_gguf
 from cairn.i18n import Phrase
@@ -155,6 +156,8 @@ def create_model(
         )
     base_dir = Path(base_dir)
     source = _resolve_from(models, modelfile.from_, base_dir)
+    if modelfile.template is not None:
+        check_template(modelfile.template)  # before any byte is copied
     progress(Phrase("gathering model components"))
     blobs = models.blobs
 
@@ -246,3 +249,15 @@ def _read_json(blobs: BlobStore, descriptor: Descriptor, kind: type) -> Any:
             "blob {digest} is not a JSON {kind}", digest=descriptor.digest, kind=kind.__name__
         )
     return value
+
+
+def check_template(template: str) -> None:
+    """Refuse a TEMPLATE Ollama would refuse to parse: it would not load the model."""
+    from cairn.template.engine import parse
+
+    try:
+        parse(template)
+    except TemplateError as exc:
+        raise ModelfileError(
+            "TEMPLATE: {exc} (Ollama would refuse this model)", exc=exc.message
+        ) from None

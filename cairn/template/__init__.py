@@ -8,7 +8,9 @@ comments, fields (``.System``, ``.Messages``, ``$.Tools``), variables
 literals, and the functions Go and Ollama templates use: ``eq``, ``ne``,
 ``lt``, ``le``, ``gt``, ``ge``, ``and``, ``or``, ``not``, ``len``,
 ``index``, ``slice``, ``print``, ``printf``, ``println``, ``json``,
-``currentDate``. Anything else is a :class:`~cairn.errors.TemplateError`.
+``currentDate``. Anything else is a :class:`~cairn.errors.TemplateError`,
+at parse time for a function Go and Ollama do not define either and for an
+unclosed ``{{`` (Go's parser refuses both).
 """
 
 from cairn.template.engine import Template, render

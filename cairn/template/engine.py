@@ -153,6 +153,12 @@ class _Expr:
                 return ("lit", value == "true")
             if value == "nil":
                 return ("lit", None)
+            if value not in FUNCTIONS and value not in _OTHER_GO_FUNCTIONS:
+                raise TemplateError(
+                    "function {name!r} not defined in {{{{ {source} }}}}",
+                    name=value,
+                    source=self.source.strip(),
+                )
             return ("func", value)
         if kind in ("var", "field"):
             return (kind, value)
@@ -215,6 +221,10 @@ def parse(source: str) -> list[Any]:
         position = match.end()
     tail = source[position:]
     pieces.append(("text", tail.lstrip() if trim_next else tail))
+    for kind, value in pieces:
+        if kind == "text" and "{{" in value:  # Go's parser: "unclosed action"
+            start = value.index("{{")
+            raise TemplateError("unclosed action: {text!r:.40}", text=value[start:])
 
     root: list[Any] = []
     stack: list[tuple[Any, list[Any]]] = [(None, root)]
@@ -364,6 +374,11 @@ FUNCTIONS: dict[str, Callable[..., Any]] = {
     "json": lambda v: json.dumps(v, ensure_ascii=False, separators=(",", ":")),
     "currentDate": lambda: datetime.date.today().isoformat(),
 }
+
+
+# Functions Go's text/template or Ollama's template package define that this engine
+# does not run: a template naming them is still one Ollama accepts.
+_OTHER_GO_FUNCTIONS = frozenset({"call", "html", "js", "urlquery", "toTypeScriptType"})
 
 
 class _Run:

@@ -327,3 +327,32 @@ def test_odd_things_in_blobs_are_not_tracebacks(cairn: Runner, store: Path) -> N
     assert report.returncode == 0 and json.loads(report.stdout)["young"] == [future]
     assert json.loads(cairn("prune", "--grace", "0", "--json").stdout)["blobs"] == [future]
     assert (store / "blobs" / ("sha256-" + "c" * 64)).is_dir()  # not a blob: left alone
+
+
+# What cairn writes, Ollama reads: create refuses what Ollama's loader would refuse.
+
+
+def test_create_refuses_a_template_ollama_cannot_parse(
+    cairn: Runner, store: Path, tmp_path: Path, tiny_gguf: Path
+) -> None:
+    for template, said in [
+        ("{{ .Prompt }", "TEMPLATE: unclosed action: '{{ .Prompt }'"),
+        ("{{ shout .Prompt }}", "TEMPLATE: function 'shout' not defined in {{ shout .Prompt }}"),
+    ]:
+        modelfile(tmp_path, f'FROM {tiny_gguf}\nTEMPLATE """{template}"""\n')
+        result = cairn("create", "bad", check=False)
+        assert result.returncode == 1
+        assert result.stderr == f"Error: {said} (Ollama would refuse this model)\n"
+    assert not (store / "manifests").exists() or not any((store / "manifests").rglob("bad"))
+    # Functions Go itself defines are Ollama's too, even where cairn's engine lacks them.
+    modelfile(tmp_path, f'FROM {tiny_gguf}\nTEMPLATE """{{{{ html .Prompt }}}}"""\n')
+    cairn("create", "escaped")
+
+
+def test_create_refuses_a_parameter_ollama_does_not_know(
+    cairn: Runner, tmp_path: Path, tiny_gguf: Path
+) -> None:
+    modelfile(tmp_path, f"FROM {tiny_gguf}\nPARAMETER numa true\n")
+    result = cairn("create", "bad", check=False)
+    assert result.returncode == 1
+    assert result.stderr.strip() == "Error: line 2: unknown parameter 'numa'"
