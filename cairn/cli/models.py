@@ -168,6 +168,14 @@ def _describe(details: ModelDetails) -> str:
         sections.append(f"  {_('System')}\n" + _indent_head(details.system))
     if details.licenses:
         sections.append(f"  {_('License')}\n" + _indent_head("\n".join(details.licenses)))
+    if details.other_layers:
+        rows = [
+            (d.media_type.rpartition(".")[2], d.name or d.digest.short, human_size(d.size))
+            for d in details.other_layers
+        ]
+        widths = [max(display_width(row[i]) for row in rows) for i in range(2)]
+        lines = [f"    {pad(k, widths[0])}    {pad(n, widths[1])}    {z}" for k, n, z in rows]
+        sections.append(f"  {_('Layers')}\n" + "\n".join(lines))
     return "\n\n".join(sections) + "\n"
 
 

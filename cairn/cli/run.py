@@ -13,6 +13,8 @@ from cairn.errors import ConfigError, ModelNotFoundError
 from cairn.i18n import Phrase, _, localize
 
 if TYPE_CHECKING:
+    from cairn.blobstore import Digest
+    from cairn.manifests.show import ModelDetails
     from cairn.runtime_plugins.runtime import Availability
 
 
@@ -117,8 +119,7 @@ def run(
     except ModelNotFoundError:
         _pull(model, insecure)
     details = show_model(models, model)
-    if details.model_blob is None:
-        raise ModelNotFoundError("{model} has no model weights to run", model=model)
+    weights = _check_runnable(model, details)
     options: dict[str, Any] = dict(details.parameters)
     for item in parameters:
         key, _sep, value = item.partition("=")
@@ -132,7 +133,7 @@ def run(
     info = plugins().choose("gguf", runtime_name)
     _check_offload(info.name, info.availability, options)
     spec = ModelSpec(
-        models.blobs.path(details.model_blob),
+        models.blobs.path(weights),
         adapters=tuple(models.blobs.path(d) for d in details.adapters),
     )
     history = [Message(m.role, m.content) for m in details.messages]
@@ -193,6 +194,39 @@ def _write(text: str) -> None:
             encoding=sys.stdout.encoding,
         ) from None
     sys.stdout.flush()
+
+
+def _check_runnable(model: str, details: ModelDetails) -> Digest:
+    """The weights to run; or why the model cannot run here, rather than a failure
+    somewhere in a runtime."""
+    from cairn.errors import ModelFormatError
+    from cairn.manifests import mediatypes as mt
+
+    if details.remote:
+        raise ModelFormatError(
+            "{model} is a remote model ({remote}): Ollama forwards it to that host;"
+            " cairn runs local weights only",
+            model=model,
+            remote=details.remote,
+        )
+    tensors = [d for d in details.other_layers if d.media_type == mt.OLLAMA_TENSOR]
+    if details.model_blob is None and tensors:
+        raise ModelFormatError(
+            "{model}'s weights are {count} tensor layers (safetensors, for Ollama's own"
+            " engine); cairn's runtimes run GGUF",
+            model=model,
+            count=len(tensors),
+        )
+    if details.model_blob is None:
+        raise ModelNotFoundError("{model} has no model weights to run", model=model)
+    if details.gguf is None:
+        raise ModelFormatError(
+            "{model}'s weights are not a GGUF file cairn can read (its config says {kind});"
+            " cairn's runtimes run GGUF",
+            model=model,
+            kind=details.config.get("model_format") or "nothing",
+        )
+    return details.model_blob
 
 
 def _check_offload(runtime: str, availability: Availability, options: dict[str, Any]) -> None:

@@ -100,13 +100,25 @@ def import_gguf(blobs: BlobStore, path: Path) -> tuple[Blob, GGUFInfo]:
     return blob, info[0]
 
 
+# What a model made FROM another keeps of its config, as Ollama's create keeps it.
+_INHERITED = (
+    "model_format",
+    "model_family",
+    "model_families",
+    "model_type",
+    "file_type",
+    "renderer",
+    "parser",
+    "requires",
+    "capabilities",
+    "remote_host",
+    "remote_model",
+)
+
+
 def _config(info: GGUFInfo | None, base: dict[str, Any], layers: list[Descriptor]) -> bytes:
     """The config blob Ollama writes (``ConfigV2``), with the model's facts from its GGUF."""
-    config: dict[str, Any] = {
-        key: base[key]
-        for key in ("model_format", "model_family", "model_families", "model_type", "file_type")
-        if key in base
-    }
+    config: dict[str, Any] = {key: base[key] for key in _INHERITED if key in base}
     if info is not None:
         family = info.architecture or "unknown"
         config.update(
@@ -188,6 +200,9 @@ def create_model(
             layers = list(source.manifest.layers_of(mt.OLLAMA_MODEL))
             layers += source.manifest.layers_of(mt.OLLAMA_PROJECTOR)
             layers += source.manifest.layers_of(mt.OLLAMA_ADAPTER)
+            layers += [  # draft, tensors (with their names), JSON, embed: as they are
+                d for d in source.manifest.layers if d.media_type in mt.OLLAMA_OTHER_LAYERS
+            ]
             inherited = list(source.manifest.layers)
             params_layer = source.manifest.layer_of(mt.OLLAMA_PARAMS)
             if params_layer is not None:
@@ -209,6 +224,8 @@ def create_model(
                 layers.extend(d for d in inherited if d.media_type == media_type)
 
         keep_or(mt.OLLAMA_TEMPLATE, modelfile.template)
+        if modelfile.template is None:
+            keep_or(mt.OLLAMA_PROMPT, None)  # an old model's template layer
         keep_or(mt.OLLAMA_SYSTEM, modelfile.system)
         params = {**base_params, **modelfile.parameters}
         if modelfile.parameters:

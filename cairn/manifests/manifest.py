@@ -43,6 +43,9 @@ def _string_map(value: object, where: str) -> dict[str, str]:
     return dict(value)
 
 
+_DESCRIBED = frozenset({"mediaType", "digest", "size", "annotations", "artifactType", "platform"})
+
+
 @dataclass(frozen=True)
 class Descriptor:
     """A pointer to content: media type, digest and size (plus optional extras)."""
@@ -53,6 +56,8 @@ class Descriptor:
     annotations: Mapping[str, str] = field(default_factory=dict)
     artifact_type: str | None = None
     platform: Mapping[str, Any] | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    """Fields kept as they came: Ollama's ``name`` (a tensor's) and ``from``, OCI ``urls``."""
 
     @classmethod
     def from_json(cls, obj: object, where: str = "descriptor") -> Descriptor:
@@ -85,6 +90,7 @@ class Descriptor:
             annotations=_string_map(obj.get("annotations"), where),
             artifact_type=artifact_type,
             platform=platform,
+            extra={k: v for k, v in obj.items() if k not in _DESCRIBED},
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -92,6 +98,7 @@ class Descriptor:
             "mediaType": self.media_type,
             "digest": str(self.digest),
             "size": self.size,
+            **{k: v for k, v in self.extra.items() if k not in _DESCRIBED},
         }
         if self.artifact_type is not None:
             obj["artifactType"] = self.artifact_type
@@ -100,6 +107,12 @@ class Descriptor:
         if self.platform is not None:
             obj["platform"] = dict(self.platform)
         return obj
+
+    @property
+    def name(self) -> str | None:
+        """The tensor name Ollama records on an ``image.tensor`` layer."""
+        value = self.extra.get("name")
+        return value if isinstance(value, str) else None
 
     @property
     def title(self) -> str | None:

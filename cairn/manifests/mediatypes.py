@@ -30,8 +30,17 @@ OLLAMA_LICENSE = "application/vnd.ollama.image.license"
 OLLAMA_ADAPTER = "application/vnd.ollama.image.adapter"
 OLLAMA_PROJECTOR = "application/vnd.ollama.image.projector"
 OLLAMA_MESSAGES = "application/vnd.ollama.image.messages"
+OLLAMA_PROMPT = "application/vnd.ollama.image.prompt"  # the template layer of old models
+OLLAMA_DRAFT = "application/vnd.ollama.image.draft"  # a draft model, for speculative decoding
+OLLAMA_TENSOR = "application/vnd.ollama.image.tensor"  # one named tensor (safetensors models)
+OLLAMA_JSON = "application/vnd.ollama.image.json"  # a JSON file that came with the tensors
+OLLAMA_EMBED = "application/vnd.ollama.image.embed"
+# Layers cairn does not run but keeps, lists and passes on to a model made FROM it.
+OLLAMA_OTHER_LAYERS = (OLLAMA_DRAFT, OLLAMA_TENSOR, OLLAMA_JSON, OLLAMA_EMBED)
 OLLAMA_LAYERS = frozenset(
     {
+        OLLAMA_PROMPT,
+        *OLLAMA_OTHER_LAYERS,
         OLLAMA_MODEL,
         OLLAMA_TEMPLATE,
         OLLAMA_SYSTEM,

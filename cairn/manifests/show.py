@@ -37,6 +37,16 @@ class ModelDetails:
     licenses: list[str] = field(default_factory=list)
     messages: list[Message] = field(default_factory=list)
     adapters: list[Digest] = field(default_factory=list)
+    other_layers: list[Descriptor] = field(default_factory=list)
+    """Ollama's draft, tensor, JSON and embed layers: kept and listed, not run here."""
+
+    @property
+    def remote(self) -> str | None:
+        """``model@host`` for a remote stub (Ollama's config ``remote_model``/``remote_host``)."""
+        model, host = self.config.get("remote_model"), self.config.get("remote_host")
+        if not model and not host:
+            return None
+        return f"{model or '?'}@{host or '?'}"
 
     def summary(self) -> dict[str, Any]:
         """The "Model" section: architecture, parameters, context, quantization."""
@@ -49,6 +59,11 @@ class ModelDetails:
             N_("context length"): gguf.arch_value("context_length") if gguf else None,
             N_("embedding length"): gguf.arch_value("embedding_length") if gguf else None,
             N_("quantization"): (gguf and gguf.file_type) or self.config.get("file_type"),
+            N_("renderer"): self.config.get("renderer") or None,
+            N_("parser"): self.config.get("parser") or None,
+            N_("requires"): self.config.get("requires") or None,
+            N_("capabilities"): ", ".join(map(str, self.config.get("capabilities") or [])) or None,
+            N_("remote model"): self.remote,
         }
         return {k: v for k, v in info.items() if v is not None}
 
@@ -93,6 +108,17 @@ class ModelDetails:
                 "embedding_length": details.get("embedding length"),
             },
             "template": self.template,
+            "capabilities": self.config.get("capabilities"),
+            "renderer": self.config.get("renderer"),
+            "parser": self.config.get("parser"),
+            "requires": self.config.get("requires"),
+            "remote_model": self.config.get("remote_model"),
+            "remote_host": self.config.get("remote_host"),
+            "layers": [
+                {"mediaType": d.media_type, "digest": str(d.digest), "size": d.size}
+                | ({"name": d.name} if d.name else {})
+                for d in self.other_layers
+            ],
             "system": self.system,
             "parameters": self.parameters,
             "license": "\n".join(self.licenses) or None,
@@ -168,7 +194,10 @@ def show_model(models: Models, name: str) -> ModelDetails:
         config=_json(models, manifest.config, {}),
         gguf=gguf,
         model_blob=weights.digest if weights else None,
-        template=_text(models, manifest.layer_of(mt.OLLAMA_TEMPLATE)),
+        template=_text(
+            models,
+            manifest.layer_of(mt.OLLAMA_TEMPLATE) or manifest.layer_of(mt.OLLAMA_PROMPT),
+        ),
         system=_text(models, manifest.layer_of(mt.OLLAMA_SYSTEM)),
         parameters=_json(models, manifest.layer_of(mt.OLLAMA_PARAMS), {}),
         licenses=[
@@ -178,4 +207,5 @@ def show_model(models: Models, name: str) -> ModelDetails:
         ],
         messages=messages,
         adapters=[d.digest for d in manifest.layers_of(mt.OLLAMA_ADAPTER)],
+        other_layers=[d for d in manifest.layers if d.media_type in mt.OLLAMA_OTHER_LAYERS],
     )

@@ -356,3 +356,111 @@ def test_create_refuses_a_parameter_ollama_does_not_know(
     result = cairn("create", "bad", check=False)
     assert result.returncode == 1
     assert result.stderr.strip() == "Error: line 2: unknown parameter 'numa'"
+
+
+# What Ollama writes, cairn reads: its other layers and config fields.
+
+
+def layer(store: Path, media: str, data: bytes, **extra: str) -> dict[str, object]:
+    digest = place_blob(store, data)
+    return {
+        "mediaType": f"application/vnd.ollama.image.{media}",
+        "digest": digest,
+        "size": len(data),
+        **extra,
+    }
+
+
+def ollama_model(
+    store: Path, name: str, config: dict[str, object], layers: list[dict[str, object]]
+) -> None:
+    config_bytes = json.dumps(config).encode()
+    body = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+        "config": {
+            "mediaType": "application/vnd.docker.container.image.v1+json",
+            "digest": place_blob(store, config_bytes),
+            "size": len(config_bytes),
+        },
+        "layers": layers or None,
+    }
+    write_manifest(
+        store, f"library/{name}/latest", json.dumps(body, separators=(",", ":")).encode()
+    )
+
+
+def test_ollamas_other_layers_and_config_are_shown_and_inherited(
+    cairn: Runner, store: Path, tmp_path: Path, tiny_gguf: Path
+) -> None:
+    config = {
+        "model_format": "gguf",
+        "model_family": "gemma3",
+        "renderer": "gemma3",
+        "parser": "gemma3",
+        "requires": "0.12.0",
+        "capabilities": ["completion", "vision"],
+    }
+    ollama_model(
+        store,
+        "rich",
+        config,
+        [
+            layer(store, "model", tiny_gguf.read_bytes()),
+            layer(store, "prompt", b"{{ .Prompt }} (old style)"),
+            layer(store, "draft", b"draft weights"),
+            layer(store, "tensor", b"tensor bytes", name="blk.0.attn_q.weight"),
+            layer(store, "json", b'{"tokenizer": true}'),
+            layer(store, "embed", b"embed"),
+        ],
+    )
+    shown = cairn("show", "rich").stdout
+    for line in ("renderer", "parser", "requires", "0.12.0", "completion, vision"):
+        assert line in shown
+    assert "tensor    blk.0.attn_q.weight" in shown and "draft" in shown and "embed" in shown
+    assert cairn("show", "rich", "--template").stdout.strip() == "{{ .Prompt }} (old style)"
+    as_json = json.loads(cairn("show", "rich", "--json").stdout)
+    assert as_json["capabilities"] == ["completion", "vision"] and as_json["renderer"] == "gemma3"
+    assert {"name": "blk.0.attn_q.weight"}.items() <= as_json["layers"][1].items()
+
+    modelfile(tmp_path, "FROM rich\nSYSTEM derived\n")
+    cairn("create", "derived")
+    manifest = json.loads(
+        (store / "manifests/registry.ollama.ai/library/derived/latest").read_bytes()
+    )
+    kinds = [item["mediaType"].rpartition(".")[2] for item in manifest["layers"]]
+    assert kinds == ["model", "draft", "tensor", "json", "embed", "prompt", "system"]
+    assert manifest["layers"][2]["name"] == "blk.0.attn_q.weight"
+    config_blob = store / "blobs" / as_file(manifest["config"]["digest"])
+    inherited = json.loads(config_blob.read_bytes())
+    assert {k: inherited[k] for k in ("renderer", "parser", "requires", "capabilities")} == {
+        k: config[k] for k in ("renderer", "parser", "requires", "capabilities")
+    }
+
+
+def test_a_model_cairn_cannot_run_says_why(cairn: Runner, store: Path) -> None:
+    ollama_model(
+        store,
+        "cloud",
+        {"remote_host": "https://ollama.com:443", "remote_model": "gpt-oss:120b"},
+        [],
+    )
+    result = cairn("run", "cloud", "hi", check=False)
+    assert result.returncode == 1
+    assert result.stderr == (
+        "Error: cloud is a remote model (gpt-oss:120b@https://ollama.com:443): Ollama forwards"
+        " it to that host; cairn runs local weights only\n"
+    )
+    assert "gpt-oss:120b@https://ollama.com:443" in cairn("show", "cloud").stdout
+    ollama_model(
+        store,
+        "mlx",
+        {"model_format": "safetensors"},
+        [layer(store, "tensor", b"t%d" % i, name=f"w{i}") for i in range(3)],
+    )
+    result = cairn("run", "mlx", "hi", check=False)
+    assert result.returncode == 1
+    assert result.stderr == (
+        "Error: mlx's weights are 3 tensor layers (safetensors, for Ollama's own engine);"
+        " cairn's runtimes run GGUF\n"
+    )
