@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from cairn.manifests.manifest import Manifest
@@ -372,7 +373,7 @@ def layer(store: Path, media: str, data: bytes, **extra: str) -> dict[str, objec
 
 
 def ollama_model(
-    store: Path, name: str, config: dict[str, object], layers: list[dict[str, object]]
+    store: Path, name: str, config: Mapping[str, object], layers: list[dict[str, object]]
 ) -> None:
     config_bytes = json.dumps(config).encode()
     body = {
