@@ -27,7 +27,8 @@ missing", name=n)``: ``str(error)`` is English (what an HTTP API sends) and
         ├── SizeMismatchError       more or fewer bytes than expected (a truncated stream)
         ├── CorruptBlobError        a stored blob whose bytes no longer match its name
         ├── StorageFullError        the disk (or quota) ran out while writing
-        └── StoreBusyError          a lock held by another process did not come free
+        ├── StoreBusyError          a lock held by another process did not come free
+        └── UploadClosedError       an upload session another request finished or cancelled
 """
 
 from __future__ import annotations
@@ -143,3 +144,7 @@ class StorageFullError(StoreError):
 
 class StoreBusyError(StoreError):
     """Another process holds a lock on the store for longer than we wait."""
+
+
+class UploadClosedError(StoreError):
+    """A request reached an upload session another request finished or cancelled."""

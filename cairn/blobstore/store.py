@@ -354,6 +354,7 @@ class BlobStore:
     def _link_in(self, tmp: Path, digest: Digest, size: int) -> None:
         """Move a sealed temp file into ``blobs/`` (a link; the first one wins)."""
         final = self.path(digest)
+        ours = True  # whether the bytes just hashed are the blob now (then stamp them)
         try:
             try:
                 os.link(tmp, final)
@@ -362,6 +363,8 @@ class BlobStore:
                 # unless it has rotted since: a wrong size is replaced.
                 if final.stat().st_size != size:
                     os.replace(tmp, final)
+                else:
+                    ours = False
             except OSError as exc:
                 if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EXDEV):
                     raise
@@ -371,7 +374,8 @@ class BlobStore:
             _fsync_dir(self.blobs_dir)
         except OSError as exc:
             raise storage_error(exc, "storing blob {digest}", digest=digest) from exc
-        self._stamp(digest)
+        if ours:  # a blob already there keeps its own stamp (or none): we did not hash it
+            self._stamp(digest)
 
     def delete(self, digest: Digest) -> bool:
         """Remove a blob; False when it was not there."""

@@ -32,6 +32,7 @@ from cairn.errors import (
     InvalidReferenceError,
     ManifestError,
     StorageFullError,
+    UploadClosedError,
 )
 from cairn.manifests import mediatypes as mt
 from cairn.manifests.manifest import MAX_MANIFEST_SIZE, Index, Manifest, parse_manifest
@@ -41,6 +42,8 @@ from cairn.registry.server.errors import OCIError
 from cairn.registry.server.uploads import Session, Uploads
 
 API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
+BODY_IDLE = 60.0
+"""Seconds a request body may send nothing before the server gives up on it."""
 CHUNK = 1 << 20
 DIGEST_TAG = "sha256-"
 log = logging.getLogger("cairn.registry.access")
@@ -194,6 +197,29 @@ async def get_manifest(request: web.Request) -> web.StreamResponse:
     return web.Response(body=data, headers=headers)
 
 
+async def _whole_body(request: web.Request, limit: int) -> bytes:
+    """The request's whole body (chunked or not), 413 past ``limit`` bytes.
+
+    ``content.read(n)`` returns what is buffered, not the body: a manifest
+    sent in two writes was once stored cut short.
+    """
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        try:
+            part = await asyncio.wait_for(request.content.read(CHUNK), BODY_IDLE)
+        except TimeoutError:
+            raise OCIError(
+                "MANIFEST_INVALID", f"the request body sent nothing for {BODY_IDLE:g} s", status=408
+            ) from None
+        if not part:
+            return b"".join(parts)
+        size += len(part)
+        if size > limit:
+            raise OCIError("SIZE_INVALID", f"manifests are limited to {limit} bytes", status=413)
+        parts.append(part)
+
+
 async def put_manifest(request: web.Request) -> web.StreamResponse:
     registry: Registry = request.app["registry"]
     name, reference = request.match_info["name"], request.match_info["reference"]
@@ -201,11 +227,7 @@ async def put_manifest(request: web.Request) -> web.StreamResponse:
         raise OCIError(
             "SIZE_INVALID", f"manifests are limited to {MAX_MANIFEST_SIZE} bytes", status=413
         )
-    data = await request.content.read(MAX_MANIFEST_SIZE + 1)
-    if len(data) > MAX_MANIFEST_SIZE:
-        raise OCIError(
-            "SIZE_INVALID", f"manifests are limited to {MAX_MANIFEST_SIZE} bytes", status=413
-        )
+    data = await _whole_body(request, MAX_MANIFEST_SIZE)
     digest = Digest(hashlib.sha256(data).hexdigest())
     try:
         parsed = parse_manifest(data, request.headers.get("Content-Type"))
@@ -359,10 +381,23 @@ def _upload_headers(request: web.Request, name: str, session: Session) -> dict[s
 
 
 async def _receive(request: web.Request, session: Session) -> None:
+    """Append the request's body to the session (holding its lock); a body that sends
+    nothing for ``BODY_IDLE`` seconds is cut off, so no stalled client holds the lock."""
     registry: Registry = request.app["registry"]
     if request.content_length:
         registry.check_quota(session.offset + request.content_length)
-    async for chunk in request.content.iter_chunked(CHUNK):
+    chunks = request.content.iter_chunked(CHUNK).__aiter__()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(chunks.__anext__(), BODY_IDLE)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise OCIError(
+                "BLOB_UPLOAD_INVALID",
+                f"the request body sent nothing for {BODY_IDLE:g} s",
+                status=408,
+            ) from None
         registry.check_quota(session.offset + len(chunk))
         await asyncio.to_thread(Uploads.append, session, chunk)
 
@@ -387,9 +422,16 @@ async def start_upload(request: web.Request) -> web.StreamResponse:
     if wanted is not None:  # a single POST with the whole blob
         digest = _digest(wanted)
         async with session.lock:
-            await _receive(request, session)
+            try:
+                await _receive(request, session)
+            except BaseException:
+                registry.uploads.drop(session)  # nobody can resume a single-request upload
+                raise
             return await _finish(request, registry, name, session, digest)
     return web.Response(status=202, headers=_upload_headers(request, name, session))
+
+
+_NO_SESSION = "no such upload session (expired, finished, cancelled or made up)"
 
 
 def _session(request: web.Request) -> tuple[Registry, str, Session]:
@@ -397,15 +439,20 @@ def _session(request: web.Request) -> tuple[Registry, str, Session]:
     name = request.match_info["name"]
     session = registry.uploads.get(request.match_info["uuid"], name)
     if session is None:
-        raise OCIError(
-            "BLOB_UPLOAD_UNKNOWN", "no such upload session (expired, finished or made up)"
-        )
+        raise OCIError("BLOB_UPLOAD_UNKNOWN", _NO_SESSION)
     return registry, name, session
+
+
+def _still_open(session: Session) -> None:
+    """Call holding the session's lock: another request may have closed it meanwhile."""
+    if session.closed:
+        raise OCIError("BLOB_UPLOAD_UNKNOWN", _NO_SESSION)
 
 
 async def patch_upload(request: web.Request) -> web.StreamResponse:
     _, name, session = _session(request)
     async with session.lock:
+        _still_open(session)
         content_range = request.headers.get("Content-Range")
         if content_range:
             start = content_range.removeprefix("bytes=").partition("-")[0]
@@ -428,6 +475,7 @@ async def put_upload(request: web.Request) -> web.StreamResponse:
     registry, name, session = _session(request)
     digest = _digest(request.query.get("digest", ""))
     async with session.lock:
+        _still_open(session)
         await _receive(request, session)
         return await _finish(request, registry, name, session, digest)
 
@@ -440,7 +488,11 @@ async def _finish(
         with registry.models.blobs.writing():
             return registry.uploads.finish(session, digest)
 
-    blob = await asyncio.to_thread(finish)
+    try:
+        blob = await asyncio.to_thread(finish)
+    except BaseException:
+        registry.uploads.drop(session)  # whatever failed, the session is over
+        raise
     if blob is None:
         raise OCIError("DIGEST_INVALID", f"the uploaded bytes do not hash to {digest}")
     registry.stored(blob.size)
@@ -455,7 +507,9 @@ async def _finish(
 
 async def cancel_upload(request: web.Request) -> web.StreamResponse:
     registry, _, session = _session(request)
-    registry.uploads.drop(session)
+    async with session.lock:  # after any request writing to it
+        _still_open(session)
+        registry.uploads.drop(session)
     return web.Response(status=204)
 
 
@@ -547,6 +601,9 @@ async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamR
     except OCIError as exc:
         status = exc.status
         return exc.response()
+    except UploadClosedError:
+        status = 404
+        return OCIError("BLOB_UPLOAD_UNKNOWN", _NO_SESSION).response()
     except StorageFullError as exc:
         status = 507
         return OCIError("BLOB_UPLOAD_INVALID", str(exc), status=507).response()

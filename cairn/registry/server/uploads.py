@@ -4,6 +4,12 @@ A session lives in this server process (its hash state with it); its file
 is under ``.cairn/uploads`` (not ``.cairn/tmp``, which ``prune`` sweeps by
 lock: a session spans requests and holds no lock between them). Sessions
 idle for longer than ``expiry`` seconds are dropped with their files.
+
+Every change to a session (append, finish, drop) happens under its lock,
+and a finished or dropped session is ``closed``: a request that waited for
+the lock finds it closed and touches nothing. No file descriptor outlives
+the call that opened it, so a descriptor number can never be reused under
+a session that still remembers it.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from typing import Any
 
 from cairn.blobstore import Blob, BlobStore, Digest
 from cairn.blobstore.store import pwrite_all, storage_error
+from cairn.errors import UploadClosedError
 
 
 @dataclass
@@ -27,11 +34,13 @@ class Session:
     id: str
     repository: str
     path: Path
-    fd: int
     offset: int = 0
+    """Bytes written and hashed so far: the file's size, always."""
     hasher: Any = field(default_factory=hashlib.sha256)
     touched: float = field(default_factory=time.monotonic)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    closed: bool = False
+    """Finished or dropped: never written, sealed or removed again."""
 
 
 class Uploads:
@@ -47,42 +56,62 @@ class Uploads:
         session_id = str(uuid.uuid4())
         path = self.dir / session_id
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
         except OSError as exc:
             raise storage_error(exc, "starting an upload") from exc
-        session = Session(session_id, repository, path, fd)
+        session = Session(session_id, repository, path)
         self.sessions[session_id] = session
         return session
 
     def get(self, session_id: str, repository: str) -> Session | None:
         session = self.sessions.get(session_id)
-        if session is None or session.repository != repository:
+        if session is None or session.repository != repository or session.closed:
             return None
         session.touched = time.monotonic()
         return session
 
     @staticmethod
     def append(session: Session, data: bytes) -> None:
-        """Write and hash the next bytes (call in a thread)."""
-        session.offset = pwrite_all(session.fd, data, session.offset, "writing an upload")
+        """Write and hash the next bytes (call in a thread, holding the session's lock)."""
+        if session.closed:
+            raise UploadClosedError("the upload session {id} is finished", id=session.id)
+        try:
+            fd = os.open(session.path, os.O_WRONLY)
+        except OSError as exc:
+            raise storage_error(exc, "writing an upload") from exc
+        try:
+            session.offset = pwrite_all(fd, data, session.offset, "writing an upload")
+        finally:
+            os.close(fd)
         session.hasher.update(data)
 
     def finish(self, session: Session, expected: Digest) -> Blob | None:
-        """Commit the upload as blob ``expected``; None (and nothing kept) on a mismatch."""
-        actual = Digest(session.hasher.hexdigest())
-        if actual != expected:
-            self.drop(session)
-            return None
+        """Commit the upload as blob ``expected`` (holding the session's lock); None, and
+        nothing kept, when the bytes hash to another digest or the file is not what was
+        hashed."""
+        if session.closed:
+            raise UploadClosedError("the upload session {id} is finished", id=session.id)
         try:
-            self.store.seal(session.path, session.fd, expected, session.offset)
+            if Digest(session.hasher.hexdigest()) != expected:
+                return None
+            try:
+                fd = os.open(session.path, os.O_RDWR)
+            except OSError as exc:
+                raise storage_error(exc, "finishing an upload") from exc
+            try:
+                if os.fstat(fd).st_size != session.offset:  # written behind the hash's back
+                    return None
+                self.store.seal(session.path, fd, expected, session.offset)
+            finally:
+                os.close(fd)
+            return Blob(expected, session.offset)
         finally:
             self.drop(session)
-        return Blob(expected, session.offset)
 
     def drop(self, session: Session) -> None:
+        """Forget the session and remove its file (holding its lock, or when none holds it)."""
+        session.closed = True
         self.sessions.pop(session.id, None)
-        with contextlib.suppress(OSError):
-            os.close(session.fd)
         with contextlib.suppress(OSError):
             os.unlink(session.path)
 
