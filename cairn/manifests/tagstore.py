@@ -13,9 +13,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from cairn.blobstore import Digest
 from cairn.blobstore.store import storage_error
 from cairn.errors import CairnError, ModelNotFoundError
 from cairn.manifests.reference import Reference, parse_reference, require_ollama_readable
+
+BY_DIGEST = ".by-digest"
+"""Under a repository's folder: manifests kept by digest alone. A folder where tags are
+files, so neither cairn's nor Ollama's walk of tags reads it (Ollama's glob skips folders
+at a tag's depth); every collection reads it."""
 
 
 @dataclass(frozen=True)
@@ -85,6 +91,47 @@ class TagStore:
         require_ollama_readable(ref)
         existing = self.find(ref)
         target = existing if existing is not None else self.dir.joinpath(*_parts(ref))
+        return self._write(target, data, ref)
+
+    # -- manifests kept by digest alone ----------------------------------------
+
+    def repository_dir(self, ref: Reference) -> Path:
+        """The folder of ``ref``'s repository, as spelled on disk when it exists."""
+        path = self.dir
+        for part in (ref.host, ref.namespace, ref.name):
+            found = _child(path, part)
+            path = found if found is not None else path / part
+        return path
+
+    def _by_digest(self, ref: Reference, digest: Digest) -> Path:
+        return self.repository_dir(ref) / BY_DIGEST / digest.filename
+
+    def write_by_digest(self, ref: Reference, digest: Digest, data: bytes) -> Path:
+        """Keep a manifest pushed by digest alone (an index's child, a signature): in its
+        repository's folder but not as a tag, so neither tool lists it as a model."""
+        return self._write(self._by_digest(ref, digest), data, ref)
+
+    def read_by_digest(self, ref: Reference, digest: Digest) -> bytes | None:
+        try:
+            return self._by_digest(ref, digest).read_bytes()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def delete_by_digest(self, ref: Reference, digest: Digest) -> bool:
+        path = self._by_digest(ref, digest)
+        try:
+            path.unlink()
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        with contextlib.suppress(OSError):
+            path.parent.rmdir()
+        return True
+
+    def kept_by_digest(self, ref: Reference) -> list[Path]:
+        """The manifests ``ref``'s repository keeps by digest alone."""
+        return [Path(e.path) for e in _files(self.repository_dir(ref) / BY_DIGEST)]
+
+    def _write(self, target: Path, data: bytes, ref: Reference) -> Path:
         tmp = self.tmp_dir / f"manifest-{os.urandom(8).hex()}.partial"
         try:
             target.parent.mkdir(parents=True, exist_ok=True)

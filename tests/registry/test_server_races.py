@@ -11,13 +11,15 @@ from __future__ import annotations
 import hashlib
 import json
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
 import httpx
 
-from tests.conftest import serving
+from tests.conftest import cairn_env, serving
 
 CHUNK = 1 << 20  # more than one socket read: the server has surely started appending
 
@@ -166,3 +168,48 @@ def test_a_manifest_is_read_whole_however_it_arrives(tmp_path: Path) -> None:
         )
         assert refused.status_code == 413
         assert http.get("/v2/lab/m/manifests/huge").status_code == 404
+
+
+def test_a_manifest_fetched_by_digest_hashes_to_it(tmp_path: Path) -> None:
+    root = tmp_path / "served"
+    oci = {"Content-Type": "application/vnd.oci.image.manifest.v1+json"}
+    with serving(root) as host, httpx.Client(base_url=f"http://{host}") as http:
+        m1, m2 = manifest_of(http, "lab/d", 1), manifest_of(http, "lab/d", 2)
+        assert (
+            http.put(f"/v2/lab/d/manifests/{sha(m1)}", content=m1, headers=oci).status_code == 201
+        )
+        # A user's tag of the shape of a digest (the referrers tag schema, cosign's .sig):
+        planted = "sha256-" + sha(m1)[7:]
+        assert (
+            http.put(f"/v2/lab/d/manifests/{planted}", content=m2, headers=oci).status_code == 201
+        )
+        by_digest = http.get(f"/v2/lab/d/manifests/{sha(m1)}")
+        assert by_digest.content == m1 and by_digest.headers["Docker-Content-Digest"] == sha(m1)
+        assert http.get(f"/v2/lab/d/manifests/{planted}").content == m2
+        assert http.get("/v2/lab/d/tags/list").json()["tags"] == [planted]  # an ordinary tag
+        assert http.delete(f"/v2/lab/d/manifests/{sha(m1)}").status_code == 202
+        assert http.get(f"/v2/lab/d/manifests/{sha(m1)}").status_code == 404
+        assert http.get(f"/v2/lab/d/manifests/{planted}").content == m2
+        # Pushed by digest alone: kept, but never as a tag (ollama list would show one).
+        assert (
+            http.put(f"/v2/lab/d/manifests/{sha(m1)}", content=m1, headers=oci).status_code == 201
+        )
+    repository = root / "manifests" / "registry.ollama.ai" / "lab" / "d"
+    assert sorted(p.name for p in repository.iterdir()) == [".by-digest", planted]
+    listed = subprocess.run(
+        [sys.executable, "-m", "cairn", "list", "--json"],
+        env=cairn_env(root),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert [m["name"] for m in json.loads(listed.stdout)["models"]] == [f"lab/d:{planted}"]
+    # and a collection keeps what it references
+    pruned = subprocess.run(
+        [sys.executable, "-m", "cairn", "prune", "--grace", "0", "--json"],
+        env=cairn_env(root),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(pruned.stdout)["blobs"] == []

@@ -4,7 +4,8 @@ Repositories map onto the store's ``<host>/<namespace>/<name>``: a name
 whose first component is a host the store holds maps there; ``ns/name``
 maps to ``--default-host``. Blobs are the store's blobs (one pool for all
 repositories); manifests are tags in Ollama's layout, and a manifest pushed
-by digest alone is kept under the tag ``sha256-<hex>``.
+by digest alone is kept beside the tags, in the repository's ``.by-digest``
+folder, never as a tag. A manifest fetched by digest always hashes to it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,6 @@ API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
 BODY_IDLE = 60.0
 """Seconds a request body may send nothing before the server gives up on it."""
 CHUNK = 1 << 20
-DIGEST_TAG = "sha256-"
 log = logging.getLogger("cairn.registry.access")
 warn = logging.getLogger("cairn.registry")
 
@@ -126,15 +126,17 @@ class Registry:
         return sorted(t.reference.tag or "" for t in self.models.tags.tags_of(ref))
 
     def find_manifest(self, name: str, reference: str) -> bytes:
-        """Manifest bytes by tag or digest (MANIFEST_UNKNOWN when absent)."""
+        """Manifest bytes by tag or digest (MANIFEST_UNKNOWN when absent).
+
+        By digest, only bytes that hash to it: the manifests kept by digest,
+        then the repository's tags, each checked. A tag's name proves nothing.
+        """
         if reference.startswith("sha256:"):
             digest = _digest(reference)
-            ref = self.reference(name, DIGEST_TAG + digest.hex)
-            path = self.models.tags.find(ref)
-            if path is not None:
-                return path.read_bytes()
-            for tagged in self.models.tags.tags_of(ref):
-                data = tagged.path.read_bytes()
+            ref = self.reference(name)
+            kept = self.models.tags.read_by_digest(ref, digest)
+            candidates = [kept] if kept is not None else []
+            for data in (*candidates, *self.tagged_manifests(ref)):
                 if hashlib.sha256(data).hexdigest() == digest.hex:
                     return data
             raise OCIError("MANIFEST_UNKNOWN", f"manifest {reference} is not in {name}")
@@ -143,6 +145,11 @@ class Registry:
         if path is None:
             raise OCIError("MANIFEST_UNKNOWN", f"manifest {name}:{reference} is unknown")
         return path.read_bytes()
+
+    def tagged_manifests(self, ref: Reference) -> Iterator[bytes]:
+        for tagged in self.models.tags.tags_of(ref):
+            with contextlib.suppress(OSError):
+                yield tagged.path.read_bytes()
 
     # -- auth -------------------------------------------------------------------
 
@@ -233,12 +240,10 @@ async def put_manifest(request: web.Request) -> web.StreamResponse:
         parsed = parse_manifest(data, request.headers.get("Content-Type"))
     except ManifestError as exc:
         raise OCIError("MANIFEST_INVALID", str(exc)) from None
-    if reference.startswith("sha256:"):
-        if _digest(reference) != digest:
-            raise OCIError("DIGEST_INVALID", f"the manifest's digest is {digest}, not {reference}")
-        tag = DIGEST_TAG + digest.hex
-    else:
-        tag = reference
+    by_digest = reference.startswith("sha256:")
+    if by_digest and _digest(reference) != digest:
+        raise OCIError("DIGEST_INVALID", f"the manifest's digest is {digest}, not {reference}")
+    tag = "latest" if by_digest else reference
     ref = registry.reference(name, tag)
     blobs = registry.models.blobs
     mapped = len(name.split("/")) < 3  # ns/name: onto --default-host, registry.ollama.ai's place
@@ -263,8 +268,11 @@ async def put_manifest(request: web.Request) -> web.StreamResponse:
                         f"the index names manifest {entry.digest}, not in {name}",
                     ) from None
         with blobs.writing():
+            if by_digest:
+                registry.models.tags.write_by_digest(ref, digest, data)
+                return None
             replaced = None
-            if mapped and not reference.startswith("sha256:"):
+            if mapped:
                 with contextlib.suppress(CairnError, OSError):
                     old = registry.models.tags.read(ref)[1]
                     if old != data:
@@ -305,8 +313,9 @@ async def delete_manifest(request: web.Request) -> web.StreamResponse:
         if not reference.startswith("sha256:"):
             return registry.models.tags.delete(registry.reference(name, reference))
         registry.find_manifest(name, reference)  # 404 when absent
-        removed = False
-        for tagged in list(registry.models.tags.tags_of(registry.reference(name))):
+        ref = registry.reference(name)
+        removed = registry.models.tags.delete_by_digest(ref, _digest(reference))
+        for tagged in list(registry.models.tags.tags_of(ref)):
             digest = "sha256:" + hashlib.sha256(tagged.path.read_bytes()).hexdigest()
             if digest == reference:
                 removed = registry.models.tags.delete(tagged.reference) or removed
@@ -520,7 +529,7 @@ async def list_tags(request: web.Request) -> web.StreamResponse:
     every = await asyncio.to_thread(registry.tags, ref)
     if not every:
         raise OCIError("NAME_UNKNOWN", f"repository {name} is unknown")
-    tags = [t for t in every if not t.startswith(DIGEST_TAG)]
+    tags = list(every)
     last = request.query.get("last")
     if last:
         tags = [t for t in tags if t > last]
@@ -546,7 +555,10 @@ async def referrers(request: web.Request) -> web.StreamResponse:
     wanted = request.query.get("artifactType")
     ref = registry.reference(name)
     stored = await asyncio.to_thread(
-        lambda: [t.path.read_bytes() for t in registry.models.tags.tags_of(ref)]
+        lambda: [
+            *registry.tagged_manifests(ref),
+            *(p.read_bytes() for p in registry.models.tags.kept_by_digest(ref)),
+        ]
     )
     entries: list[dict[str, Any]] = []
     for data in stored:
