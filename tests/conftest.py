@@ -302,29 +302,47 @@ def run_at_once(args: list[str], env: dict[str, str], copies: int = 2) -> None:
         assert proc.returncode == 0, err
 
 
-def start_cairn_registry(root: Path, *args: str) -> tuple[str, subprocess.Popen[bytes]]:
-    """``cairn registry serve`` on a free port over the store at ``root``."""
+_SERVER_LOGS: dict[int, Path] = {}
 
+
+def start_cairn_registry(root: Path, *args: str) -> tuple[str, subprocess.Popen[bytes]]:
+    """``cairn registry serve`` on a free port over the store at ``root``.
+
+    Its stderr (the access log) goes to a file, never to a pipe nobody reads:
+    a full pipe would stop the server after a few hundred requests.
+    ``server_log(proc)`` reads it.
+    """
     port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "cairn",
-            "registry",
-            "serve",
-            "--addr",
-            f"127.0.0.1:{port}",
-            "--root",
-            str(root),
-            *args,
-        ],
-        env=cairn_env(root),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    wait_until_serving(proc, port, "cairn registry serve", "--tls-cert" in args)
+    log = root.parent / f".serve-{root.name}-{port}.log"
+    with open(log, "wb") as sink:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "cairn",
+                "registry",
+                "serve",
+                "--addr",
+                f"127.0.0.1:{port}",
+                "--root",
+                str(root),
+                *args,
+            ],
+            env=cairn_env(root),
+            stdout=subprocess.DEVNULL,
+            stderr=sink,
+        )
+    _SERVER_LOGS[proc.pid] = log
+    try:
+        wait_until_serving(proc, port, "cairn registry serve", "--tls-cert" in args)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; its log: {log.read_text(errors='replace')[-2000:]}") from None
     return f"127.0.0.1:{port}", proc
+
+
+def server_log(proc: subprocess.Popen[bytes]) -> str:
+    """What a ``cairn registry serve`` started here wrote on stderr."""
+    return _SERVER_LOGS[proc.pid].read_text(errors="replace")
 
 
 @contextlib.contextmanager

@@ -36,7 +36,7 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 
-from tests.conftest import cairn_env, serving, start_cairn_registry, stop
+from tests.conftest import cairn_env, server_log, serving, start_cairn_registry, stop
 
 SCHEMA2 = "application/vnd.docker.distribution.manifest.v2+json"
 
@@ -209,6 +209,13 @@ def test_a_push_that_replaces_a_pulled_model_says_so(tmp_path: Path) -> None:
         stop(proc)
     assert refused.status_code == 403 and refused.json()["errors"][0]["code"] == "DENIED"
     assert "--protect-upstream refuses to replace it" in refused.text
+    host, proc = start_cairn_registry(root, "--protect-upstream")
+    try:  # nor by deleting it first, by tag or by digest
+        by_tag = httpx.delete(f"http://{host}/v2/library/gemma3/manifests/270m")
+        by_digest = httpx.delete(f"http://{host}/v2/library/gemma3/manifests/{sha(original)}")
+    finally:
+        stop(proc)
+    assert by_tag.status_code == 403 and by_digest.status_code == 403
     assert same.status_code == 201 and "Warning" not in same.headers  # nothing replaced
     assert stored.read_bytes() == original
 
@@ -221,7 +228,7 @@ def test_a_push_that_replaces_a_pulled_model_says_so(tmp_path: Path) -> None:
     said = "library/gemma3:270m replaced registry.ollama.ai/library/gemma3:270m in the store"
     assert replaced.status_code == 201
     assert replaced.headers["Warning"].startswith(f'299 cairn "{said} (it was {sha(original)})')
-    assert proc.stderr is not None and said in proc.stderr.read().decode()
+    assert said in server_log(proc)
     # Named in full, the store's own name: an ordinary replacement, not reported.
     assert explicit.status_code == 201 and "Warning" not in explicit.headers
     assert stored.read_bytes() == original

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import Runner, serving, start_cairn_registry, stop
+from tests.conftest import Runner, server_log, serving, start_cairn_registry, stop
 from tests.ggufmaker import write_gguf
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -446,11 +446,6 @@ def test_tls_and_json_logs(cairn: Runner, tmp_path: Path) -> None:
         assert "all intact" in cairn("verify", env=elsewhere).stdout
     finally:
         stop(proc)
-    assert proc.stderr is not None
-    lines = [
-        json.loads(line)
-        for line in proc.stderr.read().decode().splitlines()
-        if line.startswith("{")
-    ]
+    lines = [json.loads(line) for line in server_log(proc).splitlines() if line.startswith("{")]
     assert {"method", "path", "status", "seconds", "remote"} <= set(lines[0])
     assert any(entry["method"] == "PUT" and entry["status"] == 201 for entry in lines)

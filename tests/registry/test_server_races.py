@@ -213,3 +213,90 @@ def test_a_manifest_fetched_by_digest_hashes_to_it(tmp_path: Path) -> None:
         check=True,
     )
     assert json.loads(pruned.stdout)["blobs"] == []
+
+
+def put_and_delete_racing(root: Path, layer: bytes) -> tuple[dict[str, int], int, int]:
+    """A manifest PUT naming ``layer`` and a DELETE of ``layer`` released at once; their
+    answers, then the statuses of GETs of the manifest and of the blob."""
+    import fcntl
+    import os
+
+    oci = {"Content-Type": "application/vnd.oci.image.manifest.v1+json"}
+    answers: dict[str, int] = {}
+    with serving(root) as host, httpx.Client(base_url=f"http://{host}", timeout=60) as http:
+        assert http.post(
+            "/v2/lab/m/blobs/uploads/", params={"digest": sha(layer)}, content=layer
+        ).is_success
+        body = json.loads(manifest_of(http, "lab/m", 1))
+        body["layers"] = [
+            {"mediaType": "application/octet-stream", "digest": sha(layer), "size": len(layer)}
+        ]
+        manifest = json.dumps(body).encode()
+
+        def put() -> None:
+            answers["put"] = httpx.put(
+                f"http://{host}/v2/lab/m/manifests/v1", content=manifest, headers=oci, timeout=60
+            ).status_code
+
+        def delete() -> None:
+            url = f"http://{host}/v2/lab/m/blobs/{sha(layer)}"
+            answers["delete"] = httpx.delete(url, timeout=60).status_code
+
+        # A collection holds the store (as `cairn prune` in another process would): the
+        # PUT and the DELETE both wait for it, then race.
+        lock = os.open(root / ".cairn" / "locks" / "store.lock", os.O_RDWR)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        threads = [threading.Thread(target=put), threading.Thread(target=delete)]
+        for thread in threads:
+            thread.start()
+            time.sleep(0.2)
+        os.close(lock)
+        for thread in threads:
+            thread.join(60)
+        return (
+            answers,
+            http.get("/v2/lab/m/manifests/v1").status_code,
+            http.get(f"/v2/lab/m/blobs/{sha(layer)}").status_code,
+        )
+
+
+def test_a_manifest_never_outlives_a_blob_deleted_meanwhile(tmp_path: Path) -> None:
+    for trial in range(3):
+        answers, stored, blob = put_and_delete_racing(tmp_path / f"s{trial}", b"layer %d" % trial)
+        assert (stored, blob) != (200, 404), answers  # a manifest naming a missing blob
+        assert sorted(answers.values()) in ([201, 405], [202, 400]), answers
+
+
+def test_numbers_and_vanishing_clients_are_not_server_errors(tmp_path: Path) -> None:
+    with serving(tmp_path / "served") as host, httpx.Client(base_url=f"http://{host}") as http:
+        session = start(http, "lab/n")
+        for header in ("9" * 5000 + "-1", "²-0"):
+            answer = httpx.patch(session, content=b"x", headers={b"Content-Range": header.encode()})
+            assert answer.status_code == 416, (header, answer.status_code)
+        for count in ("²", "9" * 5000):
+            assert http.get("/v2/lab/n/tags/list", params={"n": count}).status_code in (400, 404)
+        # Clients that go away mid-body: nothing to answer, nothing broken.
+        for method, path in (
+            ("PATCH", session.split(host, 1)[1]),
+            ("POST", f"/v2/lab/n/blobs/uploads/?digest={sha(b'y' * 100)}"),
+            ("PUT", "/v2/lab/n/manifests/t"),
+        ):
+            conn = socket.create_connection(tuple(host.split(":")))  # type: ignore[arg-type]
+            conn.sendall(
+                f"{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 100\r\n\r\n".encode()
+                + b"{" * 10
+            )
+            time.sleep(0.2)
+            conn.close()
+        time.sleep(0.3)
+        assert http.get("/v2/").status_code == 200  # still serving
+        status = http.get(session)
+        assert status.status_code == 204  # the session lives on, consistent
+        held = int(status.headers["Range"].split("-")[1]) + 1
+        data = b"{" * held + b"rest"
+        resumed = httpx.patch(
+            session, content=b"rest", headers={"Content-Range": f"{held}-{held + 3}"}
+        )
+        assert resumed.status_code == 202
+        done = httpx.put(str(resumed.headers["Location"]), params={"digest": sha(data)})
+        assert done.status_code == 201

@@ -16,8 +16,11 @@ import contextlib
 import hashlib
 import json
 import logging
+import re
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +46,8 @@ from cairn.registry.server.errors import OCIError
 from cairn.registry.server.uploads import Session, Uploads
 
 API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
+AUTH_CACHE = 60.0
+"""Seconds a verified Basic credential is taken without running bcrypt again."""
 BODY_IDLE = 60.0
 """Seconds a request body may send nothing before the server gives up on it."""
 CHUNK = 1 << 20
@@ -86,6 +91,10 @@ class Registry:
         self.models = Models(options.root)
         self.uploads = Uploads(self.models.blobs, options.upload_expiry)
         self._usage = (0.0, 0)
+        self._auth_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="bcrypt")
+        self._auth_cache: dict[bytes, float] = {}
+        self._auth_salt = secrets.token_bytes(16)
+        self._dummy_hash = _dummy_hash(options.users) if options.users else b""
 
     def check_quota(self, adding: int) -> None:
         """DENIED when ``adding`` more bytes would pass ``--quota`` (usage cached 5 s)."""
@@ -153,25 +162,64 @@ class Registry:
 
     # -- auth -------------------------------------------------------------------
 
-    def authorized(self, request: web.Request) -> bool:
+    async def authorized(self, request: web.Request) -> bool:
+        """Whether the request may proceed: open server, public read, or Basic credentials
+        an htpasswd entry accepts.
+
+        bcrypt costs about a quarter of a second: it runs on a small pool of threads,
+        never on the event loop; a success is remembered for ``AUTH_CACHE`` seconds
+        (keyed by a salted hash of the credentials); an unknown user costs the same as a
+        known one (a dummy hash), so timing does not tell which users exist; a password
+        bcrypt cannot take (over 72 bytes) is refused, not an error.
+        """
         if not self.options.users:
             return True
         if self.options.public_read and request.method in ("GET", "HEAD"):
             return True
-
         header = request.headers.get("Authorization", "")
         if not header.startswith("Basic "):
             return False
         try:
-            user, _, password = base64.b64decode(header[6:]).decode().partition(":")
+            user, _, password = base64.b64decode(header[6:], validate=True).decode().partition(":")
         except ValueError:
             return False
-        hashed = self.options.users.get(user)
-        if hashed is None:
+        secret = password.encode()
+        if len(secret) > 72:
             return False
-        import bcrypt
+        key = hashlib.sha256(self._auth_salt + header.encode()).digest()
+        now = time.monotonic()
+        if self._auth_cache.get(key, 0.0) > now:
+            return True
+        hashed = self.options.users.get(user, self._dummy_hash)
+        loop = asyncio.get_running_loop()
+        ok = await loop.run_in_executor(self._auth_pool, _checkpw, secret, hashed)
+        if ok and user in self.options.users:
+            if len(self._auth_cache) > 10_000:
+                self._auth_cache.clear()
+            self._auth_cache[key] = now + AUTH_CACHE
+            return True
+        return False
 
-        return bool(bcrypt.checkpw(password.encode(), hashed))
+
+def _dummy_hash(users: dict[str, bytes]) -> bytes:
+    """A hash of a random secret at the users' own bcrypt cost: an unknown user's check
+    takes as long as a known user's."""
+    import bcrypt
+
+    costs = [h.split(b"$")[2] for h in users.values() if h.count(b"$") >= 3]
+    cost = max((int(c) for c in costs if c.isdigit()), default=10)
+    return bytes(
+        bcrypt.hashpw(secrets.token_bytes(16), bcrypt.gensalt(rounds=min(max(cost, 4), 16)))
+    )
+
+
+def _checkpw(secret: bytes, hashed: bytes) -> bool:
+    import bcrypt
+
+    try:
+        return bool(bcrypt.checkpw(secret, hashed))
+    except ValueError:  # a malformed hash in the htpasswd file
+        return False
 
 
 # -- handlers -----------------------------------------------------------------
@@ -248,8 +296,9 @@ async def put_manifest(request: web.Request) -> web.StreamResponse:
     blobs = registry.models.blobs
     mapped = len(name.split("/")) < 3  # ns/name: onto --default-host, registry.ollama.ai's place
 
-    def save() -> str | None:
-        """Store the manifest; what it replaced under a mapped name, if anything."""
+    def check() -> None:
+        """What the manifest names is here: called holding the writer lock, so no blob
+        DELETE or prune (which take the collector's) comes between this and the write."""
         if isinstance(parsed, Manifest):
             for descriptor in parsed.blobs:
                 if not blobs.has(descriptor.digest):
@@ -267,7 +316,11 @@ async def put_manifest(request: web.Request) -> web.StreamResponse:
                         "MANIFEST_UNKNOWN",
                         f"the index names manifest {entry.digest}, not in {name}",
                     ) from None
+
+    def save() -> str | None:
+        """Store the manifest; what it replaced under a mapped name, if anything."""
         with blobs.writing():
+            check()
             if by_digest:
                 registry.models.tags.write_by_digest(ref, digest, data)
                 return None
@@ -308,6 +361,13 @@ async def put_manifest(request: web.Request) -> web.StreamResponse:
 async def delete_manifest(request: web.Request) -> web.StreamResponse:
     registry: Registry = request.app["registry"]
     name, reference = request.match_info["name"], request.match_info["reference"]
+
+    if registry.options.protect_upstream and len(name.split("/")) < 3:
+        raise OCIError(
+            "DENIED",
+            f"{name} is {registry.reference(name)} in this store; --protect-upstream"
+            " refuses to delete through a name mapped onto it",
+        )
 
     def remove() -> bool:
         if not reference.startswith("sha256:"):
@@ -440,6 +500,8 @@ async def start_upload(request: web.Request) -> web.StreamResponse:
     return web.Response(status=202, headers=_upload_headers(request, name, session))
 
 
+_NUMBER = re.compile(r"[0-9]{1,18}")  # ASCII digits int() takes at once ('²' is a digit too)
+
 _NO_SESSION = "no such upload session (expired, finished, cancelled or made up)"
 
 
@@ -465,7 +527,7 @@ async def patch_upload(request: web.Request) -> web.StreamResponse:
         content_range = request.headers.get("Content-Range")
         if content_range:
             start = content_range.removeprefix("bytes=").partition("-")[0]
-            if not start.isdigit() or int(start) != session.offset:
+            if not _NUMBER.fullmatch(start) or int(start) != session.offset:
                 raise OCIError(
                     "RANGE_INVALID",
                     f"the upload is at byte {session.offset}; this chunk starts at {start}",
@@ -536,7 +598,7 @@ async def list_tags(request: web.Request) -> web.StreamResponse:
     headers: dict[str, str] = {}
     count = request.query.get("n")
     if count is not None:
-        if not count.isdigit():
+        if not _NUMBER.fullmatch(count):
             raise OCIError("UNSUPPORTED", "n must be a number", status=400)
         limit = int(count)
         if len(tags) > limit:
@@ -599,7 +661,7 @@ async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamR
     started = time.monotonic()
     status = 500
     try:
-        if not registry.authorized(request):
+        if not await registry.authorized(request):
             raise OCIError(
                 "UNAUTHORIZED",
                 "authentication required",
@@ -613,6 +675,9 @@ async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamR
     except OCIError as exc:
         status = exc.status
         return exc.response()
+    except (ConnectionResetError, asyncio.IncompleteReadError):
+        status = 400  # the client went away mid-body: nobody reads an answer, log it
+        return OCIError("BLOB_UPLOAD_INVALID", "the client went away mid-body").response()
     except UploadClosedError:
         status = 404
         return OCIError("BLOB_UPLOAD_UNKNOWN", _NO_SESSION).response()
@@ -670,6 +735,7 @@ def make_app(options: Options) -> web.Application:
 
     async def cleanup(_: web.Application) -> None:
         registry.uploads.close()
+        registry._auth_pool.shutdown(wait=False)
 
     app.on_cleanup.append(cleanup)
     return app

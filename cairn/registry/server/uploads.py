@@ -84,6 +84,7 @@ class Uploads:
         finally:
             os.close(fd)
         session.hasher.update(data)
+        session.touched = time.monotonic()  # a long upload is not an idle one
 
     def finish(self, session: Session, expected: Digest) -> Blob | None:
         """Commit the upload as blob ``expected`` (holding the session's lock); None, and
