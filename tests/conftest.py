@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import settings
@@ -88,6 +89,20 @@ def cairn(store: Path, tmp_path: Path) -> Runner:
         return result
 
     return run
+
+
+def cairn_json(store: Path, *args: str) -> Any:
+    """The JSON a ``cairn`` command prints, run against the store at ``store``."""
+    import json
+
+    done = subprocess.run(
+        [sys.executable, "-m", "cairn", *args],
+        env=cairn_env(store),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(done.stdout)
 
 
 def modelfile(directory: Path, text: str, name: str = "Modelfile") -> Path:

@@ -29,14 +29,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
-import sys
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
 import httpx
 
-from tests.conftest import cairn_env, server_log, serving, start_cairn_registry, stop
+from tests.conftest import cairn_json, server_log, serving, start_cairn_registry, stop
 
 SCHEMA2 = "application/vnd.docker.distribution.manifest.v2+json"
 
@@ -159,14 +157,8 @@ def test_ollama_push_then_pull_through_cairn_registry_serve(tmp_path: Path) -> N
     # What Ollama pushed is a model in the store's Ollama layout.
     stored = root / "manifests" / "registry.ollama.ai" / "me" / "replayed" / "v1"
     assert stored.read_bytes() == manifest
-    listed = subprocess.run(
-        [sys.executable, "-m", "cairn", "list", "--json"],
-        env=cairn_env(root),
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert [m["name"] for m in json.loads(listed.stdout)["models"]] == ["me/replayed:v1"]
+    listed = cairn_json(root, "list", "--json")
+    assert [m["name"] for m in listed["models"]] == ["me/replayed:v1"]
 
 
 def test_every_location_is_absolute(tmp_path: Path) -> None:

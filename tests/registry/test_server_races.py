@@ -11,15 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import httpx
 
-from tests.conftest import cairn_env, serving
+from tests.conftest import cairn_json, serving
 
 CHUNK = 1 << 20  # more than one socket read: the server has surely started appending
 
@@ -196,23 +194,10 @@ def test_a_manifest_fetched_by_digest_hashes_to_it(tmp_path: Path) -> None:
         )
     repository = root / "manifests" / "registry.ollama.ai" / "lab" / "d"
     assert sorted(p.name for p in repository.iterdir()) == [".by-digest", planted]
-    listed = subprocess.run(
-        [sys.executable, "-m", "cairn", "list", "--json"],
-        env=cairn_env(root),
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert [m["name"] for m in json.loads(listed.stdout)["models"]] == [f"lab/d:{planted}"]
+    listed = cairn_json(root, "list", "--json")
+    assert [m["name"] for m in listed["models"]] == [f"lab/d:{planted}"]
     # and a collection keeps what it references
-    pruned = subprocess.run(
-        [sys.executable, "-m", "cairn", "prune", "--grace", "0", "--json"],
-        env=cairn_env(root),
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert json.loads(pruned.stdout)["blobs"] == []
+    assert cairn_json(root, "prune", "--grace", "0", "--json")["blobs"] == []
 
 
 def put_and_delete_racing(root: Path, layer: bytes) -> tuple[dict[str, int], int, int]:
