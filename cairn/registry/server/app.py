@@ -117,6 +117,12 @@ class Registry:
 
     def reference(self, name: str, tag: str = "latest") -> Reference:
         """The store reference for repository ``name`` (NAME_INVALID if it can't be one)."""
+        if name != name.lower():
+            raise OCIError(
+                "NAME_INVALID",
+                f"repository {name!r}: OCI repository names are lower case (the store's names"
+                " ignore case, as Ollama's do, so {name.lower()!r} would be the same one)",
+            )
         parts = name.split("/")
         if len(parts) == 3:
             text = f"{parts[0]}/{parts[1]}/{parts[2]}:{tag}"
@@ -149,6 +155,8 @@ class Registry:
                 if hashlib.sha256(data).hexdigest() == digest.hex:
                     return data
             raise OCIError("MANIFEST_UNKNOWN", f"manifest {reference} is not in {name}")
+        if not _valid_tag(reference):  # no such tag can exist (and no "tag@digest" either)
+            raise OCIError("MANIFEST_UNKNOWN", f"manifest {name}:{reference!r:.100} is unknown")
         ref = self.reference(name, reference)
         path = self.models.tags.find(ref)
         if path is None:
@@ -174,8 +182,9 @@ class Registry:
         """
         if not self.options.users:
             return True
-        if self.options.public_read and request.method in ("GET", "HEAD"):
-            return True
+        reading = request.method in ("GET", "HEAD")
+        if self.options.public_read and reading and request.match_info.handler is not upload_status:
+            return True  # an upload's status is its uploader's business
         header = request.headers.get("Authorization", "")
         if not header.startswith("Basic "):
             return False
@@ -275,6 +284,29 @@ async def _whole_body(request: web.Request, limit: int) -> bytes:
         parts.append(part)
 
 
+def _one_kind(data: bytes, content_type: str | None) -> None:
+    """Refuse a body whose kind another reader could take differently: a ``mediaType``
+    that disagrees with the Content-Type, or no ``mediaType`` and the fields of both an
+    image manifest and an index (as distribution refuses them)."""
+    try:
+        body = json.loads(data)
+    except (ValueError, RecursionError):
+        return  # parse_manifest says what is wrong
+    if not isinstance(body, dict):
+        return
+    declared = body.get("mediaType")
+    if declared is not None and content_type is not None and declared != content_type:
+        raise ManifestError(
+            "mediaType {declared!r:.100} disagrees with Content-Type {content_type!r:.100}",
+            declared=declared,
+            content_type=content_type,
+        )
+    if declared is None and "layers" in body and "manifests" in body:
+        raise ManifestError(
+            "a manifest with both layers and manifests, and no mediaType, is ambiguous"
+        )
+
+
 async def put_manifest(request: web.Request) -> web.StreamResponse:
     registry: Registry = request.app["registry"]
     name, reference = request.match_info["name"], request.match_info["reference"]
@@ -282,13 +314,17 @@ async def put_manifest(request: web.Request) -> web.StreamResponse:
         raise OCIError(
             "SIZE_INVALID", f"manifests are limited to {MAX_MANIFEST_SIZE} bytes", status=413
         )
+    by_digest = reference.startswith("sha256:")
+    if not by_digest and not _valid_tag(reference):
+        raise OCIError("MANIFEST_INVALID", f"{reference!r:.100} is not a tag (nor a digest)")
     data = await _whole_body(request, MAX_MANIFEST_SIZE)
     digest = Digest(hashlib.sha256(data).hexdigest())
+    content_type = request.headers.get("Content-Type", "").partition(";")[0].strip() or None
     try:
-        parsed = parse_manifest(data, request.headers.get("Content-Type"))
+        _one_kind(data, content_type)
+        parsed = parse_manifest(data, content_type)
     except ManifestError as exc:
         raise OCIError("MANIFEST_INVALID", str(exc)) from None
-    by_digest = reference.startswith("sha256:")
     if by_digest and _digest(reference) != digest:
         raise OCIError("DIGEST_INVALID", f"the manifest's digest is {digest}, not {reference}")
     tag = "latest" if by_digest else reference
@@ -324,6 +360,13 @@ async def put_manifest(request: web.Request) -> web.StreamResponse:
             if by_digest:
                 registry.models.tags.write_by_digest(ref, digest, data)
                 return None
+            existing = registry.models.tags.find(ref)
+            if existing is not None and existing.name != tag:
+                raise OCIError(
+                    "MANIFEST_INVALID",
+                    f"tag {tag!r} differs only in case from the tag {existing.name!r} this"
+                    " repository has; the store's tags ignore case, as Ollama's do",
+                )
             replaced = None
             if mapped:
                 with contextlib.suppress(CairnError, OSError):
@@ -371,6 +414,8 @@ async def delete_manifest(request: web.Request) -> web.StreamResponse:
 
     def remove() -> bool:
         if not reference.startswith("sha256:"):
+            if not _valid_tag(reference):
+                return False
             return registry.models.tags.delete(registry.reference(name, reference))
         registry.find_manifest(name, reference)  # 404 when absent
         ref = registry.reference(name)
@@ -429,10 +474,21 @@ async def delete_blob(request: web.Request) -> web.StreamResponse:
 
 
 def _digest(text: str) -> Digest:
+    """``sha256:<hex>``, exactly (not the store's file form ``sha256-<hex>``)."""
+    wrong = OCIError("DIGEST_INVALID", f"{text!r:.100} is not a sha256 digest")
+    if not text.startswith("sha256:"):
+        raise wrong
     try:
         return Digest.parse(text)
     except CairnError:
-        raise OCIError("DIGEST_INVALID", f"{text!r} is not a sha256 digest") from None
+        raise wrong from None
+
+
+_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")  # the spec's tag grammar
+
+
+def _valid_tag(reference: str) -> bool:
+    return bool(_TAG.fullmatch(reference))
 
 
 def _absolute(request: web.Request, path: str) -> str:
@@ -526,11 +582,20 @@ async def patch_upload(request: web.Request) -> web.StreamResponse:
         _still_open(session)
         content_range = request.headers.get("Content-Range")
         if content_range:
-            start = content_range.removeprefix("bytes=").partition("-")[0]
+            start, _, end = content_range.removeprefix("bytes=").partition("-")
             if not _NUMBER.fullmatch(start) or int(start) != session.offset:
                 raise OCIError(
                     "RANGE_INVALID",
-                    f"the upload is at byte {session.offset}; this chunk starts at {start}",
+                    f"the upload is at byte {session.offset}; this chunk starts at {start!r:.40}",
+                    headers=_upload_headers(request, name, session),
+                )
+            length = request.content_length
+            if length is not None and (
+                not _NUMBER.fullmatch(end) or int(end) - int(start) + 1 != length
+            ):
+                raise OCIError(
+                    "RANGE_INVALID",
+                    f"Content-Range {content_range!r:.80} does not span the {length} bytes sent",
                     headers=_upload_headers(request, name, session),
                 )
         await _receive(request, session)

@@ -1,0 +1,89 @@
+"""``cairn registry serve``: what the spec refuses is refused, and nothing is read two ways."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from pathlib import Path
+
+import bcrypt
+import httpx
+
+from tests.conftest import serving
+
+OCI = "application/vnd.oci.image.manifest.v1+json"
+INDEX = "application/vnd.oci.image.index.v1+json"
+
+
+def sha(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def config(http: httpx.Client, repo: str) -> dict[str, object]:
+    data = b"{}"
+    http.post(f"/v2/{repo}/blobs/uploads/", params={"digest": sha(data)}, content=data)
+    return {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha(data), "size": 2}
+
+
+def test_a_manifest_is_one_kind_for_every_reader(tmp_path: Path) -> None:
+    with serving(tmp_path / "served") as host, httpx.Client(base_url=f"http://{host}") as http:
+        image = {"schemaVersion": 2, "config": config(http, "lab/k"), "layers": []}
+        # No mediaType, the fields of both kinds: one reader sees an image, another an index.
+        both = json.dumps({**image, "manifests": []}).encode()
+        refused = http.put("/v2/lab/k/manifests/a", content=both, headers={"Content-Type": OCI})
+        assert refused.status_code == 400
+        assert refused.json()["errors"][0]["code"] == "MANIFEST_INVALID"
+        # A mediaType that says one kind, sent as the other.
+        declared = json.dumps({**image, "mediaType": OCI}).encode()
+        mixed = http.put("/v2/lab/k/manifests/b", content=declared, headers={"Content-Type": INDEX})
+        assert mixed.status_code == 400 and "disagrees with Content-Type" in mixed.text
+        assert http.get("/v2/lab/k/tags/list").status_code == 404  # nothing was stored
+        ok = http.put("/v2/lab/k/manifests/c", content=declared, headers={"Content-Type": OCI})
+        assert ok.status_code == 201
+
+
+def test_names_that_differ_only_in_case(tmp_path: Path) -> None:
+    with serving(tmp_path / "served") as host, httpx.Client(base_url=f"http://{host}") as http:
+        body = json.dumps(
+            {"schemaVersion": 2, "mediaType": OCI, "config": config(http, "lab/c"), "layers": []}
+        ).encode()
+        headers = {"Content-Type": OCI}
+        assert http.put("/v2/lab/c/manifests/v1.0-rc", content=body, headers=headers).is_success
+        other = body.replace(b'"layers": []', b'"layers": [], "annotations": {"a": "b"}')
+        clash = http.put("/v2/lab/c/manifests/v1.0-RC", content=other, headers=headers)
+        assert clash.status_code == 400 and "differs only in case" in clash.text
+        assert http.get("/v2/lab/c/manifests/v1.0-rc").content == body  # not overwritten
+        upper = http.put("/v2/Lab/C/manifests/v1", content=body, headers=headers)
+        assert upper.status_code == 400 and upper.json()["errors"][0]["code"] == "NAME_INVALID"
+
+
+def test_small_deviations_from_the_spec(tmp_path: Path) -> None:
+    users = tmp_path / "htpasswd"
+    users.write_text(f"carol:{bcrypt.hashpw(b'pw', bcrypt.gensalt(rounds=4)).decode()}\n")
+    auth = {"Authorization": "Basic " + base64.b64encode(b"carol:pw").decode()}
+    root = tmp_path / "served"
+    with (
+        serving(root, "--htpasswd", str(users), "--public-read") as host,
+        httpx.Client(base_url=f"http://{host}", headers=auth) as http,
+    ):
+        body = json.dumps(
+            {"schemaVersion": 2, "mediaType": OCI, "config": config(http, "lab/s"), "layers": []}
+        ).encode()
+        assert http.put("/v2/lab/s/manifests/v1", content=body, headers={"Content-Type": OCI})
+        # tag@digest is no tag: it must not quietly drop the digest
+        wrong = "v1@sha256:" + "0" * 64
+        assert httpx.get(f"http://{host}/v2/lab/s/manifests/{wrong}").status_code == 404
+        # a digest in the store's file form is no digest
+        file_form = "sha256-" + sha(b"{}")[7:]
+        assert http.get(f"/v2/lab/s/blobs/{file_form}").status_code == 400
+        # --public-read opens pulls, not somebody's upload session
+        session = http.post("/v2/lab/s/blobs/uploads/").headers["Location"]
+        assert httpx.get(session).status_code == 401
+        assert http.get(session).status_code == 204
+        # a Content-Range that does not span the body sent
+        lying = http.patch(session, content=b"abc", headers={"Content-Range": "0-9"})
+        assert lying.status_code == 416
+        assert (
+            http.patch(session, content=b"abc", headers={"Content-Range": "0-2"}).status_code == 202
+        )
