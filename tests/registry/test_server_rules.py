@@ -87,3 +87,37 @@ def test_small_deviations_from_the_spec(tmp_path: Path) -> None:
         assert (
             http.patch(session, content=b"abc", headers={"Content-Range": "0-2"}).status_code == 202
         )
+
+
+def test_the_quota_counts_uploads_in_flight_and_manifests(tmp_path: Path) -> None:
+    part = b"q" * 600_000
+    with (
+        serving(tmp_path / "served", "--quota", "1M") as host,
+        httpx.Client(base_url=f"http://{host}") as http,
+    ):
+        first = http.post("/v2/lab/q/blobs/uploads/").headers["Location"]
+        assert httpx.patch(first, content=part).status_code == 202  # in flight, not finished
+        second = http.post("/v2/lab/q/blobs/uploads/").headers["Location"]
+        denied = httpx.patch(second, content=part)
+        assert denied.status_code == 403 and denied.json()["errors"][0]["code"] == "DENIED"
+        assert httpx.put(first, params={"digest": sha(part)}).status_code == 201
+        again = http.post(
+            "/v2/lab/q/blobs/uploads/", params={"digest": sha(part + b"!")}, content=part + b"!"
+        )
+        assert again.status_code == 403
+        # what is stored stays under the quota
+        root = tmp_path / "served"
+        stored = sum(p.stat().st_size for p in (root / "blobs").iterdir())
+        assert stored <= 1_000_000
+        # a manifest too counts against it
+        body = json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": OCI,
+                "config": {"mediaType": "a/b", "digest": sha(part), "size": len(part)},
+                "layers": [],
+                "annotations": {"pad": "x" * 500_000},
+            }
+        ).encode()
+        big = http.put("/v2/lab/q/manifests/v1", content=body, headers={"Content-Type": OCI})
+        assert big.status_code == 403

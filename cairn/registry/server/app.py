@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import re
 import secrets
 import time
@@ -96,17 +97,30 @@ class Registry:
         self._auth_salt = secrets.token_bytes(16)
         self._dummy_hash = _dummy_hash(options.users) if options.users else b""
 
-    def check_quota(self, adding: int) -> None:
-        """DENIED when ``adding`` more bytes would pass ``--quota`` (usage cached 5 s)."""
+    def usage(self) -> int:
+        """Bytes the store holds: blobs and manifest files, counted afresh."""
+        blobs = self.models.blobs
+        used = 0
+        for digest in blobs:
+            with contextlib.suppress(CairnError):
+                used += blobs.size(digest)
+        for folder, _dirs, files in os.walk(self.models.tags.dir):
+            for file in files:
+                with contextlib.suppress(OSError):
+                    used += os.stat(os.path.join(folder, file)).st_size
+        return used
+
+    def check_quota(self, adding: int, *, fresh: bool = False) -> None:
+        """DENIED when ``adding`` more bytes would pass ``--quota``: counting what the store
+        holds (cached 5 s unless ``fresh``) and every upload still in flight."""
         quota = self.options.quota
         if quota is None:
             return
         stamp, used = self._usage
-        if time.monotonic() - stamp > 5:
-            blobs = self.models.blobs
-            used = sum(blobs.size(d) for d in blobs)
+        if fresh or time.monotonic() - stamp > 5:
+            used = self.usage()
             self._usage = (time.monotonic(), used)
-        if used + adding > quota:
+        if used + self.uploads.in_flight() + adding > quota:
             raise OCIError("DENIED", f"the registry's quota of {quota} bytes would be exceeded")
 
     def stored(self, size: int) -> None:
@@ -318,6 +332,7 @@ async def put_manifest(request: web.Request) -> web.StreamResponse:
     if not by_digest and not _valid_tag(reference):
         raise OCIError("MANIFEST_INVALID", f"{reference!r:.100} is not a tag (nor a digest)")
     data = await _whole_body(request, MAX_MANIFEST_SIZE)
+    registry.check_quota(len(data))
     digest = Digest(hashlib.sha256(data).hexdigest())
     content_type = request.headers.get("Content-Type", "").partition(";")[0].strip() or None
     try:
@@ -510,7 +525,7 @@ async def _receive(request: web.Request, session: Session) -> None:
     nothing for ``BODY_IDLE`` seconds is cut off, so no stalled client holds the lock."""
     registry: Registry = request.app["registry"]
     if request.content_length:
-        registry.check_quota(session.offset + request.content_length)
+        registry.check_quota(request.content_length)
     chunks = request.content.iter_chunked(CHUNK).__aiter__()
     while True:
         try:
@@ -523,7 +538,7 @@ async def _receive(request: web.Request, session: Session) -> None:
                 f"the request body sent nothing for {BODY_IDLE:g} s",
                 status=408,
             ) from None
-        registry.check_quota(session.offset + len(chunk))
+        registry.check_quota(len(chunk))
         await asyncio.to_thread(Uploads.append, session, chunk)
 
 
@@ -622,6 +637,8 @@ async def _finish(
     def finish() -> Blob | None:
         # The writer lock can wait on a `cairn prune` in another process: never in the loop.
         with registry.models.blobs.writing():
+            if not registry.models.blobs.has(digest):  # counted again, now it is to stay
+                registry.check_quota(0, fresh=True)
             return registry.uploads.finish(session, digest)
 
     try:

@@ -63,6 +63,10 @@ class Uploads:
         self.sessions[session_id] = session
         return session
 
+    def in_flight(self) -> int:
+        """Bytes received by uploads not yet finished: they count against a quota."""
+        return sum(s.offset for s in self.sessions.values() if not s.closed)
+
     def get(self, session_id: str, repository: str) -> Session | None:
         session = self.sessions.get(session_id)
         if session is None or session.repository != repository or session.closed:
