@@ -28,7 +28,8 @@ missing", name=n)``: ``str(error)`` is English (what an HTTP API sends) and
         ├── CorruptBlobError        a stored blob whose bytes no longer match its name
         ├── StorageFullError        the disk (or quota) ran out while writing
         ├── StoreBusyError          a lock held by another process did not come free
-        └── UploadClosedError       an upload session another request finished or cancelled
+        ├── UploadClosedError       an upload session another request finished or cancelled
+        └── UploadLimitError        too many upload sessions open at once
 """
 
 from __future__ import annotations
@@ -148,3 +149,7 @@ class StoreBusyError(StoreError):
 
 class UploadClosedError(StoreError):
     """A request reached an upload session another request finished or cancelled."""
+
+
+class UploadLimitError(StoreError):
+    """Too many upload sessions are open at once (in all, or for one client)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import time
 from pathlib import Path
 
 import bcrypt
@@ -121,3 +122,28 @@ def test_the_quota_counts_uploads_in_flight_and_manifests(tmp_path: Path) -> Non
         ).encode()
         big = http.put("/v2/lab/q/manifests/v1", content=body, headers={"Content-Type": OCI})
         assert big.status_code == 403
+
+
+def test_upload_sessions_are_bounded_and_expire_on_their_own(tmp_path: Path) -> None:
+    from cairn.registry.server.uploads import MAX_SESSIONS_PER_CLIENT
+
+    with (
+        serving(tmp_path / "served", "--upload-expiry", "1") as host,
+        httpx.Client(base_url=f"http://{host}") as http,
+    ):
+        idle = http.post("/v2/lab/e/blobs/uploads/").headers["Location"]
+        # No other upload starts meanwhile: only a timer can expire it. (Its file is
+        # watched, not its status: asking for the status is activity.)
+        uploads = tmp_path / "served" / ".cairn" / "uploads"
+        deadline = time.monotonic() + 15
+        while list(uploads.iterdir()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not list(uploads.iterdir())
+        assert http.get(idle).status_code == 404
+        opened = [http.post("/v2/lab/e/blobs/uploads/") for _ in range(MAX_SESSIONS_PER_CLIENT)]
+        assert all(answer.status_code == 202 for answer in opened)
+        refused = http.post("/v2/lab/e/blobs/uploads/")
+        assert refused.status_code == 429 and refused.headers["Retry-After"] == "10"
+        assert refused.json()["errors"][0]["code"] == "TOOMANYREQUESTS"
+        assert http.delete(opened[0].headers["Location"]).status_code == 204
+        assert http.post("/v2/lab/e/blobs/uploads/").status_code == 202

@@ -38,6 +38,7 @@ from cairn.errors import (
     ManifestError,
     StorageFullError,
     UploadClosedError,
+    UploadLimitError,
 )
 from cairn.manifests import mediatypes as mt
 from cairn.manifests.manifest import MAX_MANIFEST_SIZE, Index, Manifest, parse_manifest
@@ -49,6 +50,8 @@ from cairn.registry.server.uploads import Session, Uploads
 API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
 AUTH_CACHE = 60.0
 """Seconds a verified Basic credential is taken without running bcrypt again."""
+RETRY_SESSIONS = 10
+"""Seconds a client told there are too many upload sessions is asked to wait."""
 BODY_IDLE = 60.0
 """Seconds a request body may send nothing before the server gives up on it."""
 CHUNK = 1 << 20
@@ -557,7 +560,12 @@ async def start_upload(request: web.Request) -> web.StreamResponse:
                     "Docker-Content-Digest": str(digest),
                 },
             )
-    session = registry.uploads.start(name)
+    try:
+        session = registry.uploads.start(name, request.remote or "")
+    except UploadLimitError as exc:
+        raise OCIError(
+            "TOOMANYREQUESTS", str(exc), headers={"Retry-After": str(RETRY_SESSIONS)}
+        ) from None
     wanted = request.query.get("digest")
     if wanted is not None:  # a single POST with the whole blob
         digest = _digest(wanted)
@@ -814,6 +822,23 @@ def make_app(options: Options) -> web.Application:
         web.get(f"/v2/{name}/referrers/{{digest}}", referrers),
     ]
     app.add_routes(routes)
+
+    async def expire_uploads(_: web.Application) -> None:
+        """Idle sessions go on a timer, not only when a new upload starts."""
+
+        async def every() -> None:
+            period = max(0.5, min(60.0, options.upload_expiry / 4))
+            while True:
+                await asyncio.sleep(period)
+                registry.uploads.expire()
+
+        app["expirer"] = asyncio.get_running_loop().create_task(every())
+
+    async def stop_expiring(_: web.Application) -> None:
+        app["expirer"].cancel()
+
+    app.on_startup.append(expire_uploads)
+    app.on_cleanup.append(stop_expiring)
 
     async def cleanup(_: web.Application) -> None:
         registry.uploads.close()

@@ -26,7 +26,12 @@ from typing import Any
 
 from cairn.blobstore import Blob, BlobStore, Digest
 from cairn.blobstore.store import pwrite_all, storage_error
-from cairn.errors import UploadClosedError
+from cairn.errors import UploadClosedError, UploadLimitError
+
+MAX_SESSIONS = 1024
+"""Upload sessions open at once, in all."""
+MAX_SESSIONS_PER_CLIENT = 64
+"""Upload sessions one client address may hold open at once."""
 
 
 @dataclass
@@ -34,6 +39,7 @@ class Session:
     id: str
     repository: str
     path: Path
+    client: str = ""
     offset: int = 0
     """Bytes written and hashed so far: the file's size, always."""
     hasher: Any = field(default_factory=hashlib.sha256)
@@ -50,8 +56,16 @@ class Uploads:
         self.expiry = expiry
         self.sessions: dict[str, Session] = {}
 
-    def start(self, repository: str) -> Session:
+    def start(self, repository: str, client: str = "") -> Session:
+        """A new session; :class:`UploadLimitError` when too many are open (in all, or for
+        ``client``, the peer's address)."""
         self.expire()
+        open_here = sum(1 for s in self.sessions.values() if s.client == client)
+        if len(self.sessions) >= MAX_SESSIONS or open_here >= MAX_SESSIONS_PER_CLIENT:
+            raise UploadLimitError(
+                "too many upload sessions are open ({count}); finish or cancel some",
+                count=open_here if open_here >= MAX_SESSIONS_PER_CLIENT else len(self.sessions),
+            )
         self.dir.mkdir(parents=True, exist_ok=True)
         session_id = str(uuid.uuid4())
         path = self.dir / session_id
@@ -59,7 +73,7 @@ class Uploads:
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
         except OSError as exc:
             raise storage_error(exc, "starting an upload") from exc
-        session = Session(session_id, repository, path)
+        session = Session(session_id, repository, path, client=client)
         self.sessions[session_id] = session
         return session
 
