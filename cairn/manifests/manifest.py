@@ -273,6 +273,8 @@ class Index:
     artifact_type: str | None = None
     annotations: Mapping[str, str] = field(default_factory=dict)
     raw: bytes = field(default=b"", compare=False, repr=False)
+    subject: Descriptor | None = None
+    """The manifest this index refers to (OCI 1.1: an index can be a referrer too)."""
 
     @classmethod
     def from_json_object(cls, obj: dict[str, Any], raw: bytes) -> Index:
@@ -287,6 +289,7 @@ class Index:
         artifact_type = obj.get("artifactType")
         if artifact_type is not None:
             artifact_type = _media_type(artifact_type, "index artifactType")
+        subject = obj.get("subject")
         return cls(
             manifests=tuple(
                 Descriptor.from_json(entry, f"index entry {i}") for i, entry in enumerate(entries)
@@ -295,6 +298,7 @@ class Index:
             artifact_type=artifact_type,
             annotations=_string_map(obj.get("annotations"), "index"),
             raw=bytes(raw),
+            subject=None if subject is None else Descriptor.from_json(subject, "index subject"),
         )
 
     @classmethod
@@ -305,7 +309,9 @@ class Index:
         return parsed
 
     def to_json(self) -> dict[str, Any]:
-        body = {"manifests": [entry.to_json() for entry in self.manifests]}
+        body: dict[str, Any] = {"manifests": [entry.to_json() for entry in self.manifests]}
+        if self.subject is not None:
+            body["subject"] = self.subject.to_json()
         return _envelope(self.media_type, self.artifact_type, body, self.annotations)
 
     def to_bytes(self) -> bytes:

@@ -147,3 +147,80 @@ def test_upload_sessions_are_bounded_and_expire_on_their_own(tmp_path: Path) -> 
         assert refused.json()["errors"][0]["code"] == "TOOMANYREQUESTS"
         assert http.delete(opened[0].headers["Location"]).status_code == 204
         assert http.post("/v2/lab/e/blobs/uploads/").status_code == 202
+
+
+def test_referrers_of_an_index_and_foreign_layers(tmp_path: Path) -> None:
+    with serving(tmp_path / "served") as host, httpx.Client(base_url=f"http://{host}") as http:
+        image = json.dumps(
+            {"schemaVersion": 2, "mediaType": OCI, "config": config(http, "lab/r"), "layers": []}
+        ).encode()
+        assert http.put("/v2/lab/r/manifests/v1", content=image, headers={"Content-Type": OCI})
+        subject = {"mediaType": OCI, "digest": sha(image), "size": len(image)}
+        # An index may refer to a manifest too (OCI 1.1): its PUT names the subject.
+        index = json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": INDEX,
+                "artifactType": "application/vnd.test.index",
+                "manifests": [subject],
+                "subject": subject,
+            }
+        ).encode()
+        put = http.put(
+            f"/v2/lab/r/manifests/{sha(index)}", content=index, headers={"Content-Type": INDEX}
+        )
+        assert put.status_code == 201 and put.headers["OCI-Subject"] == sha(image)
+        listed = http.get(f"/v2/lab/r/referrers/{sha(image)}")
+        assert listed.headers["Content-Type"] == INDEX  # exactly: no "; charset=utf-8"
+        assert [m["digest"] for m in listed.json()["manifests"]] == [sha(index)]
+        # Layers the publisher keeps to itself: accepted without their blobs.
+        foreign = json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": OCI,
+                "config": config(http, "lab/r"),
+                "layers": [
+                    {
+                        "mediaType": "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+                        "digest": sha(b"not here"),
+                        "size": 8,
+                    },
+                    {
+                        "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                        "digest": sha(b"elsewhere"),
+                        "size": 9,
+                        "urls": ["https://example.com/layer"],
+                    },
+                ],
+            }
+        ).encode()
+        taken = http.put(
+            "/v2/lab/r/manifests/foreign", content=foreign, headers={"Content-Type": OCI}
+        )
+        assert taken.status_code == 201
+        # but an ordinary layer must still be there
+        missing = foreign.replace(b'"urls": ["https://example.com/layer"]', b'"annotations": {}')
+        refused = http.put("/v2/lab/r/manifests/m", content=missing, headers={"Content-Type": OCI})
+        assert refused.status_code == 400
+        assert refused.json()["errors"][0]["code"] == "MANIFEST_BLOB_UNKNOWN"
+
+
+def test_a_final_chunk_out_of_order_is_a_range_error(tmp_path: Path) -> None:
+    data = b"0123456789"
+    with serving(tmp_path / "served") as host, httpx.Client(base_url=f"http://{host}") as http:
+        session = http.post("/v2/lab/o/blobs/uploads/").headers["Location"]
+        assert http.patch(session, content=data[:4], headers={"Content-Range": "0-3"}).is_success
+        late = http.put(
+            session,
+            params={"digest": sha(data)},
+            content=data[6:],
+            headers={"Content-Range": "6-9"},
+        )
+        assert late.status_code == 416 and late.json()["errors"][0]["code"] == "RANGE_INVALID"
+        done = http.put(
+            session,
+            params={"digest": sha(data)},
+            content=data[4:],
+            headers={"Content-Range": "4-9"},
+        )
+        assert done.status_code == 201

@@ -41,7 +41,13 @@ from cairn.errors import (
     UploadLimitError,
 )
 from cairn.manifests import mediatypes as mt
-from cairn.manifests.manifest import MAX_MANIFEST_SIZE, Index, Manifest, parse_manifest
+from cairn.manifests.manifest import (
+    MAX_MANIFEST_SIZE,
+    Descriptor,
+    Index,
+    Manifest,
+    parse_manifest,
+)
 from cairn.manifests.models import Models
 from cairn.manifests.reference import Reference, parse_reference
 from cairn.registry.server.errors import OCIError
@@ -301,6 +307,15 @@ async def _whole_body(request: web.Request, limit: int) -> bytes:
         parts.append(part)
 
 
+def _foreign(descriptor: Descriptor, manifest: Manifest) -> bool:
+    """A layer its publisher may not let registries hold: non-distributable media types,
+    or one fetched from its own ``urls``."""
+    if descriptor is manifest.config:
+        return False
+    kind = descriptor.media_type
+    return "nondistributable" in kind or ".foreign." in kind or "urls" in descriptor.extra
+
+
 def _one_kind(data: bytes, content_type: str | None) -> None:
     """Refuse a body whose kind another reader could take differently: a ``mediaType``
     that disagrees with the Content-Type, or no ``mediaType`` and the fields of both an
@@ -355,6 +370,8 @@ async def put_manifest(request: web.Request) -> web.StreamResponse:
         DELETE or prune (which take the collector's) comes between this and the write."""
         if isinstance(parsed, Manifest):
             for descriptor in parsed.blobs:
+                if _foreign(descriptor, parsed):
+                    continue  # the spec lets a registry take these without their blobs
                 if not blobs.has(descriptor.digest):
                     raise OCIError(
                         "MANIFEST_BLOB_UNKNOWN",
@@ -603,26 +620,31 @@ async def patch_upload(request: web.Request) -> web.StreamResponse:
     _, name, session = _session(request)
     async with session.lock:
         _still_open(session)
-        content_range = request.headers.get("Content-Range")
-        if content_range:
-            start, _, end = content_range.removeprefix("bytes=").partition("-")
-            if not _NUMBER.fullmatch(start) or int(start) != session.offset:
-                raise OCIError(
-                    "RANGE_INVALID",
-                    f"the upload is at byte {session.offset}; this chunk starts at {start!r:.40}",
-                    headers=_upload_headers(request, name, session),
-                )
-            length = request.content_length
-            if length is not None and (
-                not _NUMBER.fullmatch(end) or int(end) - int(start) + 1 != length
-            ):
-                raise OCIError(
-                    "RANGE_INVALID",
-                    f"Content-Range {content_range!r:.80} does not span the {length} bytes sent",
-                    headers=_upload_headers(request, name, session),
-                )
+        _check_range(request, name, session)
         await _receive(request, session)
         return web.Response(status=202, headers=_upload_headers(request, name, session))
+
+
+def _check_range(request: web.Request, name: str, session: Session) -> None:
+    """A chunk's ``Content-Range`` (PATCH, or the final PUT's) must start where the upload
+    is and span the bytes sent: 416 otherwise."""
+    content_range = request.headers.get("Content-Range")
+    if not content_range:
+        return
+    start, _, end = content_range.removeprefix("bytes=").partition("-")
+    if not _NUMBER.fullmatch(start) or int(start) != session.offset:
+        raise OCIError(
+            "RANGE_INVALID",
+            f"the upload is at byte {session.offset}; this chunk starts at {start!r:.40}",
+            headers=_upload_headers(request, name, session),
+        )
+    length = request.content_length
+    if length is not None and (not _NUMBER.fullmatch(end) or int(end) - int(start) + 1 != length):
+        raise OCIError(
+            "RANGE_INVALID",
+            f"Content-Range {content_range!r:.80} does not span the {length} bytes sent",
+            headers=_upload_headers(request, name, session),
+        )
 
 
 async def upload_status(request: web.Request) -> web.StreamResponse:
@@ -635,6 +657,8 @@ async def put_upload(request: web.Request) -> web.StreamResponse:
     digest = _digest(request.query.get("digest", ""))
     async with session.lock:
         _still_open(session)
+        if request.content_length:
+            _check_range(request, name, session)
         await _receive(request, session)
         return await _finish(request, registry, name, session, digest)
 
@@ -739,7 +763,9 @@ async def referrers(request: web.Request) -> web.StreamResponse:
             entries.append(entry)
     headers = {"OCI-Filters-Applied": "artifactType"} if wanted else {}
     body = {"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": entries}
-    return web.json_response(body, content_type=mt.OCI_INDEX, headers=headers)
+    # Exactly the index media type: json_response would add "; charset=utf-8".
+    headers["Content-Type"] = mt.OCI_INDEX
+    return web.Response(body=json.dumps(body).encode(), headers=headers)
 
 
 # -- middleware and app -------------------------------------------------------------
