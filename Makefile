@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install install-cuda sysdeps demo test lint bench clean
+.PHONY: install install-cuda sysdeps demo test lint bench conformance clean
 
 # Debian packages the tests and the demo use: a real registry and a real peer client.
 SYSTEM_TOOLS := docker-registry skopeo
@@ -48,6 +48,12 @@ lint: install
 
 test: install sysdeps lint
 	$(BIN)/pytest -q
+
+# The OCI distribution-spec conformance suites against a fresh `cairn registry serve`
+# (prebuilt in ../shared/tools/oci-conformance, or CONFORMANCE=DIR); exit 1 on a failure.
+CONFORMANCE ?= ../shared/tools/oci-conformance
+conformance: install
+	bash scripts/conformance.sh $(CONFORMANCE)
 
 bench: install sysdeps
 	$(BIN)/python bench/run.py
