@@ -1,0 +1,227 @@
+"""Blob and upload endpoints of ``cairn registry serve``."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from cairn.blobstore import Blob, Digest
+from cairn.errors import UploadLimitError
+from cairn.registry.server.errors import OCIError
+from cairn.registry.server.registry import (
+    BODY_IDLE,
+    CHUNK,
+    NUMBER,
+    RETRY_SESSIONS,
+    Registry,
+    absolute_url,
+    parse_digest,
+)
+from cairn.registry.server.uploads import Session, Uploads
+
+
+async def get_blob(request: web.Request) -> web.StreamResponse:
+    registry: Registry = request.app["registry"]
+    name = request.match_info["name"]
+    registry.reference(name)
+    digest = parse_digest(request.match_info["digest"])
+    path = registry.models.blobs.path(digest)
+    if not await asyncio.to_thread(path.is_file):
+        raise OCIError("BLOB_UNKNOWN", f"blob {digest} is unknown", {"digest": str(digest)})
+    headers = {
+        "Docker-Content-Digest": str(digest),
+        "Content-Type": "application/octet-stream",
+        # Ollama's downloader (server/download.go, before ollama#7244 was fixed) takes
+        # the blob's URL from the unranged GET's Location and fails without one.
+        "Location": absolute_url(request, f"/v2/{name}/blobs/{digest}"),
+    }
+    if request.method == "HEAD":
+        headers["Content-Length"] = str(path.stat().st_size)
+        headers["Accept-Ranges"] = "bytes"
+        return web.Response(headers=headers)
+    response = web.FileResponse(path, chunk_size=CHUNK, headers=headers)
+    return response
+
+
+async def delete_blob(request: web.Request) -> web.StreamResponse:
+    registry: Registry = request.app["registry"]
+    registry.reference(request.match_info["name"])
+    digest = parse_digest(request.match_info["digest"])
+    models = registry.models
+
+    def remove() -> bool:
+        with models.blobs.collecting():
+            if digest in models.referenced():
+                raise OCIError(
+                    "UNSUPPORTED", f"blob {digest} is used by a manifest; delete that first"
+                )
+            return models.blobs.delete(digest)
+
+    if not await asyncio.to_thread(remove):
+        raise OCIError("BLOB_UNKNOWN", f"blob {digest} is unknown")
+    return web.Response(status=202)
+
+
+def _upload_headers(request: web.Request, name: str, session: Session) -> dict[str, str]:
+    return {
+        "Location": absolute_url(request, f"/v2/{name}/blobs/uploads/{session.id}"),
+        "Range": f"0-{max(0, session.offset - 1)}",
+        "Docker-Upload-UUID": session.id,
+    }
+
+
+async def _receive(request: web.Request, session: Session) -> None:
+    """Append the request's body to the session (holding its lock); a body that sends
+    nothing for ``BODY_IDLE`` seconds is cut off, so no stalled client holds the lock."""
+    registry: Registry = request.app["registry"]
+    if request.content_length:
+        registry.check_quota(request.content_length)
+    chunks = request.content.iter_chunked(CHUNK).__aiter__()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(chunks.__anext__(), BODY_IDLE)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise OCIError(
+                "BLOB_UPLOAD_INVALID",
+                f"the request body sent nothing for {BODY_IDLE:g} s",
+                status=408,
+            ) from None
+        registry.check_quota(len(chunk))
+        await asyncio.to_thread(Uploads.append, session, chunk)
+
+
+async def start_upload(request: web.Request) -> web.StreamResponse:
+    registry: Registry = request.app["registry"]
+    name = request.match_info["name"]
+    registry.reference(name)
+    mount, source = request.query.get("mount"), request.query.get("from")
+    if mount and source:
+        digest = parse_digest(mount)
+        if registry.models.blobs.has(digest):
+            return web.Response(
+                status=201,
+                headers={
+                    "Location": absolute_url(request, f"/v2/{name}/blobs/{digest}"),
+                    "Docker-Content-Digest": str(digest),
+                },
+            )
+    try:
+        session = registry.uploads.start(name, request.remote or "")
+    except UploadLimitError as exc:
+        raise OCIError(
+            "TOOMANYREQUESTS", str(exc), headers={"Retry-After": str(RETRY_SESSIONS)}
+        ) from None
+    wanted = request.query.get("digest")
+    if wanted is not None:  # a single POST with the whole blob
+        digest = parse_digest(wanted)
+        async with session.lock:
+            try:
+                await _receive(request, session)
+            except BaseException:
+                registry.uploads.drop(session)  # nobody can resume a single-request upload
+                raise
+            return await _finish(request, registry, name, session, digest)
+    return web.Response(status=202, headers=_upload_headers(request, name, session))
+
+
+NO_SESSION = "no such upload session (expired, finished, cancelled or made up)"
+
+
+def _session(request: web.Request) -> tuple[Registry, str, Session]:
+    registry: Registry = request.app["registry"]
+    name = request.match_info["name"]
+    session = registry.uploads.get(request.match_info["uuid"], name)
+    if session is None:
+        raise OCIError("BLOB_UPLOAD_UNKNOWN", NO_SESSION)
+    return registry, name, session
+
+
+def _still_open(session: Session) -> None:
+    """Call holding the session's lock: another request may have closed it meanwhile."""
+    if session.closed:
+        raise OCIError("BLOB_UPLOAD_UNKNOWN", NO_SESSION)
+
+
+async def patch_upload(request: web.Request) -> web.StreamResponse:
+    _, name, session = _session(request)
+    async with session.lock:
+        _still_open(session)
+        _check_range(request, name, session)
+        await _receive(request, session)
+        return web.Response(status=202, headers=_upload_headers(request, name, session))
+
+
+def _check_range(request: web.Request, name: str, session: Session) -> None:
+    """A chunk's ``Content-Range`` (PATCH, or the final PUT's) must start where the upload
+    is and span the bytes sent: 416 otherwise."""
+    content_range = request.headers.get("Content-Range")
+    if not content_range:
+        return
+    start, _, end = content_range.removeprefix("bytes=").partition("-")
+    if not NUMBER.fullmatch(start) or int(start) != session.offset:
+        raise OCIError(
+            "RANGE_INVALID",
+            f"the upload is at byte {session.offset}; this chunk starts at {start!r:.40}",
+            headers=_upload_headers(request, name, session),
+        )
+    length = request.content_length
+    if length is not None and (not NUMBER.fullmatch(end) or int(end) - int(start) + 1 != length):
+        raise OCIError(
+            "RANGE_INVALID",
+            f"Content-Range {content_range!r:.80} does not span the {length} bytes sent",
+            headers=_upload_headers(request, name, session),
+        )
+
+
+async def upload_status(request: web.Request) -> web.StreamResponse:
+    _, name, session = _session(request)
+    return web.Response(status=204, headers=_upload_headers(request, name, session))
+
+
+async def put_upload(request: web.Request) -> web.StreamResponse:
+    registry, name, session = _session(request)
+    digest = parse_digest(request.query.get("digest", ""))
+    async with session.lock:
+        _still_open(session)
+        if request.content_length:
+            _check_range(request, name, session)
+        await _receive(request, session)
+        return await _finish(request, registry, name, session, digest)
+
+
+async def _finish(
+    request: web.Request, registry: Registry, name: str, session: Session, digest: Digest
+) -> web.StreamResponse:
+    def finish() -> Blob | None:
+        # The writer lock can wait on a `cairn prune` in another process: never in the loop.
+        with registry.models.blobs.writing():
+            if not registry.models.blobs.has(digest):  # counted again, now it is to stay
+                registry.check_quota(0, fresh=True)
+            return registry.uploads.finish(session, digest)
+
+    try:
+        blob = await asyncio.to_thread(finish)
+    except BaseException:
+        registry.uploads.drop(session)  # whatever failed, the session is over
+        raise
+    if blob is None:
+        raise OCIError("DIGEST_INVALID", f"the uploaded bytes do not hash to {digest}")
+    registry.stored(blob.size)
+    return web.Response(
+        status=201,
+        headers={
+            "Location": absolute_url(request, f"/v2/{name}/blobs/{digest}"),
+            "Docker-Content-Digest": str(digest),
+        },
+    )
+
+
+async def cancel_upload(request: web.Request) -> web.StreamResponse:
+    registry, _, session = _session(request)
+    async with session.lock:  # after any request writing to it
+        _still_open(session)
+        registry.uploads.drop(session)
+    return web.Response(status=204)

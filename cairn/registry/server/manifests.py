@@ -1,0 +1,313 @@
+"""Manifest, tag and referrer endpoints of ``cairn registry serve``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+from typing import Any
+from urllib.parse import quote
+
+from aiohttp import web
+
+from cairn.blobstore import Digest
+from cairn.errors import (
+    CairnError,
+    InvalidReferenceError,
+    ManifestError,
+)
+from cairn.manifests import mediatypes as mt
+from cairn.manifests.manifest import (
+    MAX_MANIFEST_SIZE,
+    Descriptor,
+    Index,
+    Manifest,
+    parse_manifest,
+)
+from cairn.registry.server.errors import OCIError
+from cairn.registry.server.registry import (
+    BODY_IDLE,
+    CHUNK,
+    NUMBER,
+    Registry,
+    absolute_url,
+    parse_digest,
+    valid_tag,
+    warn,
+)
+
+
+async def get_manifest(request: web.Request) -> web.StreamResponse:
+    registry: Registry = request.app["registry"]
+    name, reference = request.match_info["name"], request.match_info["reference"]
+    data = await asyncio.to_thread(registry.find_manifest, name, reference)
+    try:
+        parsed = parse_manifest(data)
+    except ManifestError:
+        raise OCIError(
+            "MANIFEST_INVALID", f"the stored manifest {name}:{reference} is damaged"
+        ) from None
+    content_type = parsed.media_type or (
+        mt.OCI_INDEX if isinstance(parsed, Index) else mt.OCI_MANIFEST
+    )
+    headers = {
+        "Docker-Content-Digest": f"sha256:{hashlib.sha256(data).hexdigest()}",
+        "Content-Type": content_type,
+        "Content-Length": str(len(data)),
+    }
+    if request.method == "HEAD":
+        return web.Response(headers=headers)
+    return web.Response(body=data, headers=headers)
+
+
+async def _whole_body(request: web.Request, limit: int) -> bytes:
+    """The request's whole body (chunked or not), 413 past ``limit`` bytes.
+
+    ``content.read(n)`` returns what is buffered, not the body: a manifest
+    sent in two writes was once stored cut short.
+    """
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        try:
+            part = await asyncio.wait_for(request.content.read(CHUNK), BODY_IDLE)
+        except TimeoutError:
+            raise OCIError(
+                "MANIFEST_INVALID", f"the request body sent nothing for {BODY_IDLE:g} s", status=408
+            ) from None
+        if not part:
+            return b"".join(parts)
+        size += len(part)
+        if size > limit:
+            raise OCIError("SIZE_INVALID", f"manifests are limited to {limit} bytes", status=413)
+        parts.append(part)
+
+
+def _foreign(descriptor: Descriptor, manifest: Manifest) -> bool:
+    """A layer its publisher may not let registries hold: non-distributable media types,
+    or one fetched from its own ``urls``."""
+    if descriptor is manifest.config:
+        return False
+    kind = descriptor.media_type
+    return "nondistributable" in kind or ".foreign." in kind or "urls" in descriptor.extra
+
+
+def _one_kind(data: bytes, content_type: str | None) -> None:
+    """Refuse a body whose kind another reader could take differently: a ``mediaType``
+    that disagrees with the Content-Type, or no ``mediaType`` and the fields of both an
+    image manifest and an index (as distribution refuses them)."""
+    try:
+        body = json.loads(data)
+    except (ValueError, RecursionError):
+        return  # parse_manifest says what is wrong
+    if not isinstance(body, dict):
+        return
+    declared = body.get("mediaType")
+    if declared is not None and content_type is not None and declared != content_type:
+        raise ManifestError(
+            "mediaType {declared!r:.100} disagrees with Content-Type {content_type!r:.100}",
+            declared=declared,
+            content_type=content_type,
+        )
+    if declared is None and "layers" in body and "manifests" in body:
+        raise ManifestError(
+            "a manifest with both layers and manifests, and no mediaType, is ambiguous"
+        )
+
+
+async def put_manifest(request: web.Request) -> web.StreamResponse:
+    registry: Registry = request.app["registry"]
+    name, reference = request.match_info["name"], request.match_info["reference"]
+    if request.content_length is not None and request.content_length > MAX_MANIFEST_SIZE:
+        raise OCIError(
+            "SIZE_INVALID", f"manifests are limited to {MAX_MANIFEST_SIZE} bytes", status=413
+        )
+    by_digest = reference.startswith("sha256:")
+    if not by_digest and not valid_tag(reference):
+        raise OCIError("MANIFEST_INVALID", f"{reference!r:.100} is not a tag (nor a digest)")
+    data = await _whole_body(request, MAX_MANIFEST_SIZE)
+    registry.check_quota(len(data))
+    digest = Digest(hashlib.sha256(data).hexdigest())
+    content_type = request.headers.get("Content-Type", "").partition(";")[0].strip() or None
+    try:
+        _one_kind(data, content_type)
+        parsed = parse_manifest(data, content_type)
+    except ManifestError as exc:
+        raise OCIError("MANIFEST_INVALID", str(exc)) from None
+    if by_digest and parse_digest(reference) != digest:
+        raise OCIError("DIGEST_INVALID", f"the manifest's digest is {digest}, not {reference}")
+    tag = "latest" if by_digest else reference
+    ref = registry.reference(name, tag)
+    blobs = registry.models.blobs
+    mapped = len(name.split("/")) < 3  # ns/name: onto --default-host, registry.ollama.ai's place
+
+    def check() -> None:
+        """What the manifest names is here: called holding the writer lock, so no blob
+        DELETE or prune (which take the collector's) comes between this and the write."""
+        if isinstance(parsed, Manifest):
+            for descriptor in parsed.blobs:
+                if _foreign(descriptor, parsed):
+                    continue  # the spec lets a registry take these without their blobs
+                if not blobs.has(descriptor.digest):
+                    raise OCIError(
+                        "MANIFEST_BLOB_UNKNOWN",
+                        f"blob {descriptor.digest} is not in the registry",
+                        {"digest": str(descriptor.digest)},
+                    )
+        else:
+            for entry in parsed.manifests:
+                try:
+                    registry.find_manifest(name, str(entry.digest))
+                except OCIError:
+                    raise OCIError(
+                        "MANIFEST_UNKNOWN",
+                        f"the index names manifest {entry.digest}, not in {name}",
+                    ) from None
+
+    def save() -> str | None:
+        """Store the manifest; what it replaced under a mapped name, if anything."""
+        with blobs.writing():
+            check()
+            if by_digest:
+                registry.models.tags.write_by_digest(ref, digest, data)
+                return None
+            existing = registry.models.tags.find(ref)
+            if existing is not None and existing.name != tag:
+                raise OCIError(
+                    "MANIFEST_INVALID",
+                    f"tag {tag!r} differs only in case from the tag {existing.name!r} this"
+                    " repository has; the store's tags ignore case, as Ollama's do",
+                )
+            replaced = None
+            if mapped:
+                with contextlib.suppress(CairnError, OSError):
+                    old = registry.models.tags.read(ref)[1]
+                    if old != data:
+                        replaced = f"sha256:{hashlib.sha256(old).hexdigest()}"
+            if replaced and registry.options.protect_upstream:
+                raise OCIError(
+                    "DENIED",
+                    f"{name}:{tag} is {ref} in this store, which holds it already"
+                    f" ({replaced}); --protect-upstream refuses to replace it",
+                )
+            try:
+                registry.models.tags.write(ref, data)
+            except InvalidReferenceError as exc:
+                raise OCIError("NAME_INVALID", str(exc)) from None
+            return replaced
+
+    replaced = await asyncio.to_thread(save)
+    headers = {
+        "Location": absolute_url(request, f"/v2/{name}/manifests/{digest}"),
+        "Docker-Content-Digest": str(digest),
+    }
+    subject = getattr(parsed, "subject", None)
+    if subject is not None:
+        headers["OCI-Subject"] = str(subject.digest)
+    if replaced:
+        said = f"{name}:{tag} replaced {ref} in the store (it was {replaced})"
+        level = {"level": "warning", "message": said}
+        warn.warning("%s", json.dumps(level) if registry.options.json_logs else said)
+        headers["Warning"] = f'299 cairn "{said}"'
+    return web.Response(status=201, headers=headers)
+
+
+async def delete_manifest(request: web.Request) -> web.StreamResponse:
+    registry: Registry = request.app["registry"]
+    name, reference = request.match_info["name"], request.match_info["reference"]
+
+    if registry.options.protect_upstream and len(name.split("/")) < 3:
+        raise OCIError(
+            "DENIED",
+            f"{name} is {registry.reference(name)} in this store; --protect-upstream"
+            " refuses to delete through a name mapped onto it",
+        )
+
+    def remove() -> bool:
+        if not reference.startswith("sha256:"):
+            if not valid_tag(reference):
+                return False
+            return registry.models.tags.delete(registry.reference(name, reference))
+        registry.find_manifest(name, reference)  # 404 when absent
+        ref = registry.reference(name)
+        removed = registry.models.tags.delete_by_digest(ref, parse_digest(reference))
+        for tagged in list(registry.models.tags.tags_of(ref)):
+            digest = "sha256:" + hashlib.sha256(tagged.path.read_bytes()).hexdigest()
+            if digest == reference:
+                removed = registry.models.tags.delete(tagged.reference) or removed
+        return removed
+
+    if not await asyncio.to_thread(remove):
+        raise OCIError("MANIFEST_UNKNOWN", f"manifest {name}:{reference} is unknown")
+    return web.Response(status=202)
+
+
+async def list_tags(request: web.Request) -> web.StreamResponse:
+    registry: Registry = request.app["registry"]
+    name = request.match_info["name"]
+    ref = registry.reference(name)
+    every = await asyncio.to_thread(registry.tags, ref)
+    if not every:
+        raise OCIError("NAME_UNKNOWN", f"repository {name} is unknown")
+    tags = list(every)
+    last = request.query.get("last")
+    if last:
+        tags = [t for t in tags if t > last]
+    headers: dict[str, str] = {}
+    count = request.query.get("n")
+    if count is not None:
+        if not NUMBER.fullmatch(count):
+            raise OCIError("UNSUPPORTED", "n must be a number", status=400)
+        limit = int(count)
+        if len(tags) > limit:
+            tags = tags[:limit]
+            if tags:
+                headers["Link"] = (
+                    f'</v2/{name}/tags/list?n={limit}&last={quote(tags[-1])}>; rel="next"'
+                )
+    return web.json_response({"name": name, "tags": tags}, headers=headers)
+
+
+async def referrers(request: web.Request) -> web.StreamResponse:
+    registry: Registry = request.app["registry"]
+    name = request.match_info["name"]
+    subject = str(parse_digest(request.match_info["digest"]))
+    wanted = request.query.get("artifactType")
+    ref = registry.reference(name)
+    stored = await asyncio.to_thread(
+        lambda: [
+            *registry.tagged_manifests(ref),
+            *(p.read_bytes() for p in registry.models.tags.kept_by_digest(ref)),
+        ]
+    )
+    entries: list[dict[str, Any]] = []
+    for data in stored:
+        try:
+            parsed = parse_manifest(data)
+        except ManifestError:
+            continue
+        found = getattr(parsed, "subject", None)
+        if found is None or str(found.digest) != subject:
+            continue
+        artifact_type = parsed.artifact_type or (
+            parsed.config.media_type if isinstance(parsed, Manifest) else None
+        )
+        if wanted and artifact_type != wanted:
+            continue
+        entry: dict[str, Any] = {
+            "mediaType": parsed.media_type or mt.OCI_MANIFEST,
+            "digest": f"sha256:{hashlib.sha256(data).hexdigest()}",
+            "size": len(data),
+        }
+        if artifact_type:
+            entry["artifactType"] = artifact_type
+        if parsed.annotations:
+            entry["annotations"] = dict(parsed.annotations)
+        if entry not in entries:
+            entries.append(entry)
+    headers = {"OCI-Filters-Applied": "artifactType"} if wanted else {}
+    body = {"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": entries}
+    # Exactly the index media type: json_response would add "; charset=utf-8".
+    headers["Content-Type"] = mt.OCI_INDEX
+    return web.Response(body=json.dumps(body).encode(), headers=headers)

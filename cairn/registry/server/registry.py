@@ -1,0 +1,279 @@
+"""The server's state and what every handler shares: options, names, auth, digests."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import logging
+import os
+import re
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiohttp import web
+
+from cairn.blobstore import Digest
+from cairn.config import DEFAULT_HOST
+from cairn.errors import (
+    CairnError,
+    ConfigError,
+)
+from cairn.manifests.models import Models
+from cairn.manifests.reference import Reference, parse_reference
+from cairn.registry.server.errors import OCIError
+from cairn.registry.server.uploads import Uploads
+
+API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
+UPLOAD_STATUS = "upload-status"
+"""The name of the route of an upload's status (not public under --public-read)."""
+
+
+AUTH_CACHE = 60.0
+
+
+"""Seconds a verified Basic credential is taken without running bcrypt again."""
+
+
+RETRY_SESSIONS = 10
+
+
+"""Seconds a client told there are too many upload sessions is asked to wait."""
+
+
+BODY_IDLE = 60.0
+
+
+"""Seconds a request body may send nothing before the server gives up on it."""
+
+
+CHUNK = 1 << 20
+
+
+log = logging.getLogger("cairn.registry.access")
+
+
+warn = logging.getLogger("cairn.registry")
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass
+class Options:
+    root: Path
+    default_host: str = DEFAULT_HOST
+    read_only: bool = False
+    users: dict[str, bytes] = field(default_factory=dict)
+    """htpasswd: user name to bcrypt hash; empty means no auth."""
+    public_read: bool = False
+    json_logs: bool = False
+    upload_expiry: float = 3600.0
+    quota: int | None = None
+    """Most bytes of blobs the store may hold; an upload past it is refused."""
+    protect_upstream: bool = False
+    """Refuse, rather than report, a push through a name mapped onto ``default_host`` that
+    replaces a tag the store holds (a model pulled from registry.ollama.ai, say)."""
+
+
+def load_htpasswd(path: Path) -> dict[str, bytes]:
+    users = {}
+    for line in path.read_text().splitlines():
+        user, sep, hashed = line.strip().partition(":")
+        if sep and user and hashed.startswith(("$2a$", "$2b$", "$2y$")):
+            users[user] = hashed.encode()
+    if not users:
+        raise ConfigError("{path} has no bcrypt entries (user:$2y$...)", path=path)
+    return users
+
+
+class Registry:
+    def __init__(self, options: Options) -> None:
+        self.options = options
+        self.models = Models(options.root)
+        self.uploads = Uploads(self.models.blobs, options.upload_expiry)
+        self._usage = (0.0, 0)
+        self._auth_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="bcrypt")
+        self._auth_cache: dict[bytes, float] = {}
+        self._auth_salt = secrets.token_bytes(16)
+        self._dummy_hash = _dummy_hash(options.users) if options.users else b""
+
+    def usage(self) -> int:
+        """Bytes the store holds: blobs and manifest files, counted afresh."""
+        blobs = self.models.blobs
+        used = 0
+        for digest in blobs:
+            with contextlib.suppress(CairnError):
+                used += blobs.size(digest)
+        for folder, _dirs, files in os.walk(self.models.tags.dir):
+            for file in files:
+                with contextlib.suppress(OSError):
+                    used += os.stat(os.path.join(folder, file)).st_size
+        return used
+
+    def check_quota(self, adding: int, *, fresh: bool = False) -> None:
+        """DENIED when ``adding`` more bytes would pass ``--quota``: counting what the store
+        holds (cached 5 s unless ``fresh``) and every upload still in flight."""
+        quota = self.options.quota
+        if quota is None:
+            return
+        stamp, used = self._usage
+        if fresh or time.monotonic() - stamp > 5:
+            used = self.usage()
+            self._usage = (time.monotonic(), used)
+        if used + self.uploads.in_flight() + adding > quota:
+            raise OCIError("DENIED", f"the registry's quota of {quota} bytes would be exceeded")
+
+    def stored(self, size: int) -> None:
+        stamp, used = self._usage
+        self._usage = (stamp, used + size)
+
+    # -- names ----------------------------------------------------------------
+
+    def reference(self, name: str, tag: str = "latest") -> Reference:
+        """The store reference for repository ``name`` (NAME_INVALID if it can't be one)."""
+        if name != name.lower():
+            raise OCIError(
+                "NAME_INVALID",
+                f"repository {name!r}: OCI repository names are lower case (the store's names"
+                " ignore case, as Ollama's do, so {name.lower()!r} would be the same one)",
+            )
+        parts = name.split("/")
+        if len(parts) == 3:
+            text = f"{parts[0]}/{parts[1]}/{parts[2]}:{tag}"
+        elif len(parts) == 2:
+            text = f"{self.options.default_host}/{parts[0]}/{parts[1]}:{tag}"
+        elif len(parts) == 1:
+            text = f"{self.options.default_host}/library/{parts[0]}:{tag}"
+        else:
+            raise OCIError("NAME_INVALID", f"repository {name!r} has more than three parts")
+        try:
+            return parse_reference(text)
+        except CairnError as exc:
+            raise OCIError("NAME_INVALID", str(exc)) from None
+
+    def tags(self, ref: Reference) -> list[str]:
+        return sorted(t.reference.tag or "" for t in self.models.tags.tags_of(ref))
+
+    def find_manifest(self, name: str, reference: str) -> bytes:
+        """Manifest bytes by tag or digest (MANIFEST_UNKNOWN when absent).
+
+        By digest, only bytes that hash to it: the manifests kept by digest,
+        then the repository's tags, each checked. A tag's name proves nothing.
+        """
+        if reference.startswith("sha256:"):
+            digest = parse_digest(reference)
+            ref = self.reference(name)
+            kept = self.models.tags.read_by_digest(ref, digest)
+            candidates = [kept] if kept is not None else []
+            for data in (*candidates, *self.tagged_manifests(ref)):
+                if hashlib.sha256(data).hexdigest() == digest.hex:
+                    return data
+            raise OCIError("MANIFEST_UNKNOWN", f"manifest {reference} is not in {name}")
+        if not valid_tag(reference):  # no such tag can exist (and no "tag@digest" either)
+            raise OCIError("MANIFEST_UNKNOWN", f"manifest {name}:{reference!r:.100} is unknown")
+        ref = self.reference(name, reference)
+        path = self.models.tags.find(ref)
+        if path is None:
+            raise OCIError("MANIFEST_UNKNOWN", f"manifest {name}:{reference} is unknown")
+        return path.read_bytes()
+
+    def tagged_manifests(self, ref: Reference) -> Iterator[bytes]:
+        for tagged in self.models.tags.tags_of(ref):
+            with contextlib.suppress(OSError):
+                yield tagged.path.read_bytes()
+
+    # -- auth -------------------------------------------------------------------
+
+    async def authorized(self, request: web.Request) -> bool:
+        """Whether the request may proceed: open server, public read, or Basic credentials
+        an htpasswd entry accepts.
+
+        bcrypt costs about a quarter of a second: it runs on a small pool of threads,
+        never on the event loop; a success is remembered for ``AUTH_CACHE`` seconds
+        (keyed by a salted hash of the credentials); an unknown user costs the same as a
+        known one (a dummy hash), so timing does not tell which users exist; a password
+        bcrypt cannot take (over 72 bytes) is refused, not an error.
+        """
+        if not self.options.users:
+            return True
+        reading = request.method in ("GET", "HEAD")
+        status_route = request.match_info.route.name == UPLOAD_STATUS
+        if self.options.public_read and reading and not status_route:
+            return True  # an upload's status is its uploader's business
+        header = request.headers.get("Authorization", "")
+        if not header.startswith("Basic "):
+            return False
+        try:
+            user, _, password = base64.b64decode(header[6:], validate=True).decode().partition(":")
+        except ValueError:
+            return False
+        secret = password.encode()
+        if len(secret) > 72:
+            return False
+        key = hashlib.sha256(self._auth_salt + header.encode()).digest()
+        now = time.monotonic()
+        if self._auth_cache.get(key, 0.0) > now:
+            return True
+        hashed = self.options.users.get(user, self._dummy_hash)
+        loop = asyncio.get_running_loop()
+        ok = await loop.run_in_executor(self._auth_pool, _checkpw, secret, hashed)
+        if ok and user in self.options.users:
+            if len(self._auth_cache) > 10_000:
+                self._auth_cache.clear()
+            self._auth_cache[key] = now + AUTH_CACHE
+            return True
+        return False
+
+
+def _dummy_hash(users: dict[str, bytes]) -> bytes:
+    """A hash of a random secret at the users' own bcrypt cost: an unknown user's check
+    takes as long as a known user's."""
+    import bcrypt
+
+    costs = [h.split(b"$")[2] for h in users.values() if h.count(b"$") >= 3]
+    cost = max((int(c) for c in costs if c.isdigit()), default=10)
+    return bytes(
+        bcrypt.hashpw(secrets.token_bytes(16), bcrypt.gensalt(rounds=min(max(cost, 4), 16)))
+    )
+
+
+def _checkpw(secret: bytes, hashed: bytes) -> bool:
+    import bcrypt
+
+    try:
+        return bool(bcrypt.checkpw(secret, hashed))
+    except ValueError:  # a malformed hash in the htpasswd file
+        return False
+
+
+def parse_digest(text: str) -> Digest:
+    """``sha256:<hex>``, exactly (not the store's file form ``sha256-<hex>``)."""
+    wrong = OCIError("DIGEST_INVALID", f"{text!r:.100} is not a sha256 digest")
+    if not text.startswith("sha256:"):
+        raise wrong
+    try:
+        return Digest.parse(text)
+    except CairnError:
+        raise wrong from None
+
+
+_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")  # the spec's tag grammar
+
+
+NUMBER = re.compile(r"[0-9]{1,18}")  # ASCII digits int() takes at once ('²' is a digit too)
+
+
+def valid_tag(reference: str) -> bool:
+    return bool(_TAG.fullmatch(reference))
+
+
+def absolute_url(request: web.Request, path: str) -> str:
+    """``path`` on this server as an absolute URL: Ollama's uploader does not resolve a
+    relative Location (server/upload.go), and every other client takes either."""
+    return f"{request.scheme}://{request.host}{path}"
