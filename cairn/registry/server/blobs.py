@@ -130,10 +130,10 @@ async def start_upload(request: web.Request) -> web.StreamResponse:
 NO_SESSION = "no such upload session (expired, finished, cancelled or made up)"
 
 
-def _session(request: web.Request) -> tuple[Registry, str, Session]:
+def _session(request: web.Request, touch: bool = True) -> tuple[Registry, str, Session]:
     registry: Registry = request.app["registry"]
     name = request.match_info["name"]
-    session = registry.uploads.get(request.match_info["uuid"], name)
+    session = registry.uploads.get(request.match_info["uuid"], name, touch)
     if session is None:
         raise OCIError("BLOB_UPLOAD_UNKNOWN", NO_SESSION)
     return registry, name, session
@@ -146,38 +146,44 @@ def _still_open(session: Session) -> None:
 
 
 async def patch_upload(request: web.Request) -> web.StreamResponse:
-    _, name, session = _session(request)
+    registry, name, session = _session(request)
     async with session.lock:
         _still_open(session)
-        _check_range(request, name, session)
-        await _receive(request, session)
+        await _receive_chunk(request, registry, name, session)
         return web.Response(status=202, headers=_upload_headers(request, name, session))
 
 
-def _check_range(request: web.Request, name: str, session: Session) -> None:
-    """A chunk's ``Content-Range`` (PATCH, or the final PUT's) must start where the upload
-    is and span the bytes sent: 416 otherwise."""
+async def _receive_chunk(
+    request: web.Request, registry: Registry, name: str, session: Session
+) -> None:
+    """Append a chunk whose ``Content-Range`` (if any) must start where the upload is and
+    span exactly the bytes sent: 416 otherwise. A chunked body is counted as it arrives,
+    and one that does not match its range is taken back (file and hash) before the 416."""
     content_range = request.headers.get("Content-Range")
     if not content_range:
+        await _receive(request, session)
         return
     start, _, end = content_range.removeprefix("bytes=").partition("-")
+
+    def refuse(why: str) -> OCIError:
+        return OCIError("RANGE_INVALID", why, headers=_upload_headers(request, name, session))
+
     if not NUMBER.fullmatch(start) or int(start) != session.offset:
-        raise OCIError(
-            "RANGE_INVALID",
-            f"the upload is at byte {session.offset}; this chunk starts at {start!r:.40}",
-            headers=_upload_headers(request, name, session),
-        )
-    length = request.content_length
-    if length is not None and (not NUMBER.fullmatch(end) or int(end) - int(start) + 1 != length):
-        raise OCIError(
-            "RANGE_INVALID",
-            f"Content-Range {content_range!r:.80} does not span the {length} bytes sent",
-            headers=_upload_headers(request, name, session),
-        )
+        raise refuse(f"the upload is at byte {session.offset}; this chunk starts at {start!r:.40}")
+    if not NUMBER.fullmatch(end) or int(end) < int(start):
+        raise refuse(f"Content-Range {content_range!r:.80} is not a range")
+    span = int(end) - int(start) + 1
+    if request.content_length is not None and request.content_length != span:
+        raise refuse(f"Content-Range {content_range!r:.80} does not span the bytes sent")
+    before = (session.offset, session.hasher.copy())
+    await _receive(request, session)
+    if session.offset - before[0] != span:
+        await asyncio.to_thread(registry.uploads.rewind, session, *before)
+        raise refuse(f"Content-Range {content_range!r:.80} does not span the bytes sent")
 
 
 async def upload_status(request: web.Request) -> web.StreamResponse:
-    _, name, session = _session(request)
+    _, name, session = _session(request, touch=False)
     return web.Response(status=204, headers=_upload_headers(request, name, session))
 
 
@@ -186,9 +192,7 @@ async def put_upload(request: web.Request) -> web.StreamResponse:
     digest = parse_digest(request.query.get("digest", ""))
     async with session.lock:
         _still_open(session)
-        if request.content_length:
-            _check_range(request, name, session)
-        await _receive(request, session)
+        await _receive_chunk(request, registry, name, session)
         return await _finish(request, registry, name, session, digest)
 
 

@@ -84,13 +84,29 @@ async def _whole_body(request: web.Request, limit: int) -> bytes:
         parts.append(part)
 
 
+_NONDISTRIBUTABLE = frozenset(
+    {
+        "application/vnd.oci.image.layer.nondistributable.v1.tar",
+        "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+        "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
+        "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+    }
+)
+
+
 def _foreign(descriptor: Descriptor, manifest: Manifest) -> bool:
-    """A layer its publisher may not let registries hold: non-distributable media types,
-    or one fetched from its own ``urls``."""
+    """A layer its publisher may not let registries hold: a non-distributable media type,
+    or one fetched from its own ``urls`` (a list of http(s) URLs, not empty)."""
     if descriptor is manifest.config:
         return False
-    kind = descriptor.media_type
-    return "nondistributable" in kind or ".foreign." in kind or "urls" in descriptor.extra
+    if descriptor.media_type in _NONDISTRIBUTABLE:
+        return True
+    urls = descriptor.extra.get("urls")
+    return (
+        isinstance(urls, list)
+        and bool(urls)
+        and all(isinstance(u, str) and u.startswith(("https://", "http://")) for u in urls)
+    )
 
 
 def _one_kind(data: bytes, content_type: str | None) -> None:
@@ -127,7 +143,7 @@ async def put_manifest(request: web.Request) -> web.StreamResponse:
     if not by_digest and not valid_tag(reference):
         raise OCIError("MANIFEST_INVALID", f"{reference!r:.100} is not a tag (nor a digest)")
     data = await _whole_body(request, MAX_MANIFEST_SIZE)
-    registry.check_quota(len(data))
+    registry.check_quota(len(data))  # early; again, afresh, when it is written
     digest = Digest(hashlib.sha256(data).hexdigest())
     content_type = request.headers.get("Content-Type", "").partition(";")[0].strip() or None
     try:
@@ -166,11 +182,16 @@ async def put_manifest(request: web.Request) -> web.StreamResponse:
                     ) from None
 
     def save() -> str | None:
-        """Store the manifest; what it replaced under a mapped name, if anything."""
-        with blobs.writing():
+        """Store the manifest; what it replaced under a mapped name, if anything.
+
+        One manifest write at a time in this server (``manifest_lock``): the case check
+        and the quota are decided and acted on together."""
+        with blobs.writing(), registry.manifest_lock:
             check()
+            registry.check_quota(len(data), fresh=True)
             if by_digest:
                 registry.models.tags.write_by_digest(ref, digest, data)
+                registry.stored(len(data))
                 return None
             existing = registry.models.tags.find(ref)
             if existing is not None and existing.name != tag:
@@ -195,6 +216,7 @@ async def put_manifest(request: web.Request) -> web.StreamResponse:
                 registry.models.tags.write(ref, data)
             except InvalidReferenceError as exc:
                 raise OCIError("NAME_INVALID", str(exc)) from None
+            registry.stored(len(data))
             return replaced
 
     replaced = await asyncio.to_thread(save)
@@ -296,7 +318,8 @@ async def referrers(request: web.Request) -> web.StreamResponse:
         if wanted and artifact_type != wanted:
             continue
         entry: dict[str, Any] = {
-            "mediaType": parsed.media_type or mt.OCI_MANIFEST,
+            "mediaType": parsed.media_type
+            or (mt.OCI_INDEX if isinstance(parsed, Index) else mt.OCI_MANIFEST),
             "digest": f"sha256:{hashlib.sha256(data).hexdigest()}",
             "size": len(data),
         }

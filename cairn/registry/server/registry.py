@@ -10,6 +10,7 @@ import logging
 import os
 import re
 import secrets
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -34,6 +35,9 @@ UPLOAD_STATUS = "upload-status"
 """The name of the route of an upload's status (not public under --public-read)."""
 
 
+AUTH_QUEUE = 16
+"""Password checks waiting or running at once; past it, 429 (a flood cannot queue minutes
+of bcrypt ahead of the next real login)."""
 AUTH_CACHE = 60.0
 
 
@@ -81,12 +85,22 @@ class Options:
     replaces a tag the store holds (a model pulled from registry.ollama.ai, say)."""
 
 
+_BCRYPT = re.compile(r"\$2[aby]\$(0[4-9]|1[0-6])\$[./A-Za-z0-9]{53}")
+
+
 def load_htpasswd(path: Path) -> dict[str, bytes]:
     users = {}
-    for line in path.read_text().splitlines():
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
         user, sep, hashed = line.strip().partition(":")
-        if sep and user and hashed.startswith(("$2a$", "$2b$", "$2y$")):
-            users[user] = hashed.encode()
+        if not sep or not user:
+            continue
+        if not _BCRYPT.fullmatch(hashed):
+            raise ConfigError(
+                "{path} line {line}: not a bcrypt hash of cost 4 to 16 ($2y$10$ and 53 more)",
+                path=path,
+                line=number,
+            )
+        users[user] = hashed.encode()
     if not users:
         raise ConfigError("{path} has no bcrypt entries (user:$2y$...)", path=path)
     return users
@@ -102,6 +116,8 @@ class Registry:
         self._auth_cache: dict[bytes, float] = {}
         self._auth_salt = secrets.token_bytes(16)
         self._dummy_hash = _dummy_hash(options.users) if options.users else b""
+        self._auth_waiting = 0
+        self.manifest_lock = threading.Lock()
 
     def usage(self) -> int:
         """Bytes the store holds: blobs and manifest files, counted afresh."""
@@ -220,9 +236,17 @@ class Registry:
         now = time.monotonic()
         if self._auth_cache.get(key, 0.0) > now:
             return True
+        if self._auth_waiting >= AUTH_QUEUE:  # a flood: answer it, rather than queue it
+            raise OCIError(
+                "TOOMANYREQUESTS", "too many logins at once", headers={"Retry-After": "1"}
+            )
         hashed = self.options.users.get(user, self._dummy_hash)
         loop = asyncio.get_running_loop()
-        ok = await loop.run_in_executor(self._auth_pool, _checkpw, secret, hashed)
+        self._auth_waiting += 1
+        try:
+            ok = await loop.run_in_executor(self._auth_pool, _checkpw, secret, hashed)
+        finally:
+            self._auth_waiting -= 1
         if ok and user in self.options.users:
             if len(self._auth_cache) > 10_000:
                 self._auth_cache.clear()

@@ -60,11 +60,12 @@ class Uploads:
         """A new session; :class:`UploadLimitError` when too many are open (in all, or for
         ``client``, the peer's address)."""
         self.expire()
-        open_here = sum(1 for s in self.sessions.values() if s.client == client)
-        if len(self.sessions) >= MAX_SESSIONS or open_here >= MAX_SESSIONS_PER_CLIENT:
+        sessions = self._snapshot()
+        open_here = sum(1 for s in sessions if s.client == client)
+        if len(sessions) >= MAX_SESSIONS or open_here >= MAX_SESSIONS_PER_CLIENT:
             raise UploadLimitError(
                 "too many upload sessions are open ({count}); finish or cancel some",
-                count=open_here if open_here >= MAX_SESSIONS_PER_CLIENT else len(self.sessions),
+                count=open_here if open_here >= MAX_SESSIONS_PER_CLIENT else len(sessions),
             )
         self.dir.mkdir(parents=True, exist_ok=True)
         session_id = str(uuid.uuid4())
@@ -79,13 +80,20 @@ class Uploads:
 
     def in_flight(self) -> int:
         """Bytes received by uploads not yet finished: they count against a quota."""
-        return sum(s.offset for s in self.sessions.values() if not s.closed)
+        return sum(s.offset for s in self._snapshot() if not s.closed)
 
-    def get(self, session_id: str, repository: str) -> Session | None:
+    def _snapshot(self) -> list[Session]:
+        """The sessions now: a copy taken at once (threads finishing uploads remove some)."""
+        return list(self.sessions.values())
+
+    def get(self, session_id: str, repository: str, touch: bool = True) -> Session | None:
+        """The open session ``session_id`` of ``repository``; ``touch``: this request is
+        activity (asking for an upload's status is not: it keeps nothing alive)."""
         session = self.sessions.get(session_id)
         if session is None or session.repository != repository or session.closed:
             return None
-        session.touched = time.monotonic()
+        if touch:
+            session.touched = time.monotonic()
         return session
 
     @staticmethod
@@ -103,6 +111,15 @@ class Uploads:
             os.close(fd)
         session.hasher.update(data)
         session.touched = time.monotonic()  # a long upload is not an idle one
+
+    @staticmethod
+    def rewind(session: Session, offset: int, hasher: Any) -> None:
+        """Take back what was appended after ``offset`` (holding the session's lock)."""
+        try:
+            os.truncate(session.path, offset)
+        except OSError as exc:
+            raise storage_error(exc, "writing an upload") from exc
+        session.offset, session.hasher = offset, hasher
 
     def finish(self, session: Session, expected: Digest) -> Blob | None:
         """Commit the upload as blob ``expected`` (holding the session's lock); None, and
@@ -136,11 +153,11 @@ class Uploads:
 
     def expire(self) -> None:
         now = time.monotonic()
-        for session in list(self.sessions.values()):
+        for session in self._snapshot():
             if now - session.touched > self.expiry and not session.lock.locked():
                 self.drop(session)
         # Files of sessions a previous server process left behind.
-        known = {s.path.name for s in self.sessions.values()}
+        known = {s.path.name for s in self._snapshot()}
         with contextlib.suppress(FileNotFoundError):
             for entry in os.scandir(self.dir):
                 if entry.name not in known:
