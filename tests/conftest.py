@@ -320,6 +320,22 @@ def run_at_once(args: list[str], env: dict[str, str], copies: int = 2) -> None:
 _SERVER_LOGS: dict[int, Path] = {}
 
 
+def serve_command(root: Path, port: int, *args: str) -> list[str]:
+    """The command line of ``cairn registry serve`` on 127.0.0.1:``port`` over ``root``."""
+    return [
+        sys.executable,
+        "-m",
+        "cairn",
+        "registry",
+        "serve",
+        "--addr",
+        f"127.0.0.1:{port}",
+        "--root",
+        str(root),
+        *args,
+    ]
+
+
 def start_cairn_registry(root: Path, *args: str) -> tuple[str, subprocess.Popen[bytes]]:
     """``cairn registry serve`` on a free port over the store at ``root``.
 
@@ -331,18 +347,7 @@ def start_cairn_registry(root: Path, *args: str) -> tuple[str, subprocess.Popen[
     log = root.parent / f".serve-{root.name}-{port}.log"
     with open(log, "wb") as sink:
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "cairn",
-                "registry",
-                "serve",
-                "--addr",
-                f"127.0.0.1:{port}",
-                "--root",
-                str(root),
-                *args,
-            ],
+            serve_command(root, port, *args),
             env=cairn_env(root),
             stdout=subprocess.DEVNULL,
             stderr=sink,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -14,7 +13,7 @@ from pathlib import Path
 import bcrypt
 import httpx
 
-from tests.conftest import cairn_env, serving
+from tests.conftest import cairn_env, serve_command, serving
 
 OCI = "application/vnd.oci.image.manifest.v1+json"
 INDEX = "application/vnd.oci.image.index.v1+json"
@@ -142,19 +141,7 @@ def test_a_malformed_htpasswd_line_stops_the_server_from_starting(tmp_path: Path
     good = bcrypt.hashpw(b"pw", bcrypt.gensalt(rounds=4)).decode()
     users.write_text(f"carol:{good}\neve:$2y$31$abc\n")
     started = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "cairn",
-            "registry",
-            "serve",
-            "--addr",
-            "127.0.0.1:1",
-            "--root",
-            str(tmp_path / "s"),
-            "--htpasswd",
-            str(users),
-        ],
+        serve_command(tmp_path / "s", 1, "--htpasswd", str(users)),
         env=cairn_env(tmp_path / "s"),
         capture_output=True,
         text=True,
