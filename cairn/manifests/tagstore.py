@@ -95,6 +95,11 @@ class TagStore:
 
     # -- manifests kept by digest alone ----------------------------------------
 
+    def holds_host(self, host: str) -> bool:
+        """Whether the store has models of ``host`` (its folder, found ignoring case)."""
+        found = _child(self.dir, host)
+        return found is not None and found.is_dir()
+
     def repository_dir(self, ref: Reference) -> Path:
         """The folder of ``ref``'s repository, as spelled on disk when it exists."""
         path = self.dir

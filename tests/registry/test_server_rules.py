@@ -224,3 +224,23 @@ def test_a_final_chunk_out_of_order_is_a_range_error(tmp_path: Path) -> None:
             headers={"Content-Range": "4-9"},
         )
         assert done.status_code == 201
+
+
+def test_a_three_part_name_names_a_host_the_store_holds(tmp_path: Path) -> None:
+    root = tmp_path / "served"
+    with serving(root) as host, httpx.Client(base_url=f"http://{host}") as http:
+        body = json.dumps(
+            {"schemaVersion": 2, "mediaType": OCI, "config": config(http, "lab/h"), "layers": []}
+        ).encode()
+        headers = {"Content-Type": OCI}
+        made_up = http.put("/v2/evil.com/x/y/manifests/v1", content=body, headers=headers)
+        assert made_up.status_code == 404
+        assert made_up.json()["errors"][0]["code"] == "NAME_UNKNOWN"
+        assert not (root / "manifests" / "evil.com").exists()  # nothing served as from it
+        assert http.put("/v2/lab/h/manifests/v1", content=body, headers=headers).is_success
+        # the default host, and a host the store holds, take three-part names
+        held = http.put("/v2/registry.ollama.ai/lab/h/manifests/v2", content=body, headers=headers)
+        assert held.status_code == 201
+        (root / "manifests" / "mirror.example").mkdir()
+        there = http.put("/v2/mirror.example/a/b/manifests/v1", content=body, headers=headers)
+        assert there.status_code == 201

@@ -157,10 +157,19 @@ class Registry:
             raise OCIError(
                 "NAME_INVALID",
                 f"repository {name!r}: OCI repository names are lower case (the store's names"
-                " ignore case, as Ollama's do, so {name.lower()!r} would be the same one)",
+                f" ignore case, as Ollama's do, so {name.lower()!r} would be the same one)",
             )
         parts = name.split("/")
         if len(parts) == 3:
+            host = parts[0]
+            if host != self.options.default_host.lower() and not self.models.tags.holds_host(host):
+                # Three parts name a host this store holds (as the CLI reads host/ns/name);
+                # a push cannot make one up, so nobody serves a model as if pulled from it.
+                raise OCIError(
+                    "NAME_UNKNOWN",
+                    f"this store holds no models of {host!r}: a three-part name names a host"
+                    f" it holds; two parts (ns/name) map to {self.options.default_host}",
+                )
             text = f"{parts[0]}/{parts[1]}/{parts[2]}:{tag}"
         elif len(parts) == 2:
             text = f"{self.options.default_host}/{parts[0]}/{parts[1]}:{tag}"
