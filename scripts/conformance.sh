@@ -6,6 +6,7 @@ set -uo pipefail
 
 suites=${1:-../shared/tools/oci-conformance}
 report=${2:-$(mktemp -d)}
+mkdir -p "$report"
 cairn=${CAIRN:-.venv/bin/cairn}
 [ -x "$suites/run.sh" ] || { echo "conformance: no suites at $suites (run.sh)" >&2; exit 2; }
 
