@@ -318,19 +318,39 @@ class Index:
         return self.raw or _canonical(self.to_json())
 
     @property
+    def content_type(self) -> str:
+        return self.media_type or mt.OCI_INDEX
+
+    @property
     def digest(self) -> Digest:
         return Digest(hashlib.sha256(self.to_bytes()).hexdigest())
 
 
-def parse_manifest(data: bytes, content_type: str | None = None) -> Manifest | Index:
+def parse_manifest(
+    data: bytes, content_type: str | None = None, strict: bool = False
+) -> Manifest | Index:
     """Parse manifest bytes into a :class:`Manifest` or an :class:`Index`.
 
     The kind comes from ``mediaType`` in the body, else from the
     ``content_type`` the server sent, else from the fields present.
+    ``strict`` (a registry taking a push) refuses a body another reader could
+    take as the other kind: a ``mediaType`` that disagrees with
+    ``content_type``, or none and the fields of both kinds (as distribution).
     Anything malformed raises :class:`ManifestError`.
     """
     obj = _load(data)
-    kind = obj.get("mediaType") or content_type
+    declared = obj.get("mediaType")
+    if strict and declared is not None and content_type is not None and declared != content_type:
+        raise ManifestError(
+            "mediaType {declared!r:.100} disagrees with Content-Type {content_type!r:.100}",
+            declared=declared,
+            content_type=content_type,
+        )
+    if strict and declared is None and "layers" in obj and "manifests" in obj:
+        raise ManifestError(
+            "a manifest with both layers and manifests, and no mediaType, is ambiguous"
+        )
+    kind = declared or content_type
     if kind in mt.INDEX_TYPES or (kind not in mt.MANIFEST_TYPES and "manifests" in obj):
         return Index.from_json_object(obj, bytes(data))
     return Manifest.from_json_object(obj, bytes(data))

@@ -178,7 +178,11 @@ class Models:
         an empty manifest younger than the grace period (Ollama truncates a
         manifest, then writes it).
         """
-        found: set[Digest] = set()
+        return set().union(*self._mentions(grace).values())
+
+    def _mentions(self, grace: float) -> dict[Path, set[Digest]]:
+        """The digests each file under ``manifests/`` mentions (see :meth:`referenced`)."""
+        found: dict[Path, set[Digest]] = {}
         now = time.time()
         for path in _every_file(self.tags.dir):
             try:
@@ -189,7 +193,7 @@ class Models:
                         " or remove the file (no blob was removed)",
                         path=path,
                     )
-                found.update(_mentioned(path))
+                found[path] = _mentioned(path)
             except OSError as exc:
                 raise storage_error(
                     exc,
@@ -258,16 +262,20 @@ class Models:
                 targets.append((ref, None, 0.0))
         report = RemoveReport()
         with self.blobs.collecting():
-            self.referenced(grace)  # every manifest readable, or nothing is removed
+            # Read once, before any tag goes: every manifest readable, or nothing is removed.
+            mentions = self._mentions(grace)
             now = time.time()
             saved: dict[Digest, float] = {}
             for ref, manifest, modified in targets:
-                if self.tags.delete(ref):
+                path = self.tags.find(ref)
+                if path is not None and self.tags.delete(ref):
                     report.removed.append(ref)
+                    mentions.pop(path, None)
                     modified = modified if modified <= now else 0.0  # dated in the future: unknown
                     for descriptor in manifest.blobs if manifest is not None else ():
                         saved[descriptor.digest] = max(modified, saved.get(descriptor.digest, 0))
-            for digest in sorted(set(saved) - self.referenced(grace)):
+            still = set().union(*mentions.values())
+            for digest in sorted(set(saved) - still):
                 age = self._age(digest, now)
                 if age is None:
                     continue
@@ -384,20 +392,25 @@ def _every_file(directory: Path) -> Iterator[Path]:
 
 
 def _mentioned(path: Path, chunk: int = 1 << 20) -> set[Digest]:
-    """The digests ``path`` mentions: in its bytes, read a chunk at a time, and in its
-    strings when it is JSON (escapes and UTF-16/32 decoded)."""
-    found: set[Digest] = set()
-    keep = len(b"sha256:") + 64 - 1  # a digest cut by a chunk's end is whole in the next
-    tail = b""
+    """The digests ``path`` mentions: in its bytes and, when it is JSON (a manifest,
+    at most 4 MiB, read once), in its strings (escapes and UTF-16/32 decoded). A larger
+    file is scanned a chunk at a time."""
     with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size <= MAX_MANIFEST_SIZE:
+            data = f.read()
+            return _digests_in(data) | _in_json(data)
+        found: set[Digest] = set()
+        keep = len(b"sha256:") + 64 - 1  # a digest cut by a chunk's end is whole in the next
+        tail = b""
         while block := f.read(chunk):
             text = tail + block
-            found.update(Digest(m[1].decode().lower()) for m in _MENTIONED.finditer(text))
+            found |= _digests_in(text)
             tail = text[-keep:]
-        if f.tell() <= MAX_MANIFEST_SIZE:
-            f.seek(0)
-            found.update(_in_json(f.read()))
-    return found
+        return found
+
+
+def _digests_in(data: bytes) -> set[Digest]:
+    return {Digest(m[1].decode().lower()) for m in _MENTIONED.finditer(data)}
 
 
 def _in_json(data: bytes) -> set[Digest]:
@@ -411,8 +424,7 @@ def _in_json(data: bytes) -> set[Digest]:
     while pending:
         value = pending.pop()
         if isinstance(value, str):
-            text = value.encode("utf-8", "replace")
-            found.update(Digest(m[1].decode().lower()) for m in _MENTIONED.finditer(text))
+            found |= _digests_in(value.encode("utf-8", "replace"))
         elif isinstance(value, dict):
             pending.extend(value.keys())
             pending.extend(value.values())

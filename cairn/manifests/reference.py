@@ -232,3 +232,8 @@ def require_ollama_readable(ref: Reference) -> None:
             display=ref.display,
             limit=_MAX_OLLAMA_TAG,
         )
+
+
+def is_tag(text: str) -> bool:
+    """Whether ``text`` obeys the tag grammar (OCI's, which Ollama's tags also obey)."""
+    return bool(_TAG.fullmatch(text))

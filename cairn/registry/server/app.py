@@ -153,8 +153,7 @@ def make_app(options: Options) -> web.Application:
     app.on_cleanup.append(stop_expiring)
 
     async def cleanup(_: web.Application) -> None:
-        registry.uploads.close()
-        registry._auth_pool.shutdown(wait=False)
+        registry.close()
 
     app.on_cleanup.append(cleanup)
     return app

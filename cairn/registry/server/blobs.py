@@ -10,12 +10,13 @@ from cairn.blobstore import Blob, Digest
 from cairn.errors import UploadLimitError
 from cairn.registry.server.errors import OCIError
 from cairn.registry.server.registry import (
-    BODY_IDLE,
     CHUNK,
     NUMBER,
     RETRY_SESSIONS,
     Registry,
     absolute_url,
+    blob_url,
+    body_chunks,
     parse_digest,
 )
 from cairn.registry.server.uploads import Session, Uploads
@@ -34,7 +35,7 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
         "Content-Type": "application/octet-stream",
         # Ollama's downloader (server/download.go, before ollama#7244 was fixed) takes
         # the blob's URL from the unranged GET's Location and fails without one.
-        "Location": absolute_url(request, f"/v2/{name}/blobs/{digest}"),
+        "Location": blob_url(request, name, digest),
     }
     if request.method == "HEAD":
         headers["Content-Length"] = str(path.stat().st_size)
@@ -72,23 +73,11 @@ def _upload_headers(request: web.Request, name: str, session: Session) -> dict[s
 
 
 async def _receive(request: web.Request, session: Session) -> None:
-    """Append the request's body to the session (holding its lock); a body that sends
-    nothing for ``BODY_IDLE`` seconds is cut off, so no stalled client holds the lock."""
+    """Append the request's body to the session (holding its lock)."""
     registry: Registry = request.app["registry"]
     if request.content_length:
         registry.check_quota(request.content_length)
-    chunks = request.content.iter_chunked(CHUNK).__aiter__()
-    while True:
-        try:
-            chunk = await asyncio.wait_for(chunks.__anext__(), BODY_IDLE)
-        except StopAsyncIteration:
-            return
-        except TimeoutError:
-            raise OCIError(
-                "BLOB_UPLOAD_INVALID",
-                f"the request body sent nothing for {BODY_IDLE:g} s",
-                status=408,
-            ) from None
+    async for chunk in body_chunks(request, "BLOB_UPLOAD_INVALID"):
         registry.check_quota(len(chunk))
         await asyncio.to_thread(Uploads.append, session, chunk)
 
@@ -104,7 +93,7 @@ async def start_upload(request: web.Request) -> web.StreamResponse:
             return web.Response(
                 status=201,
                 headers={
-                    "Location": absolute_url(request, f"/v2/{name}/blobs/{digest}"),
+                    "Location": blob_url(request, name, digest),
                     "Docker-Content-Digest": str(digest),
                 },
             )
@@ -217,7 +206,7 @@ async def _finish(
     return web.Response(
         status=201,
         headers={
-            "Location": absolute_url(request, f"/v2/{name}/blobs/{digest}"),
+            "Location": blob_url(request, name, digest),
             "Docker-Content-Digest": str(digest),
         },
     )

@@ -21,19 +21,17 @@ from cairn.manifests import mediatypes as mt
 from cairn.manifests.manifest import (
     MAX_MANIFEST_SIZE,
     Descriptor,
-    Index,
     Manifest,
     parse_manifest,
 )
+from cairn.manifests.reference import is_tag
 from cairn.registry.server.errors import OCIError
 from cairn.registry.server.registry import (
-    BODY_IDLE,
-    CHUNK,
     NUMBER,
     Registry,
     absolute_url,
+    body_chunks,
     parse_digest,
-    valid_tag,
     warn,
 )
 
@@ -48,12 +46,9 @@ async def get_manifest(request: web.Request) -> web.StreamResponse:
         raise OCIError(
             "MANIFEST_INVALID", f"the stored manifest {name}:{reference} is damaged"
         ) from None
-    content_type = parsed.media_type or (
-        mt.OCI_INDEX if isinstance(parsed, Index) else mt.OCI_MANIFEST
-    )
     headers = {
         "Docker-Content-Digest": f"sha256:{hashlib.sha256(data).hexdigest()}",
-        "Content-Type": content_type,
+        "Content-Type": parsed.content_type,
         "Content-Length": str(len(data)),
     }
     if request.method == "HEAD":
@@ -69,19 +64,12 @@ async def _whole_body(request: web.Request, limit: int) -> bytes:
     """
     parts: list[bytes] = []
     size = 0
-    while True:
-        try:
-            part = await asyncio.wait_for(request.content.read(CHUNK), BODY_IDLE)
-        except TimeoutError:
-            raise OCIError(
-                "MANIFEST_INVALID", f"the request body sent nothing for {BODY_IDLE:g} s", status=408
-            ) from None
-        if not part:
-            return b"".join(parts)
+    async for part in body_chunks(request, "MANIFEST_INVALID"):
         size += len(part)
         if size > limit:
             raise OCIError("SIZE_INVALID", f"manifests are limited to {limit} bytes", status=413)
         parts.append(part)
+    return b"".join(parts)
 
 
 _NONDISTRIBUTABLE = frozenset(
@@ -109,27 +97,9 @@ def _foreign(descriptor: Descriptor, manifest: Manifest) -> bool:
     )
 
 
-def _one_kind(data: bytes, content_type: str | None) -> None:
-    """Refuse a body whose kind another reader could take differently: a ``mediaType``
-    that disagrees with the Content-Type, or no ``mediaType`` and the fields of both an
-    image manifest and an index (as distribution refuses them)."""
-    try:
-        body = json.loads(data)
-    except (ValueError, RecursionError):
-        return  # parse_manifest says what is wrong
-    if not isinstance(body, dict):
-        return
-    declared = body.get("mediaType")
-    if declared is not None and content_type is not None and declared != content_type:
-        raise ManifestError(
-            "mediaType {declared!r:.100} disagrees with Content-Type {content_type!r:.100}",
-            declared=declared,
-            content_type=content_type,
-        )
-    if declared is None and "layers" in body and "manifests" in body:
-        raise ManifestError(
-            "a manifest with both layers and manifests, and no mediaType, is ambiguous"
-        )
+def _mapped(name: str) -> bool:
+    """One or two parts (``ns/name``): mapped onto --default-host, registry.ollama.ai's place."""
+    return len(name.split("/")) < 3
 
 
 async def put_manifest(request: web.Request) -> web.StreamResponse:
@@ -140,15 +110,14 @@ async def put_manifest(request: web.Request) -> web.StreamResponse:
             "SIZE_INVALID", f"manifests are limited to {MAX_MANIFEST_SIZE} bytes", status=413
         )
     by_digest = reference.startswith("sha256:")
-    if not by_digest and not valid_tag(reference):
+    if not by_digest and not is_tag(reference):
         raise OCIError("MANIFEST_INVALID", f"{reference!r:.100} is not a tag (nor a digest)")
     data = await _whole_body(request, MAX_MANIFEST_SIZE)
     registry.check_quota(len(data))  # early; again, afresh, when it is written
     digest = Digest(hashlib.sha256(data).hexdigest())
     content_type = request.headers.get("Content-Type", "").partition(";")[0].strip() or None
     try:
-        _one_kind(data, content_type)
-        parsed = parse_manifest(data, content_type)
+        parsed = parse_manifest(data, content_type, strict=True)
     except ManifestError as exc:
         raise OCIError("MANIFEST_INVALID", str(exc)) from None
     if by_digest and parse_digest(reference) != digest:
@@ -156,7 +125,7 @@ async def put_manifest(request: web.Request) -> web.StreamResponse:
     tag = "latest" if by_digest else reference
     ref = registry.reference(name, tag)
     blobs = registry.models.blobs
-    mapped = len(name.split("/")) < 3  # ns/name: onto --default-host, registry.ollama.ai's place
+    mapped = _mapped(name)
 
     def check() -> None:
         """What the manifest names is here: called holding the writer lock, so no blob
@@ -224,9 +193,8 @@ async def put_manifest(request: web.Request) -> web.StreamResponse:
         "Location": absolute_url(request, f"/v2/{name}/manifests/{digest}"),
         "Docker-Content-Digest": str(digest),
     }
-    subject = getattr(parsed, "subject", None)
-    if subject is not None:
-        headers["OCI-Subject"] = str(subject.digest)
+    if parsed.subject is not None:
+        headers["OCI-Subject"] = str(parsed.subject.digest)
     if replaced:
         said = f"{name}:{tag} replaced {ref} in the store (it was {replaced})"
         level = {"level": "warning", "message": said}
@@ -239,7 +207,7 @@ async def delete_manifest(request: web.Request) -> web.StreamResponse:
     registry: Registry = request.app["registry"]
     name, reference = request.match_info["name"], request.match_info["reference"]
 
-    if registry.options.protect_upstream and len(name.split("/")) < 3:
+    if registry.options.protect_upstream and _mapped(name):
         raise OCIError(
             "DENIED",
             f"{name} is {registry.reference(name)} in this store; --protect-upstream"
@@ -248,10 +216,9 @@ async def delete_manifest(request: web.Request) -> web.StreamResponse:
 
     def remove() -> bool:
         if not reference.startswith("sha256:"):
-            if not valid_tag(reference):
+            if not is_tag(reference):
                 return False
             return registry.models.tags.delete(registry.reference(name, reference))
-        registry.find_manifest(name, reference)  # 404 when absent
         ref = registry.reference(name)
         removed = registry.models.tags.delete_by_digest(ref, parse_digest(reference))
         for tagged in list(registry.models.tags.tags_of(ref)):
@@ -309,8 +276,7 @@ async def referrers(request: web.Request) -> web.StreamResponse:
             parsed = parse_manifest(data)
         except ManifestError:
             continue
-        found = getattr(parsed, "subject", None)
-        if found is None or str(found.digest) != subject:
+        if parsed.subject is None or str(parsed.subject.digest) != subject:
             continue
         artifact_type = parsed.artifact_type or (
             parsed.config.media_type if isinstance(parsed, Manifest) else None
@@ -318,8 +284,7 @@ async def referrers(request: web.Request) -> web.StreamResponse:
         if wanted and artifact_type != wanted:
             continue
         entry: dict[str, Any] = {
-            "mediaType": parsed.media_type
-            or (mt.OCI_INDEX if isinstance(parsed, Index) else mt.OCI_MANIFEST),
+            "mediaType": parsed.content_type,
             "digest": f"sha256:{hashlib.sha256(data).hexdigest()}",
             "size": len(data),
         }

@@ -12,7 +12,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,45 +26,26 @@ from cairn.errors import (
     ConfigError,
 )
 from cairn.manifests.models import Models
-from cairn.manifests.reference import Reference, parse_reference
+from cairn.manifests.reference import Reference, is_tag, parse_reference
 from cairn.registry.server.errors import OCIError
 from cairn.registry.server.uploads import Uploads
 
 API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
 UPLOAD_STATUS = "upload-status"
 """The name of the route of an upload's status (not public under --public-read)."""
-
-
 AUTH_QUEUE = 16
 """Password checks waiting or running at once; past it, 429 (a flood cannot queue minutes
 of bcrypt ahead of the next real login)."""
 AUTH_CACHE = 60.0
-
-
 """Seconds a verified Basic credential is taken without running bcrypt again."""
-
-
 RETRY_SESSIONS = 10
-
-
 """Seconds a client told there are too many upload sessions is asked to wait."""
-
-
 BODY_IDLE = 60.0
-
-
 """Seconds a request body may send nothing before the server gives up on it."""
-
-
 CHUNK = 1 << 20
-
-
+NUMBER = re.compile(r"[0-9]{1,18}")  # ASCII digits int() takes at once ('²' is a digit too)
 log = logging.getLogger("cairn.registry.access")
-
-
 warn = logging.getLogger("cairn.registry")
-
-
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -118,6 +99,10 @@ class Registry:
         self._dummy_hash = _dummy_hash(options.users) if options.users else b""
         self._auth_waiting = 0
         self.manifest_lock = threading.Lock()
+
+    def close(self) -> None:
+        self.uploads.close()
+        self._auth_pool.shutdown(wait=False)
 
     def usage(self) -> int:
         """Bytes the store holds: blobs and manifest files, counted afresh."""
@@ -200,7 +185,7 @@ class Registry:
                 if hashlib.sha256(data).hexdigest() == digest.hex:
                     return data
             raise OCIError("MANIFEST_UNKNOWN", f"manifest {reference} is not in {name}")
-        if not valid_tag(reference):  # no such tag can exist (and no "tag@digest" either)
+        if not is_tag(reference):  # no such tag can exist (and no "tag@digest" either)
             raise OCIError("MANIFEST_UNKNOWN", f"manifest {name}:{reference!r:.100} is unknown")
         ref = self.reference(name, reference)
         path = self.models.tags.find(ref)
@@ -269,11 +254,8 @@ def _dummy_hash(users: dict[str, bytes]) -> bytes:
     takes as long as a known user's."""
     import bcrypt
 
-    costs = [h.split(b"$")[2] for h in users.values() if h.count(b"$") >= 3]
-    cost = max((int(c) for c in costs if c.isdigit()), default=10)
-    return bytes(
-        bcrypt.hashpw(secrets.token_bytes(16), bcrypt.gensalt(rounds=min(max(cost, 4), 16)))
-    )
+    cost = max(int(hashed.split(b"$")[2]) for hashed in users.values())  # load_htpasswd: 4-16
+    return bytes(bcrypt.hashpw(secrets.token_bytes(16), bcrypt.gensalt(rounds=cost)))
 
 
 def _checkpw(secret: bytes, hashed: bytes) -> bool:
@@ -281,7 +263,7 @@ def _checkpw(secret: bytes, hashed: bytes) -> bool:
 
     try:
         return bool(bcrypt.checkpw(secret, hashed))
-    except ValueError:  # a malformed hash in the htpasswd file
+    except ValueError:  # a password bcrypt refuses (a NUL byte in it)
         return False
 
 
@@ -296,17 +278,26 @@ def parse_digest(text: str) -> Digest:
         raise wrong from None
 
 
-_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")  # the spec's tag grammar
-
-
-NUMBER = re.compile(r"[0-9]{1,18}")  # ASCII digits int() takes at once ('²' is a digit too)
-
-
-def valid_tag(reference: str) -> bool:
-    return bool(_TAG.fullmatch(reference))
-
-
 def absolute_url(request: web.Request, path: str) -> str:
     """``path`` on this server as an absolute URL: Ollama's uploader does not resolve a
     relative Location (server/upload.go), and every other client takes either."""
     return f"{request.scheme}://{request.host}{path}"
+
+
+def blob_url(request: web.Request, name: str, digest: Digest) -> str:
+    return absolute_url(request, f"/v2/{name}/blobs/{digest}")
+
+
+async def body_chunks(request: web.Request, code: str) -> AsyncIterator[bytes]:
+    """The request's body a chunk at a time; one that sends nothing for ``BODY_IDLE``
+    seconds is cut off (408, ``code``), so no stalled client holds a lock or a session."""
+    chunks = request.content.iter_chunked(CHUNK).__aiter__()
+    while True:
+        try:
+            yield await asyncio.wait_for(chunks.__anext__(), BODY_IDLE)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise OCIError(
+                code, f"the request body sent nothing for {BODY_IDLE:g} s", status=408
+            ) from None

@@ -56,10 +56,6 @@ def _offload_gpus() -> list[devices.GPU]:
     return [g for g in devices.detect() if g.kind == build] if build else []
 
 
-def _offload_devices() -> list[str]:
-    return [g.device for g in _offload_gpus()]
-
-
 def _no_gpu_reason(gpus: list[devices.GPU]) -> Phrase | str:
     """Why this build cannot offload here; empty when it can."""
     build = _gpu_build()
@@ -117,6 +113,11 @@ class _LoadLog:
         found = _OFFLOADED.search("".join(self.text))
         return (max(0, int(found[1])), int(found[2])) if found else None
 
+    def close(self) -> None:
+        """The load is over: keep no more lines (errors still reach stderr)."""
+        if type(self)._newest is self:
+            type(self)._newest = None
+
 
 class LlamaCppRuntime(Runtime):
     name = "llama-cpp"
@@ -148,7 +149,7 @@ class LlamaCppModel(LoadedModel):
         started = time.perf_counter()
         gpus = _offload_gpus()
         layers = int(options.get("num_gpu", -1 if gpus else 0))
-        self.log = _LoadLog()
+        log = _LoadLog()
         self.llm = Llama(
             model_path=str(model.weights),
             n_ctx=int(options.get("num_ctx", 4096)),
@@ -161,7 +162,8 @@ class LlamaCppModel(LoadedModel):
             verbose=False,
         )
         self.load_seconds = time.perf_counter() - started
-        offloaded = self.log.offloaded()
+        offloaded = log.offloaded()
+        log.close()
         every = int(llama_cpp.llama_model_n_layer(self.llm._model.model)) + 1  # + output layer
         self.gpu_layers, self.layers = offloaded or (0, every)
         self.gpu_devices = [f"{g.device} ({g.name})" for g in gpus] if self.gpu_layers else []
