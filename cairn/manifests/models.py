@@ -194,6 +194,8 @@ class Models:
                         path=path,
                     )
                 found[path] = _mentioned(path)
+            except FileNotFoundError:
+                continue  # removed meanwhile: it references nothing any more
             except OSError as exc:
                 raise storage_error(
                     exc,
@@ -378,6 +380,8 @@ def _every_file(directory: Path) -> Iterator[Path]:
             seen.add((info.st_dev, info.st_ino))
             with os.scandir(folder) as entries:
                 listed = list(entries)
+        except FileNotFoundError:
+            continue  # removed meanwhile (its last tag deleted): no manifest is left in it
         except OSError as exc:
             raise storage_error(exc, "listing {path} (no blob was removed)", path=folder) from exc
         for entry in sorted(listed, key=lambda e: e.name):

@@ -139,13 +139,22 @@ class TagStore:
     def _write(self, target: Path, data: bytes, ref: Reference) -> Path:
         tmp = self.tmp_dir / f"manifest-{os.urandom(8).hex()}.partial"
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
             self.tmp_dir.mkdir(parents=True, exist_ok=True)
             with open(tmp, "wb") as f:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(tmp, target)
+            for attempt in range(5):
+                target.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.replace(tmp, target)
+                    break
+                except FileNotFoundError:
+                    # A delete of the repository's last tag removed the empty folders
+                    # between our mkdir and the rename (another process, or the server):
+                    # make them again.
+                    if attempt == 4:
+                        raise
         except OSError as exc:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)

@@ -198,3 +198,138 @@ def test_asking_for_an_uploads_status_keeps_nothing_alive(tmp_path: Path) -> Non
         while http.get(session).status_code == 204 and time.monotonic() < deadline:
             time.sleep(0.3)
         assert http.get(session).status_code == 404
+
+
+# A fourth attack: writes racing each other and a held store lock.
+
+
+def hold_store(root: Path) -> int:
+    """The store's lock, held as a `cairn prune` in another process holds it."""
+    import fcntl
+    import os
+
+    (root / ".cairn" / "locks").mkdir(parents=True, exist_ok=True)
+    fd = os.open(root / ".cairn" / "locks" / "store.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def stored_bytes(root: Path) -> int:
+    files = [
+        *(root / "blobs").iterdir(),
+        *(p for p in (root / "manifests").rglob("*") if p.is_file()),
+    ]
+    return sum(p.stat().st_size for p in files)
+
+
+def seal_both_at_once(root: Path) -> int:
+    """A blob's finishing PUT and a manifest PUT, both waiting on a held store lock,
+    released together; the bytes stored afterwards."""
+    import os
+
+    blob = b"b" * 600_000
+    with (
+        serving(root, "--quota", "1M") as host,
+        httpx.Client(base_url=f"http://{host}", timeout=60) as http,
+    ):
+        manifest = image(http, "lab/q", 500_000)
+        session = http.post("/v2/lab/q/blobs/uploads/").headers["Location"]
+        assert http.patch(session, content=blob).status_code == 202
+
+        def put_manifest() -> None:
+            http.put("/v2/lab/q/manifests/v1", content=manifest, headers={"Content-Type": OCI})
+
+        def finish_blob() -> None:
+            http.put(session, params={"digest": sha(blob)})
+
+        lock = hold_store(root)
+        threads = [threading.Thread(target=put_manifest), threading.Thread(target=finish_blob)]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.3)
+        os.close(lock)
+        for thread in threads:
+            thread.join(60)
+    return stored_bytes(root)
+
+
+def test_a_blob_and_a_manifest_sealed_at_once_keep_to_the_quota(tmp_path: Path) -> None:
+    for trial in range(4):
+        assert seal_both_at_once(tmp_path / f"q{trial}") <= 1_000_000
+
+
+def race_writes_and_deletes(http: httpx.Client, body: bytes, i: int) -> list[int]:
+    """A repository's only tag deleted while another is written into its folder, and a
+    blob read while it is deleted; every answer."""
+    data = b"deleted while read"
+    assert http.put(f"/v2/lab/r{i}/manifests/a", content=body, headers={"Content-Type": OCI})
+    http.post("/v2/lab/d/blobs/uploads/", params={"digest": sha(data)}, content=data)
+    answers: list[int] = []
+
+    def put_tag() -> None:
+        headers = {"Content-Type": OCI}
+        answers.append(
+            http.put(f"/v2/lab/r{i}/manifests/b", content=body, headers=headers).status_code
+        )
+
+    def delete_tag() -> None:
+        answers.append(http.delete(f"/v2/lab/r{i}/manifests/a").status_code)
+
+    def read_blob() -> None:
+        answers.append(http.head(f"/v2/lab/d/blobs/{sha(data)}").status_code)
+
+    def delete_blob() -> None:
+        answers.append(http.delete(f"/v2/lab/d/blobs/{sha(data)}").status_code)
+
+    threads = [
+        threading.Thread(target=job) for job in (put_tag, delete_tag, read_blob, delete_blob)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    return answers
+
+
+def test_writes_racing_deletes_are_no_server_errors(tmp_path: Path) -> None:
+    with (
+        serving(tmp_path / "served") as host,
+        httpx.Client(base_url=f"http://{host}", timeout=60) as http,
+    ):
+        body = image(http, "lab/d")
+        answers = [a for i in range(15) for a in race_writes_and_deletes(http, body, i)]
+        assert 500 not in answers, answers
+
+
+def test_a_held_store_lock_does_not_stall_reads(tmp_path: Path) -> None:
+    import os
+
+    root = tmp_path / "served"
+    with (
+        serving(root) as host,
+        httpx.Client(base_url=f"http://{host}", timeout=60) as http,
+    ):
+        kept = b"readable"
+        http.post("/v2/lab/h/blobs/uploads/", params={"digest": sha(kept)}, content=kept)
+        sessions = []
+        for i in range(8):
+            session = http.post("/v2/lab/h/blobs/uploads/").headers["Location"]
+            sessions.append((session, b"blob %d" % i))
+            assert http.patch(session, content=sessions[-1][1]).status_code == 202
+        lock = hold_store(root)
+        finishing = [
+            threading.Thread(target=lambda s=s, d=d: http.put(s, params={"digest": sha(d)}))
+            for s, d in sessions
+        ]
+        for thread in finishing:
+            thread.start()
+        time.sleep(0.5)  # all eight wait for the store now
+        try:
+            started = time.monotonic()
+            head = httpx.head(f"http://{host}/v2/lab/h/blobs/{sha(kept)}", timeout=10)
+            assert head.status_code == 200 and time.monotonic() - started < 5
+        finally:
+            os.close(lock)
+        for thread in finishing:
+            thread.join(60)
+        assert all(http.head(f"/v2/lab/h/blobs/{sha(d)}").status_code == 200 for _, d in sessions)

@@ -19,6 +19,7 @@ from aiohttp import web
 
 from cairn.errors import (
     StorageFullError,
+    StoreBusyError,
     UploadClosedError,
 )
 from cairn.manifests.manifest import MAX_MANIFEST_SIZE
@@ -83,6 +84,11 @@ async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamR
     except UploadClosedError:
         status = 404
         return OCIError("BLOB_UPLOAD_UNKNOWN", NO_SESSION).response()
+    except StoreBusyError as exc:  # a collection elsewhere held the store too long
+        status = 503
+        return OCIError(
+            "TOOMANYREQUESTS", str(exc), status=503, headers={"Retry-After": "60"}
+        ).response()
     except StorageFullError as exc:
         status = 507
         return OCIError("BLOB_UPLOAD_INVALID", str(exc), status=507).response()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
+from stat import S_ISREG
 
 from aiohttp import web
 
@@ -28,7 +30,8 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
     registry.reference(name)
     digest = parse_digest(request.match_info["digest"])
     path = registry.models.blobs.path(digest)
-    if not await asyncio.to_thread(path.is_file):
+    size = await asyncio.to_thread(_file_size, path)  # one look: it may be deleted meanwhile
+    if size is None:
         raise OCIError("BLOB_UNKNOWN", f"blob {digest} is unknown", {"digest": str(digest)})
     headers = {
         "Docker-Content-Digest": str(digest),
@@ -38,11 +41,20 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
         "Location": blob_url(request, name, digest),
     }
     if request.method == "HEAD":
-        headers["Content-Length"] = str(path.stat().st_size)
+        headers["Content-Length"] = str(size)
         headers["Accept-Ranges"] = "bytes"
         return web.Response(headers=headers)
     response = web.FileResponse(path, chunk_size=CHUNK, headers=headers)
     return response
+
+
+def _file_size(path: Path) -> int | None:
+    """The size of the regular file ``path``; None when there is none."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return None
+    return info.st_size if S_ISREG(info.st_mode) else None
 
 
 async def delete_blob(request: web.Request) -> web.StreamResponse:
@@ -59,8 +71,9 @@ async def delete_blob(request: web.Request) -> web.StreamResponse:
                 )
             return models.blobs.delete(digest)
 
-    if not await asyncio.to_thread(remove):
+    if not await registry.write(remove):
         raise OCIError("BLOB_UNKNOWN", f"blob {digest} is unknown")
+    registry.forget_usage()
     return web.Response(status=202)
 
 
@@ -189,14 +202,13 @@ async def _finish(
     request: web.Request, registry: Registry, name: str, session: Session, digest: Digest
 ) -> web.StreamResponse:
     def finish() -> Blob | None:
-        # The writer lock can wait on a `cairn prune` in another process: never in the loop.
         with registry.models.blobs.writing():
             if not registry.models.blobs.has(digest):  # counted again, now it is to stay
                 registry.check_quota(0, fresh=True)
             return registry.uploads.finish(session, digest)
 
     try:
-        blob = await asyncio.to_thread(finish)
+        blob = await registry.write(finish)
     except BaseException:
         registry.uploads.drop(session)  # whatever failed, the session is over
         raise

@@ -153,9 +153,9 @@ async def put_manifest(request: web.Request) -> web.StreamResponse:
     def save() -> str | None:
         """Store the manifest; what it replaced under a mapped name, if anything.
 
-        One manifest write at a time in this server (``manifest_lock``): the case check
-        and the quota are decided and acted on together."""
-        with blobs.writing(), registry.manifest_lock:
+        Under ``Registry.write``: the case check and the quota are decided and acted on
+        with no other write in between."""
+        with blobs.writing():
             check()
             registry.check_quota(len(data), fresh=True)
             if by_digest:
@@ -188,7 +188,7 @@ async def put_manifest(request: web.Request) -> web.StreamResponse:
             registry.stored(len(data))
             return replaced
 
-    replaced = await asyncio.to_thread(save)
+    replaced = await registry.write(save)
     headers = {
         "Location": absolute_url(request, f"/v2/{name}/manifests/{digest}"),
         "Docker-Content-Digest": str(digest),
@@ -222,13 +222,17 @@ async def delete_manifest(request: web.Request) -> web.StreamResponse:
         ref = registry.reference(name)
         removed = registry.models.tags.delete_by_digest(ref, parse_digest(reference))
         for tagged in list(registry.models.tags.tags_of(ref)):
-            digest = "sha256:" + hashlib.sha256(tagged.path.read_bytes()).hexdigest()
-            if digest == reference:
+            try:
+                data = tagged.path.read_bytes()
+            except FileNotFoundError:  # removed meanwhile (by `cairn rm`, say)
+                continue
+            if "sha256:" + hashlib.sha256(data).hexdigest() == reference:
                 removed = registry.models.tags.delete(tagged.reference) or removed
         return removed
 
-    if not await asyncio.to_thread(remove):
+    if not await registry.write(remove):
         raise OCIError("MANIFEST_UNKNOWN", f"manifest {name}:{reference} is unknown")
+    registry.forget_usage()
     return web.Response(status=202)
 
 

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from aiohttp import web
 
@@ -47,6 +48,7 @@ NUMBER = re.compile(r"[0-9]{1,18}")  # ASCII digits int() takes at once ('²' is
 log = logging.getLogger("cairn.registry.access")
 warn = logging.getLogger("cairn.registry")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+T = TypeVar("T")
 
 
 @dataclass
@@ -98,11 +100,30 @@ class Registry:
         self._auth_salt = secrets.token_bytes(16)
         self._dummy_hash = _dummy_hash(options.users) if options.users else b""
         self._auth_waiting = 0
-        self.manifest_lock = threading.Lock()
+        self.write_lock = threading.Lock()
+        """One store write at a time in this server (a manifest saved or deleted, a blob
+        sealed or deleted): the checks of each (case, quota, what exists) hold for its write."""
+        self._write_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="store-write")
 
     def close(self) -> None:
         self.uploads.close()
         self._auth_pool.shutdown(wait=False)
+        self._write_pool.shutdown(wait=False)
+
+    async def write(self, work: Callable[[], T]) -> T:
+        """Run ``work`` (which takes the store's lock and may wait on a `cairn prune` in
+        another process) on threads of its own, holding ``write_lock``: a long wait never
+        takes the threads reads and uploads run on."""
+
+        def locked() -> T:
+            with self.write_lock:
+                return work()
+
+        return await asyncio.get_running_loop().run_in_executor(self._write_pool, locked)
+
+    def forget_usage(self) -> None:
+        """Something was deleted: count afresh at the next quota check."""
+        self._usage = (0.0, 0)
 
     def usage(self) -> int:
         """Bytes the store holds: blobs and manifest files, counted afresh."""
