@@ -36,13 +36,23 @@ class Settings:
     mirror_list: str
     """``CAIRN_MIRRORS`` as given (see :meth:`mirrors`)."""
 
-    def mirrors(self) -> dict[str, tuple[str, ...]]:
+    def mirrors(self) -> dict[str, tuple[Mirror, ...]]:
         """Registries to try first, per host: ``CAIRN_MIRRORS`` over ``$CAIRN_HOME/mirrors.json``.
 
         Read when a pull asks, so that a broken mirrors file stops pulls only,
         not every command (nor the printing of its error).
         """
         return _mirrors(self.mirror_list, self.home / "mirrors.json")
+
+
+@dataclass(frozen=True)
+class Mirror:
+    """One mirror of a registry: ``host[:port]`` or ``http://host[:port]``."""
+
+    url: str
+    resolve_tags: bool = True
+    """False: tags are resolved at the origin, and only digests fetched here (as containerd's
+    ``capabilities = ["pull"]`` without ``resolve``)."""
 
 
 def _truthy(value: str | None) -> bool:
@@ -65,12 +75,13 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
     )
 
 
-def _mirrors(text: str, path: Path) -> dict[str, tuple[str, ...]]:
+def _mirrors(text: str, path: Path) -> dict[str, tuple[Mirror, ...]]:
     """``origin=mirror[,mirror...][;origin=...]``, after the file's ``{"origin": [mirrors]}``.
 
-    A mirror is ``host[:port]``, or ``http://host[:port]`` for plain HTTP.
+    A mirror is ``host[:port]``, or ``http://host[:port]`` for plain HTTP; in
+    the file also ``{"url": "host[:port]", "resolve_tags": false}``.
     """
-    mirrors: dict[str, tuple[str, ...]] = {}
+    mirrors: dict[str, tuple[Mirror, ...]] = {}
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
@@ -78,10 +89,10 @@ def _mirrors(text: str, path: Path) -> dict[str, tuple[str, ...]]:
     except (OSError, ValueError) as exc:
         raise ConfigError("cannot read mirrors from {path}: {exc}", path=path, exc=exc) from None
     if not isinstance(data, dict) or not all(
-        isinstance(v, list) and all(isinstance(m, str) for m in v) for v in data.values()
+        isinstance(v, list) and all(_mirror(m) is not None for m in v) for v in data.values()
     ):
         raise ConfigError("{path} must map registry hosts to lists of mirrors", path=path)
-    mirrors.update({str(k).lower(): tuple(v) for k, v in data.items()})
+    mirrors.update({str(k).lower(): tuple(filter(None, map(_mirror, v))) for k, v in data.items()})
     for entry in filter(None, (part.strip() for part in text.split(";"))):
         origin, sep, targets = entry.partition("=")
         found = tuple(t.strip() for t in targets.split(",") if t.strip())
@@ -89,5 +100,16 @@ def _mirrors(text: str, path: Path) -> dict[str, tuple[str, ...]]:
             raise ConfigError(
                 "CAIRN_MIRRORS entry {entry!r} is not origin=mirror[,mirror]", entry=entry
             )
-        mirrors[origin.strip().lower()] = found
+        mirrors[origin.strip().lower()] = tuple(Mirror(t) for t in found)
     return mirrors
+
+
+def _mirror(entry: object) -> Mirror | None:
+    """A mirror from the file: a string, or ``{"url": ..., "resolve_tags": bool}``."""
+    if isinstance(entry, str) and entry:
+        return Mirror(entry)
+    if isinstance(entry, dict) and set(entry) <= {"url", "resolve_tags"}:
+        url, resolve = entry.get("url"), entry.get("resolve_tags", True)
+        if isinstance(url, str) and url and isinstance(resolve, bool):
+            return Mirror(url, resolve)
+    return None

@@ -14,6 +14,7 @@ from cairn.cli.output import display_width, human_age, human_size, pad, say, tab
 from cairn.errors import CairnError, CorruptBlobError, ModelfileError
 from cairn.i18n import Phrase, _, localize
 from cairn.manifests.models import Models
+from cairn.sanitize import untrusted, untrusted_json
 
 if TYPE_CHECKING:
     from cairn.manifests.show import ModelDetails
@@ -33,7 +34,12 @@ def _complete_model(ctx: click.Context, param: click.Parameter, incomplete: str)
 
 
 def _emit_json(value: Any) -> None:
-    click.echo(json.dumps(value, indent=2, ensure_ascii=False))
+    click.echo(untrusted_json(json.dumps(value, indent=2, ensure_ascii=False)))
+
+
+def _echo_model_text(text: str, nl: bool = True) -> None:
+    """Text from a model (it may come from anyone): control characters shown escaped."""
+    click.echo(untrusted(text, multiline=True), nl=nl)
 
 
 def _iso(timestamp: float) -> str:
@@ -133,24 +139,25 @@ def show(name: str, part: str | None, as_json: bool) -> None:
     if as_json:
         _emit_json(details.to_json())
     elif part == "modelfile":
-        click.echo(details.modelfile(models), nl=False)
+        _echo_model_text(details.modelfile(models), nl=False)
     elif part == "template":
-        click.echo(details.template or "")
+        _echo_model_text(details.template or "")
     elif part == "system":
-        click.echo(details.system or "")
+        _echo_model_text(details.system or "")
     elif part == "license":
-        click.echo("\n".join(details.licenses))
+        _echo_model_text("\n".join(details.licenses))
     elif part == "parameters":
-        click.echo(_parameter_lines(details.parameters, indent=""))
+        _echo_model_text(_parameter_lines(details.parameters, indent=""))
     else:
-        click.echo(_describe(details))
+        _echo_model_text(_describe(details))
 
 
 def _parameter_lines(parameters: dict[str, Any], indent: str) -> str:
     rows = []
     for key, value in parameters.items():
         for item in value if isinstance(value, list) else [value]:
-            rows.append((key, json.dumps(item) if isinstance(item, str | bool) else str(item)))
+            shown = json.dumps(item) if isinstance(item, str | bool) else str(item)
+            rows.append((untrusted(key), untrusted(shown)))
     width = max((len(key) for key, _value in rows), default=0)
     return "\n".join(f"{indent}{k.ljust(width)}    {v}" for k, v in rows)
 
@@ -158,7 +165,7 @@ def _parameter_lines(parameters: dict[str, Any], indent: str) -> str:
 def _describe(details: ModelDetails) -> str:
     """``ollama show``'s sections, headings and names in the user's language."""
     sections = []
-    summary = {_(key): value for key, value in details.summary().items()}
+    summary = {_(key): untrusted(str(value)) for key, value in details.summary().items()}
     width = max((display_width(key) for key in summary), default=0)
     lines = [f"    {pad(key, width)}    {value}" for key, value in summary.items()]
     sections.append(f"  {_('Model')}\n" + "\n".join(lines))
@@ -170,7 +177,11 @@ def _describe(details: ModelDetails) -> str:
         sections.append(f"  {_('License')}\n" + _indent_head("\n".join(details.licenses)))
     if details.other_layers:
         rows = [
-            (d.media_type.rpartition(".")[2], d.name or d.digest.short, human_size(d.size))
+            (
+                untrusted(d.media_type.rpartition(".")[2]),
+                untrusted(d.name or d.digest.short),
+                human_size(d.size),
+            )
             for d in details.other_layers
         ]
         widths = [max(display_width(row[i]) for row in rows) for i in range(2)]

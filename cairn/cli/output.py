@@ -11,6 +11,7 @@ import click
 
 from cairn.errors import ConfigError
 from cairn.i18n import N_, _, localize
+from cairn.sanitize import untrusted
 
 
 def say(said: object, err: bool = False, label: str = "") -> None:
@@ -33,7 +34,9 @@ def say(said: object, err: bool = False, label: str = "") -> None:
 
 
 def _line(label: str, text: str) -> str:
-    text = " ".join(text.split())
+    # Messages carry what registries and models said: no control character
+    # reaches the terminal (an escape sequence is shown, not obeyed).
+    text = untrusted(" ".join(text.split()))
     return f"{label}: {text}" if label else text
 
 

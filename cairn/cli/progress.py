@@ -10,6 +10,7 @@ import click
 
 from cairn.i18n import Phrase, _, localize
 from cairn.registry.pull import Event
+from cairn.sanitize import untrusted
 
 
 class Reporter:
@@ -34,7 +35,7 @@ class Reporter:
             said = event.status  # NDJSON keeps the English
             if event.digest:
                 said = Phrase("{label} {total} bytes", label=said, total=event.total)
-            line = localize(said)
+            line = untrusted(localize(said))
             if line != self._last and (not event.digest or event.completed == event.total):
                 if self._bars:
                     from tqdm import tqdm
@@ -62,7 +63,7 @@ class Reporter:
         if bar is None:
             bar = tqdm(
                 total=event.total,
-                desc=localize(event.status),
+                desc=untrusted(localize(event.status)),
                 unit="B",
                 unit_scale=True,
                 unit_divisor=1024,

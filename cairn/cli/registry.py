@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from typing import TYPE_CHECKING
@@ -62,6 +63,8 @@ def pull(name: str, insecure: bool, quiet: bool, as_json: bool, limit_rate: str 
     from cairn.registry.pull import pull as do_pull
 
     ref = parse_reference(name)
+    if insecure:  # the origin is plain HTTP, also when a mirror resolves tags there
+        ref = dataclasses.replace(ref, insecure=True)
     reporter = Reporter(as_json, quiet)
 
     async def run() -> None:

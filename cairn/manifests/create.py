@@ -259,7 +259,7 @@ def _read_json(blobs: BlobStore, descriptor: Descriptor, kind: type) -> Any:
         data = f.read(1 << 20)
     try:
         value = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise ManifestError("blob {digest} is not valid JSON", digest=descriptor.digest) from None
     if not isinstance(value, kind):
         raise ManifestError(

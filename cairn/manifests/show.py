@@ -143,7 +143,7 @@ def _json(models: Models, descriptor: Descriptor | None, default: Any) -> Any:
         return default
     try:
         value = json.loads(_read_checked(models, descriptor))
-    except ValueError:
+    except (ValueError, RecursionError):
         raise CorruptBlobError(
             "blob {digest} does not hold JSON", digest=descriptor.digest
         ) from None

@@ -14,20 +14,33 @@ Bytes move by one of two paths. With a transport injected into the client
 ``readinto`` and releases the GIL while it waits on the socket: on this
 project's machines about three times the throughput of httpx's streaming.
 Both paths share the auth the async client negotiated.
+
+A hostile or broken registry gets bounded effort: a blob that cannot fit
+in the free space is refused before the first byte; a stream slower than
+the policy's minimum rate for ``stall_seconds`` is restarted (as Ollama
+restarts a stalled part); a range that fails ``attempts`` times without
+real progress, or a blob that fails ``blob_failures`` times in all, ends
+the pull; a body sent with a ``Content-Encoding`` nobody asked for is
+refused, never decoded. A failed pull keeps its partial only when it can
+be resumed, and says so.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import http.client
+import shutil
+import socket
 import ssl
 import threading
+import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -37,10 +50,15 @@ from cairn.errors import (
     AuthenticationError,
     RegistryError,
     RemoteNotFoundError,
+    StorageFullError,
     TransferError,
 )
+from cairn.i18n import Phrase
 from cairn.manifests.manifest import Descriptor
-from cairn.registry.client import REDIRECTS, RegistryClient
+from cairn.registry.client import REDIRECTS, RegistryClient, RetryPolicy, raw_chunks
+from cairn.registry.origins import WEB_SCHEMES, origin_of
+from cairn.registry.ratelimit import RateLimiter
+from cairn.sanitize import untrusted
 
 # A blob starts as one stream, which lets the hash follow the bytes as they
 # land. When that stream is slower than SPLIT_BELOW bytes/s after SPLIT_AFTER
@@ -52,6 +70,10 @@ START_PARTS = 1
 SPLIT_AFTER = 0.5
 SPLIT_BELOW = 150 << 20
 _BUFFER = 1 << 20
+FREE_MARGIN = 64 << 20
+"""Space a pull leaves free on the store's filesystem."""
+KEEP_AT_LEAST = 1 << 20
+"""A failed download keeps its partial for resuming only when this much had landed."""
 
 Progress = Callable[[int], None]
 
@@ -68,6 +90,72 @@ class _Expired(Exception):
     """The credential stopped working (401) mid-download."""
 
 
+class _Stalled(Exception):
+    """A stream slower than the policy's minimum rate for its stall window."""
+
+
+class _Pace:
+    """Watches one stream's rate over windows of ``stall_seconds``."""
+
+    def __init__(self, policy: RetryPolicy, limiter: RateLimiter | None) -> None:
+        self.window = policy.stall_seconds
+        floor = policy.min_rate
+        if limiter is not None:
+            floor = min(floor, limiter.rate // 4)  # --limit-rate below the floor is no stall
+        self.floor = floor
+        self.start = time.monotonic()
+        self.count = 0
+
+    def add(self, count: int) -> None:
+        self.count += count
+        now = time.monotonic()
+        elapsed = now - self.start
+        if elapsed >= self.window:
+            if self.count < self.floor * elapsed:
+                raise _Stalled(f"{self.count} bytes in {elapsed:.0f} s, under {self.floor} bytes/s")
+            self.start, self.count = now, 0
+
+
+class _Watchdog:
+    """Cuts a blocking stream (http.client fills its buffer) that is slower than the floor.
+
+    ``readinto`` on the fast path returns only when its buffer is full, so a
+    server dripping a byte at a time never lets the reading thread look at
+    the clock: this thread does, and shuts the socket down when a window of
+    ``stall_seconds`` brought less than the floor.
+    """
+
+    def __init__(self, pace: _Pace, span: Span, conn: http.client.HTTPConnection) -> None:
+        self.pace = pace
+        self.span = span
+        self.conn = conn
+        self.stalled: _Stalled | None = None
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def __enter__(self) -> _Watchdog:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _watch(self) -> None:
+        before = self.span.position
+        while not self._done.wait(self.pace.window):
+            try:
+                self.pace.add(self.span.position - before)
+            except _Stalled as stalled:
+                self.stalled = stalled
+                sock = self.conn.sock
+                if sock is not None:
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RDWR)
+                return
+            before = self.span.position
+
+
 @dataclass
 class _Context:
     client: RegistryClient
@@ -76,6 +164,8 @@ class _Context:
     progress: Progress
     stop: threading.Event
     may_split: bool = True
+    failures: int = 0
+    """Failures of this blob so far, all ranges together."""
 
     @property
     def url(self) -> str:
@@ -94,14 +184,23 @@ class _Context:
             headers["Authorization"] = credential
         return headers
 
-    def accept_status(self, status: int, content_range: str | None, span: Span) -> None:
+    def accept_status(
+        self, status: int, content_range: str | None, span: Span, encoding: str | None = None
+    ) -> None:
+        if status in (200, 206) and (encoding or "identity").strip().lower() != "identity":
+            raise RegistryError(
+                "blob {digest}: the registry sent it encoded as {encoding!r}, which cairn"
+                " did not ask for (blobs are stored byte for byte)",
+                digest=self.partial.digest,
+                encoding=untrusted(encoding or "")[:40],
+            )
         if status == 206:
             start = (content_range or "").removeprefix("bytes ").split("-")[0]
             if not start.isdigit() or int(start) != span.position:
                 raise TransferError(
                     "blob {digest}: wrong Content-Range {content_range!r}",
                     digest=self.partial.digest,
-                    content_range=content_range,
+                    content_range=untrusted(content_range or "")[:100],
                 )
             return
         if status == 200:
@@ -134,16 +233,20 @@ def use_fast_path(client: RegistryClient) -> bool:
     return not (scheme in proxies and not urllib.request.proxy_bypass(host))
 
 
-def connect(url: str, ssl_context: ssl.SSLContext | None) -> tuple[http.client.HTTPConnection, str]:
+def connect(
+    url: str, ssl_context: ssl.SSLContext | None, timeout: float = 60.0
+) -> tuple[http.client.HTTPConnection, str]:
     """An ``http.client`` connection to ``url``'s host, and the request target on it."""
     parts = urlsplit(url)
+    if parts.scheme not in WEB_SCHEMES:
+        origin_of(url)  # raises: no other scheme is ever spoken
     conn: http.client.HTTPConnection
     if parts.scheme == "https":
         conn = http.client.HTTPSConnection(
-            parts.hostname or "", parts.port, timeout=60, context=ssl_context
+            parts.hostname or "", parts.port, timeout=timeout, context=ssl_context
         )
     else:
-        conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=60)
+        conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=timeout)
     return conn, parts.path + (f"?{parts.query}" if parts.query else "")
 
 
@@ -151,32 +254,46 @@ def _fast_span(ctx: _Context, span: Span, ssl_context: ssl.SSLContext | None) ->
     """Fetch the rest of ``span`` with http.client (runs in a thread)."""
     url = ctx.url
     headers = ctx.headers(span)
+    policy = ctx.client.retry
     for _ in range(10):
-        conn, target = connect(url, ssl_context)
+        conn, target = connect(url, ssl_context, timeout=min(60.0, policy.stall_seconds))
         try:
             conn.request("GET", target, headers=headers)
             response = conn.getresponse()
             location = response.getheader("Location")
             if response.status in REDIRECTS and location:
-                response.read()
-                following = urljoin(url, location)
-                if urlsplit(following).netloc != urlsplit(url).netloc:
+                response.read(64 << 10)
+                following = ctx.client.follow(url, location)
+                if origin_of(following) != origin_of(url):
                     headers.pop("Authorization", None)
                 url = following
                 continue
-            ctx.accept_status(response.status, response.getheader("Content-Range"), span)
+            ctx.accept_status(
+                response.status,
+                response.getheader("Content-Range"),
+                span,
+                response.getheader("Content-Encoding"),
+            )
             buffer = bytearray(_BUFFER)
             view = memoryview(buffer)
-            while not span.complete and not ctx.stop.is_set():
-                want = min(
-                    _BUFFER if ctx.client.limiter is None else 1 << 16, span.end - span.position
-                )
-                count = response.readinto(view[:want])
-                if not count:
-                    break
-                ctx.progress(ctx.partial.write_at(span, view[:count]))
-                if ctx.client.limiter is not None:
-                    ctx.client.limiter.consume(count)
+            with _Watchdog(_Pace(policy, ctx.client.limiter), span, conn) as watchdog:
+                try:
+                    while not span.complete and not ctx.stop.is_set():
+                        want = min(
+                            _BUFFER if ctx.client.limiter is None else 1 << 16,
+                            span.end - span.position,
+                        )
+                        count = response.readinto(view[:want])
+                        if not count:
+                            break
+                        ctx.progress(ctx.partial.write_at(span, view[:count]))
+                        if ctx.client.limiter is not None:
+                            ctx.client.limiter.consume(count)
+                except (OSError, http.client.HTTPException):
+                    if watchdog.stalled is None:
+                        raise
+            if watchdog.stalled is not None:
+                raise watchdog.stalled
             if not span.complete and not ctx.stop.is_set():
                 raise http.client.IncompleteRead(b"", span.end - span.position)
             return
@@ -193,11 +310,18 @@ async def _httpx_span(ctx: _Context, span: Span) -> None:
         "GET", ctx.url, scope=ctx.scope, headers=headers, stream=True
     )
     try:
-        ctx.accept_status(response.status_code, response.headers.get("Content-Range"), span)
-        async for chunk in response.aiter_bytes(_BUFFER):
+        ctx.accept_status(
+            response.status_code,
+            response.headers.get("Content-Range"),
+            span,
+            response.headers.get("Content-Encoding"),
+        )
+        pace = _Pace(ctx.client.retry, ctx.client.limiter)
+        async for chunk in raw_chunks(response):  # as received: no progress held back
             if ctx.stop.is_set():
                 return
             ctx.progress(ctx.partial.write_at(span, chunk))
+            pace.add(len(chunk))
             if ctx.client.limiter is not None:
                 await ctx.client.limiter.aconsume(len(chunk))
             if span.complete:
@@ -210,8 +334,12 @@ async def _httpx_span(ctx: _Context, span: Span) -> None:
 
 async def _span_with_retries(ctx: _Context, span: Span, fast: bool) -> None:
     client = ctx.client
+    policy = client.retry
     attempt = 0
     ssl_context = client.http1_ssl_context()
+    # Progress that resets the count of attempts: a stream that was healthy for
+    # a while, not a byte dripped before the next stall.
+    real_progress = max(1, policy.min_rate * int(policy.stall_seconds))
     while not span.complete:
         before = span.position
         try:
@@ -230,18 +358,23 @@ async def _span_with_retries(ctx: _Context, span: Span, fast: bool) -> None:
             httpx.TransportError,
             TransferError,
             _Retryable,
+            _Stalled,
         ) as exc:
             problem = exc
         if ctx.stop.is_set():
             return
-        if span.position > before:
-            attempt = 0  # progress was made: this is a fresh failure
+        if span.position - before >= real_progress:
+            attempt = 0  # real progress was made: this is a fresh failure
         attempt += 1
-        if attempt >= client.retry.attempts:
+        ctx.failures += 1
+        if attempt >= policy.attempts or ctx.failures >= policy.blob_failures:
             raise TransferError(
-                "blob {digest}: {problem}", digest=ctx.partial.digest, problem=problem
+                "blob {digest}: {problem} (after {failures} failures)",
+                digest=ctx.partial.digest,
+                problem=untrusted(str(problem))[:300],
+                failures=ctx.failures,
             ) from problem
-        await asyncio.sleep(client.retry.delay(attempt - 1))
+        await asyncio.sleep(policy.delay(attempt - 1))
 
 
 def _follow_and_hash(partial: PartialBlob, done: threading.Event) -> tuple[Any, int]:
@@ -295,20 +428,49 @@ async def fetch_blob(
         if store.has(descriptor.digest):  # another process fetched it while we waited
             partial.discard()  # the empty partial this process just made
             return Blob(descriptor.digest, descriptor.size)
+        _check_space(store, partial)
         progress(partial.resumed)
-        fast = use_fast_path(client)
-        if fast and not client.known(f"repository:{repository}:pull"):
-            # Let the async client meet any auth challenge before the threads start.
-            await client.blob_size(repository, str(descriptor.digest))
-        ctx = _Context(client, repository, partial, progress, threading.Event())
-        landed = threading.Event()
-        hashing = asyncio.ensure_future(asyncio.to_thread(_follow_and_hash, partial, landed))
-        try:
+        return await _fetch_into(client, repository, descriptor, partial, progress)
+    except BaseException as exc:
+        replacement = _kept_or_discarded(partial, exc)
+        if replacement is exc:
+            raise
+        raise replacement from exc
+    finally:
+        await asyncio.to_thread(partial.close)
+
+
+async def _fetch_into(
+    client: RegistryClient,
+    repository: str,
+    descriptor: Descriptor,
+    partial: PartialBlob,
+    progress: Progress,
+) -> Blob:
+    fast = use_fast_path(client)
+    if fast and not client.known(f"repository:{repository}:pull"):
+        # Let the async client meet any auth challenge before the threads start.
+        await client.blob_size(repository, str(descriptor.digest))
+    ctx = _Context(client, repository, partial, progress, threading.Event())
+    landed = threading.Event()
+    hashing = asyncio.ensure_future(asyncio.to_thread(_follow_and_hash, partial, landed))
+    try:
+        while True:
             try:
                 await _run_spans(ctx, fast)
+                break
             except _RangeIgnored:
-                # The server sends whole blobs only: start over with one plain GET.
+                # The server sends whole blobs only: start over with one plain GET
+                # (again each time such a download breaks off, within the budget).
                 # The hasher must be done before the file is cut (it reads by mmap).
+                ctx.failures += 1
+                if ctx.failures >= client.retry.blob_failures:
+                    raise TransferError(
+                        "blob {digest}: the registry ignores Range requests and the"
+                        " download broke off {failures} times",
+                        digest=descriptor.digest,
+                        failures=ctx.failures,
+                    ) from None
                 landed.set()
                 await hashing
                 partial.restart()
@@ -318,13 +480,52 @@ async def fetch_blob(
                 )
                 ctx.stop = threading.Event()
                 ctx.may_split = False
-                await _run_spans(ctx, fast)
-        finally:
-            landed.set()
-            hasher, hashed = await hashing
-        return await asyncio.to_thread(partial.commit, hasher, hashed)
+                await asyncio.sleep(client.retry.delay(min(ctx.failures, 6)))
     finally:
-        await asyncio.to_thread(partial.close)
+        landed.set()
+        hasher, hashed = await hashing
+    return await asyncio.to_thread(partial.commit, hasher, hashed)
+
+
+def _check_space(store: BlobStore, partial: PartialBlob) -> None:
+    """Refuse a blob that cannot fit in the free space (less a margin) before fetching it."""
+    need = partial.size - partial.resumed
+    try:
+        free = shutil.disk_usage(store.tmp_dir).free
+    except OSError:
+        return
+    if need > free - FREE_MARGIN:
+        raise StorageFullError(
+            "blob {digest} needs {need} bytes, but {path} has {free} bytes free"
+            " (and cairn keeps {margin} spare)",
+            digest=partial.digest,
+            need=need,
+            path=store.tmp_dir,
+            free=free,
+            margin=FREE_MARGIN,
+        )
+
+
+def _kept_or_discarded(partial: PartialBlob, exc: BaseException) -> BaseException:
+    """Keep a failed download's bytes only if a later pull can resume them; say where."""
+    landed = partial.landed() if partial.spans else 0
+    resumable = isinstance(
+        exc, (TransferError, AuthenticationError, asyncio.CancelledError, KeyboardInterrupt)
+    )
+    if landed < KEEP_AT_LEAST or not resumable:
+        partial.discard()
+        return exc
+    if isinstance(exc, TransferError):
+        return TransferError(
+            Phrase(
+                "{problem}; {landed} bytes are kept in {path}: pull again to resume,"
+                " or run `cairn prune` to remove them",
+                problem=exc,
+                landed=landed,
+                path=partial.path,
+            )
+        )
+    return exc
 
 
 async def _run_spans(ctx: _Context, fast: bool) -> None:

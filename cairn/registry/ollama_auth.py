@@ -24,9 +24,13 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 from cairn.errors import ConfigError
+from cairn.registry.origins import Origin
 
 OLLAMA_REGISTRY = "registry.ollama.ai"
-OLLAMA_REALMS = frozenset({"ollama.com", "registry.ollama.ai"})
+OLLAMA_REALMS = frozenset(
+    {Origin("https", "ollama.com", 443), Origin("https", "registry.ollama.ai", 443)}
+)
+"""The only realms Ollama's signed token requests go to: exactly these origins."""
 _EMPTY_BODY = base64.b64encode(hashlib.sha256(b"").hexdigest().encode()).decode()
 
 

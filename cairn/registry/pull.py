@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from cairn.blobstore import Digest
-from cairn.errors import DigestMismatchError, InvalidDigestError, ManifestError, RegistryError
+from cairn.config import Mirror
+from cairn.errors import CairnError, DigestMismatchError, InvalidDigestError, ManifestError
 from cairn.i18n import Phrase
 from cairn.manifests import mediatypes as mt
 from cairn.manifests.manifest import Descriptor, Index, Manifest, parse_manifest
@@ -26,8 +28,11 @@ from cairn.manifests.platform import architecture
 from cairn.manifests.reference import Reference
 from cairn.registry.client import RegistryClient
 from cairn.registry.fetch import fetch_blob
+from cairn.sanitize import untrusted
 
 CONCURRENT_BLOBS = 3
+_PINNED_TAG = re.compile(r"sha256-([0-9a-f]{64})")
+"""The tag a model pulled by digest is kept under: a remote tag of that form must match it."""
 
 
 @dataclass(frozen=True)
@@ -95,6 +100,15 @@ async def resolve(client: RegistryClient, ref: Reference) -> Manifest:
         parsed = parse_manifest(data, content_type)
         if not isinstance(parsed, Manifest):
             raise ManifestError("an index inside an index is not a model")
+    sizes: dict[Digest, int] = {}
+    for descriptor in parsed.blobs:
+        if sizes.setdefault(descriptor.digest, descriptor.size) != descriptor.size:
+            raise ManifestError(
+                "the manifest lists blob {digest} twice, with sizes {one} and {other}",
+                digest=descriptor.digest,
+                one=sizes[descriptor.digest],
+                other=descriptor.size,
+            )
     return parsed
 
 
@@ -107,7 +121,14 @@ async def pull(
 ) -> LocalModel:
     """Pull ``ref`` into ``models`` (under ``save_as``, for a mirror); return the model."""
     report(Event(Phrase("pulling manifest")))
+    if client.notice is None:
+        client.notice = lambda said: report(Event(said))
     manifest = await resolve(client, ref)
+    pinned = _PINNED_TAG.fullmatch((save_as or ref).tag or "")
+    if pinned and pinned.group(1) != manifest.digest.hex:
+        # cairn keeps a model pulled by digest under this very tag: a remote
+        # tag of the same spelling must not replace it with other content.
+        raise DigestMismatchError("sha256:" + pinned.group(1), str(manifest.digest))
     unique = list({d.digest: d for d in manifest.blobs}.values())
     with models.blobs.writing():
         missing = [d for d in unique if not models.blobs.has(d.digest)]
@@ -154,25 +175,40 @@ async def pull(
 async def pull_via_mirrors(
     models: Models,
     ref: Reference,
-    mirrors: tuple[str, ...],
+    mirrors: tuple[Mirror, ...],
     connect: Callable[[str, bool], RegistryClient],
     report: Report = _quiet,
 ) -> LocalModel | None:
     """Try each mirror of ``ref``'s registry in turn; None when none had it.
 
     A mirror answers for the same repository path; what it serves is checked
-    like anything else (digests), and stored under the original name.
+    like anything else (digests), and stored under the original name. Any
+    failure, a bad blob or manifest included, moves on to the next mirror
+    and in the end to the origin. A mirror with ``resolve_tags`` off gets
+    digests only: the tag is resolved at the origin first.
     ``connect(host, insecure)`` makes the client for a mirror.
     """
+    pinned: Digest | None = ref.digest
     for mirror in mirrors:
-        insecure = mirror.startswith("http://")
-        host = mirror.removeprefix("http://").removeprefix("https://").rstrip("/")
-        mirrored = Reference(host, ref.namespace, ref.name, ref.tag, ref.digest, insecure)
+        insecure = mirror.url.startswith("http://")
+        host = mirror.url.removeprefix("http://").removeprefix("https://").rstrip("/")
         try:
+            if pinned is None and not mirror.resolve_tags:
+                async with connect(ref.host, ref.insecure) as origin:
+                    data, _, _ = await origin.get_manifest(ref.repository, ref.tag_or_default)
+                pinned = Digest(hashlib.sha256(data).hexdigest())
+            digest = ref.digest if mirror.resolve_tags else pinned
+            mirrored = Reference(host, ref.namespace, ref.name, ref.tag, digest, insecure)
             async with connect(host, insecure) as client:
                 return await pull(models, mirrored, client, report, save_as=ref)
-        except RegistryError as exc:
+        except CairnError as exc:
             report(
-                Event(Phrase("mirror {host} failed ({exc}); trying the next", host=host, exc=exc))
+                Event(
+                    Phrase(
+                        "mirror {host} failed ({exc}); trying the next",
+                        host=untrusted(host),
+                        exc=untrusted(str(exc))[:500],
+                    )
+                )
             )
     return None

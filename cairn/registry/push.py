@@ -16,7 +16,6 @@ import http.client
 import ssl
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from urllib.parse import urljoin
 
 import httpx
 
@@ -27,7 +26,7 @@ from cairn.manifests import mediatypes as mt
 from cairn.manifests.manifest import Descriptor, Manifest
 from cairn.manifests.models import Models
 from cairn.manifests.reference import Reference, require_oci
-from cairn.registry.client import USER_AGENT, RegistryClient
+from cairn.registry.client import SMALL_BODY, USER_AGENT, RegistryClient, undecoded_headers
 from cairn.registry.fetch import connect, use_fast_path
 from cairn.registry.pull import Event, Report, _quiet
 from cairn.registry.ratelimit import RateLimiter
@@ -155,8 +154,9 @@ async def _start(
     if response.status_code == 201:
         return ""
     client.check(response, Phrase("starting the upload of {digest}", digest=digest), (202,))
-    location: str = urljoin(client.base_url, response.headers.get("Location", ""))
-    return location
+    # The session may live on another origin (a storage front end): it is
+    # followed, but the registry's credentials stay behind (client.request).
+    return client.follow(client.url(start), response.headers.get("Location", ""))
 
 
 async def _send_from(
@@ -199,7 +199,7 @@ async def _send_from(
             client, "PATCH", location, scope, headers, store, descriptor, offset, end
         )
         client.check(response, Phrase("uploading {digest}", digest=digest), (202,))
-        location = urljoin(location, response.headers.get("Location", location))
+        location = client.follow(location, response.headers.get("Location", location))
         progress(end - offset)
         offset = end
     response = await client.request(
@@ -237,7 +237,7 @@ async def _send_body(
             content=_pieces(store, descriptor, start, end, client.limiter),
             replayable=False,
         )
-    credential = client.authorization(scope)
+    credential = client.authorization(scope) if client.at_origin(url) else None
     sent = {**headers, **({"Authorization": credential} if credential else {})}
     ssl_context = client.http1_ssl_context()
     path = store.path(descriptor.digest)
@@ -252,7 +252,7 @@ async def _send_body(
             digest=descriptor.digest,
             exc=exc,
         ) from exc
-    return httpx.Response(status, headers=answer, content=body)
+    return httpx.Response(status, headers=undecoded_headers(answer), content=body)
 
 
 def _sendfile_request(
@@ -286,7 +286,7 @@ def _sendfile_request(
                 else:
                     conn.sock.sendfile(f, offset, count)
         response = conn.getresponse()
-        return response.status, response.getheaders(), response.read()
+        return response.status, response.getheaders(), response.read(SMALL_BODY)
     finally:
         conn.close()
 
@@ -324,6 +324,8 @@ async def push(
     if mount_from == repository:
         mount_from = None
     report(Event(Phrase("retrieving manifest")))
+    if client.notice is None:
+        client.notice = lambda said: report(Event(said))
     for descriptor in {d.digest: d for d in manifest.blobs}.values():
         label = Phrase("pushing {digest}", digest=descriptor.digest.short)
         if await client.blob_size(repository, str(descriptor.digest), push=True) is not None:

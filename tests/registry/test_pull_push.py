@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -427,10 +428,19 @@ def test_limit_rate(cairn: Runner, tmp_path: Path, registry: str) -> None:
 def test_token_auth_against_distribution(
     cairn: Runner, tmp_path: Path, token_registry: tuple[str, str, str, TokenServer]
 ) -> None:
-    """distribution with `auth: token`: a Bearer challenge, a token from our token server."""
+    """distribution with `auth: token`: a Bearer challenge, a token from our token server.
+
+    The token server listens on another port: another origin, which gets the
+    password only once CAIRN_TOKEN_REALMS names it.
+    """
     host, user, password, server = token_registry
     make_model(cairn, tmp_path)
     env = {"CAIRN_HOME": str(tmp_path / "home"), "DOCKER_CONFIG": str(tmp_path / "no-docker")}
+    unlisted = login(cairn, host, user, password, env, check=False)
+    assert unlisted.returncode == 1 and "CAIRN_TOKEN_REALMS" in unlisted.stderr
+    assert server.issued == 0 and not (tmp_path / "home" / "auth.json").exists()
+    realm = urlsplit(server.url)
+    env["CAIRN_TOKEN_REALMS"] = f"http://{realm.netloc}"
     denied = cairn("push", "tiny:1", f"{host}/lab/tiny:1", "--insecure", check=False, env=env)
     assert denied.returncode == 1 and f"run `cairn login {host}`" in denied.stderr
     wrong = login(cairn, host, user, "bad", env, check=False)

@@ -1,0 +1,37 @@
+"""Text that did not come from the user, made safe to print.
+
+A registry's error message, a model's config, template, system prompt or
+licence, a GGUF header: any of them may carry escape sequences that a
+terminal obeys (``ESC]0;`` retitles the window, ``ESC]52;`` writes the
+clipboard and passes through pipes, ``ESC[2K`` erases what cairn printed and
+can fake a "Login Succeeded"). :func:`untrusted` shows every control
+character as a visible escape (``\\x1b``) instead: C0 and C1 controls, DEL,
+and the bidirectional overrides that reorder what a line appears to say.
+Newlines and tabs stay only in text meant to be multi-line.
+"""
+
+from __future__ import annotations
+
+_CONTROLS = [*range(0x00, 0x20), 0x7F, *range(0x80, 0xA0)]
+_BIDI = [0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)]
+
+
+def _escaped(code: int) -> str:
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+_ONE_LINE = {code: _escaped(code) for code in (*_CONTROLS, *_BIDI)}
+_MULTI_LINE = {k: v for k, v in _ONE_LINE.items() if k not in (0x0A, 0x09)}
+
+
+def untrusted(text: str, multiline: bool = False) -> str:
+    """``text`` with control characters shown escaped (``\\n`` and ``\\t`` kept if multiline)."""
+    return text.translate(_MULTI_LINE if multiline else _ONE_LINE)
+
+
+def untrusted_json(text: str) -> str:
+    """JSON text with the C1 controls and bidi overrides that ``ensure_ascii=False`` leaves raw."""
+    return text.translate(_JSON)
+
+
+_JSON = {code: f"\\u{code:04x}" for code in (0x7F, *range(0x80, 0xA0), *_BIDI)}
