@@ -72,29 +72,34 @@ def partials(store: Path) -> list[str]:
     return sorted(p.name for p in tmp.iterdir()) if tmp.exists() else []
 
 
+_MEASURE = """
+import resource, subprocess, sys
+with open(sys.argv[1], "wb") as err:
+    done = subprocess.run(sys.argv[2:], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                          stderr=err, timeout=120)
+print(done.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+"""
+
+
 def measured(args: list[str], env: dict[str, str], cwd: Path) -> tuple[int, str, int]:
-    """Run ``cairn ARGS``; its exit code, stderr, and peak RSS in MiB (its own, by wait4)."""
+    """Run ``cairn ARGS``; its exit code, stderr, and peak RSS in MiB.
+
+    Through a small Python parent: Linux keeps a process's peak RSS across
+    ``execve``, so a child forked straight from pytest (hundreds of MiB by
+    the end of the suite) would report pytest's size, not its own.
+    """
     err = cwd / "measured.err"
-    with open(err, "wb") as stderr:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "cairn", *args],
-            env=env,
-            cwd=cwd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-        )
-        deadline = time.monotonic() + 120
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.monotonic() > deadline:
-                proc.kill()
-                raise AssertionError(f"cairn {args} did not end")
-            time.sleep(0.05)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, err.read_text(), usage.ru_maxrss // 1024
+    done = subprocess.run(
+        [sys.executable, "-c", _MEASURE, str(err), sys.executable, "-m", "cairn", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=150,
+        check=True,
+    )
+    code, rss_kib = map(int, done.stdout.split())
+    return code, err.read_text(), rss_kib // 1024
 
 
 @functools.cache
