@@ -55,28 +55,16 @@ def build_prompt(
 def _jinja(
     source: str, conversation: list[Message], system: str | None, history: list[Message]
 ) -> str:
-    """A GGUF's Jinja chat template, rendered in a sandbox as transformers would."""
-    try:
-        from jinja2 import TemplateError as JinjaError
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
-    except ImportError:  # jinja2 comes with llama-cpp-python; without it, the prompt as is
-        return conversation[-1].content if conversation else ""
-
-    from cairn.errors import TemplateError
+    """A GGUF's Jinja chat template, rendered in a bounded sandbox as transformers would."""
+    from cairn.template import jinja
 
     messages = ([Message("system", system)] if system else []) + history + conversation
-
-    def fail(message: str) -> None:
-        raise TemplateError("the GGUF chat template says: {said}", said=message)
-
-    environment = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-    environment.globals["raise_exception"] = fail
-    try:
-        return environment.from_string(source).render(
-            messages=[{"role": m.role, "content": m.content} for m in messages],
-            add_generation_prompt=True,
-            bos_token="",
-            eos_token="",
-        )
-    except JinjaError as exc:
-        raise TemplateError("the GGUF chat template failed: {exc}", exc=exc) from None
+    return jinja.render(
+        source,
+        {
+            "messages": [{"role": m.role, "content": m.content} for m in messages],
+            "add_generation_prompt": True,
+            "bos_token": "",
+            "eos_token": "",
+        },
+    )

@@ -1,17 +1,25 @@
-"""Parser and interpreter for the Go text/template subset Ollama's templates use."""
+"""Parser and interpreter for the Go text/template subset Ollama's templates use.
+
+A template comes with a model, and a model may come from anyone: parsing is
+linear in the source, and a render runs under :class:`Limits` (steps,
+characters of output and of any value built, printf widths, nesting). A
+template that goes past one gets a TemplateError naming the limit, as does
+every other failure of parsing or rendering. Fields are looked up in the
+maps the template is given and nowhere else: no Python attribute of any
+value is reachable (``.Prompt.__class__`` is ``<no value>``).
+"""
 
 from __future__ import annotations
 
 import datetime
 import json
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from cairn.errors import TemplateError
 
-_ACTION = re.compile(r"\{\{(-\s)?(.*?)(\s-)?\}\}", re.DOTALL)
 _TOKEN = re.compile(
     r"""\s*(?:
         (?P<string>"(?:[^"\\]|\\.)*"|`[^`]*`)
@@ -29,6 +37,27 @@ _TOKEN = re.compile(
     re.VERBOSE,
 )
 _MISSING = "<no value>"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one render may spend; generous for every real template (a few KB, a few
+    hundred steps a message), small enough that a hostile one ends in a second."""
+
+    steps: int = 250_000
+    """Nodes run, range iterations and function calls, all together."""
+    output: int = 8 << 20
+    """Characters of the prompt, and of any one value a function builds."""
+    width: int = 10_000
+    """The widest printf field or precision."""
+    nesting: int = 100
+    """Blocks inside blocks, and parentheses inside parentheses."""
+    source: int = 1 << 20
+    """Characters of template source."""
+
+
+LIMITS = Limits()
+_NUMBER_DIGITS = 100
 
 
 # -- nodes --------------------------------------------------------------------
@@ -115,6 +144,7 @@ class _Expr:
         self.tokens = tokens
         self.index = 0
         self.source = source
+        self.depth = 0
 
     def peek(self) -> tuple[str, str] | None:
         return self.tokens[self.index] if self.index < len(self.tokens) else None
@@ -141,12 +171,27 @@ class _Expr:
     def operand(self) -> Any:
         kind, value = self.take()
         if kind == "open":
+            self.depth += 1
+            if self.depth > LIMITS.nesting:
+                raise TemplateError("parentheses nest deeper than {limit}", limit=LIMITS.nesting)
             inner = self.pipeline("close")
             self.take()
+            self.depth -= 1
             return ("pipe", inner)
         if kind == "string":
-            return ("lit", value[1:-1] if value[0] == "`" else json.loads(value))
+            if value[0] == "`":
+                return ("lit", value[1:-1])
+            try:
+                return ("lit", json.loads(value))
+            except ValueError:
+                raise TemplateError(
+                    "malformed string {value!r:.40} in {{{{ {source:.80} }}}}",
+                    value=value,
+                    source=self.source,
+                ) from None
         if kind == "number":
+            if len(value) > _NUMBER_DIGITS:
+                raise TemplateError("a number of {count} digits in a template", count=len(value))
             return ("lit", float(value) if "." in value else int(value))
         if kind == "ident":
             if value in ("true", "false"):
@@ -205,26 +250,47 @@ def _parse_action(body: str) -> tuple[str, Any]:
     return "output", _Expr(tokens, body).pipeline()
 
 
-def parse(source: str) -> list[Any]:
+def _pieces(source: str) -> list[tuple[str, str]]:
+    """Text and action bodies, with ``{{-``/``-}}`` trimming applied; linear in the source."""
     pieces: list[tuple[str, str]] = []
     position = 0
     trim_next = False
-    for match in _ACTION.finditer(source):
-        text = source[position : match.start()]
+    while True:
+        start = source.find("{{", position)
+        if start < 0:
+            break
+        end = source.find("}}", start + 2)
+        if end < 0:  # Go's parser: "unclosed action"
+            raise TemplateError("unclosed action: {text!r:.40}", text=source[start:])
+        body = source[start + 2 : end]
+        trim_left = len(body) >= 2 and body[0] == "-" and body[1].isspace()
+        trim_right = len(body) >= 2 and body[-1] == "-" and body[-2].isspace()
+        if trim_left:
+            body = body[2:]
+        if trim_right:
+            body = body[:-2]
+        text = source[position:start]
         if trim_next:
             text = text.lstrip()
-        if match.group(1):
+        if trim_left:
             text = text.rstrip()
         pieces.append(("text", text))
-        pieces.append(("action", match.group(2)))
-        trim_next = bool(match.group(3))
-        position = match.end()
+        pieces.append(("action", body))
+        trim_next = trim_right
+        position = end + 2
     tail = source[position:]
     pieces.append(("text", tail.lstrip() if trim_next else tail))
-    for kind, value in pieces:
-        if kind == "text" and "{{" in value:  # Go's parser: "unclosed action"
-            start = value.index("{{")
-            raise TemplateError("unclosed action: {text!r:.40}", text=value[start:])
+    return pieces
+
+
+def parse(source: str) -> list[Any]:
+    if len(source) > LIMITS.source:
+        raise TemplateError(
+            "the template is {size} characters, more than the {limit} allowed",
+            size=len(source),
+            limit=LIMITS.source,
+        )
+    pieces = _pieces(source)
 
     root: list[Any] = []
     stack: list[tuple[Any, list[Any]]] = [(None, root)]
@@ -246,6 +312,8 @@ def parse(source: str) -> list[Any]:
             body.append(payload)
         elif keyword in ("break", "continue"):
             body.append(Control(keyword))
+        elif keyword in ("if", "range", "with") and len(stack) > LIMITS.nesting:
+            raise TemplateError("blocks nest deeper than {limit}", limit=LIMITS.nesting)
         elif keyword == "if":
             new = If([(payload, [])])
             body.append(new)
@@ -305,9 +373,24 @@ def _show(value: Any) -> str:
 
 
 def _field(value: Any, name: str) -> Any:
+    """A field of the data: a key of a map (nothing else: no attribute of any value)."""
     if isinstance(value, Mapping):
         return value.get(name)
-    return getattr(value, name, None)
+    if value is None:
+        return None
+    raise TemplateError("cannot read field {name} of a {kind}", name=name, kind=_kind(value))
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, list | tuple):
+        return "list"
+    return "value"
 
 
 def _eq(first: Any, *others: Any) -> bool:
@@ -333,12 +416,23 @@ def _slice(value: Any, *bounds: Any) -> Any:
     return value[bounds[0] : bounds[1]] if bounds else value
 
 
+_VERB = re.compile(r"%([-+ #0]*)(\*|\d*)(?:\.(\*|\d*))?([A-Za-z%])")
+
+
 def _printf(form: str, *args: Any) -> str:
+    for verb in _VERB.finditer(form):
+        for number in (verb.group(2), verb.group(3)):
+            if number == "*" or (number and (len(number) > 6 or int(number) > LIMITS.width)):
+                raise TemplateError(
+                    "printf {verb!r}: a field wider than {limit}",
+                    verb=verb.group(0)[:20],
+                    limit=LIMITS.width,
+                )
     converted = re.sub(r"%v|%q|%d|%s", lambda m: {"%q": "%r"}.get(m.group(0), "%s"), form)
     try:
         return converted % tuple(_show(a) if not isinstance(a, str) else a for a in args)
-    except (TypeError, ValueError) as exc:
-        raise TemplateError("printf {form!r}: {exc}", form=form, exc=exc) from None
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise TemplateError("printf {form!r:.40}: {exc}", form=form, exc=exc) from None
 
 
 def _and(*values: Any) -> Any:
@@ -382,10 +476,39 @@ _OTHER_GO_FUNCTIONS = frozenset({"call", "html", "js", "urlquery", "toTypeScript
 
 
 class _Run:
-    def __init__(self, root: Any) -> None:
+    def __init__(self, root: Any, limits: Limits) -> None:
         self.root = root
         self.scopes: list[dict[str, Any]] = [{"$": root}]
         self.out: list[str] = []
+        self.limits = limits
+        self.steps = 0
+        self.written = 0
+
+    def step(self) -> None:
+        self.steps += 1
+        if self.steps > self.limits.steps:
+            raise TemplateError(
+                "the template ran past its budget of {limit} steps", limit=self.limits.steps
+            )
+
+    def sized(self, value: Any) -> Any:
+        """``value``, if it is no longer than the output budget."""
+        if isinstance(value, str | list | tuple | dict) and len(value) > self.limits.output:
+            raise TemplateError(
+                "the template built a value of {size} characters, more than its budget of {limit}",
+                size=len(value),
+                limit=self.limits.output,
+            )
+        return value
+
+    def write(self, text: str) -> None:
+        self.written += len(text)
+        if self.written > self.limits.output:
+            raise TemplateError(
+                "the template wrote more than its budget of {limit} characters",
+                limit=self.limits.output,
+            )
+        self.out.append(text)
 
     def lookup(self, name: str) -> Any:
         for scope in reversed(self.scopes):
@@ -425,12 +548,13 @@ class _Run:
             function = FUNCTIONS.get(value)
             if function is None:
                 raise TemplateError("function {value!r} is not defined", value=value)
+            self.step()
             try:
-                return function(*(final or []))
+                return self.sized(function(*(final or [])))
             except TemplateError:
                 raise
-            except (TypeError, ValueError, IndexError, KeyError, AttributeError) as exc:
-                raise TemplateError("{value}: {exc}", value=value, exc=exc) from None
+            except (ArithmeticError, LookupError, TypeError, ValueError, AttributeError) as exc:
+                raise TemplateError("{value}: {exc!s:.200}", value=value, exc=exc) from None
         raise TemplateError("cannot evaluate {value!r}", value=value)
 
     def command(self, command: list[Any], dot: Any, piped: list[Any]) -> Any:
@@ -457,10 +581,11 @@ class _Run:
             self.scopes.pop()
 
     def node(self, node: Any, dot: Any) -> None:
+        self.step()
         if isinstance(node, Text):
-            self.out.append(node.text)
+            self.write(node.text)
         elif isinstance(node, Output):
-            self.out.append(_show(self.pipeline(node.pipe, dot)))
+            self.write(_show(self.pipeline(node.pipe, dot)))
         elif isinstance(node, Assign):
             self.set(node.names[0], self.pipeline(node.pipe, dot), node.declare)
         elif isinstance(node, If):
@@ -481,20 +606,21 @@ class _Run:
 
     def range(self, node: Range, dot: Any) -> None:
         items = self.pipeline(node.pipe, dot)
+        pairs: Iterable[tuple[Any, Any]]
         if isinstance(items, Mapping):
             pairs = sorted(items.items())
         elif isinstance(items, int) and not isinstance(items, bool):
-            pairs = [(i, i) for i in range(items)]
+            pairs = ((i, i) for i in range(items))  # one at a time: range 1000000000 is steps
         elif items is None:
-            pairs = []
+            pairs = ()
         elif isinstance(items, Sequence) and not isinstance(items, str):
-            pairs = list(enumerate(items))
+            pairs = enumerate(items)
         else:
-            raise TemplateError("range cannot walk over {kind}", kind=type(items).__name__)
-        if not pairs:
-            self.block(node.otherwise, dot)
-            return
+            raise TemplateError("range cannot walk over {kind}", kind=_kind(items))
+        empty = True
         for key, value in pairs:
+            empty = False
+            self.step()
             self.scopes.append({})
             try:
                 if len(node.names) == 1:
@@ -510,6 +636,8 @@ class _Run:
                 break
             finally:
                 self.scopes.pop()
+        if empty:
+            self.block(node.otherwise, dot)
 
 
 class Template:
@@ -517,10 +645,15 @@ class Template:
 
     def __init__(self, source: str) -> None:
         self.source = source
-        self.nodes = parse(source)
+        try:
+            self.nodes = parse(source)
+        except TemplateError:
+            raise
+        except (RecursionError, ValueError, MemoryError) as exc:
+            raise TemplateError("the template cannot be read: {exc!s:.200}", exc=exc) from None
 
-    def render(self, data: Any) -> str:
-        run = _Run(data)
+    def render(self, data: Any, limits: Limits = LIMITS) -> str:
+        run = _Run(data, limits)
         try:
             for node in self.nodes:
                 run.node(node, data)
@@ -528,6 +661,10 @@ class Template:
             raise TemplateError("break or continue outside a range") from None
         except RecursionError:
             raise TemplateError("the template nests too deeply") from None
+        except TemplateError:
+            raise
+        except (ArithmeticError, LookupError, TypeError, ValueError, MemoryError) as exc:
+            raise TemplateError("the template failed: {exc!s:.200}", exc=exc) from None
         return "".join(run.out)
 
 

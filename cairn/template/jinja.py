@@ -1,0 +1,275 @@
+"""A GGUF's Jinja chat template, rendered in Jinja's sandbox under the same limits as Go's.
+
+Jinja's sandbox stops a template from reaching Python's internals; it does
+not stop one from spending: ``range(10**9)``, nested loops, ``9**(9**9)``,
+``'a' * 10**10``, ``'%999999999s'|format``, ``center(10**9)``, a string
+doubled forty times. Here every loop step, call and attribute counts
+against :class:`~cairn.template.engine.Limits` (with a wall-clock deadline
+besides), every operator and function that can build a large value checks
+the size first, ``lipsum`` is gone, and any failure at all is a
+TemplateError.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import string
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from cairn.errors import TemplateError
+from cairn.template.engine import LIMITS, Limits
+
+DEADLINE = 2.0
+"""Seconds one render may take, whatever it does."""
+
+_VERB = re.compile(r"%[-+ #0]*(\*|\d*)(?:\.(\*|\d*))?[A-Za-z%]")
+_SPEC_NUMBER = re.compile(r"\d+")
+_WIDE_METHODS = frozenset({"center", "ljust", "rjust", "zfill", "expandtabs"})
+
+
+class _Budget:
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.steps = 0
+        self.deadline = time.monotonic() + DEADLINE
+
+    def step(self) -> None:
+        self.steps += 1
+        if self.steps > self.limits.steps:
+            raise TemplateError(
+                "the chat template ran past its budget of {limit} steps",
+                limit=self.limits.steps,
+            )
+        if self.steps % 1024 == 0 and time.monotonic() > self.deadline:
+            raise TemplateError(
+                "the chat template ran past its budget of {seconds} s", seconds=DEADLINE
+            )
+
+    def sized(self, value: Any) -> Any:
+        if isinstance(value, str | list | tuple | dict) and len(value) > self.limits.output:
+            raise TemplateError(
+                "the chat template built a value of {size} characters, more than its budget"
+                " of {limit}",
+                size=len(value),
+                limit=self.limits.output,
+            )
+        return value
+
+    def width(self, value: Any, what: str) -> None:
+        if isinstance(value, int) and abs(value) > self.limits.width:
+            raise TemplateError(
+                "the chat template asks {what} for a width of {width}, more than {limit}",
+                what=what,
+                width=value,
+                limit=self.limits.width,
+            )
+
+    def form(self, text: Any, what: str) -> None:
+        """A format string (``%`` or ``{}``) whose widths could build a huge value."""
+        if not isinstance(text, str):
+            return
+        widths: list[str] = []
+        if what in ("%", "strftime"):
+            widths = [n for verb in _VERB.finditer(text) for n in verb.group(1, 2) if n]
+        else:
+            try:
+                fields = list(string.Formatter().parse(text))
+            except ValueError:
+                fields = []  # the call itself will say what is wrong
+            for _literal, _name, spec, _conversion in fields:
+                widths += _SPEC_NUMBER.findall(spec or "")
+                if spec and "{" in spec:
+                    widths.append("*")  # a width given as an argument
+        for width in widths:
+            if width == "*" or (width and (len(width) > 6 or int(width) > self.limits.width)):
+                raise TemplateError(
+                    "the chat template formats with {what} {text!r:.40}: a field wider than"
+                    " {limit} or given as an argument",
+                    what=what,
+                    text=text,
+                    limit=self.limits.width,
+                )
+
+    def projected(self, size: int) -> None:
+        if size > self.limits.output:
+            raise TemplateError(
+                "the chat template would build a value of {size} characters, more than its"
+                " budget of {limit}",
+                size=size,
+                limit=self.limits.output,
+            )
+
+
+class _Counted(list[Any]):
+    """A list whose every step of iteration counts against the budget."""
+
+    budget: _Budget
+
+    def __iter__(self) -> Iterator[Any]:
+        for item in super().__iter__():
+            self.budget.step()
+            yield item
+
+
+def render(source: str, variables: dict[str, Any], limits: Limits = LIMITS) -> str:
+    """Render ``source`` with ``variables``; the text, or a TemplateError."""
+    try:
+        from jinja2 import TemplateError as JinjaError
+    except ImportError as exc:  # jinja2 comes with llama-cpp-python
+        raise TemplateError("jinja2 is not installed: {exc}", exc=exc) from None
+    if len(source) > limits.source:
+        raise TemplateError(
+            "the chat template is {size} characters, more than the {limit} allowed",
+            size=len(source),
+            limit=limits.source,
+        )
+    budget = _Budget(limits)
+    environment = _environment(budget)
+
+    def counted(value: Any) -> Any:
+        if isinstance(value, list):
+            items = _Counted(counted(v) for v in value)
+            items.budget = budget
+            return items
+        if isinstance(value, dict):
+            return {k: counted(v) for k, v in value.items()}
+        return value
+
+    try:
+        template = environment.from_string(source)
+        pieces: list[str] = []
+        written = 0
+        for piece in template.generate(**{k: counted(v) for k, v in variables.items()}):
+            budget.step()
+            written += len(piece)
+            budget.projected(written)
+            pieces.append(piece)
+        return "".join(pieces)
+    except TemplateError:
+        raise
+    except RecursionError:
+        raise TemplateError("the chat template nests or recurses too deeply") from None
+    except JinjaError as exc:
+        raise TemplateError("the GGUF chat template failed: {exc!s:.300}", exc=exc) from None
+    except Exception as exc:  # a template's every failure is a TemplateError
+        raise TemplateError(
+            "the GGUF chat template failed: {kind}: {exc!s:.300}",
+            kind=type(exc).__name__,
+            exc=exc,
+        ) from None
+
+
+def _environment(budget: _Budget) -> Any:
+    from jinja2 import ext
+    from jinja2.compiler import CodeGenerator
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    class _Generator(CodeGenerator):
+        def visit_Concat(self, node: Any, frame: Any) -> None:
+            # ``a ~ b``: the joined string is sized before the template may keep it.
+            self.write("environment.meter.sized(")
+            super().visit_Concat(node, frame)
+            self.write(")")
+
+    class _Bounded(ImmutableSandboxedEnvironment):
+        code_generator_class = _Generator
+        meter = budget
+        intercepted_binops = frozenset({"+", "*", "**", "%", "/", "//"})
+
+        def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+            budget.step()
+            if (
+                operator == "**"
+                and isinstance(left, int | float)
+                and isinstance(right, int | float)
+                and abs(left) > 1
+                and right > 0
+                and math.log2(abs(left)) * right > 65_536
+            ):
+                raise TemplateError(
+                    "the chat template raises a number to the power {right}", right=right
+                )
+            if operator == "*":
+                for sequence, count in ((left, right), (right, left)):
+                    if isinstance(sequence, str | list | tuple) and isinstance(count, int):
+                        budget.projected(len(sequence) * count)
+            if (
+                operator == "+"
+                and isinstance(left, str | list | tuple)
+                and isinstance(right, str | list | tuple)
+            ):
+                budget.projected(len(left) + len(right))
+            if operator == "%" and isinstance(left, str):
+                budget.form(left, "%")
+            return budget.sized(super().call_binop(context, operator, left, right))
+
+        def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+            budget.step()
+            # The sandbox hands out str.format wrapped (``__wrapped__`` is the method).
+            method = getattr(__obj, "__wrapped__", __obj)
+            owner = getattr(method, "__self__", None)
+            name = getattr(__obj, "__name__", "")
+            if isinstance(owner, str):
+                if name in _WIDE_METHODS:
+                    for value in (*args, *kwargs.values()):
+                        budget.width(value, name)
+                elif name in ("format", "format_map"):
+                    budget.form(owner, name)
+                elif name == "replace" and len(args) >= 2:
+                    old, new = str(args[0]), str(args[1])
+                    grows = max(0, len(new) - len(old)) * owner.count(old)
+                    budget.projected(len(owner) + grows)
+                elif name == "join" and args:
+                    budget.projected(sum(len(str(x)) for x in budget.sized(list(args[0]))))
+            return budget.sized(super().call(__context, __obj, *args, **kwargs))
+
+        def getattr(self, obj: Any, attribute: str) -> Any:
+            budget.step()
+            return budget.sized(super().getattr(obj, attribute))
+
+        def getitem(self, obj: Any, argument: Any) -> Any:
+            budget.step()
+            return budget.sized(super().getitem(obj, argument))
+
+    environment = _Bounded(trim_blocks=True, lstrip_blocks=True, extensions=[ext.loopcontrols])
+    environment.globals.pop("lipsum", None)
+
+    def bounded_range(*args: int) -> Iterator[int]:
+        for value in range(*args):
+            budget.step()
+            yield value
+
+    def fail(message: str) -> None:
+        raise TemplateError("the GGUF chat template says: {said}", said=str(message)[:500])
+
+    def strftime_now(form: str) -> str:
+        budget.form(form, "strftime")
+        return time.strftime(str(form)[:100])
+
+    environment.globals.update(range=bounded_range, raise_exception=fail, strftime_now=strftime_now)
+    filters = environment.filters
+    default_format, default_center, default_indent = (
+        filters["format"],
+        filters["center"],
+        filters["indent"],
+    )
+
+    def format_filter(value: Any, *args: Any, **kwargs: Any) -> Any:
+        budget.form(value, "%")  # the filter formats with %
+        return budget.sized(default_format(value, *args, **kwargs))
+
+    def center_filter(value: Any, width: int = 80) -> Any:
+        budget.width(width, "center")
+        return default_center(value, width)
+
+    def indent_filter(value: Any, width: Any = 4, *args: Any, **kwargs: Any) -> Any:
+        budget.width(width, "indent")
+        if isinstance(width, str):
+            budget.projected(len(width) * (str(value).count("\n") + 1) + len(str(value)))
+        return budget.sized(default_indent(value, width, *args, **kwargs))
+
+    filters.update(format=format_filter, center=center_filter, indent=indent_filter)
+    return environment
