@@ -5,10 +5,21 @@ checks that every tensor the table names lies inside the file, so a cut-off
 download is caught before it is stored. Large arrays (a 262,144-token
 vocabulary) are skipped over and kept as their type and length only.
 Anything malformed raises :class:`~cairn.errors.ModelFormatError`.
+
+A header is untrusted input and is read under caps: at most
+:data:`MAX_HEADER` bytes, :data:`MAX_VALUES` values read one by one,
+:data:`MAX_KEPT` array items kept and :data:`MAX_TENSORS` tensors, so no
+header costs more than a few seconds and a few tens of MiB whatever it
+claims (a header of small nested arrays once cost ten times its size in
+RAM). :func:`check_tensors` adds llama.cpp's own checks of the tensor table
+for ``cairn create``. :func:`cached_header` keeps what ``show`` and ``run``
+need per blob digest, so a model's header is parsed once, not every run.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 import os
 import struct
 from collections.abc import Mapping
@@ -21,6 +32,13 @@ from cairn.errors import ModelFormatError
 MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
 KEEP_ARRAY_VALUES = 256
+MAX_HEADER = 256 << 20
+"""Bytes of metadata and tensor table (real ones: a few MiB, vocabularies included)."""
+MAX_VALUES = 1_000_000
+"""Values read one at a time (skipped arrays of numbers and strings do not count)."""
+MAX_KEPT = 100_000
+"""Array items kept in memory, over the whole header."""
+MAX_TENSORS = 100_000
 _MAX_STRING = 64 << 20
 _MAX_DIMS = 8
 _READ_SIZE = 1 << 20
@@ -158,6 +176,8 @@ class GGUFInfo:
     tensors: tuple[TensorInfo, ...]
     data_offset: int
     file_size: int
+    parameters: int | None = None
+    """The parameter count, when the tensors are not kept (a header read from the cache)."""
 
     @property
     def architecture(self) -> str | None:
@@ -171,6 +191,8 @@ class GGUFInfo:
     @property
     def parameter_count(self) -> int:
         """Every tensor's elements added up (what Ollama reports as parameters)."""
+        if self.parameters is not None:
+            return self.parameters
         return sum(t.elements for t in self.tensors)
 
     @property
@@ -179,6 +201,42 @@ class GGUFInfo:
         if isinstance(value, int) and not isinstance(value, bool):
             return FILE_TYPES.get(value, f"unknown ({value})")
         return None
+
+    def to_json(self) -> dict[str, Any]:
+        """What :meth:`from_json` reads back: everything but the tensor table."""
+        return {
+            "version": self.version,
+            "metadata": {k: _encoded(v) for k, v in self.metadata.items()},
+            "data_offset": self.data_offset,
+            "file_size": self.file_size,
+            "parameters": self.parameter_count,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> GGUFInfo:
+        return cls(
+            int(data["version"]),
+            {str(k): _decoded(v) for k, v in data["metadata"].items()},
+            (),
+            int(data["data_offset"]),
+            int(data["file_size"]),
+            int(data["parameters"]),
+        )
+
+
+def _encoded(value: Any) -> Any:
+    if isinstance(value, ArrayValue):
+        items = None if value.values is None else [_encoded(v) for v in value.values]
+        return {"array": [value.item_type, value.length, items]}
+    return value
+
+
+def _decoded(value: Any) -> Any:
+    if isinstance(value, dict):
+        item_type, length, items = value["array"]
+        kept = None if items is None else tuple(_decoded(v) for v in items)
+        return ArrayValue(int(item_type), int(length), kept)
+    return value
 
 
 def human_parameters(count: int) -> str:
@@ -201,13 +259,33 @@ class _Cursor:
         self.buf = b""
         self.pos = 0
         self.base = 0
+        self.values = 0
+        self.kept = 0
 
     def tell(self) -> int:
         return self.base + self.pos
 
+    def count(self, values: int = 1, kept: int = 0) -> None:
+        self.values += values
+        self.kept += kept
+        if self.values > MAX_VALUES:
+            raise ModelFormatError(
+                "the GGUF header holds more than {limit} values to read one by one",
+                limit=MAX_VALUES,
+            )
+        if self.kept > MAX_KEPT:
+            raise ModelFormatError(
+                "the GGUF header's short arrays hold more than {limit} items", limit=MAX_KEPT
+            )
+
+    def _within_header(self, end: int) -> None:
+        if end > MAX_HEADER:
+            raise ModelFormatError("the GGUF header is larger than {limit} bytes", limit=MAX_HEADER)
+
     def need(self, n: int) -> None:
         if self.pos + n <= len(self.buf):
             return
+        self._within_header(self.tell() + n)
         if self.tell() + n > self.size:
             raise ModelFormatError(
                 "truncated GGUF: the header runs past the end of the file ({size} bytes)",
@@ -232,6 +310,7 @@ class _Cursor:
             self.pos += n
             return
         target = self.tell() + n
+        self._within_header(target)
         if target > self.size:
             raise ModelFormatError("truncated GGUF: an array runs past the end of the file")
         self.f.seek(target)
@@ -274,6 +353,7 @@ class _Cursor:
 
 
 def _value(cur: _Cursor, value_type: int, depth: int = 0) -> Any:
+    cur.count()
     fmt = _SCALARS.get(value_type)
     if fmt is not None:
         return cur.unpack(fmt)
@@ -290,6 +370,7 @@ def _value(cur: _Cursor, value_type: int, depth: int = 0) -> Any:
             )
         item_fmt = _SCALARS.get(item_type)
         if length <= KEEP_ARRAY_VALUES:
+            cur.count(0, length)
             return ArrayValue(
                 item_type, length, tuple(_value(cur, item_type, depth + 1) for _ in range(length))
             )
@@ -316,11 +397,9 @@ def read_gguf_file(f: IO[bytes], size: int | None = None) -> GGUFInfo:
     cur.need(4)
     magic = cur.buf[:4]
     cur.pos = 4
-    if magic != MAGIC:
+    if magic != MAGIC:  # what it does start with stays unsaid: it may be anyone's file
         raise ModelFormatError(
-            "not a GGUF file: it starts with {magic!r}, not {expected!r}",
-            magic=magic,
-            expected=MAGIC,
+            "not a GGUF file: it does not start with {expected!r}", expected=MAGIC
         )
     version = cur.unpack(_U32)
     if version not in (2, 3):
@@ -331,6 +410,12 @@ def read_gguf_file(f: IO[bytes], size: int | None = None) -> GGUFInfo:
     kv_count = cur.unpack(_U64)
     if tensor_count * 32 > size or kv_count * 12 > size:
         raise ModelFormatError("corrupt GGUF: more entries than the file can hold")
+    if tensor_count > MAX_TENSORS:
+        raise ModelFormatError(
+            "the GGUF header lists {count} tensors, more than {limit}",
+            count=tensor_count,
+            limit=MAX_TENSORS,
+        )
 
     metadata: dict[str, Any] = {}
     for _ in range(kv_count):
@@ -346,6 +431,13 @@ def read_gguf_file(f: IO[bytes], size: int | None = None) -> GGUFInfo:
                 "corrupt GGUF: tensor {name!r} has {dims} dimensions", name=name, dims=dims
             )
         shape = tuple(cur.unpack(_U64) for _ in range(dims))
+        cur.count(dims + 3)
+        if math.prod(shape) >= 1 << 63:
+            raise ModelFormatError(
+                "corrupt GGUF: tensor {name!r} has dimensions {shape} that overflow",
+                name=name[:100],
+                shape=list(shape),
+            )
         tensors.append(TensorInfo(name, shape, cur.unpack(_U32), cur.unpack(_U64)))
 
     alignment = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
@@ -384,6 +476,49 @@ def _check_extent(info: GGUFInfo) -> None:
                 name=tensor.name,
                 end=end,
                 file_size=info.file_size,
+            )
+
+
+def check_tensors(info: GGUFInfo) -> None:
+    """The tensor table as llama.cpp checks it: names once, known types, dimensions that
+    do not overflow, offsets aligned, and no two tensors' bytes overlapping."""
+    alignment = info.metadata.get("general.alignment", DEFAULT_ALIGNMENT)
+    seen: set[str] = set()
+    spans: list[tuple[int, int, str]] = []
+    for tensor in info.tensors:
+        if tensor.name in seen:
+            raise ModelFormatError(
+                "corrupt GGUF: tensor {name!r} is listed twice", name=tensor.name[:100]
+            )
+        seen.add(tensor.name)
+        if tensor.ggml_type not in GGML_TYPES:
+            raise ModelFormatError(
+                "corrupt GGUF: tensor {name!r} has the unknown ggml type {type}",
+                name=tensor.name[:100],
+                type=tensor.ggml_type,
+            )
+        if any(dim >= 1 << 63 for dim in tensor.shape) or tensor.elements >= 1 << 63:
+            raise ModelFormatError(
+                "corrupt GGUF: tensor {name!r} has dimensions {shape} that overflow",
+                name=tensor.name[:100],
+                shape=list(tensor.shape),
+            )
+        if tensor.offset % alignment:
+            raise ModelFormatError(
+                "corrupt GGUF: tensor {name!r} starts at offset {offset},"
+                " not a multiple of the alignment {alignment}",
+                name=tensor.name[:100],
+                offset=tensor.offset,
+                alignment=alignment,
+            )
+        spans.append((tensor.offset, tensor.offset + (tensor.nbytes or 0), tensor.name))
+    spans.sort()
+    for (_, end, first), (start, _, second) in itertools.pairwise(spans):
+        if start < end:
+            raise ModelFormatError(
+                "corrupt GGUF: tensors {first!r} and {second!r} overlap",
+                first=first[:100],
+                second=second[:100],
             )
 
 

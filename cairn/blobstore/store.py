@@ -161,6 +161,8 @@ class BlobStore:
         self.tmp_dir = self.work_dir / "tmp"
         self.locks_dir = self.work_dir / "locks"
         self.verified_dir = self.work_dir / "verified"
+        self.headers_dir = self.work_dir / "headers"
+        """What each GGUF blob's header says, parsed once (``show.gguf_header``)."""
 
     # -- reading -----------------------------------------------------------
 
@@ -495,10 +497,14 @@ class BlobStore:
                 yield self.tmp_dir / name
 
     def stale_stamps(self) -> Iterator[Path]:
-        """Verification stamps whose blob is gone."""
+        """Verification stamps and cached headers whose blob is gone."""
         for name in _names(self.verified_dir):
             if not (self.blobs_dir / f"sha256-{name}").exists():
                 yield self.verified_dir / name
+        for name in _names(self.headers_dir):
+            hex_name = name.split(".")[0]
+            if not (self.blobs_dir / f"sha256-{hex_name}").exists():
+                yield self.headers_dir / name
 
     @contextlib.contextmanager
     def writing(self, timeout: float = 600.0) -> Iterator[None]:

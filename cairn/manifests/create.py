@@ -26,7 +26,7 @@ from cairn.errors import (
     ModelNotFoundError,
     TemplateError,
 )
-from cairn.gguf import MAGIC, GGUFInfo, human_parameters, read_gguf
+from cairn.gguf import MAGIC, GGUFInfo, check_tensors, human_parameters, read_gguf
 from cairn.i18n import Phrase
 from cairn.manifests import mediatypes as mt
 from cairn.manifests.manifest import Descriptor, Manifest
@@ -62,10 +62,8 @@ def import_gguf(blobs: BlobStore, path: Path) -> tuple[Blob, GGUFInfo]:
         raise ModelFormatError(
             "cannot read {path}: {reason}", path=path, reason=exc.strerror or exc
         ) from exc
-    if magic != MAGIC:
-        raise ModelFormatError(
-            "{path} is not a GGUF file (it starts with {magic!r})", path=path, magic=magic
-        )
+    if magic != MAGIC:  # what it starts with stays unsaid: it may be anyone's file
+        raise ModelFormatError("{path} is not a GGUF file", path=path)
 
     info: list[GGUFInfo] = []
     error: list[BaseException] = []
@@ -73,7 +71,9 @@ def import_gguf(blobs: BlobStore, path: Path) -> tuple[Blob, GGUFInfo]:
 
     def parse() -> None:
         try:
-            info.append(read_gguf(path))
+            header = read_gguf(path)
+            check_tensors(header)  # what llama.cpp would refuse, refused before it is stored
+            info.append(header)
         except BaseException as exc:
             error.append(exc)
             failed.set()
