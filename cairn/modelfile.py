@@ -43,6 +43,33 @@ PARAMETER_TYPES: dict[str, type] = {
     "stop": list,
 }
 
+# The values each parameter may take, inclusive, wherever it comes from (a Modelfile,
+# `-p`, a pulled params layer, the API). What depends on the model or the machine
+# (num_ctx against the context length and memory, num_thread against the cores) is
+# checked when the model runs (cli/run.py).
+PARAMETER_RANGES: dict[str, tuple[float, float]] = {
+    "num_ctx": (1, 1 << 24),
+    "num_batch": (1, 1 << 20),
+    "num_gpu": (-1, 100_000),
+    "main_gpu": (0, 1024),
+    "num_thread": (0, 4096),
+    "num_keep": (-1, 1 << 24),
+    "num_predict": (-2, 1 << 24),
+    "seed": (-(1 << 63), (1 << 63) - 1),
+    "top_k": (0, 1 << 24),
+    "repeat_last_n": (-1, 1 << 24),
+    "temperature": (0, 100),
+    "top_p": (0, 1),
+    "min_p": (0, 1),
+    "typical_p": (0, 1),
+    "repeat_penalty": (0, 100),
+    "presence_penalty": (-100, 100),
+    "frequency_penalty": (-100, 100),
+}
+MAX_STOPS = 64
+"""Stop sequences a model may have (each one is matched against every token)."""
+MAX_STOP_LENGTH = 1000
+
 
 @dataclass(frozen=True)
 class Command:
@@ -115,41 +142,107 @@ class Modelfile:
             value = convert_parameter(key, _unquote(raw.strip()), command.line)
             if key == "stop":
                 values.setdefault("stop", []).extend(value)
+                if len(values["stop"]) > MAX_STOPS:
+                    raise ModelfileError(
+                        "line {line}: more than {limit} stop sequences",
+                        line=command.line,
+                        limit=MAX_STOPS,
+                    )
             else:
                 values[key] = value
         return values
 
 
 def convert_parameter(key: str, raw: str, line: int = 0) -> Any:
-    """A PARAMETER value as the type Ollama stores it; unknown names are errors."""
-    kind = PARAMETER_TYPES.get(key)
+    """A PARAMETER value as the type Ollama stores it, in range; unknown names are errors."""
     where = Phrase("line {line}: ", line=line) if line else ""
-    if kind is None:
+    if key not in PARAMETER_TYPES:
         raise ModelfileError("{where}unknown parameter {key!r}", where=where, key=key)
     if not raw:
         raise ModelfileError("{where}parameter {key!r} needs a value", where=where, key=key)
+    return parameter_value(key, raw, where)
+
+
+def parameter_value(key: str, value: Any, where: object = "") -> Any:
+    """``value`` (text, or JSON from a params layer) as ``key``'s type and within its range.
+
+    Booleans are ``true``/``false`` (a string "false" is False, never truthy);
+    numbers are finite; stop sequences are strings, at most :data:`MAX_STOPS`
+    of at most :data:`MAX_STOP_LENGTH` characters.
+    """
+    kind = PARAMETER_TYPES[key]
     try:
         if kind is list:
-            return [raw]
+            items = value if isinstance(value, list) else [value]
+            if not all(isinstance(item, str) and item for item in items):
+                raise ValueError(value)
+            for item in items:
+                _check_stop(item, where)
+            return list(items)
         if kind is bool:
-            lowered = raw.lower()
-            if lowered not in ("true", "false"):
-                raise ValueError(raw)
-            return lowered == "true"
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "false"):
+                return value.lower() == "true"
+            raise ValueError(value)
+        if isinstance(value, bool):
+            raise ValueError(value)
         if kind is int:
-            return int(raw)
-        value = float(raw)
-        if value != value or value in (float("inf"), float("-inf")):
-            raise ValueError(raw)
-        return value
-    except ValueError:
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)
+            number: float = value if isinstance(value, int) else int(str(value).strip())
+        else:
+            number = float(value) if isinstance(value, int | float) else float(str(value))
+            if number != number or number in (float("inf"), float("-inf")):
+                raise ValueError(value)
+    except (ValueError, TypeError):
         raise ModelfileError(
             "{where}parameter {key!r} wants {wanted}, got {raw!r:.60}",
             where=where,
             key=key,
             wanted=kind.__name__,
-            raw=raw,
+            raw=value,
         ) from None
+    low, high = PARAMETER_RANGES[key]
+    if not low <= number <= high:
+        raise ModelfileError(
+            "{where}parameter {key!r} is {value}, outside {low} to {high}",
+            where=where,
+            key=key,
+            value=number,
+            low=low,
+            high=high,
+        )
+    return number
+
+
+def _check_stop(item: str, where: object) -> None:
+    if len(item) > MAX_STOP_LENGTH:
+        raise ModelfileError(
+            "{where}a stop sequence of {length} characters; at most {limit}",
+            where=where,
+            length=len(item),
+            limit=MAX_STOP_LENGTH,
+        )
+
+
+def check_parameters(values: Any, where: object) -> dict[str, Any]:
+    """A params layer (JSON) typed and ranged; names Ollama does not know are dropped."""
+    if not isinstance(values, dict):
+        return {}
+    checked = {
+        key: parameter_value(key, value, where)
+        for key, value in values.items()
+        if key in PARAMETER_TYPES
+    }
+    if len(checked.get("stop", [])) > MAX_STOPS:
+        raise ModelfileError(
+            "{where}{count} stop sequences; at most {limit}",
+            where=where,
+            count=len(checked["stop"]),
+            limit=MAX_STOPS,
+        )
+    return checked
 
 
 def _unquote(value: str) -> str:
@@ -197,15 +290,16 @@ def parse_modelfile(text: str) -> Modelfile:
                     instruction=word.upper(),
                 )
         if rest.startswith('"""'):
-            body = rest[3:]
-            while '"""' not in body:
+            # Line by line, each looked at once: linear however long the block.
+            pieces = [rest[3:]]
+            while '"""' not in pieces[-1]:
                 if index >= len(lines):
                     raise ModelfileError(
                         'line {number}: a """ quote is never closed', number=number
                     )
-                body += "\n" + lines[index]
+                pieces.append(lines[index])
                 index += 1
-            value, _, trailing = body.partition('"""')
+            value, _, trailing = "\n".join(pieces).partition('"""')
             if trailing.strip():
                 raise ModelfileError('line {number}: text after the closing """', number=number)
         else:

@@ -17,6 +17,7 @@ from cairn.i18n import _
 from cairn.modelfile import convert_parameter
 from cairn.runtime_plugins.prompt import Message, build_prompt
 from cairn.runtime_plugins.runner import Runner
+from cairn.sanitize import untrusted
 
 HELP = """Available commands:
   /set parameter NAME VALUE   set a parameter (temperature, num_predict, stop, ...)
@@ -46,8 +47,13 @@ def chat(
     options: dict[str, Any],
     describe: Callable[[], str],
     chat_template: str | None = None,
+    raw: bool = False,
 ) -> None:
-    """Read, generate, print, until /bye or end of input."""
+    """Read, generate, print, until /bye or end of input.
+
+    The answer is shown with escape sequences neutralised (``\x1b`` shown, not
+    obeyed) unless ``raw``; the conversation keeps it as generated.
+    """
     for stream in (sys.stdin, sys.stdout):
         if codecs.lookup(getattr(stream, "encoding", None) or "ascii").name != "utf-8":
             raise ConfigError(
@@ -115,7 +121,8 @@ def chat(
                 for chunk in runner.generate(prompt, options):
                     if not chunk.done:
                         answer.append(chunk.text)
-                        click.echo(wrapper.feed(chunk.text), nl=False)
+                        shown = chunk.text if raw else untrusted(chunk.text, multiline=True)
+                        click.echo(wrapper.feed(shown), nl=False)
                         sys.stdout.flush()
                 click.echo(wrapper.finish(), nl=False)
             except KeyboardInterrupt:

@@ -8,12 +8,14 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from cairn.cli.output import say, table
+from cairn.cli.output import human_size, say, table
 from cairn.errors import ConfigError, ModelNotFoundError
 from cairn.i18n import Phrase, _, localize
+from cairn.sanitize import untrusted
 
 if TYPE_CHECKING:
     from cairn.blobstore import Digest
+    from cairn.gguf import GGUFInfo
     from cairn.manifests.show import ModelDetails
     from cairn.runtime_plugins.runtime import Availability
 
@@ -92,6 +94,16 @@ def runtimes(as_json: bool) -> None:
     metavar="NAME=VALUE",
     help="Override a model parameter (temperature=0, num_predict=64, ...).",
 )
+@click.option(
+    "--long-context",
+    is_flag=True,
+    help="Allow num_ctx beyond the context length the model was trained for.",
+)
+@click.option(
+    "--raw",
+    is_flag=True,
+    help="Print the answer exactly as generated, escape sequences and all.",
+)
 def run(
     model: str,
     prompt: str | None,
@@ -100,6 +112,8 @@ def run(
     insecure: bool,
     output_format: str | None,
     parameters: tuple[str, ...],
+    long_context: bool,
+    raw: bool,
 ) -> None:
     """Run MODEL on PROMPT (or standard input), pulling it first if it is missing.
 
@@ -107,7 +121,7 @@ def run(
     """
     from cairn.manifests.models import Models
     from cairn.manifests.show import show_model
-    from cairn.modelfile import convert_parameter
+    from cairn.modelfile import check_parameters, convert_parameter
     from cairn.runtime_plugins.manager import plugins
     from cairn.runtime_plugins.prompt import Message, build_prompt
     from cairn.runtime_plugins.runner import Runner
@@ -120,7 +134,7 @@ def run(
         _pull(model, insecure)
     details = show_model(models, model)
     weights = _check_runnable(model, details)
-    options: dict[str, Any] = dict(details.parameters)
+    options = check_parameters(details.parameters, Phrase("{model}'s parameters: ", model=model))
     for item in parameters:
         key, _sep, value = item.partition("=")
         converted = convert_parameter(key.strip(), value.strip())
@@ -130,6 +144,8 @@ def run(
             options[key.strip()] = converted
     if output_format:
         options["format"] = output_format
+    assert details.gguf is not None  # _check_runnable saw to it
+    check_for_machine(options, details.gguf, long_context)
     info = plugins().choose("gguf", runtime_name)
     _check_offload(info.name, info.availability, options)
     spec = ModelSpec(
@@ -153,7 +169,9 @@ def run(
             template = details.template or ""
             return "\n".join([_("Parameters:"), *lines, _("Template:"), template])
 
-        chat(start, details.template, details.system, history, options, describe, chat_template)
+        chat(
+            start, details.template, details.system, history, options, describe, chat_template, raw
+        )
         return
     runner = Runner(info.name, module=info.module)  # it boots while the prompt is prepared
     try:
@@ -168,7 +186,7 @@ def run(
             if chunk.done:
                 stats = dict(chunk.stats)
             else:
-                _write(chunk.text)
+                _write(chunk.text if raw else untrusted(chunk.text, multiline=True))
         click.echo()
     except KeyboardInterrupt:
         runner.stop()
@@ -185,7 +203,9 @@ def run(
 def _write(text: str) -> None:
     """Stream ``text`` to stdout; an encoding that cannot show it is an error, not mojibake."""
     try:
-        click.echo(text, nl=False)
+        # color=True: click would strip some escape sequences on a pipe (and let
+        # others through); what is printed was neutralised already, unless --raw.
+        click.echo(text, nl=False, color=True)
     except UnicodeEncodeError:
         click.echo()  # the error goes on a line of its own
         raise ConfigError(
@@ -227,6 +247,46 @@ def _check_runnable(model: str, details: ModelDetails) -> Digest:
             kind=details.config.get("model_format") or "nothing",
         )
     return details.model_blob
+
+
+def check_for_machine(options: dict[str, Any], gguf: GGUFInfo, long_context: bool) -> None:
+    """What a parameter may not ask of this model on this machine, said before the load.
+
+    ``num_ctx`` up to the context length the model was trained for (unless
+    ``--long-context``), and its KV cache within the memory available now;
+    ``num_thread`` up to the cores this process may run on.
+    """
+    import os
+
+    from cairn.runtime_plugins.devices import available_memory, kv_cache_bytes
+
+    asked = options.get("num_ctx")
+    trained = gguf.arch_value("context_length")
+    if isinstance(asked, int) and isinstance(trained, int) and asked > trained and not long_context:
+        raise ConfigError(
+            "num_ctx {asked} is more than the {trained} tokens the model was trained for;"
+            " use --long-context to run it anyway",
+            asked=asked,
+            trained=trained,
+        )
+    if isinstance(asked, int):
+        needed, free = kv_cache_bytes(gguf, asked), available_memory()
+        if needed is not None and free is not None and needed > free:
+            raise ConfigError(
+                "num_ctx {asked} needs {needed} for its KV cache, but {free} of memory is"
+                " available",
+                asked=asked,
+                needed=human_size(needed),
+                free=human_size(free),
+            )
+    threads = options.get("num_thread")
+    cores = len(os.sched_getaffinity(0))
+    if isinstance(threads, int) and threads > cores:
+        raise ConfigError(
+            "num_thread {threads} is more than the {cores} cores cairn may run on here",
+            threads=threads,
+            cores=cores,
+        )
 
 
 def _check_offload(runtime: str, availability: Availability, options: dict[str, Any]) -> None:

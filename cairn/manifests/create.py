@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -134,22 +135,52 @@ def _config(info: GGUFInfo | None, base: dict[str, Any], layers: list[Descriptor
     return json.dumps(config, separators=(",", ":")).encode()
 
 
-def _resolve_from(models: Models, value: str, base_dir: Path) -> Path | LocalModel:
-    path = Path(value).expanduser()
+def _local(instruction: str, value: str, base_dir: Path) -> tuple[Path, str | None]:
+    """The path a FROM or ADAPTER names, and what it is there ("file", "dir" or None).
+
+    ``~user`` that names no user, a name the filesystem refuses as too long,
+    a path that cannot be looked at: each a ModelfileError that gives the
+    value as written and (where there is one) the path it resolved to.
+    """
+    try:
+        path = Path(value).expanduser()
+    except RuntimeError:  # "Could not determine home directory."
+        raise ModelfileError(
+            "{instruction} {value:.200}: no such user's home directory",
+            instruction=instruction,
+            value=value,
+        ) from None
     if not path.is_absolute():
-        path = base_dir / path
-    if path.is_dir():
+        path = Path(os.path.abspath(base_dir / path))
+    try:
+        kind = "dir" if path.is_dir() else "file" if path.is_file() else None
+    except OSError as exc:
+        raise ModelfileError(
+            "{instruction} {value:.200} ({path:.300}): {reason}",
+            instruction=instruction,
+            value=value,
+            path=str(path),
+            reason=exc.strerror or exc,
+        ) from None
+    return path, kind
+
+
+def _resolve_from(models: Models, value: str, base_dir: Path) -> Path | LocalModel:
+    path, kind = _local("FROM", value, base_dir)
+    if kind == "dir":
         raise ModelfileError(
             "FROM {value}: is a directory; cairn imports GGUF files and existing models",
             value=value,
         )
-    if path.is_file():
+    if kind == "file":
         return path
     try:
         return models.get(value)
     except (InvalidReferenceError, ModelNotFoundError):
         raise ModelfileError(
-            "FROM {value}: no such file, and no model of that name", value=value
+            "FROM {value:.200} ({path:.300}): no such file, and no model of that name",
+            value=value,
+            path=str(path),
         ) from None
 
 
@@ -167,6 +198,15 @@ def create_model(
             "cannot create {name!r}: a new model needs a tag, not a digest", name=name
         )
     base_dir = Path(base_dir)
+    adapter = None  # looked at first: a missing one costs no copy of the weights
+    if modelfile.adapter is not None:
+        adapter, kind = _local("ADAPTER", modelfile.adapter, base_dir)
+        if kind != "file":
+            raise ModelfileError(
+                "ADAPTER {value:.200} ({path:.300}): no such file",
+                value=modelfile.adapter,
+                path=str(adapter),
+            )
     source = _resolve_from(models, modelfile.from_, base_dir)
     if modelfile.template is not None:
         check_template(modelfile.template)  # before any byte is copied
@@ -208,11 +248,7 @@ def create_model(
             if params_layer is not None:
                 base_params = _read_json(blobs, params_layer, dict)
 
-        if modelfile.adapter is not None:
-            adapter = Path(modelfile.adapter).expanduser()
-            adapter = adapter if adapter.is_absolute() else base_dir / adapter
-            if not adapter.is_file():
-                raise ModelfileError("ADAPTER {adapter}: no such file", adapter=modelfile.adapter)
+        if adapter is not None:
             progress(Phrase("copying adapter {adapter}", adapter=adapter))
             blob, _ = import_gguf(blobs, adapter)
             layers.append(Descriptor(mt.OLLAMA_ADAPTER, blob.digest, blob.size))

@@ -13,6 +13,10 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cairn.gguf import GGUFInfo
 
 Run = Callable[[Sequence[str]], str | None]
 
@@ -119,3 +123,48 @@ def cpu_threads() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not Linux
         return max(1, os.cpu_count() or 1)
+
+
+def available_memory(meminfo: Path = Path("/proc/meminfo")) -> int | None:
+    """Bytes of memory available now (``MemAvailable``), or None where it cannot be read."""
+    try:
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def kv_cache_bytes(gguf: GGUFInfo, n_ctx: int) -> int | None:
+    """What llama.cpp's KV cache takes for ``n_ctx`` tokens (f16 keys and values, every
+    layer full length: an upper bound for sliding-window layers); None when the header
+    does not say enough."""
+    layers = gguf.arch_value("block_count")
+    heads = gguf.arch_value("attention.head_count")
+    embedding = gguf.arch_value("embedding_length")
+    if not all(isinstance(v, int) and v > 0 for v in (layers, embedding)):
+        return None
+    heads = _per_layer(heads, layers)
+    kv_heads = _per_layer(gguf.arch_value("attention.head_count_kv"), layers) or heads
+    if not heads or not kv_heads:
+        return None
+    key = gguf.arch_value("attention.key_length")
+    value = gguf.arch_value("attention.value_length")
+    per_token = 0
+    for layer in range(layers):
+        head_dim = embedding // heads[layer] if heads[layer] else 0
+        k = key if isinstance(key, int) else head_dim
+        v = value if isinstance(value, int) else k
+        per_token += kv_heads[layer] * (k + v) * 2
+    return per_token * n_ctx
+
+
+def _per_layer(value: object, layers: int) -> list[int]:
+    """A head count given once for all layers or as an array of one per layer."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return [value] * layers
+    items = getattr(value, "values", None)
+    if isinstance(items, tuple) and len(items) == layers and all(isinstance(i, int) for i in items):
+        return list(items)
+    return []

@@ -362,7 +362,13 @@ def test_bad_input_gives_one_line_errors(
 ) -> None:
     cases = [
         (f"FROM {tiny_gguf}\nFOO bar\n", "unknown instruction 'FOO'"),
-        ("FROM ./nowhere.gguf\n", "FROM ./nowhere.gguf: no such file, and no model of that name"),
+        (
+            "FROM ./nowhere.gguf\n",  # as written, and where it led
+            f"FROM ./nowhere.gguf ({tmp_path / 'nowhere.gguf'}): no such file, and no model",
+        ),
+        ("FROM ~nosuchuser-here/m.gguf\n", "FROM ~nosuchuser-here/m.gguf: no such user's home"),
+        ("FROM " + "a" * 5000 + "\n", "File name too long"),
+        (f"FROM {tiny_gguf}\nADAPTER ./none.gguf\n", "ADAPTER ./none.gguf ("),
         ("FROM ghost:1b\n", "no such file, and no model of that name"),
         (f"FROM {tmp_path}\n", "is a directory"),
     ]
