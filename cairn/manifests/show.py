@@ -63,7 +63,7 @@ class ModelDetails:
             N_("renderer"): self.config.get("renderer") or None,
             N_("parser"): self.config.get("parser") or None,
             N_("requires"): self.config.get("requires") or None,
-            N_("capabilities"): ", ".join(map(str, self.config.get("capabilities") or [])) or None,
+            N_("capabilities"): _listed(self.config.get("capabilities")),
             N_("remote model"): self.remote,
         }
         return {k: v for k, v in info.items() if v is not None}
@@ -125,6 +125,13 @@ class ModelDetails:
             "license": "\n".join(self.licenses) or None,
             "messages": [{"role": m.role, "content": m.content} for m in self.messages],
         }
+
+
+def _listed(value: Any) -> str | None:
+    """A config's list (``capabilities``), or whatever a config from anyone put there."""
+    if isinstance(value, list):
+        return ", ".join(map(str, value)) or None
+    return str(value) if value not in (None, "", False) else None
 
 
 def _read_checked(models: Models, descriptor: Descriptor) -> bytes:

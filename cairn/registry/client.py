@@ -108,10 +108,10 @@ def retry_after(response: httpx.Response, cap: float = 30.0) -> float | None:
     except ValueError:
         pass
     try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        when = parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, OverflowError):
         return None
-    return min(cap, max(0.0, when.timestamp() - time.time()))
+    return min(cap, max(0.0, when - time.time()))
 
 
 async def raw_chunks(response: httpx.Response, size: int | None = None) -> AsyncIterator[bytes]:
@@ -143,12 +143,33 @@ def _decoder(response: httpx.Response, what: object) -> Any:
     )
 
 
-async def read_capped(response: httpx.Response, limit: int, what: object) -> bytes:
-    """At most ``limit`` bytes of a body (after decoding); BodyTooLargeError past them."""
+async def read_capped(
+    response: httpx.Response, limit: int, what: object, policy: RetryPolicy | None = None
+) -> bytes:
+    """At most ``limit`` bytes of a body (after decoding); BodyTooLargeError past them.
+
+    A body that comes slower than the policy's floor for its stall window (a
+    4 MiB manifest dripped a byte a second would take 48 days) is a
+    TransferError.
+    """
+    policy = policy or RetryPolicy()
     body = bytearray()
+    window_start, window_bytes = time.monotonic(), 0
     try:
         decoder = _decoder(response, what) if not response.is_stream_consumed else None
         async for raw in raw_chunks(response):
+            window_bytes += len(raw)
+            elapsed = time.monotonic() - window_start
+            if elapsed >= policy.stall_seconds:
+                if window_bytes < policy.min_rate * elapsed:
+                    raise TransferError(
+                        "{what}: {count} bytes in {seconds:.0f} s, under {floor} bytes/s",
+                        what=what,
+                        count=window_bytes,
+                        seconds=elapsed,
+                        floor=policy.min_rate,
+                    )
+                window_start, window_bytes = time.monotonic(), 0
             chunk = raw
             if decoder is not None:
                 try:
@@ -278,7 +299,10 @@ class RegistryClient:
         Only http and https are followed, and never from https down to http
         unless the user asked for ``--insecure``.
         """
-        target = urljoin(url, location)
+        try:
+            target = urljoin(url, location)
+        except ValueError:  # an unreadable Location ("http://[zz]/")
+            target = location
         before, after = origin_of(url), origin_of(target)
         if before.scheme == "https" and after.scheme == "http" and not self.insecure:
             raise RegistryError(
@@ -387,7 +411,7 @@ class RegistryClient:
     ) -> httpx.Response:
         for _ in range(10):
             request = self.http.build_request(method, url, headers=headers, content=content)
-            response = await self.http.send(request, stream=True)
+            response = await self._headers_of(request, bodiless=method in ("GET", "HEAD"))
             location = response.headers.get("Location")
             if (
                 response.status_code not in REDIRECTS
@@ -396,7 +420,9 @@ class RegistryClient:
             ):
                 if not stream:
                     return await _small(
-                        response, Phrase("{method} {url}", method=method, url=_redact(url))
+                        response,
+                        Phrase("{method} {url}", method=method, url=_redact(url)),
+                        self.retry,
                     )
                 return response
             await response.aclose()
@@ -409,6 +435,30 @@ class RegistryClient:
         raise RegistryError(
             "too many redirects for {method} {url}", method=method, url=_redact(url)
         )
+
+    async def _headers_of(self, request: httpx.Request, bodiless: bool) -> httpx.Response:
+        """Send ``request``; its response, once the status and headers are in.
+
+        A request without a body gets twice the stall window for its headers (a
+        server may drip them a byte at a time, each inside the read timeout);
+        one with a body may take as long as its upload does.
+        """
+        try:
+            if not bodiless:
+                return await self.http.send(request, stream=True)
+            return await asyncio.wait_for(
+                self.http.send(request, stream=True), 2 * self.retry.stall_seconds
+            )
+        except TimeoutError:
+            raise httpx.ReadTimeout(
+                "no status and headers within the stall window", request=request
+            ) from None
+        except httpx.InvalidURL as exc:  # httpx reads a redirect's Location itself
+            raise RegistryError(
+                "{url} answered with a Location that is not a URL: {exc}",
+                url=_redact(str(request.url)),
+                exc=untrusted(str(exc))[:200],
+            ) from None
 
     async def _answer(self, response: httpx.Response, scope: str) -> None:
         """Answer a 401's challenge: fetch a token or use Basic credentials."""
@@ -467,10 +517,11 @@ class RegistryClient:
             )
         try:
             response = await _small(
-                await self.http.send(
-                    self.http.build_request("GET", url, headers=headers), stream=True
+                await self._headers_of(
+                    self.http.build_request("GET", url, headers=headers), bodiless=True
                 ),
                 Phrase("token request to {realm_host}", realm_host=realm_host),
+                self.retry,
                 fail_when_larger=True,
             )
         except httpx.TransportError as exc:
@@ -548,17 +599,17 @@ class RegistryClient:
         )
         try:
             if response.status_code != 200:
-                response = await _small(response, what)
+                response = await _small(response, what, self.retry)
             self.check(response, what)
             declared = response.headers.get("Content-Length")
-            if declared and declared.isdigit() and int(declared) > MAX_MANIFEST_SIZE:
+            if declared and _digits(declared) and int(declared) > MAX_MANIFEST_SIZE:
                 raise ManifestError(
                     "manifest of {declared} bytes is larger than the {limit} byte limit",
                     declared=declared,
                     limit=MAX_MANIFEST_SIZE,
                 )
             try:
-                body = await read_capped(response, MAX_MANIFEST_SIZE, what)
+                body = await read_capped(response, MAX_MANIFEST_SIZE, what, self.retry)
             except BodyTooLargeError:
                 raise ManifestError(
                     "manifest is larger than the {limit} byte limit", limit=MAX_MANIFEST_SIZE
@@ -585,7 +636,7 @@ class RegistryClient:
             return None
         self.check(response, Phrase("blob {digest}", digest=digest))
         length = response.headers.get("Content-Length", "")
-        return int(length) if length.isdigit() else 0
+        return int(length) if _digits(length) else 0
 
     async def put_manifest(
         self, repository: str, reference: str, data: bytes, content_type: str
@@ -610,6 +661,11 @@ class RegistryClient:
         return digest
 
 
+def _digits(text: str) -> bool:
+    """ASCII digits only: ``str.isdigit`` also takes "²", which ``int`` refuses."""
+    return text.isascii() and text.isdigit()
+
+
 def _has_h2() -> bool:
     try:
         import h2  # noqa: F401
@@ -619,7 +675,10 @@ def _has_h2() -> bool:
 
 
 async def _small(
-    response: httpx.Response, what: object, fail_when_larger: bool = False
+    response: httpx.Response,
+    what: object,
+    policy: RetryPolicy | None = None,
+    fail_when_larger: bool = False,
 ) -> httpx.Response:
     """The response with its body read: at most :data:`SMALL_BODY` bytes, decoded with that cap.
 
@@ -627,30 +686,44 @@ async def _small(
     ``fail_when_larger`` makes that an error instead (a token response).
     """
     try:
-        body = await read_capped(response, SMALL_BODY, what)
+        body = await read_capped(response, SMALL_BODY, what, policy)
     except BodyTooLargeError:
         if fail_when_larger:
             raise RegistryError(
                 "{what}: the answer is larger than {limit} bytes", what=what, limit=SMALL_BODY
             ) from None
         body = b""
+    except TransferError:
+        raise
     except RegistryError:
         body = b""  # an encoding cairn does not read: no message to show
     return httpx.Response(
         response.status_code,
-        headers=undecoded_headers(response.headers.multi_items()),
+        headers=undecoded_headers(response.headers.raw),
         content=body,
         request=response.request,
         extensions=response.extensions,
     )
 
 
-def undecoded_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
-    """Headers for a response built from a body already read: nothing left to decode."""
-    return [(k, v) for k, v in headers if k.lower() not in _DECODED]
+def undecoded_headers(
+    headers: Iterable[tuple[str | bytes, str | bytes]],
+) -> list[tuple[bytes, bytes]]:
+    """Headers for a response built from a body already read: nothing left to decode.
+
+    As bytes: a header value need not be ASCII (``X-Note: café``), and httpx
+    encodes text it is handed as ASCII.
+    """
+    kept = []
+    for key, value in headers:
+        raw_key = key if isinstance(key, bytes) else key.encode("latin-1", "replace")
+        raw_value = value if isinstance(value, bytes) else value.encode("latin-1", "replace")
+        if raw_key.lower() not in _DECODED:
+            kept.append((raw_key, raw_value))
+    return kept
 
 
-_DECODED = frozenset({"content-encoding", "content-length", "transfer-encoding"})
+_DECODED = frozenset({b"content-encoding", b"content-length", b"transfer-encoding"})
 
 
 def _redact(url: str) -> str:

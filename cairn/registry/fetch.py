@@ -196,7 +196,7 @@ class _Context:
             )
         if status == 206:
             start = (content_range or "").removeprefix("bytes ").split("-")[0]
-            if not start.isdigit() or int(start) != span.position:
+            if not (start.isascii() and start.isdigit()) or int(start) != span.position:
                 raise TransferError(
                     "blob {digest}: wrong Content-Range {content_range!r}",
                     digest=self.partial.digest,
@@ -258,48 +258,59 @@ def _fast_span(ctx: _Context, span: Span, ssl_context: ssl.SSLContext | None) ->
     for _ in range(10):
         conn, target = connect(url, ssl_context, timeout=min(60.0, policy.stall_seconds))
         try:
-            conn.request("GET", target, headers=headers)
-            response = conn.getresponse()
-            location = response.getheader("Location")
-            if response.status in REDIRECTS and location:
-                response.read(64 << 10)
-                following = ctx.client.follow(url, location)
-                if origin_of(following) != origin_of(url):
-                    headers.pop("Authorization", None)
-                url = following
-                continue
-            ctx.accept_status(
-                response.status,
-                response.getheader("Content-Range"),
-                span,
-                response.getheader("Content-Encoding"),
-            )
-            buffer = bytearray(_BUFFER)
-            view = memoryview(buffer)
+            # The watchdog covers the answer's headers too: a server may drip those.
             with _Watchdog(_Pace(policy, ctx.client.limiter), span, conn) as watchdog:
                 try:
-                    while not span.complete and not ctx.stop.is_set():
-                        want = min(
-                            _BUFFER if ctx.client.limiter is None else 1 << 16,
-                            span.end - span.position,
-                        )
-                        count = response.readinto(view[:want])
-                        if not count:
-                            break
-                        ctx.progress(ctx.partial.write_at(span, view[:count]))
-                        if ctx.client.limiter is not None:
-                            ctx.client.limiter.consume(count)
+                    following = _fast_read(ctx, span, conn, target, headers, url)
                 except (OSError, http.client.HTTPException):
                     if watchdog.stalled is None:
                         raise
+                    following = None
             if watchdog.stalled is not None:
                 raise watchdog.stalled
-            if not span.complete and not ctx.stop.is_set():
-                raise http.client.IncompleteRead(b"", span.end - span.position)
-            return
+            if following is None:
+                if not span.complete and not ctx.stop.is_set():
+                    raise http.client.IncompleteRead(b"", span.end - span.position)
+                return
+            if origin_of(following) != origin_of(url):
+                headers.pop("Authorization", None)
+            url = following
         finally:
             conn.close()
     raise RegistryError("too many redirects fetching blob {digest}", digest=ctx.partial.digest)
+
+
+def _fast_read(
+    ctx: _Context,
+    span: Span,
+    conn: http.client.HTTPConnection,
+    target: str,
+    headers: dict[str, str],
+    url: str,
+) -> str | None:
+    """One request on ``conn``: the URL a redirect leads to, or None once the bytes are read."""
+    conn.request("GET", target, headers=headers)
+    response = conn.getresponse()
+    location = response.getheader("Location")
+    if response.status in REDIRECTS and location:
+        response.read(64 << 10)
+        return ctx.client.follow(url, location)
+    ctx.accept_status(
+        response.status,
+        response.getheader("Content-Range"),
+        span,
+        response.getheader("Content-Encoding"),
+    )
+    view = memoryview(bytearray(_BUFFER))
+    while not span.complete and not ctx.stop.is_set():
+        want = min(_BUFFER if ctx.client.limiter is None else 1 << 16, span.end - span.position)
+        count = response.readinto(view[:want])
+        if not count:
+            break
+        ctx.progress(ctx.partial.write_at(span, view[:count]))
+        if ctx.client.limiter is not None:
+            ctx.client.limiter.consume(count)
+    return None
 
 
 async def _httpx_span(ctx: _Context, span: Span) -> None:
@@ -368,6 +379,12 @@ async def _span_with_retries(ctx: _Context, span: Span, fast: bool) -> None:
         attempt += 1
         ctx.failures += 1
         if attempt >= policy.attempts or ctx.failures >= policy.blob_failures:
+            if isinstance(problem, TransferError):  # it names the blob already
+                raise TransferError(
+                    "{problem} (after {failures} failures)",
+                    problem=problem,
+                    failures=ctx.failures,
+                ) from problem
             raise TransferError(
                 "blob {digest}: {problem} (after {failures} failures)",
                 digest=ctx.partial.digest,

@@ -39,19 +39,21 @@ class Origin(NamedTuple):
 
 def origin_of(url: str) -> Origin:
     """The origin of an absolute URL; a RegistryError for one that has none."""
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
     try:
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
         port = parts.port
-    except ValueError:
-        port = None
-        scheme = ""
-    if scheme not in WEB_SCHEMES or not parts.hostname:
+        host = parts.hostname
+        if host:
+            host.encode("idna")  # what http.client will do: a host it refuses is refused here
+    except (ValueError, UnicodeError):
+        host, port, scheme = None, None, ""
+    if scheme not in WEB_SCHEMES or not host:
         raise RegistryError(
             "{url} is not an http or https URL; cairn follows no other scheme",
             url=_shown(url),
         )
-    return Origin(scheme, parts.hostname.lower(), port or DEFAULT_PORTS[scheme])
+    return Origin(scheme, host.lower(), port or DEFAULT_PORTS[scheme])
 
 
 def parse_origins(text: str) -> frozenset[Origin]:
@@ -115,5 +117,8 @@ def _suffix_list() -> Any:
 
 
 def _shown(url: str) -> str:
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url[:200]
     return f"{parts.scheme}://{parts.netloc}{parts.path}"[:200]

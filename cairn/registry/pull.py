@@ -31,7 +31,7 @@ from cairn.registry.fetch import fetch_blob
 from cairn.sanitize import untrusted
 
 CONCURRENT_BLOBS = 3
-_PINNED_TAG = re.compile(r"sha256-([0-9a-f]{64})")
+_PINNED_TAG = re.compile(r"sha256-([0-9a-f]{64})", re.IGNORECASE)  # tags match in any case
 """The tag a model pulled by digest is kept under: a remote tag of that form must match it."""
 
 
@@ -125,13 +125,25 @@ async def pull(
         client.notice = lambda said: report(Event(said))
     manifest = await resolve(client, ref)
     pinned = _PINNED_TAG.fullmatch((save_as or ref).tag or "")
-    if pinned and pinned.group(1) != manifest.digest.hex:
+    if pinned and pinned.group(1).lower() != manifest.digest.hex:
         # cairn keeps a model pulled by digest under this very tag: a remote
         # tag of the same spelling must not replace it with other content.
-        raise DigestMismatchError("sha256:" + pinned.group(1), str(manifest.digest))
+        raise DigestMismatchError("sha256:" + pinned.group(1).lower(), str(manifest.digest))
     unique = list({d.digest: d for d in manifest.blobs}.values())
     with models.blobs.writing():
         missing = [d for d in unique if not models.blobs.has(d.digest)]
+        for descriptor in unique:
+            if (
+                descriptor not in missing
+                and models.blobs.size(descriptor.digest) != descriptor.size
+            ):
+                raise ManifestError(
+                    "the manifest says blob {digest} has {declared} bytes; the stored blob of"
+                    " that digest has {size}",
+                    digest=descriptor.digest,
+                    declared=descriptor.size,
+                    size=models.blobs.size(descriptor.digest),
+                )
         for descriptor in unique:
             if descriptor not in missing:
                 report(

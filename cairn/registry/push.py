@@ -300,7 +300,7 @@ async def _upload_offset(client: RegistryClient, location: str, scope: str) -> i
     if response.status_code not in (202, 204):
         return None
     end = response.headers.get("Range", "").removeprefix("bytes=").partition("-")[2]
-    return int(end) + 1 if end.isdigit() else 0
+    return int(end) + 1 if end.isascii() and end.isdigit() else 0
 
 
 async def push(

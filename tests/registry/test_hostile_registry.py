@@ -21,6 +21,7 @@ import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -725,3 +726,216 @@ def test_a_mirror_may_be_trusted_with_digests_only(
     assert hostile.main.count("GET", digest(WEIGHTS)) == 0
     listed = json.loads(cairn("ls", "--json").stdout)["models"]
     assert [m["digest"] for m in listed] == [digest(hostile.manifests[("lab/model", "1")][0])]
+
+
+# -- 5. what a second attack found ------------------------------------------------
+
+
+class Dripper:
+    """A raw TCP server on 127.0.0.1 that answers every request with ``answer``, a byte
+    every ``pace`` seconds (headers included: aiohttp cannot drip those)."""
+
+    def __init__(self, answer: bytes, pace: float = 0.25, at_once: bytes = b"") -> None:
+        import socket
+        import threading
+
+        self.answer, self.pace, self.at_once, self.requests = answer, pace, at_once, 0
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        import threading
+
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.requests += 1
+            threading.Thread(target=self._drip, args=(conn,), daemon=True).start()
+
+    def _drip(self, conn: Any) -> None:
+        with conn:
+            try:
+                conn.recv(65536)
+                conn.sendall(self.at_once)
+                for byte in self.answer:
+                    conn.sendall(bytes([byte]))
+                    time.sleep(self.pace)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_a_header_that_is_not_ascii_is_read_not_a_traceback(
+    cairn: Runner, tmp_path: Path, hostile: HostileRegistry, second: HostileRegistry
+) -> None:
+    def noted(server: HostileRegistry) -> Any:
+        async def hook(request: web.Request) -> web.StreamResponse | None:
+            answer = await server.serve(request)
+            answer.headers["X-Note"] = "café 한국어"
+            return answer
+
+        return hook
+
+    hostile.hook(noted(hostile))
+    missing = cairn("pull", f"{hostile.host}/lab/model:missing", "--insecure", check=False)
+    assert missing.returncode == 1 and "MANIFEST_UNKNOWN" in missing.stderr, missing.stderr
+    env = {"CAIRN_HOME": str(tmp_path / "home"), "DOCKER_CONFIG": str(tmp_path / "none")}
+    cairn("login", hostile.host, "-u", "a", "--password-stdin", "--insecure", input="pw\n", env=env)
+    second.hook(noted(second))  # a mirror that says 404 with that header: the origin is still asked
+    done = cairn(
+        "pull",
+        f"{hostile.host}/lab/model:1",
+        "--insecure",
+        env={"CAIRN_MIRRORS": f"{hostile.host}=http://{second.host}"},
+    )
+    assert f"mirror {second.host} failed" in done.stderr and "success" in done.stderr
+
+
+def test_numbers_in_headers_are_ascii_digits_only(cairn: Runner, hostile: HostileRegistry) -> None:
+    async def superscript(request: web.Request) -> web.StreamResponse | None:
+        if request.method == "GET" and request.path.endswith(digest(WEIGHTS)):
+            start = range_start(request)
+            if start == 0:  # the first answer breaks off, so the next asks a Range
+                response = web.StreamResponse(headers={"Content-Length": str(len(WEIGHTS))})
+                await response.prepare(request)
+                await response.write(WEIGHTS[:100_000])
+                await asyncio.sleep(0.05)
+                assert request.transport is not None
+                request.transport.close()
+                return response
+            headers = {"Content-Range": f"bytes \u00b2-{len(WEIGHTS) - 1}/{len(WEIGHTS)}"}
+            return web.Response(status=206, body=WEIGHTS[start:], headers=headers)
+        return None
+
+    hostile.hook(superscript)
+    refused = cairn("pull", f"{hostile.host}/lab/model:1", "--insecure", check=False)
+    assert refused.returncode == 1 and "wrong Content-Range" in refused.stderr, refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
+@pytest.mark.parametrize(
+    ("where", "location", "said"),
+    [
+        ("/manifests/", "javascript:x", "Location that is not a URL"),
+        ("/blobs/", "http://[zz]/x", "is not an http or https URL"),
+        ("/blobs/", "http://a.\u3002b/x", "is not an http or https URL"),
+    ],
+)
+def test_a_redirect_to_something_that_is_no_url_is_an_error(
+    cairn: Runner, hostile: HostileRegistry, where: str, location: str, said: str
+) -> None:
+    async def redirect(request: web.Request) -> web.StreamResponse | None:
+        if request.method == "GET" and where in request.path:
+            response = web.Response(status=302)
+            response.headers["Location"] = location
+            return response
+        return None
+
+    hostile.hook(redirect)
+    refused = cairn("pull", f"{hostile.host}/lab/model:1", "--insecure", check=False)
+    assert refused.returncode == 1 and said in refused.stderr, refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
+def test_a_retry_after_date_past_any_calendar_is_ignored(
+    cairn: Runner, hostile: HostileRegistry
+) -> None:
+    answered = 0
+
+    async def busy(request: web.Request) -> web.StreamResponse | None:
+        nonlocal answered
+        if "/manifests/" in request.path and answered < 2:
+            answered += 1
+            later = "Thu, 01 Jan 2026 00:00:00 +99999999999999999999"
+            return web.Response(status=503, headers={"Retry-After": later})
+        return None
+
+    hostile.hook(busy)
+    cairn("pull", f"{hostile.host}/lab/model:1", "--insecure", "-q")
+
+
+def test_show_takes_whatever_a_config_holds(cairn: Runner, hostile: HostileRegistry) -> None:
+    odd = {"model_format": "gguf", "capabilities": 5, "requires": True, "renderer": ["x"]}
+    hostile.add_model("lab/odd", "1", [os.urandom(100)], config=odd)
+    cairn("pull", f"{hostile.host}/lab/odd:1", "--insecure", "-q")
+    assert "capabilities    5" in cairn("show", f"{hostile.host}/lab/odd:1").stdout
+    assert json.loads(cairn("show", f"{hostile.host}/lab/odd:1", "--json").stdout)
+
+
+def test_a_pinned_tag_in_capitals_cannot_replace_the_model(
+    cairn: Runner, hostile: HostileRegistry
+) -> None:
+    pinned = digest(hostile.manifests[("lab/model", "1")][0])
+    cairn("pull", f"{hostile.host}/lab/model@{pinned}", "--insecure", "-q")
+    other = hostile.add_model("lab/model", "2", [b"other weights" * 100])
+    shouted = f"SHA256-{pinned[7:].upper()}"
+    hostile.put_manifest("lab/model", shouted, other)
+    refused = cairn("pull", f"{hostile.host}/lab/model:{shouted}", "--insecure", check=False)
+    assert refused.returncode == 1 and "digest mismatch" in refused.stderr
+    listed = json.loads(cairn("ls", "--json").stdout)["models"]
+    assert [m["digest"] for m in listed] == [pinned]
+
+
+def test_a_dripped_manifest_or_blob_header_ends_within_the_stall_window(
+    cairn: Runner, hostile: HostileRegistry
+) -> None:
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: " + mt.DOCKER_MANIFEST.encode()
+    head += b"\r\nContent-Length: 4000000\r\n\r\n"
+    manifest = Dripper(b"{" + b" " * 100_000, at_once=head)
+    try:
+        started = time.monotonic()
+        failed = cairn(
+            "pull",
+            f"127.0.0.1:{manifest.port}/lab/model:1",
+            "--insecure",
+            check=False,
+            env={"CAIRN_STALL_SECONDS": "1"},
+        )
+        assert failed.returncode == 1 and "bytes/s" in failed.stderr, failed.stderr
+        assert time.monotonic() - started < 40
+    finally:
+        manifest.close()
+
+    headers = Dripper(b"HTTP/1.1 200 OK\r\n" + b"X-Slow: " + b"z" * 10_000 + b"\r\n\r\n")
+
+    async def to_dripper(request: web.Request) -> web.StreamResponse | None:
+        if request.method == "GET" and request.path.endswith(digest(WEIGHTS)):
+            location = f"http://127.0.0.1:{headers.port}{request.path}"
+            return web.Response(status=307, headers={"Location": location})
+        return None
+
+    hostile.hook(to_dripper)
+    try:
+        started = time.monotonic()
+        failed = cairn(
+            "pull",
+            f"{hostile.host}/lab/model:1",
+            "--insecure",
+            check=False,
+            env={"CAIRN_STALL_SECONDS": "1"},
+        )
+        assert failed.returncode == 1 and "bytes/s" in failed.stderr, failed.stderr
+        assert time.monotonic() - started < 40
+        assert headers.requests <= 6
+    finally:
+        headers.close()
+
+
+def test_a_stored_blob_listed_with_another_size_is_refused(
+    cairn: Runner, hostile: HostileRegistry
+) -> None:
+    cairn("pull", f"{hostile.host}/lab/model:1", "--insecure", "-q")
+    manifest = json.loads(hostile.manifests[("lab/model", "1")][0])
+    manifest["layers"][0]["size"] = 5
+    hostile.put_manifest("lab/model", "liar", json.dumps(manifest).encode())
+    refused = cairn("pull", f"{hostile.host}/lab/model:liar", "--insecure", check=False)
+    assert refused.returncode == 1
+    assert "says blob" in refused.stderr and "has 5 bytes" in refused.stderr
+    assert "liar" not in cairn("ls").stdout
