@@ -10,6 +10,7 @@ import json
 import struct
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -29,7 +30,7 @@ def _string(text: str) -> bytes:
 def raw_gguf(
     path: Path,
     metadata: list[bytes],
-    tensors: list[tuple[str, tuple[int, ...], int, int]],
+    tensors: Sequence[tuple[str, tuple[int, ...], int, int]],
     data: int = 0,
     pad_to: int | None = None,
 ) -> Path:

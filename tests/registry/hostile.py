@@ -17,7 +17,7 @@ import json
 import socket
 import ssl
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -118,7 +118,7 @@ class HostileRegistry:
         repository: str,
         tag: str,
         layers: list[bytes],
-        config: dict[str, object] | None = None,
+        config: Mapping[str, object] | None = None,
         media_type: str = mt.OLLAMA_MODEL,
     ) -> bytes:
         config_bytes = json.dumps(
