@@ -256,6 +256,7 @@ class RegistryClient:
             headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
         )
         self._auth: dict[str, str] = {}
+        self._refreshing: dict[str, asyncio.Lock] = {}
         self._open: set[str] = set()  # scopes that answered without any credential
 
     async def __aenter__(self) -> RegistryClient:
@@ -362,7 +363,11 @@ class RegistryClient:
                 # Only the registry's own origin is answered: a challenge from an
                 # upload Location or a redirect elsewhere gets no credentials.
                 await response.aclose()
-                await self._answer(response, scope)
+                async with self._refreshing.setdefault(scope, asyncio.Lock()):
+                    # Requests running side by side that met the same expiry ask
+                    # for one new token between them, not one each.
+                    if self.authorization(scope) == credential:
+                        await self._answer(response, scope)
                 answered_challenge = True
                 continue
             if (
