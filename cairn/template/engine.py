@@ -57,6 +57,7 @@ class Limits:
 
 
 LIMITS = Limits()
+_SIZED = frozenset({str, list, tuple, dict})
 _NUMBER_DIGITS = 100
 
 
@@ -548,9 +549,14 @@ class _Run:
             function = FUNCTIONS.get(value)
             if function is None:
                 raise TemplateError("function {value!r} is not defined", value=value)
-            self.step()
+            self.steps += 1  # self.step() and self.sized(), inlined: every call runs this
+            if self.steps > self.limits.steps:
+                self.step()
             try:
-                return self.sized(function(*(final or [])))
+                result = function(*(final or []))
+                if result.__class__ in _SIZED and len(result) > self.limits.output:
+                    self.sized(result)
+                return result
             except TemplateError:
                 raise
             except (ArithmeticError, LookupError, TypeError, ValueError, AttributeError) as exc:
@@ -581,7 +587,9 @@ class _Run:
             self.scopes.pop()
 
     def node(self, node: Any, dot: Any) -> None:
-        self.step()
+        self.steps += 1  # self.step(), inlined: this runs for every node
+        if self.steps > self.limits.steps:
+            self.step()
         if isinstance(node, Text):
             self.write(node.text)
         elif isinstance(node, Output):

@@ -12,6 +12,8 @@ TemplateError.
 
 from __future__ import annotations
 
+import contextvars
+import functools
 import math
 import re
 import string
@@ -127,7 +129,7 @@ def render(source: str, variables: dict[str, Any], limits: Limits = LIMITS) -> s
             limit=limits.source,
         )
     budget = _Budget(limits)
-    environment = _environment(budget)
+    token = _CURRENT.set(budget)
 
     def counted(value: Any) -> Any:
         if isinstance(value, list):
@@ -139,7 +141,7 @@ def render(source: str, variables: dict[str, Any], limits: Limits = LIMITS) -> s
         return value
 
     try:
-        template = environment.from_string(source)
+        template = _compiled(source)
         pieces: list[str] = []
         written = 0
         for piece in template.generate(**{k: counted(v) for k, v in variables.items()}):
@@ -160,9 +162,26 @@ def render(source: str, variables: dict[str, Any], limits: Limits = LIMITS) -> s
             kind=type(exc).__name__,
             exc=exc,
         ) from None
+    finally:
+        _CURRENT.reset(token)
 
 
-def _environment(budget: _Budget) -> Any:
+_CURRENT: contextvars.ContextVar[_Budget] = contextvars.ContextVar("cairn_jinja_budget")
+
+
+def _meter() -> _Budget:
+    return _CURRENT.get()
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled(source: str) -> Any:
+    """A chat template compiled once (a model's template is the same every turn)."""
+    return _environment().from_string(source)
+
+
+@functools.cache
+def _environment() -> Any:
+    """The bounded sandbox, made once; each render's budget is in :data:`_CURRENT`."""
     from jinja2 import ext
     from jinja2.compiler import CodeGenerator
     from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -176,11 +195,14 @@ def _environment(budget: _Budget) -> Any:
 
     class _Bounded(ImmutableSandboxedEnvironment):
         code_generator_class = _Generator
-        meter = budget
+
+        @property
+        def meter(self) -> _Budget:
+            return _meter()
         intercepted_binops = frozenset({"+", "*", "**", "%", "/", "//"})
 
         def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
-            budget.step()
+            _meter().step()
             if (
                 operator == "**"
                 and isinstance(left, int | float)
@@ -195,19 +217,19 @@ def _environment(budget: _Budget) -> Any:
             if operator == "*":
                 for sequence, count in ((left, right), (right, left)):
                     if isinstance(sequence, str | list | tuple) and isinstance(count, int):
-                        budget.projected(len(sequence) * count)
+                        _meter().projected(len(sequence) * count)
             if (
                 operator == "+"
                 and isinstance(left, str | list | tuple)
                 and isinstance(right, str | list | tuple)
             ):
-                budget.projected(len(left) + len(right))
+                _meter().projected(len(left) + len(right))
             if operator == "%" and isinstance(left, str):
-                budget.form(left, "%")
-            return budget.sized(super().call_binop(context, operator, left, right))
+                _meter().form(left, "%")
+            return _meter().sized(super().call_binop(context, operator, left, right))
 
         def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
-            budget.step()
+            _meter().step()
             # The sandbox hands out str.format wrapped (``__wrapped__`` is the method).
             method = getattr(__obj, "__wrapped__", __obj)
             owner = getattr(method, "__self__", None)
@@ -215,38 +237,38 @@ def _environment(budget: _Budget) -> Any:
             if isinstance(owner, str):
                 if name in _WIDE_METHODS:
                     for value in (*args, *kwargs.values()):
-                        budget.width(value, name)
+                        _meter().width(value, name)
                 elif name in ("format", "format_map"):
-                    budget.form(owner, name)
+                    _meter().form(owner, name)
                 elif name == "replace" and len(args) >= 2:
                     old, new = str(args[0]), str(args[1])
                     grows = max(0, len(new) - len(old)) * owner.count(old)
-                    budget.projected(len(owner) + grows)
+                    _meter().projected(len(owner) + grows)
                 elif name == "join" and args:
-                    budget.projected(sum(len(str(x)) for x in budget.sized(list(args[0]))))
-            return budget.sized(super().call(__context, __obj, *args, **kwargs))
+                    _meter().projected(sum(len(str(x)) for x in _meter().sized(list(args[0]))))
+            return _meter().sized(super().call(__context, __obj, *args, **kwargs))
 
         def getattr(self, obj: Any, attribute: str) -> Any:
-            budget.step()
-            return budget.sized(super().getattr(obj, attribute))
+            _meter().step()
+            return _meter().sized(super().getattr(obj, attribute))
 
         def getitem(self, obj: Any, argument: Any) -> Any:
-            budget.step()
-            return budget.sized(super().getitem(obj, argument))
+            _meter().step()
+            return _meter().sized(super().getitem(obj, argument))
 
     environment = _Bounded(trim_blocks=True, lstrip_blocks=True, extensions=[ext.loopcontrols])
     environment.globals.pop("lipsum", None)
 
     def bounded_range(*args: int) -> Iterator[int]:
         for value in range(*args):
-            budget.step()
+            _meter().step()
             yield value
 
     def fail(message: str) -> None:
         raise TemplateError("the GGUF chat template says: {said}", said=str(message)[:500])
 
     def strftime_now(form: str) -> str:
-        budget.form(form, "strftime")
+        _meter().form(form, "strftime")
         return time.strftime(str(form)[:100])
 
     environment.globals.update(range=bounded_range, raise_exception=fail, strftime_now=strftime_now)
@@ -258,18 +280,18 @@ def _environment(budget: _Budget) -> Any:
     )
 
     def format_filter(value: Any, *args: Any, **kwargs: Any) -> Any:
-        budget.form(value, "%")  # the filter formats with %
-        return budget.sized(default_format(value, *args, **kwargs))
+        _meter().form(value, "%")  # the filter formats with %
+        return _meter().sized(default_format(value, *args, **kwargs))
 
     def center_filter(value: Any, width: int = 80) -> Any:
-        budget.width(width, "center")
+        _meter().width(width, "center")
         return default_center(value, width)
 
     def indent_filter(value: Any, width: Any = 4, *args: Any, **kwargs: Any) -> Any:
-        budget.width(width, "indent")
+        _meter().width(width, "indent")
         if isinstance(width, str):
-            budget.projected(len(width) * (str(value).count("\n") + 1) + len(str(value)))
-        return budget.sized(default_indent(value, width, *args, **kwargs))
+            _meter().projected(len(width) * (str(value).count("\n") + 1) + len(str(value)))
+        return _meter().sized(default_indent(value, width, *args, **kwargs))
 
     filters.update(format=format_filter, center=center_filter, indent=indent_filter)
     return environment
