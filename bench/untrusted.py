@@ -47,6 +47,7 @@ def _show(tree: Path, store: Path) -> float:
     subprocess.run(
         [sys.executable, "-m", "cairn", "show", "gemma3:270m"],
         env=_env(tree, store),
+        cwd=tree,  # `python -m` puts the working directory first on sys.path
         check=True,
         stdout=subprocess.DEVNULL,
     )
@@ -59,6 +60,7 @@ def _first_byte(tree: Path, store: Path) -> float:
     proc = subprocess.Popen(
         [sys.executable, "-m", "cairn", "run", "gemma3:270m", "Hi", "-p", "num_predict=1"],
         env=_env(tree, store),
+        cwd=tree,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
     )
