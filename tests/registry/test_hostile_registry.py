@@ -512,19 +512,24 @@ def test_a_dripping_blob_is_restarted_then_given_up(
     assert 2 <= hostile.main.count("GET", digest(WEIGHTS)) <= 6
 
 
+def busy(times: int, retry_after: str) -> Any:
+    """A hook: the first ``times`` manifest requests get 503 with that Retry-After."""
+    answered = 0
+
+    async def hook(request: web.Request) -> web.StreamResponse | None:
+        nonlocal answered
+        if "/manifests/" in request.path and answered < times:
+            answered += 1
+            return web.Response(status=503, headers={"Retry-After": retry_after})
+        return None
+
+    return hook
+
+
 def test_retry_after_is_capped_and_the_wait_is_shown(
     cairn: Runner, hostile: HostileRegistry
 ) -> None:
-    answered = 0
-
-    async def busy(request: web.Request) -> web.StreamResponse | None:
-        nonlocal answered
-        if "/manifests/" in request.path and answered < 3:
-            answered += 1
-            return web.Response(status=503, headers={"Retry-After": "60"})
-        return None
-
-    hostile.hook(busy)
+    hostile.hook(busy(3, "60"))
     started = time.monotonic()
     done = cairn(
         "pull", f"{hostile.host}/lab/model:1", "--insecure", env={"CAIRN_MAX_RETRY_AFTER": "1"}
@@ -589,17 +594,17 @@ def test_the_sanitizer() -> None:
 # -- 4. integrity details ---------------------------------------------------------
 
 
+@pytest.mark.parametrize("shout", [False, True])  # tags match in any case
 def test_a_tag_spelled_like_a_pinned_digest_cannot_replace_that_model(
-    cairn: Runner, hostile: HostileRegistry
+    cairn: Runner, hostile: HostileRegistry, shout: bool
 ) -> None:
-    first = hostile.manifests[("lab/model", "1")][0]
-    pinned = digest(first)
+    pinned = digest(hostile.manifests[("lab/model", "1")][0])
     cairn("pull", f"{hostile.host}/lab/model@{pinned}", "--insecure", "-q")
     other = hostile.add_model("lab/model", "2", [b"other weights" * 100])
-    hostile.put_manifest("lab/model", f"sha256-{pinned[7:]}", other)
-    refused = cairn(
-        "pull", f"{hostile.host}/lab/model:sha256-{pinned[7:]}", "--insecure", check=False
-    )
+    tag = f"sha256-{pinned[7:]}"
+    tag = tag.upper() if shout else tag
+    hostile.put_manifest("lab/model", tag, other)
+    refused = cairn("pull", f"{hostile.host}/lab/model:{tag}", "--insecure", check=False)
     assert refused.returncode == 1 and "digest mismatch" in refused.stderr
     listed = json.loads(cairn("ls", "--json").stdout)["models"]
     assert [m["digest"] for m in listed] == [pinned]
@@ -847,17 +852,7 @@ def test_a_redirect_to_something_that_is_no_url_is_an_error(
 def test_a_retry_after_date_past_any_calendar_is_ignored(
     cairn: Runner, hostile: HostileRegistry
 ) -> None:
-    answered = 0
-
-    async def busy(request: web.Request) -> web.StreamResponse | None:
-        nonlocal answered
-        if "/manifests/" in request.path and answered < 2:
-            answered += 1
-            later = "Thu, 01 Jan 2026 00:00:00 +99999999999999999999"
-            return web.Response(status=503, headers={"Retry-After": later})
-        return None
-
-    hostile.hook(busy)
+    hostile.hook(busy(2, "Thu, 01 Jan 2026 00:00:00 +99999999999999999999"))
     cairn("pull", f"{hostile.host}/lab/model:1", "--insecure", "-q")
 
 
@@ -869,37 +864,20 @@ def test_show_takes_whatever_a_config_holds(cairn: Runner, hostile: HostileRegis
     assert json.loads(cairn("show", f"{hostile.host}/lab/odd:1", "--json").stdout)
 
 
-def test_a_pinned_tag_in_capitals_cannot_replace_the_model(
-    cairn: Runner, hostile: HostileRegistry
-) -> None:
-    pinned = digest(hostile.manifests[("lab/model", "1")][0])
-    cairn("pull", f"{hostile.host}/lab/model@{pinned}", "--insecure", "-q")
-    other = hostile.add_model("lab/model", "2", [b"other weights" * 100])
-    shouted = f"SHA256-{pinned[7:].upper()}"
-    hostile.put_manifest("lab/model", shouted, other)
-    refused = cairn("pull", f"{hostile.host}/lab/model:{shouted}", "--insecure", check=False)
-    assert refused.returncode == 1 and "digest mismatch" in refused.stderr
-    listed = json.loads(cairn("ls", "--json").stdout)["models"]
-    assert [m["digest"] for m in listed] == [pinned]
-
-
 def test_a_dripped_manifest_or_blob_header_ends_within_the_stall_window(
     cairn: Runner, hostile: HostileRegistry
 ) -> None:
+    def stalled(name: str) -> None:
+        started = time.monotonic()
+        failed = cairn("pull", name, "--insecure", check=False, env={"CAIRN_STALL_SECONDS": "1"})
+        assert failed.returncode == 1 and "bytes/s" in failed.stderr, failed.stderr
+        assert time.monotonic() - started < 40
+
     head = b"HTTP/1.1 200 OK\r\nContent-Type: " + mt.DOCKER_MANIFEST.encode()
     head += b"\r\nContent-Length: 4000000\r\n\r\n"
     manifest = Dripper(b"{" + b" " * 100_000, at_once=head)
     try:
-        started = time.monotonic()
-        failed = cairn(
-            "pull",
-            f"127.0.0.1:{manifest.port}/lab/model:1",
-            "--insecure",
-            check=False,
-            env={"CAIRN_STALL_SECONDS": "1"},
-        )
-        assert failed.returncode == 1 and "bytes/s" in failed.stderr, failed.stderr
-        assert time.monotonic() - started < 40
+        stalled(f"127.0.0.1:{manifest.port}/lab/model:1")
     finally:
         manifest.close()
 
@@ -913,16 +891,7 @@ def test_a_dripped_manifest_or_blob_header_ends_within_the_stall_window(
 
     hostile.hook(to_dripper)
     try:
-        started = time.monotonic()
-        failed = cairn(
-            "pull",
-            f"{hostile.host}/lab/model:1",
-            "--insecure",
-            check=False,
-            env={"CAIRN_STALL_SECONDS": "1"},
-        )
-        assert failed.returncode == 1 and "bytes/s" in failed.stderr, failed.stderr
-        assert time.monotonic() - started < 40
+        stalled(f"{hostile.host}/lab/model:1")
         assert headers.requests <= 6
     finally:
         headers.close()
