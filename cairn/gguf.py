@@ -213,14 +213,24 @@ class GGUFInfo:
         }
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> GGUFInfo:
+    def from_json(cls, data: Any) -> GGUFInfo:
+        """The header :meth:`to_json` wrote; a ValueError for anything else."""
+        if not isinstance(data, dict) or not isinstance(data.get("metadata"), dict):
+            raise ValueError("not a cached GGUF header")
+        numbers: list[int] = []
+        for key in ("version", "data_offset", "file_size", "parameters"):
+            number = data.get(key)
+            if not isinstance(number, int) or isinstance(number, bool) or number < 0:
+                raise ValueError("not a cached GGUF header")
+            numbers.append(number)
+        version, data_offset, file_size, parameters = numbers
         return cls(
-            int(data["version"]),
+            version,
             {str(k): _decoded(v) for k, v in data["metadata"].items()},
             (),
-            int(data["data_offset"]),
-            int(data["file_size"]),
-            int(data["parameters"]),
+            data_offset,
+            file_size,
+            parameters,
         )
 
 
@@ -234,8 +244,12 @@ def _encoded(value: Any) -> Any:
 def _decoded(value: Any) -> Any:
     if isinstance(value, dict):
         item_type, length, items = value["array"]
+        if not isinstance(item_type, int) or not isinstance(length, int):
+            raise ValueError("not a cached GGUF array")
         kept = None if items is None else tuple(_decoded(v) for v in items)
-        return ArrayValue(int(item_type), int(length), kept)
+        return ArrayValue(item_type, length, kept)
+    if value is None or not isinstance(value, str | int | float):
+        raise ValueError("not a cached GGUF value")
     return value
 
 

@@ -9,6 +9,7 @@ Instructions (case-insensitive): ``FROM``, ``TEMPLATE``, ``SYSTEM``,
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,6 +67,8 @@ PARAMETER_RANGES: dict[str, tuple[float, float]] = {
     "presence_penalty": (-100, 100),
     "frequency_penalty": (-100, 100),
 }
+_INTEGER = re.compile(r"[+-]?[0-9]{1,30}")
+_NUMBER = re.compile(r"[+-]?(?:[0-9]{1,30}(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]{1,4})?")
 MAX_STOPS = 64
 """Stop sequences a model may have (each one is matched against every token)."""
 MAX_STOP_LENGTH = 1000
@@ -185,17 +188,25 @@ def parameter_value(key: str, value: Any, where: object = "") -> Any:
             if isinstance(value, str) and value.lower() in ("true", "false"):
                 return value.lower() == "true"
             raise ValueError(value)
-        if isinstance(value, bool):
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
             raise ValueError(value)
+        if isinstance(
+            value, str
+        ):  # ASCII digits as Ollama reads them: not Arabic-Indic or full-width ones, "1_0", " 1 "
+            pattern = _INTEGER if kind is int else _NUMBER
+            if not pattern.fullmatch(value):
+                raise ValueError(value)
         if kind is int:
             if isinstance(value, float) and value.is_integer():
                 value = int(value)
-            number: float = value if isinstance(value, int) else int(str(value).strip())
+            if isinstance(value, float):
+                raise ValueError(value)
+            number: float = int(value)
         else:
-            number = float(value) if isinstance(value, int | float) else float(str(value))
+            number = float(value)
             if number != number or number in (float("inf"), float("-inf")):
                 raise ValueError(value)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError):
         raise ModelfileError(
             "{where}parameter {key!r} wants {wanted}, got {raw!r:.60}",
             where=where,

@@ -181,3 +181,42 @@ def test_show_and_run_read_a_header_once_per_blob(
     cairn("rm", "m")
     cairn("prune")
     assert list((store / ".cairn" / "headers").glob("*.json")) == []
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "[]",
+        "null",
+        '{"metadata": []}',
+        '{"gguf": false}',
+        "{",
+        '{"version": 3, "parameters": 1e400}',
+    ],
+)
+def test_a_damaged_header_cache_is_read_again(
+    cairn: Runner, store: Path, tmp_path: Path, damage: str
+) -> None:
+    gguf = write_gguf(tmp_path / "m.gguf")
+    cairn("create", "m", "-f", str(modelfile(tmp_path, f"FROM {gguf}\n", "MF")))
+    first = cairn("show", "m").stdout
+    (cached,) = (store / ".cairn" / "headers").glob("*.json")
+    cached.write_text(damage)
+    shown = cairn("show", "m")
+    assert shown.stdout == first and "Traceback" not in shown.stderr
+    assert json.loads(cached.read_text())["parameters"] == 128  # and written afresh
+
+
+def test_a_cache_entry_for_another_blob_is_not_believed(
+    cairn: Runner, store: Path, tmp_path: Path
+) -> None:
+    small = write_gguf(tmp_path / "small.gguf")
+    big = write_gguf(tmp_path / "big.gguf", tensors=[("w", (64, 64))])
+    for name, path in (("small", small), ("big", big)):
+        cairn("create", name, "-f", str(modelfile(tmp_path, f"FROM {path}\n", f"MF-{name}")))
+        cairn("show", name)
+    entries = {p.read_text() for p in (store / ".cairn" / "headers").glob("*.json")}
+    small_entry = next(e for e in entries if json.loads(e)["parameters"] == 128)
+    for path in (store / ".cairn" / "headers").glob("*.json"):
+        path.write_text(small_entry)  # the big model's entry now says the small one's header
+    assert "parameters          4K" in cairn("show", "big").stdout  # 64 x 64, read afresh

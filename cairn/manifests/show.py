@@ -168,16 +168,23 @@ def gguf_header(models: Models, digest: Digest) -> GGUFInfo | None:
     what they are.
     """
     cache = models.blobs.headers_dir / f"{digest.hex}.json"
-    with contextlib.suppress(OSError, ValueError, KeyError, TypeError, RecursionError):
+    size = models.blobs.size(digest)
+    try:
         cached = json.loads(cache.read_text())
-        return GGUFInfo.from_json(cached) if cached.get("gguf", True) else None
+        if cached == {"gguf": False, "size": size}:
+            return None
+        header = GGUFInfo.from_json(cached)
+        if header.file_size == size:  # an entry for this blob, not another
+            return header
+    except (OSError, ValueError, KeyError, TypeError, RecursionError, OverflowError):
+        pass  # no entry, or one that is damaged: the header is read again
     gguf = None
     with models.blobs.open(digest) as f, contextlib.suppress(ModelFormatError):
         gguf = read_gguf_file(f)
     with contextlib.suppress(OSError):
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(gguf.to_json() if gguf else {"gguf": False}))
+        tmp.write_text(json.dumps(gguf.to_json() if gguf else {"gguf": False, "size": size}))
         os.replace(tmp, cache)
     return gguf
 

@@ -139,32 +139,42 @@ def available_memory(meminfo: Path = Path("/proc/meminfo")) -> int | None:
 def kv_cache_bytes(gguf: GGUFInfo, n_ctx: int) -> int | None:
     """What llama.cpp's KV cache takes for ``n_ctx`` tokens (f16 keys and values, every
     layer full length: an upper bound for sliding-window layers); None when the header
-    does not say enough."""
+    does not say enough.
+
+    Arithmetic only, whatever the header claims (a block count of 2**32 is a
+    number to multiply, not a loop to run).
+    """
     layers = gguf.arch_value("block_count")
-    heads = gguf.arch_value("attention.head_count")
     embedding = gguf.arch_value("embedding_length")
-    if not all(isinstance(v, int) and v > 0 for v in (layers, embedding)):
+    if not all(_count(v) for v in (layers, embedding)):
         return None
-    heads = _per_layer(heads, layers)
-    kv_heads = _per_layer(gguf.arch_value("attention.head_count_kv"), layers) or heads
+    heads = _heads(gguf.arch_value("attention.head_count"), layers)
+    kv_heads = _heads(gguf.arch_value("attention.head_count_kv"), layers) or heads
     if not heads or not kv_heads:
         return None
+    # One entry for all layers, or one for each (then at most 256: longer arrays
+    # are not kept); one of each kind may be either.
+    count = max(len(heads), len(kv_heads))
+    heads, kv_heads = (h * count if len(h) == 1 else h for h in (heads, kv_heads))
     key = gguf.arch_value("attention.key_length")
     value = gguf.arch_value("attention.value_length")
-    per_token = 0
-    for layer in range(layers):
-        head_dim = embedding // heads[layer] if heads[layer] else 0
-        k = key if isinstance(key, int) else head_dim
-        v = value if isinstance(value, int) else k
-        per_token += kv_heads[layer] * (k + v) * 2
-    return per_token * n_ctx
+    if _count(key):
+        widths = [int(key) + (int(value) if _count(value) else int(key))] * count
+    else:  # the head width follows from the embedding, layer by layer
+        widths = [2 * (int(embedding) // h) for h in heads]
+    per_token = sum(kv * width for kv, width in zip(kv_heads, widths, strict=True)) * 2
+    return per_token * (int(layers) if count == 1 else 1) * n_ctx
 
 
-def _per_layer(value: object, layers: int) -> list[int]:
-    """A head count given once for all layers or as an array of one per layer."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return [value] * layers
+def _count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _heads(value: object, layers: int) -> list[int]:
+    """A head count for all layers (one entry) or one per layer; empty when unknown."""
+    if _count(value):
+        return [value]  # type: ignore[list-item]
     items = getattr(value, "values", None)
-    if isinstance(items, tuple) and len(items) == layers and all(isinstance(i, int) for i in items):
+    if isinstance(items, tuple) and len(items) == layers and all(_count(i) for i in items):
         return list(items)
     return []

@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime
 import json
 import re
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,8 +53,12 @@ class Limits:
     """The widest printf field or precision."""
     nesting: int = 100
     """Blocks inside blocks, and parentheses inside parentheses."""
-    source: int = 1 << 20
-    """Characters of template source."""
+    source: int = 64 << 10
+    """Characters of template source (Ollama's library templates: a few KB)."""
+    seconds: float = 2.0
+    """Wall-clock time of one render, whatever it does."""
+    items: int = 1 << 20
+    """Items in any one list or map a template builds (a conversation: a few hundred)."""
 
 
 LIMITS = Limits()
@@ -126,7 +131,7 @@ def _tokens(source: str) -> list[tuple[str, str]]:
         match = _TOKEN.match(source, position)
         if match is None or match.end() == position:
             raise TemplateError(
-                "cannot read {text!r} in {{{{ {source} }}}}",
+                "cannot read {text!r:.40} in {{{{ {source:.80} }}}}",
                 text=source[position : position + 20],
                 source=source,
             )
@@ -153,7 +158,7 @@ class _Expr:
     def take(self) -> tuple[str, str]:
         token = self.peek()
         if token is None:
-            raise TemplateError("{{{{ {source} }}}} ends too soon", source=self.source)
+            raise TemplateError("{{{{ {source:.80} }}}} ends too soon", source=self.source)
         self.index += 1
         return token
 
@@ -166,7 +171,7 @@ class _Expr:
                 continue
             commands[-1].append(self.operand())
         if any(not c for c in commands):
-            raise TemplateError("empty command in {{{{ {source} }}}}", source=self.source)
+            raise TemplateError("empty command in {{{{ {source:.80} }}}}", source=self.source)
         return commands
 
     def operand(self) -> Any:
@@ -201,7 +206,7 @@ class _Expr:
                 return ("lit", None)
             if value not in FUNCTIONS and value not in _OTHER_GO_FUNCTIONS:
                 raise TemplateError(
-                    "function {name!r} not defined in {{{{ {source} }}}}",
+                    "function {name!r:.40} not defined in {{{{ {source:.80} }}}}",
                     name=value,
                     source=self.source.strip(),
                 )
@@ -209,7 +214,7 @@ class _Expr:
         if kind in ("var", "field"):
             return (kind, value)
         raise TemplateError(
-            "unexpected {value!r} in {{{{ {source} }}}}", value=value, source=self.source
+            "unexpected {value!r:.40} in {{{{ {source:.80} }}}}", value=value, source=self.source
         )
 
 
@@ -226,7 +231,7 @@ def _parse_action(body: str) -> tuple[str, Any]:
         if value in ("end", "else", "break", "continue"):
             if rest:
                 raise TemplateError(
-                    "{{{{ {body} }}}}: nothing may follow {value}", body=body, value=value
+                    "{{{{ {body:.80} }}}}: nothing may follow {value:.80}", body=body, value=value
                 )
             return value, None
         if value == "range":
@@ -237,7 +242,7 @@ def _parse_action(body: str) -> tuple[str, Any]:
                 if rest[0][0] == "comma":
                     if len(rest) < 3 or rest[1][0] != "var" or rest[2][0] != "declare":
                         raise TemplateError(
-                            "{{{{ {body} }}}}: range wants $i, $e := ...", body=body
+                            "{{{{ {body:.80} }}}}: range wants $i, $e := ...", body=body
                         )
                     names.append(rest[1][1])
                     rest = rest[2:]
@@ -379,7 +384,9 @@ def _field(value: Any, name: str) -> Any:
         return value.get(name)
     if value is None:
         return None
-    raise TemplateError("cannot read field {name} of a {kind}", name=name, kind=_kind(value))
+    raise TemplateError(
+        "cannot read field {name:.80} of a {kind:.80}", name=name, kind=_kind(value)
+    )
 
 
 def _kind(value: Any) -> str:
@@ -405,7 +412,7 @@ def _index(value: Any, *keys: Any) -> Any:
         try:
             value = value[key]
         except (IndexError, KeyError, TypeError):
-            raise TemplateError("index {key!r} out of range", key=key) from None
+            raise TemplateError("index {key!r:.80} out of range", key=key) from None
     return value
 
 
@@ -450,6 +457,40 @@ def _or(*values: Any) -> Any:
     return values[-1]
 
 
+def _shown_size(value: Any) -> int:
+    return len(value) if isinstance(value, str) else len(_show(value))
+
+
+def _json_size(value: Any, depth: int = 0) -> int:
+    """At most how long ``json.dumps(value)`` is (a character may take six: ``\\u0001``)."""
+    if isinstance(value, str):
+        return 6 * len(value) + 2
+    if isinstance(value, Mapping) and depth < 64:
+        return 2 + sum(
+            _json_size(str(k), depth + 1) + _json_size(v, depth + 1) + 2 for k, v in value.items()
+        )
+    if isinstance(value, list | tuple) and depth < 64:
+        return 2 + sum(_json_size(v, depth + 1) + 1 for v in value)
+    return 32 if not isinstance(value, Mapping | list | tuple) else 1 << 40
+
+
+def _printf_size(args: Sequence[Any]) -> int:
+    form = args[0] if args and isinstance(args[0], str) else ""
+    widths = sum(
+        int(n) for verb in _VERB.finditer(form) for n in verb.group(2, 3) if n and n.isdigit()
+    )
+    return len(form) + widths + sum(6 * _shown_size(a) for a in args[1:])
+
+
+# What each function that builds text would build, reckoned before it runs.
+_BUILDERS: dict[str, Callable[[Sequence[Any]], int]] = {
+    "print": lambda args: sum(_shown_size(a) for a in args),
+    "println": lambda args: sum(_shown_size(a) + 1 for a in args) + 1,
+    "printf": _printf_size,
+    "json": lambda args: _json_size(args[0]) if args else 0,
+}
+
+
 FUNCTIONS: dict[str, Callable[..., Any]] = {
     "eq": _eq,
     "ne": lambda a, b: a != b,
@@ -484,6 +525,7 @@ class _Run:
         self.limits = limits
         self.steps = 0
         self.written = 0
+        self.deadline = time.monotonic() + limits.seconds
 
     def step(self) -> None:
         self.steps += 1
@@ -491,9 +533,22 @@ class _Run:
             raise TemplateError(
                 "the template ran past its budget of {limit} steps", limit=self.limits.steps
             )
+        self.clock()
+
+    def clock(self) -> None:
+        if time.monotonic() > self.deadline:
+            raise TemplateError(
+                "the template ran past its budget of {seconds} s", seconds=self.limits.seconds
+            )
 
     def sized(self, value: Any) -> Any:
         """``value``, if it is no longer than the output budget."""
+        if isinstance(value, list | tuple | dict) and len(value) > self.limits.items:
+            raise TemplateError(
+                "the template built a list of {size} items, more than its budget of {limit}",
+                size=len(value),
+                limit=self.limits.items,
+            )
         if isinstance(value, str | list | tuple | dict) and len(value) > self.limits.output:
             raise TemplateError(
                 "the template built a value of {size} characters, more than its budget of {limit}",
@@ -515,7 +570,7 @@ class _Run:
         for scope in reversed(self.scopes):
             if name in scope:
                 return scope[name]
-        raise TemplateError("undefined variable {name}", name=name)
+        raise TemplateError("undefined variable {name:.80}", name=name)
 
     def set(self, name: str, value: Any, declare: bool) -> None:
         if declare:
@@ -525,7 +580,7 @@ class _Run:
             if name in scope:
                 scope[name] = value
                 return
-        raise TemplateError("undefined variable {name}", name=name)
+        raise TemplateError("undefined variable {name:.80}", name=name)
 
     def operand(self, operand: Any, dot: Any, final: list[Any] | None = None) -> Any:
         kind, value = operand
@@ -548,20 +603,33 @@ class _Run:
         if kind == "func":
             function = FUNCTIONS.get(value)
             if function is None:
-                raise TemplateError("function {value!r} is not defined", value=value)
+                raise TemplateError("function {value!r:.80} is not defined", value=value)
+            args = final or []
             self.steps += 1  # self.step() and self.sized(), inlined: every call runs this
             if self.steps > self.limits.steps:
                 self.step()
             try:
-                result = function(*(final or []))
-                if result.__class__ in _SIZED and len(result) > self.limits.output:
+                if value in _BUILDERS:  # sized before it is built, and paid for by size
+                    projected = _BUILDERS[value](args)
+                    if projected > self.limits.output:
+                        raise TemplateError(
+                            "{function} would build a value of about {size} characters, more"
+                            " than the template's budget of {limit}",
+                            function=value,
+                            size=projected,
+                            limit=self.limits.output,
+                        )
+                    self.steps += projected >> 12
+                    self.step()
+                result = function(*args)
+                if result.__class__ in _SIZED and len(result) > self.limits.items:
                     self.sized(result)
                 return result
             except TemplateError:
                 raise
             except (ArithmeticError, LookupError, TypeError, ValueError, AttributeError) as exc:
-                raise TemplateError("{value}: {exc!s:.200}", value=value, exc=exc) from None
-        raise TemplateError("cannot evaluate {value!r}", value=value)
+                raise TemplateError("{value:.80}: {exc!s:.200}", value=value, exc=exc) from None
+        raise TemplateError("cannot evaluate {value!r:.80}", value=value)
 
     def command(self, command: list[Any], dot: Any, piped: list[Any]) -> Any:
         head = command[0]
@@ -569,7 +637,7 @@ class _Run:
             args = [self.operand(a, dot) for a in command[1:]] + piped
             return self.operand(head, dot, args)
         if len(command) > 1 or piped:
-            raise TemplateError("{name!r} is not a function", name=head[1])
+            raise TemplateError("{name!r:.80} is not a function", name=head[1])
         return self.operand(head, dot)
 
     def pipeline(self, commands: Sequence[list[Any]], dot: Any) -> Any:
@@ -588,7 +656,7 @@ class _Run:
 
     def node(self, node: Any, dot: Any) -> None:
         self.steps += 1  # self.step(), inlined: this runs for every node
-        if self.steps > self.limits.steps:
+        if self.steps > self.limits.steps or not self.steps & 255:
             self.step()
         if isinstance(node, Text):
             self.write(node.text)
@@ -624,7 +692,7 @@ class _Run:
         elif isinstance(items, Sequence) and not isinstance(items, str):
             pairs = enumerate(items)
         else:
-            raise TemplateError("range cannot walk over {kind}", kind=_kind(items))
+            raise TemplateError("range cannot walk over {kind:.80}", kind=_kind(items))
         empty = True
         for key, value in pairs:
             empty = False

@@ -24,8 +24,9 @@ from typing import Any
 from cairn.errors import TemplateError
 from cairn.template.engine import LIMITS, Limits
 
-DEADLINE = 2.0
-"""Seconds one render may take, whatever it does."""
+_SEQUENCES = (str, bytes, bytearray, list, tuple, dict, set, frozenset)
+_COLLECTIONS = (list, tuple, dict, set, frozenset)
+
 
 _VERB = re.compile(r"%[-+ #0]*(\*|\d*)(?:\.(\*|\d*))?[A-Za-z%]")
 _SPEC_NUMBER = re.compile(r"\d+")
@@ -36,7 +37,8 @@ class _Budget:
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
         self.steps = 0
-        self.deadline = time.monotonic() + DEADLINE
+        self.deadline = time.monotonic() + limits.seconds
+        self.written = 0
 
     def step(self) -> None:
         self.steps += 1
@@ -45,13 +47,40 @@ class _Budget:
                 "the chat template ran past its budget of {limit} steps",
                 limit=self.limits.steps,
             )
-        if self.steps % 1024 == 0 and time.monotonic() > self.deadline:
+        if not self.steps & 63:
+            self.clock()
+
+    def clock(self) -> None:
+        if time.monotonic() > self.deadline:
             raise TemplateError(
-                "the chat template ran past its budget of {seconds} s", seconds=DEADLINE
+                "the chat template ran past its budget of {seconds} s",
+                seconds=self.limits.seconds,
             )
 
+    def wrote(self, value: Any) -> Any:
+        """Every ``{{ }}`` output, into the answer or into a block's buffer, counts once."""
+        self.written += len(value) if isinstance(value, str) else len(str(value))
+        if self.written > self.limits.output:
+            raise TemplateError(
+                "the chat template wrote more than its budget of {limit} characters",
+                limit=self.limits.output,
+            )
+        return value
+
+    def joined(self, items: tuple[Any, ...]) -> str:
+        """``a ~ b ~ c``: sized before it is built."""
+        parts = [item if isinstance(item, str) else str(item) for item in items]
+        self.projected(sum(len(part) for part in parts))
+        return "".join(parts)
+
     def sized(self, value: Any) -> Any:
-        if isinstance(value, str | list | tuple | dict) and len(value) > self.limits.output:
+        if isinstance(value, _COLLECTIONS) and len(value) > self.limits.items:
+            raise TemplateError(
+                "the chat template built a list of {size} items, more than its budget of {limit}",
+                size=len(value),
+                limit=self.limits.items,
+            )
+        if isinstance(value, _SEQUENCES) and len(value) > self.limits.output:
             raise TemplateError(
                 "the chat template built a value of {size} characters, more than its budget"
                 " of {limit}",
@@ -179,6 +208,23 @@ def _compiled(source: str) -> Any:
     return _environment().from_string(source)
 
 
+def _metered(function: Any) -> Any:
+    @functools.wraps(function)
+    def metered(*args: Any, **kwargs: Any) -> Any:
+        meter = _meter()
+        meter.step()
+        meter.clock()
+        for value in args:
+            if isinstance(value, _SEQUENCES):
+                meter.steps += len(value) >> 10  # work in proportion to what it walks
+        return meter.sized(function(*args, **kwargs))
+
+    # Jinja passes the context or environment first to filters marked for it.
+    if hasattr(function, "jinja_pass_arg"):
+        metered.jinja_pass_arg = function.jinja_pass_arg  # type: ignore[attr-defined]
+    return metered
+
+
 @functools.cache
 def _environment() -> Any:
     """The bounded sandbox, made once; each render's budget is in :data:`_CURRENT`."""
@@ -188,10 +234,12 @@ def _environment() -> Any:
 
     class _Generator(CodeGenerator):
         def visit_Concat(self, node: Any, frame: Any) -> None:
-            # ``a ~ b``: the joined string is sized before the template may keep it.
-            self.write("environment.meter.sized(")
-            super().visit_Concat(node, frame)
-            self.write(")")
+            # ``a ~ b ~ c``: the joined string is sized before it is built.
+            self.write("environment.meter.joined((")
+            for argument in node.nodes:
+                self.visit(argument, frame)
+                self.write(", ")
+            self.write("))")
 
     class _Bounded(ImmutableSandboxedEnvironment):
         code_generator_class = _Generator
@@ -199,6 +247,7 @@ def _environment() -> Any:
         @property
         def meter(self) -> _Budget:
             return _meter()
+
         intercepted_binops = frozenset({"+", "*", "**", "%", "/", "//"})
 
         def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
@@ -216,13 +265,9 @@ def _environment() -> Any:
                 )
             if operator == "*":
                 for sequence, count in ((left, right), (right, left)):
-                    if isinstance(sequence, str | list | tuple) and isinstance(count, int):
+                    if isinstance(sequence, _SEQUENCES) and isinstance(count, int):
                         _meter().projected(len(sequence) * count)
-            if (
-                operator == "+"
-                and isinstance(left, str | list | tuple)
-                and isinstance(right, str | list | tuple)
-            ):
+            if operator == "+" and isinstance(left, _SEQUENCES) and isinstance(right, _SEQUENCES):
                 _meter().projected(len(left) + len(right))
             if operator == "%" and isinstance(left, str):
                 _meter().form(left, "%")
@@ -256,7 +301,12 @@ def _environment() -> Any:
             _meter().step()
             return _meter().sized(super().getitem(obj, argument))
 
-    environment = _Bounded(trim_blocks=True, lstrip_blocks=True, extensions=[ext.loopcontrols])
+    environment = _Bounded(
+        trim_blocks=True,
+        lstrip_blocks=True,
+        extensions=[ext.loopcontrols],
+        finalize=lambda value: _meter().wrote(value),
+    )
     environment.globals.pop("lipsum", None)
 
     def bounded_range(*args: int) -> Iterator[int]:
@@ -293,5 +343,17 @@ def _environment() -> Any:
             _meter().projected(len(width) * (str(value).count("\n") + 1) + len(str(value)))
         return _meter().sized(default_indent(value, width, *args, **kwargs))
 
-    filters.update(format=format_filter, center=center_filter, indent=indent_filter)
+    def join_filter(value: Any, d: str = "", attribute: Any = None) -> Any:
+        items = _meter().sized(list(value))
+        _meter().projected(sum(len(str(x)) for x in items) + len(str(d)) * len(items))
+        return default_join(items, d, attribute)
+
+    default_join = filters["join"]
+    filters.update(
+        format=format_filter, center=center_filter, indent=indent_filter, join=join_filter
+    )
+    # Every filter is a step, checks the clock, and has what it returns sized: filters
+    # are called directly, not through the sandbox's call().
+    for name, function in list(filters.items()):
+        filters[name] = _metered(function)
     return environment

@@ -64,6 +64,17 @@ def bounded(kind: str, source: str) -> dict[str, object]:
 
 
 DOUBLING_GO = '{{ $x := "ab" }}' + "{{ $x = print $x $x }}" * 40 + "{{ len $x }}"
+# Found by a second attack: a value 90 times the budget built before its size was
+# looked at, and a step that copies a megabyte each time.
+WIDE_PRINT_GO = (
+    '{{ $x := "a" }}{{ range 23 }}{{ $x = print $x $x }}{{ end }}{{ $y := print'
+    + " $x" * 90
+    + " }}"
+)
+SLOW_JSON_GO = (
+    '{{ $x := "\\u0001" }}{{ range 20 }}{{ $x = print $x $x }}{{ end }}'
+    "{{ range 100000 }}{{ $y := json $x }}{{ end }}"
+)
 DOUBLING_JINJA = "{% set x = 'ab' %}" + "{% set x = x ~ x %}" * 40 + "{{ x|length }}"
 DOUBLING_NAMESPACE = (
     "{% set ns = namespace(x='ab') %}{% for i in range(40) %}"
@@ -76,9 +87,12 @@ DOUBLING_NAMESPACE = (
     [
         ("{{ range 1000000000 }}{{ end }}", "budget of 250000 steps"),
         ("{{ range 100000 }}{{ range 100000 }}{{ end }}{{ end }}", "budget of 250000 steps"),
-        ('{{ printf "%999999999s" "x" }}', "a field wider than 10000"),
+        ('{{ printf "%999999999s" "x" }}', "printf would build a value of about 1000000"),
+        ('{{ printf "%99999s" "x" }}', "a field wider than 10000"),
         ('{{ printf "%*d" 999999999 1 }}', "a field wider than 10000"),
-        (DOUBLING_GO, "more than its budget of 8388608"),
+        (DOUBLING_GO, "print would build a value of about 16777216"),
+        (WIDE_PRINT_GO, "print would build a value of about"),
+        (SLOW_JSON_GO, "the template ran past its budget of"),
         ("{{" * 20_000, "unclosed action"),
         ("{{ .Prompt.__class__.__mro__ }}", "cannot read field __class__ of a string"),
         ("{{ .Prompt.__class__.__subclasses__ }}", "cannot read field"),
@@ -88,12 +102,18 @@ DOUBLING_NAMESPACE = (
         ("{{ if 1 }}" * 3000 + "{{ end }}" * 3000, "blocks nest deeper than 100"),
         ("{{ index .Messages 5 }}", "index"),
         ("{{ lt 1 .Prompt }}", "lt"),
-        ("x" * (2 << 20), "more than the 1048576 allowed"),
+        ("x" * (2 << 20), "more than the 65536 allowed"),
+        ("{{ zz " + ".a " * 20_000 + "}}", "function 'zz' not defined"),
     ],
 )
 def test_a_hostile_go_template_is_refused_within_bounds(source: str, refusal: str) -> None:
     said = bounded("go", source)
     assert refusal in str(said.get("error")), said
+
+
+def test_a_template_error_quotes_little_of_the_template() -> None:
+    said = bounded("go", "{{ zz " + ".a " * 20_000 + "}}")
+    assert len(str(said["error"])) < 300, len(str(said["error"]))
 
 
 def test_the_go_engine_reaches_no_python_attribute() -> None:
@@ -125,6 +145,30 @@ def test_the_go_engine_reaches_no_python_attribute() -> None:
         (DOUBLING_JINJA, "more than its budget of 8388608"),
         (DOUBLING_NAMESPACE, "more than its budget of 8388608"),
         ("{{ raise_exception('no tools here') }}", "says: no tools here"),
+        (
+            "{% set l = ('ab' * 1000000)|list %}{% for i in range(30) %}"
+            "{{ l|sort|length }}{% endfor %}",
+            "a list of 2000000 items",
+        ),
+        (
+            "{% set l = ('ab' * 200000)|list %}{% for i in range(100) %}"
+            "{{ l|sort|length }}{% endfor %}",
+            "ran past its budget",
+        ),
+        ("{{ ('a'.encode() * 900000000)|length }}", "would build a value of 900000000"),
+        ("{% set s = 'a' * 8000000 %}{{ ([s] * 100)|join }}", "would build a value of"),
+        (
+            "{% set s = 'a' * 8000000 %}{% set b %}"
+            + "{{ s }}" * 100
+            + "{% endset %}{{ b|length }}",
+            "wrote more than its budget",
+        ),
+        (
+            "{% set s = 'a' * 8000000 %}{% filter upper %}" + "{{ s }}" * 100 + "{% endfilter %}",
+            "wrote more than its budget",
+        ),
+        ("{% set s = 'a' * 8000000 %}{{ " + " ~ ".join(["s"] * 100) + " }}", "would build"),
+        ("{{ a }}" * 140_000, "more than the 65536 allowed"),
         ("{% for %}", "failed"),
     ],
 )
