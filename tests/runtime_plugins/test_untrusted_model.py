@@ -125,7 +125,7 @@ def test_the_kv_cache_is_checked_against_free_memory(
 
 
 def test_a_header_that_claims_four_billion_layers_is_arithmetic(tmp_path: Path) -> None:
-    claims = {"tiny.block_count": 2**32 - 1, "tiny.attention.head_count": 1}
+    claims: dict[str, object] = {"tiny.block_count": 2**32 - 1, "tiny.attention.head_count": 1}
     header = read_gguf(write_gguf(tmp_path / "m.gguf", metadata=claims))
     started = time.monotonic()
     needed = devices.kv_cache_bytes(header, 128)
