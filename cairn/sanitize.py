@@ -33,6 +33,16 @@ _INVISIBLE = [
     0xFEFF,
     *range(0xFFF9, 0xFFFC),
     *range(0xE0000, 0xE0080),
+    # Variation selectors (U+FE0F stays: emoji need it) and the invisible
+    # musical and shorthand format characters; the blank Hangul fillers.
+    *range(0xFE00, 0xFE0F),
+    *range(0xE0100, 0xE01F0),
+    *range(0x1D173, 0x1D17B),
+    *range(0x1BCA0, 0x1BCA4),
+    0x115F,
+    0x1160,
+    0x3164,
+    0xFFA0,
 ]
 
 

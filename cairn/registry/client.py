@@ -416,7 +416,7 @@ class RegistryClient:
     ) -> httpx.Response:
         for _ in range(10):
             request = self.http.build_request(method, url, headers=headers, content=content)
-            response = await self._headers_of(request, bodiless=method in ("GET", "HEAD"))
+            response = await self._headers_of(request, bodiless=content in (None, b""))
             location = response.headers.get("Location")
             if (
                 response.status_code not in REDIRECTS
@@ -458,7 +458,7 @@ class RegistryClient:
             raise httpx.ReadTimeout(
                 "no status and headers within the stall window", request=request
             ) from None
-        except httpx.InvalidURL as exc:  # httpx reads a redirect's Location itself
+        except (httpx.InvalidURL, UnicodeError) as exc:  # httpx reads a Location itself
             raise RegistryError(
                 "{url} answered with a Location that is not a URL: {exc}",
                 url=_redact(str(request.url)),

@@ -20,6 +20,8 @@ import ipaddress
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
+import httpx
+
 from cairn.errors import ConfigError, RegistryError
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -46,7 +48,8 @@ def origin_of(url: str) -> Origin:
         host = parts.hostname
         if host:
             host.encode("idna")  # what http.client will do: a host it refuses is refused here
-    except (ValueError, UnicodeError):
+            httpx.URL(url)  # and what httpx will do (it checks xn-- labels too)
+    except (ValueError, UnicodeError, httpx.InvalidURL):
         host, port, scheme = None, None, ""
     if scheme not in WEB_SCHEMES or not host:
         raise RegistryError(

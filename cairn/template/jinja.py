@@ -57,8 +57,33 @@ class _Budget:
                 seconds=self.limits.seconds,
             )
 
+    def deep(self, value: Any) -> None:
+        """Refuse a collection whose text would pass the output budget (before making it)."""
+        if isinstance(value, _COLLECTIONS):
+            size = _deep_size(value, self.limits.output)
+            self.steps += size >> 10
+            if size > self.limits.output:
+                raise TemplateError(
+                    "the chat template would build a value of more than {limit} characters",
+                    limit=self.limits.output,
+                )
+
+    def iterate(self, items: Any) -> Any:
+        """Walk ``items`` a step at a time (a loop over anything, a generator into a filter)."""
+        for count, item in enumerate(items, 1):
+            self.step()
+            if count > self.limits.items:
+                raise TemplateError(
+                    "the chat template built a list of {size} items, more than its budget of"
+                    " {limit}",
+                    size=count,
+                    limit=self.limits.items,
+                )
+            yield item
+
     def wrote(self, value: Any) -> Any:
         """Every ``{{ }}`` output, into the answer or into a block's buffer, counts once."""
+        self.deep(value)
         self.written += len(value) if isinstance(value, str) else len(str(value))
         if self.written > self.limits.output:
             raise TemplateError(
@@ -69,6 +94,8 @@ class _Budget:
 
     def joined(self, items: tuple[Any, ...]) -> str:
         """``a ~ b ~ c``: sized before it is built."""
+        for item in items:
+            self.deep(item)
         parts = [item if isinstance(item, str) else str(item) for item in items]
         self.projected(sum(len(part) for part in parts))
         return "".join(parts)
@@ -132,6 +159,26 @@ class _Budget:
                 size=size,
                 limit=self.limits.output,
             )
+
+
+def _deep_size(value: Any, limit: int) -> int:
+    """About how many characters ``str(value)`` would take, counting a list shared twice
+    twice (as ``str`` does); the walk stops as soon as the count passes ``limit``."""
+    total, pending = 0, [value]
+    while pending and total <= limit:
+        item = pending.pop()
+        if isinstance(item, str | bytes | bytearray):
+            total += len(item) + 2
+        elif isinstance(item, dict):
+            total += 2
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list | tuple | set | frozenset):
+            total += 2
+            pending.extend(item)
+        else:
+            total += 8
+    return total
 
 
 class _Counted(list[Any]):
@@ -208,16 +255,38 @@ def _compiled(source: str) -> Any:
     return _environment().from_string(source)
 
 
+def _checked(original: Any, check: Any) -> Any:
+    """``original`` (a Jinja filter) with ``check`` run on its arguments first; a check
+    that returns a tuple hands the filter those arguments instead (a list it made of a
+    generator, say). The context or environment some filters take first passes through.
+    """
+    passes = getattr(original, "jinja_pass_arg", None)
+
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        head, rest = (args[:1], args[1:]) if passes is not None else ((), args)
+        replaced = check(*rest, **kwargs)
+        return original(*head, *(rest if replaced is None else replaced), **kwargs)
+
+    if passes is not None:
+        checked.jinja_pass_arg = passes  # type: ignore[attr-defined]
+    return checked
+
+
 def _metered(function: Any) -> Any:
     @functools.wraps(function)
     def metered(*args: Any, **kwargs: Any) -> Any:
         meter = _meter()
         meter.step()
         meter.clock()
+        counted = []
         for value in args:
             if isinstance(value, _SEQUENCES):
                 meter.steps += len(value) >> 10  # work in proportion to what it walks
-        return meter.sized(function(*args, **kwargs))
+                meter.deep(value)  # a list shared with itself is small to hold, huge as text
+            elif isinstance(value, Iterator):  # a generator: counted as it is walked
+                value = meter.iterate(value)
+            counted.append(value)
+        return meter.sized(function(*counted, **kwargs))
 
     # Jinja passes the context or environment first to filters marked for it.
     if hasattr(function, "jinja_pass_arg"):
@@ -228,7 +297,7 @@ def _metered(function: Any) -> Any:
 @functools.cache
 def _environment() -> Any:
     """The bounded sandbox, made once; each render's budget is in :data:`_CURRENT`."""
-    from jinja2 import ext
+    from jinja2 import ext, nodes
     from jinja2.compiler import CodeGenerator
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -248,10 +317,22 @@ def _environment() -> Any:
         def meter(self) -> _Budget:
             return _meter()
 
+        def _parse(self, source: str, name: str | None, filename: str | None) -> Any:
+            # Every {% for %} walks its items through the budget, whatever they are
+            # (a string the template built, a list times a number, ...).
+            tree = super()._parse(source, name, filename)
+            for loop in tree.find_all(nodes.For):
+                loop.iter = nodes.Filter(
+                    loop.iter, "cairn_steps", [], [], None, None, lineno=loop.lineno
+                )
+            return tree
+
         intercepted_binops = frozenset({"+", "*", "**", "%", "/", "//"})
 
         def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
             _meter().step()
+            _meter().deep(left)
+            _meter().deep(right)
             if (
                 operator == "**"
                 and isinstance(left, int | float)
@@ -323,35 +404,62 @@ def _environment() -> Any:
 
     environment.globals.update(range=bounded_range, raise_exception=fail, strftime_now=strftime_now)
     filters = environment.filters
-    default_format, default_center, default_indent = (
-        filters["format"],
-        filters["center"],
-        filters["indent"],
-    )
 
-    def format_filter(value: Any, *args: Any, **kwargs: Any) -> Any:
+    def format_check(value: Any, *args: Any, **kwargs: Any) -> None:
         _meter().form(value, "%")  # the filter formats with %
-        return _meter().sized(default_format(value, *args, **kwargs))
 
-    def center_filter(value: Any, width: int = 80) -> Any:
+    def center_check(value: Any, width: Any = 80) -> None:
         _meter().width(width, "center")
-        return default_center(value, width)
 
-    def indent_filter(value: Any, width: Any = 4, *args: Any, **kwargs: Any) -> Any:
+    def indent_check(value: Any, width: Any = 4, *args: Any, **kwargs: Any) -> None:
         _meter().width(width, "indent")
         if isinstance(width, str):
             _meter().projected(len(width) * (str(value).count("\n") + 1) + len(str(value)))
-        return _meter().sized(default_indent(value, width, *args, **kwargs))
 
-    def join_filter(value: Any, d: str = "", attribute: Any = None) -> Any:
-        items = _meter().sized(list(value))
+    def replace_check(value: Any, old: Any, new: Any, count: Any = None) -> None:
+        text = str(value)
+        grows = max(0, len(str(new)) - len(str(old))) * text.count(str(old))
+        _meter().projected(len(text) + grows)
+
+    def wordwrap_check(value: Any, width: Any = 79, *args: Any, **kwargs: Any) -> None:
+        wrap = kwargs.get("wrapstring") or (args[1] if len(args) > 1 else None) or "\n"
+        lines = len(str(value)) // max(1, int(width)) + 1
+        _meter().projected(len(str(value)) + lines * len(str(wrap)))
+
+    def tojson_check(value: Any, indent: Any = None) -> None:
+        if isinstance(indent, int) and indent > 16:
+            raise TemplateError(
+                "the chat template asks {what} for a width of {width}, more than {limit}",
+                what="tojson",
+                width=indent,
+                limit=16,
+            )
+
+    def sum_check(value: Any, attribute: Any = None, start: Any = 0) -> None:
+        if not isinstance(start, int | float):  # a sum of lists or strings is quadratic
+            raise TemplateError("the chat template sums something other than numbers")
+
+    def join_check(value: Any, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
+        items = list(value)  # a generator was made to count its items (_metered)
+        for item in items:
+            _meter().deep(item)
+        d = args[0] if args else kwargs.get("d", "")
         _meter().projected(sum(len(str(x)) for x in items) + len(str(d)) * len(items))
-        return default_join(items, d, attribute)
+        return (items, *args)
 
-    default_join = filters["join"]
-    filters.update(
-        format=format_filter, center=center_filter, indent=indent_filter, join=join_filter
-    )
+    checks = {
+        "format": format_check,
+        "center": center_check,
+        "indent": indent_check,
+        "replace": replace_check,
+        "wordwrap": wordwrap_check,
+        "tojson": tojson_check,
+        "sum": sum_check,
+        "join": join_check,
+    }
+    for name, check in checks.items():
+        filters[name] = _checked(filters[name], check)
+    filters["cairn_steps"] = lambda items: _meter().iterate(items)
     # Every filter is a step, checks the clock, and has what it returns sized: filters
     # are called directly, not through the sandbox's call().
     for name, function in list(filters.items()):

@@ -586,6 +586,9 @@ def test_the_sanitizer() -> None:
     assert untrusted("line\nnext\ttab\r") == "line\\x0anext\\x09tab\\x0d"
     assert untrusted("line\nnext\ttab\r", multiline=True) == "line\nnext\ttab\\x0d"
     assert untrusted("한국어 and ünïcode") == "한국어 and ünïcode"
+    assert untrusted("a\ufe01\U000e0101\u3164b\ufe0f") == "a\\ufe01\\U000e0101\\u3164b\ufe0f"
+    persian = "\u0632\u0646\u200c\u0647\u0627"  # a word that needs its ZWNJ
+    assert untrusted("👨\u200d👩 " + persian) == "👨\u200d👩 " + persian  # ZWJ, ZWNJ stay
     text = json.dumps({"k": "\x9b\x1b"}, ensure_ascii=False)
     assert json.loads(untrusted_json(text)) == {"k": "\x9b\x1b"}
     assert "\x9b" not in untrusted_json(text)
@@ -831,6 +834,8 @@ def test_numbers_in_headers_are_ascii_digits_only(cairn: Runner, hostile: Hostil
         ("/manifests/", "javascript:x", "Location that is not a URL"),
         ("/blobs/", "http://[zz]/x", "is not an http or https URL"),
         ("/blobs/", "http://a.\u3002b/x", "is not an http or https URL"),
+        ("/manifests/", "http://xn--zz/x", "Location that is not a URL"),
+        ("/manifests/", "http://xn--ls8h.la/x", "Location that is not a URL"),
     ],
 )
 def test_a_redirect_to_something_that_is_no_url_is_an_error(
@@ -895,6 +900,24 @@ def test_a_dripped_manifest_or_blob_header_ends_within_the_stall_window(
         assert headers.requests <= 6
     finally:
         headers.close()
+
+
+def test_a_bodiless_post_gets_a_deadline_for_its_headers() -> None:
+    """The POST that opens an upload has no body: its headers may not drip for ever."""
+    dripper = Dripper(b"HTTP/1.1 202 Accepted\r\n" + b"X-Slow: " + b"z" * 10_000 + b"\r\n\r\n")
+
+    async def start() -> None:
+        policy = RetryPolicy(attempts=2, base_delay=0.01, stall_seconds=0.5)
+        async with RegistryClient(f"127.0.0.1:{dripper.port}", insecure=True, retry=policy) as c:
+            await c.request("POST", "/v2/lab/model/blobs/uploads/", scope="push")
+
+    started = time.monotonic()
+    try:
+        with pytest.raises(TransferError, match="no status and headers"):
+            asyncio.run(start())
+    finally:
+        dripper.close()
+    assert time.monotonic() - started < 15
 
 
 def test_a_stored_blob_listed_with_another_size_is_refused(

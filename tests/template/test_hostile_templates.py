@@ -75,6 +75,7 @@ SLOW_JSON_GO = (
     '{{ $x := "\\u0001" }}{{ range 20 }}{{ $x = print $x $x }}{{ end }}'
     "{{ range 100000 }}{{ $y := json $x }}{{ end }}"
 )
+SHARED_LIST = "{% set x = ['aaaaaaaa'] %}" + "{% set x = [x, x] %}" * 24
 DOUBLING_JINJA = "{% set x = 'ab' %}" + "{% set x = x ~ x %}" * 40 + "{{ x|length }}"
 DOUBLING_NAMESPACE = (
     "{% set ns = namespace(x='ab') %}{% for i in range(40) %}"
@@ -169,6 +170,19 @@ def test_the_go_engine_reaches_no_python_attribute() -> None:
         ),
         ("{% set s = 'a' * 8000000 %}{{ " + " ~ ".join(["s"] * 100) + " }}", "would build"),
         ("{{ a }}" * 140_000, "more than the 65536 allowed"),
+        # A third attack: a list shared with itself (small to hold, huge as text),
+        # loops over values the template built, filters that built before sizing.
+        (SHARED_LIST + "{{ x|tojson }}", "would build a value of more than 8388608"),
+        (SHARED_LIST + "{{ x }}", "would build a value of more than 8388608"),
+        (
+            "{% for c in 'a' * 20000 %}{% for d in 'a' * 20000 %}{% endfor %}{% endfor %}",
+            "ran past its budget",
+        ),
+        ("{{ ('a' * 1000000)|replace('a', 'b' * 12) }}", "would build a value of 12000000"),
+        ("{{ ('a ' * 1000000)|wordwrap(1, wrapstring='x' * 1000) }}", "would build a value"),
+        ("{{ [1]|tojson(indent=10000000) }}", "a width of 10000000"),
+        ("{{ ('a' * 8000000)|batch(1)|list|length }}", "ran past its budget"),
+        ("{{ ([[1] * 8000] * 8000)|sum(start=[]) }}", "more than"),
         ("{% for %}", "failed"),
     ],
 )
@@ -199,6 +213,23 @@ def test_real_jinja_chat_templates_render_within_their_budgets() -> None:
     llama = jinja.render((FIXTURES / "llama3.jinja").read_text(), variables)
     assert llama.startswith("<bos><|start_header_id|>system<|end_header_id|>\n\nToday Date: ")
     assert llama.endswith("Why?<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n")
+
+
+def test_the_guarded_filters_still_do_their_work() -> None:
+    variables = {"messages": [{"role": "user", "content": "hi there"}, {"role": "model"}]}
+    cases = {
+        "{{ messages|map(attribute='role')|join(', ') }}": "user, model",
+        "{{ messages|join(',', attribute='role') }}": "user,model",
+        "{{ 'a b'|replace('a', 'x') }}": "x b",
+        "{{ messages[0]|tojson }}": '{"content": "hi there", "role": "user"}',
+        "{{ [1, 2]|sum }}": "3",
+        "{{ 'aaa bbb'|wordwrap(3) }}": "aaa\nbbb",
+        "{{ '%s!'|format(1) }}": "1!",
+        "{{ 'a'|center(5) }}": "  a  ",
+        "{% for m in messages %}{{ loop.index }}{% endfor %}": "12",
+    }
+    for source, expected in cases.items():
+        assert jinja.render(source, variables) == expected, source
 
 
 def test_a_long_real_conversation_fits_the_budgets() -> None:
