@@ -125,3 +125,12 @@ def test_the_offload_is_read_from_llama_cpps_own_log(capfd: pytest.CaptureFixtur
     assert capfd.readouterr().err == (
         "llama_model_load: error loading model: tensor data is not within the file bounds\n"
     )
+
+
+def test_the_default_thread_count_leaves_a_core_free(monkeypatch: pytest.MonkeyPatch) -> None:
+    """llama.cpp's threads wait on each other: one busy core made 2 threads 70x slower."""
+    from cairn.runtime_plugins import devices
+
+    for cores, threads in ((1, 1), (2, 1), (4, 3), (16, 15)):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda _pid, n=cores: set(range(n)))
+        assert devices.default_threads() == threads

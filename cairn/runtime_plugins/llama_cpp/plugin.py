@@ -153,7 +153,9 @@ class LlamaCppModel(LoadedModel):
         self.llm = Llama(
             model_path=str(model.weights),
             n_ctx=int(options.get("num_ctx", 4096)),
-            n_threads=int(options.get("num_thread", devices.cpu_threads())),
+            n_threads=int(options.get("num_thread", devices.default_threads())),
+            # The prompt too (llama-cpp-python would take every core for it).
+            n_threads_batch=int(options.get("num_thread", devices.default_threads())),
             n_batch=int(options.get("num_batch", 512)),
             n_gpu_layers=layers,
             seed=int(options.get("seed", 0xFFFFFFFF)),

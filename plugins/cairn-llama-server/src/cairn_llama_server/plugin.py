@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from cairn.errors import RunnerError
-from cairn.runtime_plugins.devices import cpu_threads
+from cairn.runtime_plugins.devices import default_threads
 from cairn.runtime_plugins.hookspecs import hookimpl
 from cairn.runtime_plugins.runtime import Availability, Chunk, LoadedModel, ModelSpec, Runtime
 
@@ -85,7 +85,9 @@ class LlamaServerModel(LoadedModel):
             "-c",
             str(int(options.get("num_ctx", 4096))),
             "-t",
-            str(int(options.get("num_thread", cpu_threads()))),
+            str(int(options.get("num_thread", default_threads()))),
+            "-tb",
+            str(int(options.get("num_thread", default_threads()))),
             "-b",
             str(int(options.get("num_batch", 512))),
             "-ngl",
