@@ -72,14 +72,16 @@ class _Budget:
         """Walk ``items`` a step at a time (a loop over anything, a generator into a filter)."""
         for count, item in enumerate(items, 1):
             self.step()
-            if count > self.limits.items:
-                raise TemplateError(
-                    "the chat template built a list of {size} items, more than its budget of"
-                    " {limit}",
-                    size=count,
-                    limit=self.limits.items,
-                )
+            self.counted(count)
             yield item
+
+    def counted(self, size: int) -> None:
+        if size > self.limits.items:
+            raise TemplateError(
+                "the chat template built a list of {size} items, more than its budget of {limit}",
+                size=size,
+                limit=self.limits.items,
+            )
 
     def wrote(self, value: Any) -> Any:
         """Every ``{{ }}`` output, into the answer or into a block's buffer, counts once."""
@@ -101,12 +103,8 @@ class _Budget:
         return "".join(parts)
 
     def sized(self, value: Any) -> Any:
-        if isinstance(value, _COLLECTIONS) and len(value) > self.limits.items:
-            raise TemplateError(
-                "the chat template built a list of {size} items, more than its budget of {limit}",
-                size=len(value),
-                limit=self.limits.items,
-            )
+        if isinstance(value, _COLLECTIONS):
+            self.counted(len(value))
         if isinstance(value, _SEQUENCES) and len(value) > self.limits.output:
             raise TemplateError(
                 "the chat template built a value of {size} characters, more than its budget"
