@@ -35,9 +35,9 @@ def make_client(ref: Reference, insecure: bool, limit_rate: str | None = None) -
     from cairn.registry.ratelimit import RateLimiter
 
     settings = config.load()
-    realms = frozenset(
-        h.strip() for h in os.environ.get("CAIRN_TOKEN_REALMS", "").split(",") if h.strip()
-    )
+    from cairn.registry.origins import parse_origins
+
+    realms = parse_origins(os.environ.get("CAIRN_TOKEN_REALMS", ""))
     return RegistryClient(
         ref.host,
         insecure=insecure or ref.insecure,

@@ -45,7 +45,7 @@ from cairn.manifests import mediatypes as mt
 from cairn.manifests.manifest import MAX_MANIFEST_SIZE
 from cairn.registry.auth import Credentials, parse_challenges
 from cairn.registry.ollama_auth import OLLAMA_REALMS, OllamaKey, signed_token_request
-from cairn.registry.origins import Origin, origin_of, parse_origins, realm_allowed
+from cairn.registry.origins import Origin, origin_of, realm_allowed
 from cairn.registry.ratelimit import RateLimiter
 from cairn.sanitize import untrusted
 
@@ -123,6 +123,32 @@ async def raw_chunks(response: httpx.Response, size: int | None = None) -> Async
         yield chunk
 
 
+class Stalled(Exception):
+    """A stream slower than the policy's minimum rate for its stall window."""
+
+
+class Pace:
+    """Watches one stream's rate over windows of ``stall_seconds``: blobs and small bodies."""
+
+    def __init__(self, policy: RetryPolicy, limiter: RateLimiter | None = None) -> None:
+        self.window = policy.stall_seconds
+        floor = policy.min_rate
+        if limiter is not None:
+            floor = min(floor, limiter.rate // 4)  # --limit-rate below the floor is no stall
+        self.floor = floor
+        self.start = time.monotonic()
+        self.count = 0
+
+    def add(self, count: int) -> None:
+        self.count += count
+        now = time.monotonic()
+        elapsed = now - self.start
+        if elapsed >= self.window:
+            if self.count < self.floor * elapsed:
+                raise Stalled(f"{self.count} bytes in {elapsed:.0f} s, under {self.floor} bytes/s")
+            self.start, self.count = now, 0
+
+
 class BodyTooLargeError(Exception):
     """A body went past the cap it was read with."""
 
@@ -152,24 +178,15 @@ async def read_capped(
     4 MiB manifest dripped a byte a second would take 48 days) is a
     TransferError.
     """
-    policy = policy or RetryPolicy()
+    pace = Pace(policy or RetryPolicy())
     body = bytearray()
-    window_start, window_bytes = time.monotonic(), 0
     try:
         decoder = _decoder(response, what) if not response.is_stream_consumed else None
         async for raw in raw_chunks(response):
-            window_bytes += len(raw)
-            elapsed = time.monotonic() - window_start
-            if elapsed >= policy.stall_seconds:
-                if window_bytes < policy.min_rate * elapsed:
-                    raise TransferError(
-                        "{what}: {count} bytes in {seconds:.0f} s, under {floor} bytes/s",
-                        what=what,
-                        count=window_bytes,
-                        seconds=elapsed,
-                        floor=policy.min_rate,
-                    )
-                window_start, window_bytes = time.monotonic(), 0
+            try:
+                pace.add(len(raw))
+            except Stalled as exc:
+                raise TransferError("{what}: {problem}", what=what, problem=str(exc)) from None
             chunk = raw
             if decoder is not None:
                 try:
@@ -217,7 +234,7 @@ class RegistryClient:
         transport: httpx.AsyncBaseTransport | None = None,
         retry: RetryPolicy | None = None,
         ca_bundle: str | None = None,
-        token_realms: frozenset[str] | frozenset[Origin] = frozenset(),
+        token_realms: frozenset[Origin] = frozenset(),
         timeout: float = 30.0,
         limiter: RateLimiter | None = None,
         ollama_key: OllamaKey | None = None,
@@ -229,7 +246,7 @@ class RegistryClient:
         """The only place credentials go (token realms aside)."""
         self.credentials = credentials
         self.retry = retry or RetryPolicy.from_environment()
-        self.token_realms = parse_origins(",".join(str(r) for r in token_realms))
+        self.token_realms = token_realms
         """``CAIRN_TOKEN_REALMS``: realms allowed besides the origin and its siblings."""
         self.notice: Callable[[Phrase], None] | None = None
         """Told when a request waits (``Retry-After``), for the progress line."""

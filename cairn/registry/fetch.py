@@ -35,7 +35,6 @@ import shutil
 import socket
 import ssl
 import threading
-import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -55,9 +54,8 @@ from cairn.errors import (
 )
 from cairn.i18n import Phrase
 from cairn.manifests.manifest import Descriptor
-from cairn.registry.client import REDIRECTS, RegistryClient, RetryPolicy, raw_chunks
+from cairn.registry.client import REDIRECTS, Pace, RegistryClient, Stalled, raw_chunks
 from cairn.registry.origins import WEB_SCHEMES, origin_of
-from cairn.registry.ratelimit import RateLimiter
 from cairn.sanitize import untrusted
 
 # A blob starts as one stream, which lets the hash follow the bytes as they
@@ -90,32 +88,6 @@ class _Expired(Exception):
     """The credential stopped working (401) mid-download."""
 
 
-class _Stalled(Exception):
-    """A stream slower than the policy's minimum rate for its stall window."""
-
-
-class _Pace:
-    """Watches one stream's rate over windows of ``stall_seconds``."""
-
-    def __init__(self, policy: RetryPolicy, limiter: RateLimiter | None) -> None:
-        self.window = policy.stall_seconds
-        floor = policy.min_rate
-        if limiter is not None:
-            floor = min(floor, limiter.rate // 4)  # --limit-rate below the floor is no stall
-        self.floor = floor
-        self.start = time.monotonic()
-        self.count = 0
-
-    def add(self, count: int) -> None:
-        self.count += count
-        now = time.monotonic()
-        elapsed = now - self.start
-        if elapsed >= self.window:
-            if self.count < self.floor * elapsed:
-                raise _Stalled(f"{self.count} bytes in {elapsed:.0f} s, under {self.floor} bytes/s")
-            self.start, self.count = now, 0
-
-
 class _Watchdog:
     """Cuts a blocking stream (http.client fills its buffer) that is slower than the floor.
 
@@ -125,11 +97,11 @@ class _Watchdog:
     ``stall_seconds`` brought less than the floor.
     """
 
-    def __init__(self, pace: _Pace, span: Span, conn: http.client.HTTPConnection) -> None:
+    def __init__(self, pace: Pace, span: Span, conn: http.client.HTTPConnection) -> None:
         self.pace = pace
         self.span = span
         self.conn = conn
-        self.stalled: _Stalled | None = None
+        self.stalled: Stalled | None = None
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
 
@@ -146,7 +118,7 @@ class _Watchdog:
         while not self._done.wait(self.pace.window):
             try:
                 self.pace.add(self.span.position - before)
-            except _Stalled as stalled:
+            except Stalled as stalled:
                 self.stalled = stalled
                 sock = self.conn.sock
                 if sock is not None:
@@ -259,7 +231,7 @@ def _fast_span(ctx: _Context, span: Span, ssl_context: ssl.SSLContext | None) ->
         conn, target = connect(url, ssl_context, timeout=min(60.0, policy.stall_seconds))
         try:
             # The watchdog covers the answer's headers too: a server may drip those.
-            with _Watchdog(_Pace(policy, ctx.client.limiter), span, conn) as watchdog:
+            with _Watchdog(Pace(policy, ctx.client.limiter), span, conn) as watchdog:
                 try:
                     following = _fast_read(ctx, span, conn, target, headers, url)
                 except (OSError, http.client.HTTPException):
@@ -327,7 +299,7 @@ async def _httpx_span(ctx: _Context, span: Span) -> None:
             span,
             response.headers.get("Content-Encoding"),
         )
-        pace = _Pace(ctx.client.retry, ctx.client.limiter)
+        pace = Pace(ctx.client.retry, ctx.client.limiter)
         async for chunk in raw_chunks(response):  # as received: no progress held back
             if ctx.stop.is_set():
                 return
@@ -369,7 +341,7 @@ async def _span_with_retries(ctx: _Context, span: Span, fast: bool) -> None:
             httpx.TransportError,
             TransferError,
             _Retryable,
-            _Stalled,
+            Stalled,
         ) as exc:
             problem = exc
         if ctx.stop.is_set():
