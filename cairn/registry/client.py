@@ -624,7 +624,7 @@ class RegistryClient:
                 response = await _small(response, what, self.retry)
             self.check(response, what)
             declared = response.headers.get("Content-Length")
-            if declared and _digits(declared) and int(declared) > MAX_MANIFEST_SIZE:
+            if declared and ascii_digits(declared) and int(declared) > MAX_MANIFEST_SIZE:
                 raise ManifestError(
                     "manifest of {declared} bytes is larger than the {limit} byte limit",
                     declared=declared,
@@ -658,7 +658,7 @@ class RegistryClient:
             return None
         self.check(response, Phrase("blob {digest}", digest=digest))
         length = response.headers.get("Content-Length", "")
-        return int(length) if _digits(length) else 0
+        return int(length) if ascii_digits(length) else 0
 
     async def put_manifest(
         self, repository: str, reference: str, data: bytes, content_type: str
@@ -683,7 +683,7 @@ class RegistryClient:
         return digest
 
 
-def _digits(text: str) -> bool:
+def ascii_digits(text: str) -> bool:
     """ASCII digits only: ``str.isdigit`` also takes "²", which ``int`` refuses."""
     return text.isascii() and text.isdigit()
 

@@ -54,7 +54,14 @@ from cairn.errors import (
 )
 from cairn.i18n import Phrase
 from cairn.manifests.manifest import Descriptor
-from cairn.registry.client import REDIRECTS, Pace, RegistryClient, Stalled, raw_chunks
+from cairn.registry.client import (
+    REDIRECTS,
+    Pace,
+    RegistryClient,
+    Stalled,
+    ascii_digits,
+    raw_chunks,
+)
 from cairn.registry.origins import WEB_SCHEMES, origin_of
 from cairn.sanitize import untrusted
 
@@ -168,7 +175,7 @@ class _Context:
             )
         if status == 206:
             start = (content_range or "").removeprefix("bytes ").split("-")[0]
-            if not (start.isascii() and start.isdigit()) or int(start) != span.position:
+            if not ascii_digits(start) or int(start) != span.position:
                 raise TransferError(
                     "blob {digest}: wrong Content-Range {content_range!r}",
                     digest=self.partial.digest,

@@ -26,7 +26,13 @@ from cairn.manifests import mediatypes as mt
 from cairn.manifests.manifest import Descriptor, Manifest
 from cairn.manifests.models import Models
 from cairn.manifests.reference import Reference, require_oci
-from cairn.registry.client import SMALL_BODY, USER_AGENT, RegistryClient, undecoded_headers
+from cairn.registry.client import (
+    SMALL_BODY,
+    USER_AGENT,
+    RegistryClient,
+    ascii_digits,
+    undecoded_headers,
+)
 from cairn.registry.fetch import connect, use_fast_path
 from cairn.registry.pull import Event, Report, _quiet
 from cairn.registry.ratelimit import RateLimiter
@@ -300,7 +306,7 @@ async def _upload_offset(client: RegistryClient, location: str, scope: str) -> i
     if response.status_code not in (202, 204):
         return None
     end = response.headers.get("Range", "").removeprefix("bytes=").partition("-")[2]
-    return int(end) + 1 if end.isascii() and end.isdigit() else 0
+    return int(end) + 1 if ascii_digits(end) else 0
 
 
 async def push(
