@@ -7,6 +7,9 @@ filesystem, names that can never be taken for a blob):
     .cairn/tmp/<id>.partial    a write in progress, flock'ed by its writer
     .cairn/locks/store.lock    shared by writers, exclusive for collection
     .cairn/verified/<hex>      the stat of a blob when it last hashed right
+    .cairn/links/<blob>/<host>/<ns>/<name>
+                               a repository of ``cairn registry serve`` the blob
+                               was pushed or mounted into (empty files)
 
 A write streams into a temp file while hashing (one pass: each chunk is
 hashed and written from the same buffer, the write overlapping the next
@@ -24,6 +27,7 @@ import hashlib
 import io
 import mmap
 import os
+import shutil
 import stat
 import threading
 import time
@@ -163,6 +167,9 @@ class BlobStore:
         self.verified_dir = self.work_dir / "verified"
         self.headers_dir = self.work_dir / "headers"
         """What each GGUF blob's header says, parsed once (``show.gguf_header``)."""
+        self.links_dir = self.work_dir / "links"
+        """The repositories each blob was pushed or mounted into (``cairn registry serve``
+        shows a repository only its own blobs); they go with the blob."""
 
     # -- reading -----------------------------------------------------------
 
@@ -380,14 +387,61 @@ class BlobStore:
             self._stamp(digest)
 
     def delete(self, digest: Digest) -> bool:
-        """Remove a blob; False when it was not there."""
+        """Remove a blob (and its links); False when it was not there."""
         with contextlib.suppress(OSError):
             os.unlink(self.verified_dir / digest.hex)
+        shutil.rmtree(self.links_dir / digest.filename, ignore_errors=True)
         try:
             os.unlink(self.path(digest))
         except FileNotFoundError:
             return False
         return True
+
+    # -- links: which repositories may see a blob ------------------------------
+
+    def _link(self, digest: Digest, repository: str) -> Path:
+        parts = repository.casefold().split("/")
+        if len(parts) != 3 or any(p in ("", ".", "..") or os.sep in p for p in parts):
+            raise StoreError(
+                "{repository!r:.100} is not host/namespace/name", repository=repository
+            )
+        return self.links_dir.joinpath(digest.filename, *parts)
+
+    def link(self, digest: Digest, repository: str) -> None:
+        """Mark the blob as pushed or mounted into ``repository`` (``host/ns/name``)."""
+        path = self._link(digest, repository)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch()
+        except OSError as exc:
+            raise storage_error(exc, "linking blob {digest}", digest=digest) from exc
+
+    def linked(self, digest: Digest, repository: str) -> bool:
+        return self._link(digest, repository).is_file()
+
+    def unlink(self, digest: Digest, repository: str) -> bool:
+        """Take the blob out of ``repository``; False when it was not linked there."""
+        path = self._link(digest, repository)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise storage_error(exc, "unlinking blob {digest}", digest=digest) from exc
+        top = self.links_dir / digest.filename
+        for folder in (path.parent, path.parent.parent, top):
+            with contextlib.suppress(OSError):  # not empty: another repository's link
+                folder.rmdir()
+        return True
+
+    def links(self, digest: Digest) -> list[str]:
+        """The repositories the blob is linked into."""
+        top = self.links_dir / digest.filename
+        return sorted(
+            os.path.relpath(os.path.join(folder, file), top)
+            for folder, _dirs, files in os.walk(top)
+            for file in files
+        )
 
     # -- checking ----------------------------------------------------------
 
@@ -505,6 +559,12 @@ class BlobStore:
             hex_name = name.split(".")[0]
             if not (self.blobs_dir / f"sha256-{hex_name}").exists():
                 yield self.headers_dir / name
+
+    def stale_links(self) -> Iterator[Path]:
+        """Link folders whose blob is gone (the blob was removed by an older cairn)."""
+        for name in _names(self.links_dir):
+            if not (self.blobs_dir / name).exists():
+                yield self.links_dir / name
 
     @contextlib.contextmanager
     def writing(self, timeout: float = 600.0) -> Iterator[None]:

@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -327,6 +328,8 @@ class Models:
                 for stamp in (*self.blobs.stale_stamps(), *self.blobs.stale_records()):
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(stamp)
+                for links in self.blobs.stale_links():
+                    shutil.rmtree(links, ignore_errors=True)
         return report
 
     def verify(self, names: Iterable[str] = (), repair: bool = False) -> VerifyReport:

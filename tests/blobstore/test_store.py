@@ -318,3 +318,29 @@ def test_put_file_interrupt_aborts_and_leaves_nothing(store: Path, tmp_path: Pat
     with pytest.raises(CorruptBlobError):
         BlobStore(store).put_file(source, interrupt=interrupt)
     assert leftovers(store) == []
+
+
+def test_links_name_repositories_and_go_with_their_blob(tmp_path: Path) -> None:
+    from cairn.errors import StoreError
+    from cairn.manifests.models import Models
+
+    models = Models(tmp_path)
+    store = models.blobs
+    blob = store.put_bytes(b"a layer")
+    store.link(blob.digest, "registry.ollama.ai/lab/a")
+    store.link(blob.digest, "registry.ollama.ai/lab/b")
+    assert store.linked(blob.digest, "registry.ollama.ai/lab/a")
+    assert store.links(blob.digest) == ["registry.ollama.ai/lab/a", "registry.ollama.ai/lab/b"]
+    assert store.unlink(blob.digest, "registry.ollama.ai/lab/a")
+    assert not store.unlink(blob.digest, "registry.ollama.ai/lab/a")
+    assert store.links(blob.digest) == ["registry.ollama.ai/lab/b"]
+    for bad in ("../../etc", "a/b", "h/../x", "h//x"):
+        with pytest.raises(StoreError):
+            store.link(blob.digest, bad)
+    store.delete(blob.digest)  # as `cairn rm` and `prune` delete it
+    assert store.links(blob.digest) == []
+    assert not (store.links_dir / blob.digest.filename).exists()
+    # links left by a cairn that deleted blobs without them: prune takes them
+    (store.links_dir / f"sha256-{'0' * 64}" / "h" / "n" / "x").mkdir(parents=True)
+    models.prune(grace=0)
+    assert list(store.links_dir.iterdir()) == []

@@ -103,7 +103,9 @@ def test_monolithic_and_chunked_uploads_and_blob_reads(http: httpx.Client) -> No
     assert second.status_code == 202
     done = http.put(second.headers["Location"], params={"digest": sha(other)})
     assert done.status_code == 201 and done.headers["Location"].endswith(sha(other))
-    assert http.get(f"/v2/other/repo/blobs/{sha(other)}").content == other
+    assert http.get(f"/v2/lab/model/blobs/{sha(other)}").content == other
+    # a blob is the repository's it was pushed to (issue 16: no name serves every blob)
+    assert error_code(http.get(f"/v2/other/repo/blobs/{sha(other)}")) == "BLOB_UNKNOWN"
 
 
 def test_upload_errors(http: httpx.Client, cairn_registry: tuple[str, Path]) -> None:

@@ -15,6 +15,7 @@ from tests.conftest import serving
 
 OCI = "application/vnd.oci.image.manifest.v1+json"
 INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
 
 
 def sha(data: bytes) -> str:
@@ -242,5 +243,83 @@ def test_a_three_part_name_names_a_host_the_store_holds(tmp_path: Path) -> None:
         held = http.put("/v2/registry.ollama.ai/lab/h/manifests/v2", content=body, headers=headers)
         assert held.status_code == 201
         (root / "manifests" / "mirror.example").mkdir()
+        config(http, "mirror.example/a/b")  # its blobs are pushed to it, as to any repository
         there = http.put("/v2/mirror.example/a/b/manifests/v1", content=body, headers=headers)
         assert there.status_code == 201
+
+
+def test_blobs_belong_to_the_repositories_they_were_pushed_to(tmp_path: Path) -> None:
+    root = tmp_path / "served"
+    with serving(root) as host, httpx.Client(base_url=f"http://{host}") as http:
+
+        def code(response: httpx.Response) -> str:
+            found: str = response.json()["errors"][0]["code"]
+            return found
+
+        layer = b"the weights of lab/a"
+        assert http.post("/v2/lab/a/blobs/uploads/", params={"digest": sha(layer)}, content=layer)
+        assert http.get(f"/v2/lab/a/blobs/{sha(layer)}").content == layer
+        for stranger in ("lab/b", "never/existed", "x"):  # no name serves every blob
+            assert code(http.get(f"/v2/{stranger}/blobs/{sha(layer)}")) == "BLOB_UNKNOWN"
+            assert http.head(f"/v2/{stranger}/blobs/{sha(layer)}").status_code == 404
+
+        # A manifest of lab/b cannot use what was pushed to lab/a.
+        layer_descriptor = {"mediaType": OCI_LAYER, "digest": sha(layer), "size": len(layer)}
+        image = {
+            "schemaVersion": 2,
+            "mediaType": OCI,
+            "config": config(http, "lab/b"),
+            "layers": [layer_descriptor],
+        }
+        body = json.dumps(image).encode()
+        refused = http.put("/v2/lab/b/manifests/v1", content=body, headers={"Content-Type": OCI})
+        assert code(refused) == "MANIFEST_BLOB_UNKNOWN"
+
+        # A mount from a repository without the blob is an upload, not a mount.
+        wrong = http.post(
+            "/v2/lab/b/blobs/uploads/", params={"mount": sha(layer), "from": "lab/nothing"}
+        )
+        assert wrong.status_code == 202
+        assert http.delete(wrong.headers["Location"]).status_code == 204
+        assert code(http.get(f"/v2/lab/b/blobs/{sha(layer)}")) == "BLOB_UNKNOWN"
+        mounted = http.post(
+            "/v2/lab/b/blobs/uploads/", params={"mount": sha(layer), "from": "lab/a"}
+        )
+        assert mounted.status_code == 201
+        assert http.get(f"/v2/lab/b/blobs/{sha(layer)}").content == layer
+        taken = http.put("/v2/lab/b/manifests/v1", content=body, headers={"Content-Type": OCI})
+        assert taken.status_code == 201
+        in_use = http.delete(f"/v2/lab/b/blobs/{sha(layer)}")
+        assert code(in_use) == "UNSUPPORTED"
+
+        # A pending upload (no manifest yet) is safe from every other name.
+        pending = b"a layer whose manifest has not come yet"
+        assert http.post(
+            "/v2/lab/a/blobs/uploads/", params={"digest": sha(pending)}, content=pending
+        )
+        assert code(http.delete(f"/v2/lab/c/blobs/{sha(pending)}")) == "BLOB_UNKNOWN"
+        assert http.get(f"/v2/lab/a/blobs/{sha(pending)}").content == pending
+
+        # DELETE unlinks from one repository; the bytes go with the last link.
+        shared = http.post(
+            "/v2/lab/d/blobs/uploads/", params={"mount": sha(pending), "from": "lab/a"}
+        )
+        assert shared.status_code == 201
+        assert http.delete(f"/v2/lab/a/blobs/{sha(pending)}").status_code == 202
+        assert code(http.get(f"/v2/lab/a/blobs/{sha(pending)}")) == "BLOB_UNKNOWN"
+        assert http.get(f"/v2/lab/d/blobs/{sha(pending)}").content == pending
+        stored = root / "blobs" / f"sha256-{sha(pending)[7:]}"
+        assert stored.exists()
+        assert http.delete(f"/v2/lab/d/blobs/{sha(pending)}").status_code == 202
+        assert not stored.exists()
+        assert not (root / ".cairn" / "links" / stored.name).exists()
+
+        # A foreign layer names a digest without its bytes: it shows nothing.
+        foreign = dict(image, layers=[{**layer_descriptor, "urls": ["https://example.com/l"]}])
+        foreign_body = json.dumps(foreign).encode()
+        config(http, "lab/e")
+        put = http.put(
+            "/v2/lab/e/manifests/v1", content=foreign_body, headers={"Content-Type": OCI}
+        )
+        assert put.status_code == 201
+        assert code(http.get(f"/v2/lab/e/blobs/{sha(layer)}")) == "BLOB_UNKNOWN"

@@ -9,7 +9,8 @@ from stat import S_ISREG
 from aiohttp import web
 
 from cairn.blobstore import Blob, Digest
-from cairn.errors import UploadLimitError
+from cairn.errors import StoreError, UploadLimitError
+from cairn.manifests.reference import Reference
 from cairn.registry.server.errors import OCIError
 from cairn.registry.server.registry import (
     CHUNK,
@@ -20,6 +21,7 @@ from cairn.registry.server.registry import (
     blob_url,
     body_chunks,
     parse_digest,
+    repository_of,
 )
 from cairn.registry.server.uploads import Session, Uploads
 
@@ -27,10 +29,14 @@ from cairn.registry.server.uploads import Session, Uploads
 async def get_blob(request: web.Request) -> web.StreamResponse:
     registry: Registry = request.app["registry"]
     name = request.match_info["name"]
-    registry.reference(name)
+    ref = registry.reference(name)
     digest = parse_digest(request.match_info["digest"])
     path = registry.models.blobs.path(digest)
-    size = await asyncio.to_thread(_file_size, path)  # one look: it may be deleted meanwhile
+
+    def look() -> int | None:  # one look at the size: the blob may be deleted meanwhile
+        return _file_size(path) if registry.visible(ref, digest) else None
+
+    size = await asyncio.to_thread(look)
     if size is None:
         raise OCIError("BLOB_UNKNOWN", f"blob {digest} is unknown", {"digest": str(digest)})
     headers = {
@@ -58,18 +64,33 @@ def _file_size(path: Path) -> int | None:
 
 
 async def delete_blob(request: web.Request) -> web.StreamResponse:
+    """Take the blob out of this repository; its bytes go when no other repository links
+    it and no manifest in the store uses it."""
     registry: Registry = request.app["registry"]
-    registry.reference(request.match_info["name"])
+    name = request.match_info["name"]
+    ref = registry.reference(name)
     digest = parse_digest(request.match_info["digest"])
     models = registry.models
+    repository = repository_of(ref)
 
     def remove() -> bool:
         with models.blobs.collecting():
-            if digest in models.referenced():
+            if not registry.visible(ref, digest):
+                return False
+            if digest in registry.used_by(ref):
                 raise OCIError(
-                    "UNSUPPORTED", f"blob {digest} is used by a manifest; delete that first"
+                    "UNSUPPORTED",
+                    f"blob {digest} is used by a manifest of {name}; delete that first",
                 )
-            return models.blobs.delete(digest)
+            models.blobs.unlink(digest, repository)
+            if not models.blobs.links(digest):
+                try:
+                    used = digest in models.referenced()
+                except StoreError:  # a manifest being written, unreadable: keep the bytes
+                    used = True
+                if not used:
+                    models.blobs.delete(digest)
+            return True
 
     if not await registry.write(remove):
         raise OCIError("BLOB_UNKNOWN", f"blob {digest} is unknown")
@@ -98,18 +119,17 @@ async def _receive(request: web.Request, session: Session) -> None:
 async def start_upload(request: web.Request) -> web.StreamResponse:
     registry: Registry = request.app["registry"]
     name = request.match_info["name"]
-    registry.reference(name)
+    ref = registry.reference(name)
     mount, source = request.query.get("mount"), request.query.get("from")
-    if mount and source:
+    if mount and source and await _mounted(registry, ref, parse_digest(mount), source):
         digest = parse_digest(mount)
-        if registry.models.blobs.has(digest):
-            return web.Response(
-                status=201,
-                headers={
-                    "Location": blob_url(request, name, digest),
-                    "Docker-Content-Digest": str(digest),
-                },
-            )
+        return web.Response(
+            status=201,
+            headers={
+                "Location": blob_url(request, name, digest),
+                "Docker-Content-Digest": str(digest),
+            },
+        )
     try:
         session = registry.uploads.start(name, request.remote or "")
     except UploadLimitError as exc:
@@ -127,6 +147,24 @@ async def start_upload(request: web.Request) -> web.StreamResponse:
                 raise
             return await _finish(request, registry, name, session, digest)
     return web.Response(status=202, headers=_upload_headers(request, name, session))
+
+
+async def _mounted(registry: Registry, ref: Reference, digest: Digest, source: str) -> bool:
+    """Link the blob into ``ref`` if repository ``source`` may see it (else the client
+    uploads it: a mount never shows a blob through a name that does not hold it)."""
+    try:
+        origin = registry.reference(source)
+    except OCIError:
+        return False
+
+    def mount() -> bool:
+        with registry.models.blobs.writing():
+            if not registry.visible(origin, digest):
+                return False
+            registry.models.blobs.link(digest, repository_of(ref))
+            return True
+
+    return await registry.write(mount)
 
 
 NO_SESSION = "no such upload session (expired, finished, cancelled or made up)"
@@ -205,7 +243,10 @@ async def _finish(
         with registry.models.blobs.writing():
             if not registry.models.blobs.has(digest):  # counted again, now it is to stay
                 registry.check_quota(0, fresh=True)
-            return registry.uploads.finish(session, digest)
+            blob = registry.uploads.finish(session, digest)
+            if blob is not None:
+                registry.models.blobs.link(digest, repository_of(registry.reference(name)))
+            return blob
 
     try:
         blob = await registry.write(finish)

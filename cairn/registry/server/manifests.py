@@ -20,7 +20,6 @@ from cairn.errors import (
 from cairn.manifests import mediatypes as mt
 from cairn.manifests.manifest import (
     MAX_MANIFEST_SIZE,
-    Descriptor,
     Manifest,
     parse_manifest,
 )
@@ -31,6 +30,7 @@ from cairn.registry.server.registry import (
     Registry,
     absolute_url,
     body_chunks,
+    foreign,
     parse_digest,
     warn,
 )
@@ -72,31 +72,6 @@ async def _whole_body(request: web.Request, limit: int) -> bytes:
     return b"".join(parts)
 
 
-_NONDISTRIBUTABLE = frozenset(
-    {
-        "application/vnd.oci.image.layer.nondistributable.v1.tar",
-        "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
-        "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
-        "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
-    }
-)
-
-
-def _foreign(descriptor: Descriptor, manifest: Manifest) -> bool:
-    """A layer its publisher may not let registries hold: a non-distributable media type,
-    or one fetched from its own ``urls`` (a list of http(s) URLs, not empty)."""
-    if descriptor is manifest.config:
-        return False
-    if descriptor.media_type in _NONDISTRIBUTABLE:
-        return True
-    urls = descriptor.extra.get("urls")
-    return (
-        isinstance(urls, list)
-        and bool(urls)
-        and all(isinstance(u, str) and u.startswith(("https://", "http://")) for u in urls)
-    )
-
-
 def _mapped(name: str) -> bool:
     """One or two parts (``ns/name``): mapped onto --default-host, registry.ollama.ai's place."""
     return len(name.split("/")) < 3
@@ -132,12 +107,12 @@ async def put_manifest(request: web.Request) -> web.StreamResponse:
         DELETE or prune (which take the collector's) comes between this and the write."""
         if isinstance(parsed, Manifest):
             for descriptor in parsed.blobs:
-                if _foreign(descriptor, parsed):
+                if foreign(descriptor, parsed):
                     continue  # the spec lets a registry take these without their blobs
-                if not blobs.has(descriptor.digest):
+                if not registry.visible(ref, descriptor.digest):
                     raise OCIError(
                         "MANIFEST_BLOB_UNKNOWN",
-                        f"blob {descriptor.digest} is not in the registry",
+                        f"blob {descriptor.digest} is not in {name}",
                         {"digest": str(descriptor.digest)},
                     )
         else:
@@ -268,12 +243,7 @@ async def referrers(request: web.Request) -> web.StreamResponse:
     subject = str(parse_digest(request.match_info["digest"]))
     wanted = request.query.get("artifactType")
     ref = registry.reference(name)
-    stored = await asyncio.to_thread(
-        lambda: [
-            *registry.tagged_manifests(ref),
-            *(p.read_bytes() for p in registry.models.tags.kept_by_digest(ref)),
-        ]
-    )
+    stored = await asyncio.to_thread(lambda: list(registry.manifests_of(ref)))
     entries: list[dict[str, Any]] = []
     for data in stored:
         try:

@@ -25,7 +25,9 @@ from cairn.config import DEFAULT_HOST
 from cairn.errors import (
     CairnError,
     ConfigError,
+    ManifestError,
 )
+from cairn.manifests.manifest import Descriptor, Manifest, parse_manifest
 from cairn.manifests.models import Models
 from cairn.manifests.reference import Reference, is_tag, parse_reference
 from cairn.registry.server.errors import OCIError
@@ -214,6 +216,37 @@ class Registry:
             raise OCIError("MANIFEST_UNKNOWN", f"manifest {name}:{reference} is unknown")
         return path.read_bytes()
 
+    # -- which blobs a repository may see ---------------------------------------
+
+    def visible(self, ref: Reference, digest: Digest) -> bool:
+        """Whether ``ref``'s repository may see the blob: it is in the store, and was
+        pushed or mounted there, or one of the repository's manifests uses it (a model
+        `cairn pull` stored, say). A layer the spec lets a manifest name without its blob
+        (``foreign``) shows nothing: naming a digest is not having its bytes."""
+        blobs = self.models.blobs
+        if not blobs.has(digest):
+            return False
+        if blobs.linked(digest, repository_of(ref)):
+            return True
+        return digest in self.used_by(ref)
+
+    def used_by(self, ref: Reference) -> set[Digest]:
+        """The blobs the repository's manifests (tags and kept by digest) use."""
+        used: set[Digest] = set()
+        for data in self.manifests_of(ref):
+            with contextlib.suppress(ManifestError):
+                parsed = parse_manifest(data)
+                if isinstance(parsed, Manifest):
+                    used.update(d.digest for d in parsed.blobs if not foreign(d, parsed))
+        return used
+
+    def manifests_of(self, ref: Reference) -> Iterator[bytes]:
+        """Every manifest of the repository: its tags, then those kept by digest."""
+        yield from self.tagged_manifests(ref)
+        for path in self.models.tags.kept_by_digest(ref):
+            with contextlib.suppress(OSError):
+                yield path.read_bytes()
+
     def tagged_manifests(self, ref: Reference) -> Iterator[bytes]:
         for tagged in self.models.tags.tags_of(ref):
             with contextlib.suppress(OSError):
@@ -270,6 +303,31 @@ class Registry:
         return False
 
 
+_NONDISTRIBUTABLE = frozenset(
+    {
+        "application/vnd.oci.image.layer.nondistributable.v1.tar",
+        "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+        "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
+        "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+    }
+)
+
+
+def foreign(descriptor: Descriptor, manifest: Manifest) -> bool:
+    """A layer its publisher may not let registries hold: a non-distributable media type,
+    or one fetched from its own ``urls`` (a list of http(s) URLs, not empty)."""
+    if descriptor is manifest.config:
+        return False
+    if descriptor.media_type in _NONDISTRIBUTABLE:
+        return True
+    urls = descriptor.extra.get("urls")
+    return (
+        isinstance(urls, list)
+        and bool(urls)
+        and all(isinstance(u, str) and u.startswith(("https://", "http://")) for u in urls)
+    )
+
+
 def _dummy_hash(users: dict[str, bytes]) -> bytes:
     """A hash of a random secret at the users' own bcrypt cost: an unknown user's check
     takes as long as a known user's."""
@@ -286,6 +344,11 @@ def _checkpw(secret: bytes, hashed: bytes) -> bool:
         return bool(bcrypt.checkpw(secret, hashed))
     except ValueError:  # a password bcrypt refuses (a NUL byte in it)
         return False
+
+
+def repository_of(ref: Reference) -> str:
+    """The repository's name in the store's links: ``host/namespace/name``."""
+    return f"{ref.host}/{ref.namespace}/{ref.name}"
 
 
 def parse_digest(text: str) -> Digest:
