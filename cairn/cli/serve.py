@@ -37,6 +37,12 @@ def registry() -> None:
 )
 @click.option("--public-read", is_flag=True, help="With --htpasswd: let anyone pull.")
 @click.option(
+    "--ollama-keys",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="Ollama public keys (ssh-ed25519 lines, as in ~/.ollama/id_ed25519.pub) whose"
+    " signed token requests are taken: Ollama's own login, beside --htpasswd.",
+)
+@click.option(
     "--tls-cert",
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
     help="Serve HTTPS with this certificate (PEM).",
@@ -70,6 +76,7 @@ def serve(
     read_only: bool,
     htpasswd: Path | None,
     public_read: bool,
+    ollama_keys: Path | None,
     tls_cert: Path | None,
     tls_key: Path | None,
     json_logs: bool,
@@ -86,6 +93,7 @@ def serve(
     from cairn.cli.output import parse_size
     from cairn.errors import ConfigError
     from cairn.registry.server.app import Options, load_htpasswd, make_app
+    from cairn.registry.server.tokens import load_keys
 
     host, _, port = addr.rpartition(":")
     if not host or not port.isdigit():
@@ -98,6 +106,7 @@ def serve(
         read_only=read_only,
         users=load_htpasswd(htpasswd) if htpasswd else {},
         public_read=public_read,
+        ollama_keys=load_keys(ollama_keys) if ollama_keys else {},
         json_logs=json_logs,
         quota=parse_size(quota) if quota else None,
         upload_expiry=upload_expiry,

@@ -31,7 +31,7 @@ OLLAMA_REALMS = frozenset(
     {Origin("https", "ollama.com", 443), Origin("https", "registry.ollama.ai", 443)}
 )
 """The only realms Ollama's signed token requests go to: exactly these origins."""
-_EMPTY_BODY = base64.b64encode(hashlib.sha256(b"").hexdigest().encode()).decode()
+EMPTY_BODY = base64.b64encode(hashlib.sha256(b"").hexdigest().encode()).decode()
 
 
 def _ssh_string(data: bytes) -> bytes:
@@ -94,4 +94,4 @@ def signed_token_request(realm: str, service: str, scope: str, key: OllamaKey) -
     query = {"service": service, "scope": scope, "ts": str(int(time.time()))}
     query["nonce"] = base64.urlsafe_b64encode(secrets.token_bytes(16)).decode().rstrip("=")
     url = realm + ("&" if "?" in realm else "?") + urlencode({k: v for k, v in query.items() if v})
-    return url, key.sign(f"GET,{url},{_EMPTY_BODY}".encode())
+    return url, key.sign(f"GET,{url},{EMPTY_BODY}".encode())

@@ -27,12 +27,22 @@ make every test blob one part); the sequence is unchanged.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
+import os
+import re
+import struct
+import time
 from pathlib import Path
-from urllib.parse import urljoin, urlsplit
+from typing import Any
+from urllib.parse import urlencode, urljoin, urlsplit
 
+import bcrypt
 import httpx
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from tests.conftest import cairn_json, server_log, serving, start_cairn_registry, stop
 
@@ -41,6 +51,65 @@ SCHEMA2 = "application/vnd.docker.distribution.manifest.v2+json"
 
 def sha(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+class Ollama:
+    """Ollama's ``makeRequestWithRetry`` (server/images.go) and, with a key, its login
+    (server/auth.go, auth/auth.go at commit fb307609): on a 401 it reads the Bearer
+    challenge's realm, service and scope, refuses a realm on another host, GETs the realm
+    with ``service``, ``scope``, ``ts`` and a random ``nonce`` (Go's ``Values.Encode``:
+    keys sorted, query-escaped) and ``Authorization: <key>:<signature>`` over
+    ``GET,<url>,<base64 of the hex sha256 of nothing>``, then sends ``Bearer <token>``
+    and tries once more."""
+
+    def __init__(self, key: Ed25519PrivateKey | None = None) -> None:
+        self.key = key
+        self.token = ""
+        self.logins = 0
+
+    def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        for _ in range(2):
+            headers = dict(kwargs.pop("headers", None) or {})
+            if self.token:
+                headers["Authorization"] = f"Bearer {self.token}"
+            answer = httpx.request(method, url, headers=headers, **kwargs)
+            kwargs["headers"] = {k: v for k, v in headers.items() if k != "Authorization"}
+            if answer.status_code != 401 or self.key is None:
+                return answer
+            self.token = self.login(answer.headers["WWW-Authenticate"], urlsplit(url).netloc)
+        return answer
+
+    def login(self, challenge: str, host: str) -> str:
+        def value(key: str) -> str:  # images.go getValue
+            found = re.search(key + r'="([^"]*)"', challenge)
+            return found.group(1) if found else ""
+
+        realm = urlsplit(value("realm"))
+        assert challenge.startswith("Bearer ") and realm.netloc == host, challenge
+        query = {"service": [value("service")], "scope": value("scope").split(" ")}
+        query["ts"] = [str(int(time.time()))]
+        query["nonce"] = [base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")]
+        encoded = urlencode([(k, v) for k in sorted(query) for v in query[k]])
+        url = f"{realm.scheme}://{realm.netloc}{realm.path}?{encoded}"
+        assert self.key is not None
+        answer = httpx.get(url, headers={"Authorization": ollama_signature(self.key, url)})
+        assert answer.status_code == 200, answer.text
+        self.logins += 1
+        token: str = answer.json()["token"]
+        return token
+
+
+def ollama_public_key(key: Ed25519PrivateKey) -> str:
+    """The SSH wire form of the key, base64: what ``ssh.MarshalAuthorizedKey`` writes."""
+    raw = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    wire = struct.pack(">I", 11) + b"ssh-ed25519" + struct.pack(">I", 32) + raw
+    return base64.b64encode(wire).decode()
+
+
+def ollama_signature(key: Ed25519PrivateKey, url: str) -> str:
+    empty = base64.b64encode(hashlib.sha256(b"").hexdigest().encode()).decode()
+    signed = key.sign(f"GET,{url},{empty}".encode())
+    return f"{ollama_public_key(key)}:{base64.b64encode(signed).decode()}"
 
 
 def parts(total: int, count: int = 16, smallest: int = 64 * 1024) -> list[tuple[int, int]]:
@@ -54,55 +123,57 @@ def parts(total: int, count: int = 16, smallest: int = 64 * 1024) -> list[tuple[
     return cut
 
 
-def ollama_push_blob(base: str, repository: str, data: bytes) -> None:
+def ollama_push_blob(base: str, repository: str, data: bytes, ollama: Ollama | None = None) -> None:
     digest = sha(data)
-    with httpx.Client(base_url=base) as client:
-        assert client.head(f"/v2/{repository}/blobs/{digest}").status_code == 404
-        started = client.post(f"/v2/{repository}/blobs/uploads/")
-        assert started.status_code == 202
-        location = started.headers.get("Docker-Upload-Location") or started.headers["Location"]
-        next_url = urlsplit(location)
-        assert next_url.scheme == "http" and next_url.netloc, location  # Ollama can't resolve it
-        md5s = hashlib.md5()
-        cut = parts(len(data))
-        for offset, size in cut:
-            body = data[offset : offset + size]
-            answer = httpx.patch(
-                location,
-                content=body,
-                headers={
-                    "Content-Type": "application/octet-stream",
-                    "Content-Length": str(size),
-                    "X-Redirect-Uploads": "1",
-                    "Content-Range": f"{offset}-{offset + size - 1}",
-                },
-            )
-            assert answer.status_code == 202, answer.text
-            location = answer.headers.get("Docker-Upload-Location") or answer.headers["Location"]
-            assert urlsplit(location).netloc, location
-            md5s.update(hashlib.md5(body).digest())
-        done = httpx.put(
+    ollama = ollama or Ollama()
+    assert ollama.request("HEAD", f"{base}/v2/{repository}/blobs/{digest}").status_code == 404
+    started = ollama.request("POST", f"{base}/v2/{repository}/blobs/uploads/")
+    assert started.status_code == 202
+    location = started.headers.get("Docker-Upload-Location") or started.headers["Location"]
+    next_url = urlsplit(location)
+    assert next_url.scheme == "http" and next_url.netloc, location  # Ollama can't resolve it
+    md5s = hashlib.md5()
+    cut = parts(len(data))
+    for offset, size in cut:
+        body = data[offset : offset + size]
+        answer = ollama.request(
+            "PATCH",
             location,
-            params={"digest": digest, "etag": f"{md5s.hexdigest()}-{len(cut)}"},
-            headers={"Content-Type": "application/octet-stream", "Content-Length": "0"},
+            content=body,
+            headers={
+                "Content-Type": "application/octet-stream",
+                "Content-Length": str(size),
+                "X-Redirect-Uploads": "1",
+                "Content-Range": f"{offset}-{offset + size - 1}",
+            },
         )
-        assert done.status_code == 201, done.text
+        assert answer.status_code == 202, answer.text
+        location = answer.headers.get("Docker-Upload-Location") or answer.headers["Location"]
+        assert urlsplit(location).netloc, location
+        md5s.update(hashlib.md5(body).digest())
+    done = ollama.request(
+        "PUT",
+        location,
+        params={"digest": digest, "etag": f"{md5s.hexdigest()}-{len(cut)}"},
+        headers={"Content-Type": "application/octet-stream", "Content-Length": "0"},
+    )
+    assert done.status_code == 201, done.text
 
 
-def ollama_pull_blob(base: str, repository: str, digest: str, old_client: bool) -> bytes:
+def ollama_pull_blob(
+    base: str, repository: str, digest: str, old_client: bool, ollama: Ollama | None = None
+) -> bytes:
     request_url = f"{base}/v2/{repository}/blobs/{digest}"
-    total = int(httpx.head(request_url).headers["Content-Length"])
+    ollama = ollama or Ollama()
+    total = int(ollama.request("HEAD", request_url).headers["Content-Length"])
     # The unranged GET, same-host redirects followed; Ollama closes the body unread.
-    with (
-        httpx.Client(follow_redirects=True) as client,
-        client.stream("GET", request_url) as first,
-    ):
-        assert first.status_code in (200, 302, 307)
-        if old_client or first.status_code != 200:
-            assert "Location" in first.headers, "resp.Location(): http: no Location header"
-            direct = urljoin(str(first.url), first.headers["Location"])
-        else:
-            direct = request_url
+    first = ollama.request("GET", request_url, follow_redirects=True)
+    assert first.status_code in (200, 302, 307)
+    if old_client or first.status_code != 200:
+        assert "Location" in first.headers, "resp.Location(): http: no Location header"
+        direct = urljoin(str(first.url), first.headers["Location"])
+    else:
+        direct = request_url
     data = bytearray(total)
     for offset, size in parts(total):
         # http.DefaultClient: no Authorization, no redirect rules of the registry's.
@@ -224,3 +295,57 @@ def test_a_push_that_replaces_a_pulled_model_says_so(tmp_path: Path) -> None:
     # Named in full, the store's own name: an ordinary replacement, not reported.
     assert explicit.status_code == 201 and "Warning" not in explicit.headers
     assert stored.read_bytes() == original
+
+
+def test_ollama_logs_in_with_its_key_against_htpasswd(tmp_path: Path) -> None:
+    """``--ollama-keys``: Ollama's own login (a signed token request to a realm on the same
+    host) works beside ``--htpasswd``; its ranged parts, sent with no credentials, are
+    let through by the grant in the unranged GET's Location (download.go takes
+    ``resp.Location()`` on every 200 at fb307609)."""
+    key = Ed25519PrivateKey.generate()
+    stranger = Ed25519PrivateKey.generate()
+    keys = tmp_path / "ollama-keys"
+    keys.write_text(f"# the lab's machines\nssh-ed25519 {ollama_public_key(key)} lab@gpu1\n")
+    users = tmp_path / "htpasswd"
+    users.write_text(f"carol:{bcrypt.hashpw(b'pw', bcrypt.gensalt(rounds=4)).decode()}\n")
+    weights = os.urandom(700_000)
+    with serving(tmp_path / "served", "--htpasswd", str(users), "--ollama-keys", str(keys)) as host:
+        base = f"http://{host}"
+        refused = httpx.head(f"{base}/v2/lab/m/blobs/{sha(weights)}")
+        assert refused.status_code == 401
+        challenge = refused.headers["WWW-Authenticate"]
+        assert challenge.startswith(f'Bearer realm="{base}/token",service="cairn"')
+        assert 'scope="repository:lab/m:pull"' in challenge
+
+        ollama = Ollama(key)
+        ollama_push_blob(base, "lab/m", weights, ollama)
+        assert ollama.logins == 1
+        assert ollama_pull_blob(base, "lab/m", sha(weights), True, ollama) == weights
+        # The grant opens that blob of that repository, nothing else.
+        located = ollama.request("GET", f"{base}/v2/lab/m/blobs/{sha(weights)}").headers
+        grant = urlsplit(located["Location"]).query
+        assert grant.startswith("grant=")
+        assert httpx.get(f"{base}/v2/lab/m/manifests/x?{grant}").status_code == 401
+        assert httpx.get(f"{base}/v2/lab/m/blobs/{sha(b'x')}?{grant}").status_code == 401
+        assert httpx.get(f"{base}/v2/lab/m/blobs/{sha(weights)}?grant=1.ab").status_code == 401
+        forged = grant.replace("grant=", "grant=9").replace(".", ".0", 1)
+        assert httpx.get(f"{base}/v2/lab/m/blobs/{sha(weights)}?{forged}").status_code == 401
+
+        # A key not listed, a replayed request, a stale one: no token.
+        with pytest.raises(AssertionError):
+            Ollama(stranger).request("HEAD", f"{base}/v2/lab/m/blobs/{sha(weights)}")
+        query = urlencode(
+            {"nonce": "n1", "scope": "repository:lab/m:pull", "service": "cairn", "ts": ""}
+        )
+        for ts, times in ((str(int(time.time())), 2), (str(int(time.time()) - 3600), 1)):
+            url = f"{base}/token?{query}{ts}".replace("nonce=n1", f"nonce=n{ts}")
+            signed = {"Authorization": ollama_signature(key, url)}
+            answers = [httpx.get(url, headers=signed).status_code for _ in range(times)]
+            assert answers == ([200, 401] if times == 2 else [401])
+        # The token flow of docker, skopeo and cairn: Basic credentials at the realm.
+        basic = httpx.get(f"{base}/token", auth=("carol", "pw"))
+        assert basic.status_code == 200
+        bearer = {"Authorization": f"Bearer {basic.json()['token']}"}
+        assert httpx.head(f"{base}/v2/lab/m/blobs/{sha(weights)}", headers=bearer).is_success
+        assert httpx.get(f"{base}/token", auth=("carol", "wrong")).status_code == 401
+        assert httpx.head(f"{base}/v2/lab/m/blobs/{sha(weights)}", auth=("carol", "pw")).is_success

@@ -43,13 +43,17 @@ from cairn.registry.server.manifests import (
 )
 from cairn.registry.server.registry import (
     API_VERSION,
+    BLOB,
+    TOKEN,
     UPLOAD_STATUS,
     Handler,
     Options,
     Registry,
+    absolute_url,
     load_htpasswd,
     log,
 )
+from cairn.registry.server.tokens import TOKEN_LIFE
 
 __all__ = ["Options", "load_htpasswd", "make_app"]
 
@@ -58,17 +62,50 @@ async def base(request: web.Request) -> web.StreamResponse:
     return web.json_response({}, headers=API_VERSION)
 
 
+async def token(request: web.Request) -> web.StreamResponse:
+    """A bearer token for Basic credentials an htpasswd entry takes (the token flow of
+    docker, skopeo and cairn), or for a request an Ollama key listed in --ollama-keys
+    signed (Ollama's flow: ``tokens``)."""
+    registry: Registry = request.app["registry"]
+    header = request.headers.get("Authorization", "")
+    if header.startswith("Basic "):
+        ok = await registry.basic(header)
+    else:
+        url = absolute_url(request, request.raw_path)
+        query = request.query
+        signer = registry.tokens.ollama_key(
+            header, url, query.get("ts", ""), query.get("nonce", "")
+        )
+        ok = signer is not None
+    if not ok:
+        raise OCIError(
+            "UNAUTHORIZED",
+            "a token needs htpasswd credentials or a request signed by a listed Ollama key",
+            headers={"WWW-Authenticate": 'Basic realm="cairn"'},
+        )
+    issued = registry.tokens.issue()
+    return web.json_response(
+        {
+            "token": issued,
+            "access_token": issued,
+            "expires_in": int(TOKEN_LIFE),
+            "issued_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+    )
+
+
 @web.middleware
 async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     registry: Registry = request.app["registry"]
     started = time.monotonic()
     status = 500
     try:
-        if not await registry.authorized(request):
+        token_route = request.match_info.route.name == TOKEN
+        if not token_route and not await registry.authorized(request):
             raise OCIError(
                 "UNAUTHORIZED",
                 "authentication required",
-                headers={"WWW-Authenticate": 'Basic realm="cairn"', **API_VERSION},
+                headers={"WWW-Authenticate": registry.challenge(request), **API_VERSION},
             )
         if registry.options.read_only and request.method not in ("GET", "HEAD"):
             raise OCIError("UNSUPPORTED", "this registry is read-only")
@@ -126,6 +163,7 @@ def make_app(options: Options) -> web.Application:
     name = r"{name:[A-Za-z0-9._/-]+?}"
     routes = [
         web.get("/v2/", base),
+        web.get("/token", token, name=TOKEN),
         web.get(f"/v2/{name}/manifests/{{reference}}", get_manifest),
         web.put(f"/v2/{name}/manifests/{{reference}}", put_manifest),
         web.delete(f"/v2/{name}/manifests/{{reference}}", delete_manifest),
@@ -134,7 +172,7 @@ def make_app(options: Options) -> web.Application:
         web.put(f"/v2/{name}/blobs/uploads/{{uuid}}", put_upload),
         web.get(f"/v2/{name}/blobs/uploads/{{uuid}}", upload_status, name=UPLOAD_STATUS),
         web.delete(f"/v2/{name}/blobs/uploads/{{uuid}}", cancel_upload),
-        web.get(f"/v2/{name}/blobs/{{digest}}", get_blob),
+        web.get(f"/v2/{name}/blobs/{{digest}}", get_blob, name=BLOB),
         web.delete(f"/v2/{name}/blobs/{{digest}}", delete_blob),
         web.get(f"/v2/{name}/tags/list", list_tags),
         web.get(f"/v2/{name}/referrers/{{digest}}", referrers),

@@ -46,6 +46,9 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
         # the blob's URL from the unranged GET's Location and fails without one.
         "Location": blob_url(request, name, digest),
     }
+    if registry.guarded:  # Ollama fetches the parts from the Location with no credentials
+        grant = registry.tokens.grant(repository_of(ref), str(digest))
+        headers["Location"] += f"?grant={grant}"
     if request.method == "HEAD":
         headers["Content-Length"] = str(size)
         headers["Accept-Ranges"] = "bytes"

@@ -31,11 +31,16 @@ from cairn.manifests.manifest import Descriptor, Manifest, parse_manifest
 from cairn.manifests.models import Models
 from cairn.manifests.reference import Reference, is_tag, parse_reference
 from cairn.registry.server.errors import OCIError
+from cairn.registry.server.tokens import Tokens
 from cairn.registry.server.uploads import Uploads
 
 API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
 UPLOAD_STATUS = "upload-status"
 """The name of the route of an upload's status (not public under --public-read)."""
+BLOB = "blob"
+"""The name of the route of a blob's GET and HEAD (where a grant stands for credentials)."""
+TOKEN = "token"
+"""The name of the route of the token endpoint (the Bearer challenge's realm)."""
 AUTH_QUEUE = 16
 """Password checks waiting or running at once; past it, 429 (a flood cannot queue minutes
 of bcrypt ahead of the next real login)."""
@@ -65,6 +70,9 @@ class Options:
     upload_expiry: float = 3600.0
     quota: int | None = None
     """Most bytes of blobs the store may hold; an upload past it is refused."""
+    ollama_keys: dict[bytes, str] = field(default_factory=dict)
+    """Ollama public keys (``--ollama-keys``) whose signed token requests are taken; when
+    set, a 401 challenges with Bearer and a token endpoint on this host."""
     protect_upstream: bool = False
     """Refuse, rather than report, a push through a name mapped onto ``default_host`` that
     replaces a tag the store holds (a model pulled from registry.ollama.ai, say)."""
@@ -102,6 +110,7 @@ class Registry:
         self._auth_salt = secrets.token_bytes(16)
         self._dummy_hash = _dummy_hash(options.users) if options.users else b""
         self._auth_waiting = 0
+        self.tokens = Tokens(options.ollama_keys)
         self.write_lock = threading.Lock()
         """One store write at a time in this server (a manifest saved or deleted, a blob
         sealed or deleted): the checks of each (case, quota, what exists) hold for its write."""
@@ -254,9 +263,43 @@ class Registry:
 
     # -- auth -------------------------------------------------------------------
 
+    @property
+    def guarded(self) -> bool:
+        """Whether requests need credentials (``--htpasswd`` or ``--ollama-keys``)."""
+        return bool(self.options.users or self.options.ollama_keys)
+
+    def challenge(self, request: web.Request) -> str:
+        """The ``WWW-Authenticate`` of a 401: Bearer with this host's token endpoint as the
+        realm when Ollama keys are taken (Ollama asks only a same-host realm), else Basic."""
+        if not self.options.ollama_keys:
+            return 'Basic realm="cairn"'
+        name = request.match_info.get("name")
+        scope = ""
+        if name:
+            actions = "pull" if request.method in ("GET", "HEAD") else "pull,push"
+            scope = f',scope="repository:{name}:{actions}"'
+        return f'Bearer realm="{absolute_url(request, "/token")}",service="cairn"{scope}'
+
     async def authorized(self, request: web.Request) -> bool:
-        """Whether the request may proceed: open server, public read, or Basic credentials
-        an htpasswd entry accepts.
+        """Whether the request may proceed: an open server, public read, a bearer token
+        this server issued, a blob's grant, or Basic credentials an htpasswd entry takes."""
+        if not self.guarded:
+            return True
+        reading = request.method in ("GET", "HEAD")
+        route = request.match_info.route.name
+        if self.options.public_read and reading and route != UPLOAD_STATUS:
+            return True  # an upload's status is its uploader's business
+        header = request.headers.get("Authorization", "")
+        if header.startswith("Bearer "):
+            return self.tokens.valid(header[7:].strip())
+        grant = request.query.get("grant")
+        if grant is not None and reading and route == BLOB:
+            name, digest = request.match_info["name"], request.match_info["digest"]
+            return self.tokens.granted(repository_of(self.reference(name)), digest, grant)
+        return await self.basic(header)
+
+    async def basic(self, header: str) -> bool:
+        """Whether ``header`` is Basic credentials an htpasswd entry takes.
 
         bcrypt costs about a quarter of a second: it runs on a small pool of threads,
         never on the event loop; a success is remembered for ``AUTH_CACHE`` seconds
@@ -264,14 +307,7 @@ class Registry:
         known one (a dummy hash), so timing does not tell which users exist; a password
         bcrypt cannot take (over 72 bytes) is refused, not an error.
         """
-        if not self.options.users:
-            return True
-        reading = request.method in ("GET", "HEAD")
-        status_route = request.match_info.route.name == UPLOAD_STATUS
-        if self.options.public_read and reading and not status_route:
-            return True  # an upload's status is its uploader's business
-        header = request.headers.get("Authorization", "")
-        if not header.startswith("Basic "):
+        if not header.startswith("Basic ") or not self.options.users:
             return False
         try:
             user, _, password = base64.b64decode(header[6:], validate=True).decode().partition(":")
