@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import itertools
 import json
 import os
@@ -247,14 +246,14 @@ class PartialBlob:
         bytes cannot be trusted) and raises :class:`DigestMismatchError`.
         """
         if hasher is None:
-            hasher, hashed = hashlib.sha256(), 0
+            hasher, hashed = self.digest.hasher(), 0
         size = os.fstat(self._fd).st_size
         if size != self.size or any(not s.complete for s in self.spans):
             raise DigestMismatchError(
                 str(self.digest), Phrase("an incomplete download ({size} bytes)", size=size)
             )
         self.hash_prefix(hasher, hashed, size)
-        actual = Digest(hasher.hexdigest())
+        actual = Digest(hasher.hexdigest(), self.digest.algorithm)
         if actual != self.digest:
             self.discard()
             raise DigestMismatchError(str(self.digest), str(actual))

@@ -1,8 +1,9 @@
-"""A content-addressed store of sha256 blobs in Ollama's layout.
+"""A content-addressed store of blobs in Ollama's layout.
 
-``<root>/blobs/sha256-<hex>`` holds one blob per file, whole, correct and
-read-only. Everything in flight lives under ``<root>/.cairn/`` (same
-filesystem, names that can never be taken for a blob):
+``<root>/blobs/sha256-<hex>`` (or ``sha512-<hex>``, OCI content addressed
+so) holds one blob per file, whole, correct and read-only. Everything in
+flight lives under ``<root>/.cairn/`` (same filesystem, names that can
+never be taken for a blob):
 
     .cairn/tmp/<id>.partial    a write in progress, flock'ed by its writer
     .cairn/locks/store.lock    shared by writers, exclusive for collection
@@ -36,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
-from cairn.blobstore.digest import Digest
+from cairn.blobstore.digest import Digest, from_filename, from_hex
 from cairn.errors import (
     BlobNotFoundError,
     CorruptBlobError,
@@ -156,7 +157,7 @@ class _Writer:
 
 
 class BlobStore:
-    """sha256 blobs under ``root/blobs``: put, verify, open, delete, iterate."""
+    """Blobs under ``root/blobs``: put, verify, open, delete, iterate."""
 
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
@@ -193,11 +194,9 @@ class BlobStore:
 
     def __iter__(self) -> Iterator[Digest]:
         for name in _names(self.blobs_dir):
-            if name.startswith("sha256-") and len(name) == 71:
-                try:
-                    yield Digest.parse(name)
-                except StoreError:
-                    continue
+            digest = from_filename(name)
+            if digest is not None:
+                yield digest
 
     def __contains__(self, digest: object) -> bool:
         return isinstance(digest, Digest) and self.has(digest)
@@ -223,8 +222,9 @@ class BlobStore:
         (:class:`SizeMismatchError`). ``accept`` is called with the blob
         before it enters the store: whatever it raises, nothing is kept.
         """
+        algorithm = expected.algorithm if expected else "sha256"
         return self._write(
-            lambda fd: self._copy_hashing(source, fd), expected, expected_size, accept
+            lambda fd: self._copy_hashing(source, fd, algorithm), expected, expected_size, accept
         )
 
     def _write(
@@ -311,7 +311,9 @@ class BlobStore:
         with source:
             try:
                 return self._write(
-                    lambda fd: _kernel_copy_hashing(source.fileno(), fd, interrupt),
+                    lambda fd: _kernel_copy_hashing(
+                        source.fileno(), fd, interrupt, expected.algorithm if expected else "sha256"
+                    ),
                     expected,
                     None,
                     accept,
@@ -324,8 +326,8 @@ class BlobStore:
         """Store a small blob held in memory (a template, a config)."""
         return self.put(io.BytesIO(data))
 
-    def _copy_hashing(self, source: Readable, fd: int) -> tuple[Digest, int]:
-        hasher = hashlib.sha256()
+    def _copy_hashing(self, source: Readable, fd: int, algorithm: str) -> tuple[Digest, int]:
+        hasher = hashlib.new(algorithm)
         buffers = [bytearray(CHUNK_SIZE), bytearray(CHUNK_SIZE)]
         writer = _Writer(fd)
         size = 0
@@ -349,7 +351,7 @@ class BlobStore:
             raise storage_error(exc, "writing a blob") from exc
         finally:
             writer.close()
-        return Digest(hasher.hexdigest()), size
+        return Digest(hasher.hexdigest(), algorithm), size
 
     def seal(self, tmp: Path, fd: int, digest: Digest, size: int) -> None:
         """Put a verified temp file (open as ``fd``) into the store: fsynced, read-only, linked."""
@@ -447,14 +449,14 @@ class BlobStore:
 
     def hash_blob(self, digest: Digest) -> Digest:
         """Rehash a stored blob and return what its bytes hash to."""
-        hasher = hashlib.sha256()
+        hasher = digest.hasher()
         buffer = bytearray(CHUNK_SIZE)
         view = memoryview(buffer)
         with self.open(digest) as f:
             raw: BinaryIO = f
             while count := raw.readinto(buffer):  # type: ignore[attr-defined]
                 hasher.update(view[:count])
-        return Digest(hasher.hexdigest())
+        return Digest(hasher.hexdigest(), digest.algorithm)
 
     def verify(self, digest: Digest) -> bool:
         """Rehash one blob; True when its bytes match its name."""
@@ -553,11 +555,12 @@ class BlobStore:
     def stale_stamps(self) -> Iterator[Path]:
         """Verification stamps and cached headers whose blob is gone."""
         for name in _names(self.verified_dir):
-            if not (self.blobs_dir / f"sha256-{name}").exists():
+            digest = from_hex(name)
+            if digest is None or not self.path(digest).exists():
                 yield self.verified_dir / name
         for name in _names(self.headers_dir):
-            hex_name = name.split(".")[0]
-            if not (self.blobs_dir / f"sha256-{hex_name}").exists():
+            digest = from_hex(name.split(".")[0])
+            if digest is None or not self.path(digest).exists():
                 yield self.headers_dir / name
 
     def stale_links(self) -> Iterator[Path]:
@@ -618,7 +621,9 @@ class _Interrupted:
         return self._raw.readinto(buffer)  # type: ignore[attr-defined, no-any-return]
 
 
-def _kernel_copy_hashing(source: int, fd: int, interrupt: Callable[[], None]) -> tuple[Digest, int]:
+def _kernel_copy_hashing(
+    source: int, fd: int, interrupt: Callable[[], None], algorithm: str = "sha256"
+) -> tuple[Digest, int]:
     """Copy ``source`` into ``fd`` on a thread with ``copy_file_range``; hash ``fd`` meanwhile.
 
     The copier flushes every ``SYNC_EVERY`` bytes like the stream writer.
@@ -650,7 +655,7 @@ def _kernel_copy_hashing(source: int, fd: int, interrupt: Callable[[], None]) ->
                 state["done"] = True
                 cond.notify_all()
 
-    hasher = hashlib.sha256()
+    hasher = hashlib.new(algorithm)
     copier = threading.Thread(target=copy, name="cairn-blob-copier", daemon=True)
     copier.start()
     hashed = 0
@@ -673,7 +678,7 @@ def _kernel_copy_hashing(source: int, fd: int, interrupt: Callable[[], None]) ->
         if hashed == 0 and error.errno in _NO_KERNEL_COPY:
             raise _NoKernelCopy() from error
         raise storage_error(error, "copying a file into the store") from error
-    return Digest(hasher.hexdigest()), hashed
+    return Digest(hasher.hexdigest(), algorithm), hashed
 
 
 def hash_range(fd: int, hasher: Any, start: int, end: int) -> None:

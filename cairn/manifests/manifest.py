@@ -7,7 +7,6 @@ canonically (compact JSON, fields in the spec's order).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections.abc import Mapping
@@ -68,7 +67,8 @@ class Descriptor:
             digest = Digest.parse(obj.get("digest"))  # type: ignore[arg-type]
         except StoreError:
             raise ManifestError(
-                "{where}: digest {digest!r:.100} is not sha256:<64 hex digits>",
+                "{where}: digest {digest!r:.100} is not sha256:<64 hex digits>"
+                " nor sha512:<128 hex digits>",
                 where=where,
                 digest=obj.get("digest"),
             ) from None
@@ -241,7 +241,7 @@ class Manifest:
 
     @property
     def digest(self) -> Digest:
-        return Digest(hashlib.sha256(self.to_bytes()).hexdigest())
+        return Digest.of(self.to_bytes())
 
     @property
     def content_type(self) -> str:
@@ -323,7 +323,7 @@ class Index:
 
     @property
     def digest(self) -> Digest:
-        return Digest(hashlib.sha256(self.to_bytes()).hexdigest())
+        return Digest.of(self.to_bytes())
 
 
 def parse_manifest(

@@ -66,8 +66,9 @@ GRACE = 3600.0
 """Seconds a blob is safe from collection after it arrives, as Ollama's own cleanup:
 another tool (an ``ollama pull``) places blobs first and writes their manifest last."""
 
-# A digest as any manifest text spells it: "sha256:<hex>", or the file form "sha256-<hex>".
-_MENTIONED = re.compile(rb"sha256[:-]([0-9a-fA-F]{64})")
+# A digest as any manifest text spells it: "sha256:<hex>", or the file form "sha256-<hex>"
+# (and sha512 so).
+_MENTIONED = re.compile(rb"(sha256)[:-]([0-9a-fA-F]{64})|(sha512)[:-]([0-9a-fA-F]{128})")
 
 
 @dataclass
@@ -407,7 +408,7 @@ def _mentioned(path: Path, chunk: int = 1 << 20) -> set[Digest]:
             data = f.read()
             return _digests_in(data) | _in_json(data)
         found: set[Digest] = set()
-        keep = len(b"sha256:") + 64 - 1  # a digest cut by a chunk's end is whole in the next
+        keep = len(b"sha512:") + 128 - 1  # a digest cut by a chunk's end is whole in the next
         tail = b""
         while block := f.read(chunk):
             text = tail + block
@@ -417,7 +418,10 @@ def _mentioned(path: Path, chunk: int = 1 << 20) -> set[Digest]:
 
 
 def _digests_in(data: bytes) -> set[Digest]:
-    return {Digest(m[1].decode().lower()) for m in _MENTIONED.finditer(data)}
+    return {
+        Digest((m[2] or m[4]).decode().lower(), (m[1] or m[3]).decode())
+        for m in _MENTIONED.finditer(data)
+    }
 
 
 def _in_json(data: bytes) -> set[Digest]:

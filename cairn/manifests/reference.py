@@ -141,7 +141,7 @@ def parse_reference(text: str) -> Reference:
         except StoreError:
             raise _fail(
                 text,
-                "digest {digest!r:.80} is not sha256:<64 hex digits>",
+                "digest {digest!r:.80} is not sha256:<64 hex digits> nor sha512:<128 hex digits>",
                 digest=digest_text,
             ) from None
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import http.client
 import shutil
 import socket
@@ -375,7 +374,7 @@ async def _span_with_retries(ctx: _Context, span: Span, fast: bool) -> None:
 
 def _follow_and_hash(partial: PartialBlob, done: threading.Event) -> tuple[Any, int]:
     """Hash the blob's bytes as they land (runs in a thread); return hasher and count."""
-    hasher = hashlib.sha256()
+    hasher = partial.digest.hasher()
     hashed = 0
     while True:
         finished = done.is_set()

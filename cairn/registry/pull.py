@@ -12,7 +12,6 @@ are not fetched again.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -56,7 +55,7 @@ def _quiet(_: Event) -> None:
 
 
 def _check_manifest(data: bytes, expected: Digest | None) -> None:
-    actual = Digest(hashlib.sha256(data).hexdigest())
+    actual = Digest.of(data, expected.algorithm if expected else "sha256")
     if expected is not None and actual != expected:
         raise DigestMismatchError(Phrase("manifest {expected}", expected=expected), str(actual))
 
@@ -67,7 +66,7 @@ def _header_digest(value: str | None) -> Digest | None:
     try:
         return Digest.parse(value)
     except InvalidDigestError:
-        return None  # another algorithm (sha512): checked by nothing but the bytes we keep
+        return None  # an algorithm the store does not keep: the bytes are checked as kept
 
 
 def choose_from_index(index: Index) -> Descriptor:
@@ -208,7 +207,7 @@ async def pull_via_mirrors(
             if pinned is None and not mirror.resolve_tags:
                 async with connect(ref.host, ref.insecure) as origin:
                     data, _, _ = await origin.get_manifest(ref.repository, ref.tag_or_default)
-                pinned = Digest(hashlib.sha256(data).hexdigest())
+                pinned = Digest.of(data)
             digest = ref.digest if mirror.resolve_tags else pinned
             mirrored = Reference(host, ref.namespace, ref.name, ref.tag, digest, insecure)
             async with connect(host, insecure) as client:

@@ -344,3 +344,40 @@ def test_links_name_repositories_and_go_with_their_blob(tmp_path: Path) -> None:
     (store.links_dir / f"sha256-{'0' * 64}" / "h" / "n" / "x").mkdir(parents=True)
     models.prune(grace=0)
     assert list(store.links_dir.iterdir()) == []
+
+
+def test_sha512_blobs_have_the_same_guarantees(tmp_path: Path) -> None:
+    from cairn.manifests.models import Models
+
+    models = Models(tmp_path)
+    store = models.blobs
+    data = b"OCI content addressed by sha512" * 1000
+    digest = Digest(hashlib.sha512(data).hexdigest(), "sha512")
+    assert str(digest) == f"sha512:{digest.hex}" and Digest.parse(str(digest)) == digest
+    blob = store.put(io.BytesIO(data), digest)
+    assert blob.digest == digest and store.path(digest).name == f"sha512-{digest.hex}"
+    assert store.path(digest).read_bytes() == data and list(store) == [digest]
+    source = tmp_path / "layer.bin"
+    source.write_bytes(data + b"!")
+    other = Digest(hashlib.sha512(data + b"!").hexdigest(), "sha512")
+    assert store.put_file(source, other).digest == other  # the kernel copy hashes in sha512 too
+    # bytes that hash otherwise are refused, and nothing is left
+    with pytest.raises(DigestMismatchError):
+        store.put(io.BytesIO(b"something else"), Digest("0" * 128, "sha512"))
+    assert sorted(leftovers(tmp_path)) == sorted([digest.filename, other.filename])
+    # verify rehashes it in its own algorithm; a changed byte is caught
+    assert store.check() == []
+    store.check_quick(digest)  # stamped
+    path = store.path(digest)
+    os.chmod(path, 0o644)
+    path.write_bytes(b"X" + data[1:])
+    assert store.check() == [digest]
+    # prune frees what no manifest mentions (a manifest mentioning it keeps it)
+    manifest = models.tags.dir / "h" / "n" / "m" / "t"
+    manifest.parent.mkdir(parents=True)
+    manifest.write_text(f'{{"layers": [{{"digest": "{other}"}}]}}')
+    models.prune(grace=0)
+    assert list(store) == [other]
+    for wrong in ("sha512:" + "0" * 64, "sha384:" + "0" * 96, "md5:" + "0" * 32):
+        with pytest.raises(InvalidDigestError):
+            Digest.parse(wrong)

@@ -133,22 +133,23 @@ async def start_upload(request: web.Request) -> web.StreamResponse:
                 "Docker-Content-Digest": str(digest),
             },
         )
+    wanted = request.query.get("digest")
+    whole = parse_digest(wanted) if wanted is not None else None  # before a session exists
     try:
         session = registry.uploads.start(name, request.remote or "")
     except UploadLimitError as exc:
         raise OCIError(
             "TOOMANYREQUESTS", str(exc), headers={"Retry-After": str(RETRY_SESSIONS)}
         ) from None
-    wanted = request.query.get("digest")
-    if wanted is not None:  # a single POST with the whole blob
-        digest = parse_digest(wanted)
+    if whole is not None:  # a single POST with the whole blob
+        session.hasher = whole.hasher()  # hashed in its own algorithm as it arrives
         async with session.lock:
             try:
                 await _receive(request, session)
             except BaseException:
                 registry.uploads.drop(session)  # nobody can resume a single-request upload
                 raise
-            return await _finish(request, registry, name, session, digest)
+            return await _finish(request, registry, name, session, whole)
     return web.Response(status=202, headers=_upload_headers(request, name, session))
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 from typing import Any
 from urllib.parse import quote
@@ -31,6 +30,7 @@ from cairn.registry.server.registry import (
     absolute_url,
     body_chunks,
     foreign,
+    is_digest,
     parse_digest,
     warn,
 )
@@ -46,8 +46,10 @@ async def get_manifest(request: web.Request) -> web.StreamResponse:
         raise OCIError(
             "MANIFEST_INVALID", f"the stored manifest {name}:{reference} is damaged"
         ) from None
+    # by digest, that digest (it may be sha512); by tag, the sha256 of the bytes
+    digest = parse_digest(reference) if is_digest(reference) else Digest.of(data)
     headers = {
-        "Docker-Content-Digest": f"sha256:{hashlib.sha256(data).hexdigest()}",
+        "Docker-Content-Digest": str(digest),
         "Content-Type": parsed.content_type,
         "Content-Length": str(len(data)),
     }
@@ -84,12 +86,12 @@ async def put_manifest(request: web.Request) -> web.StreamResponse:
         raise OCIError(
             "SIZE_INVALID", f"manifests are limited to {MAX_MANIFEST_SIZE} bytes", status=413
         )
-    by_digest = reference.startswith("sha256:")
+    by_digest = is_digest(reference)
     if not by_digest and not is_tag(reference):
         raise OCIError("MANIFEST_INVALID", f"{reference!r:.100} is not a tag (nor a digest)")
     data = await _whole_body(request, MAX_MANIFEST_SIZE)
     registry.check_quota(len(data))  # early; again, afresh, when it is written
-    digest = Digest(hashlib.sha256(data).hexdigest())
+    digest = Digest.of(data, parse_digest(reference).algorithm if by_digest else "sha256")
     content_type = request.headers.get("Content-Type", "").partition(";")[0].strip() or None
     try:
         parsed = parse_manifest(data, content_type, strict=True)
@@ -149,7 +151,7 @@ async def put_manifest(request: web.Request) -> web.StreamResponse:
                 with contextlib.suppress(CairnError, OSError):
                     old = registry.models.tags.read(ref)[1]
                     if old != data:
-                        replaced = f"sha256:{hashlib.sha256(old).hexdigest()}"
+                        replaced = str(Digest.of(old))
             if replaced and registry.options.protect_upstream:
                 raise OCIError(
                     "DENIED",
@@ -190,18 +192,19 @@ async def delete_manifest(request: web.Request) -> web.StreamResponse:
         )
 
     def remove() -> bool:
-        if not reference.startswith("sha256:"):
+        if not is_digest(reference):
             if not is_tag(reference):
                 return False
             return registry.models.tags.delete(registry.reference(name, reference))
         ref = registry.reference(name)
-        removed = registry.models.tags.delete_by_digest(ref, parse_digest(reference))
+        digest = parse_digest(reference)
+        removed = registry.models.tags.delete_by_digest(ref, digest)
         for tagged in list(registry.models.tags.tags_of(ref)):
             try:
                 data = tagged.path.read_bytes()
             except FileNotFoundError:  # removed meanwhile (by `cairn rm`, say)
                 continue
-            if "sha256:" + hashlib.sha256(data).hexdigest() == reference:
+            if Digest.of(data, digest.algorithm) == digest:
                 removed = registry.models.tags.delete(tagged.reference) or removed
         return removed
 
@@ -259,7 +262,7 @@ async def referrers(request: web.Request) -> web.StreamResponse:
             continue
         entry: dict[str, Any] = {
             "mediaType": parsed.content_type,
-            "digest": f"sha256:{hashlib.sha256(data).hexdigest()}",
+            "digest": str(Digest.of(data)),
             "size": len(data),
         }
         if artifact_type:

@@ -208,13 +208,17 @@ class Registry:
         By digest, only bytes that hash to it: the manifests kept by digest,
         then the repository's tags, each checked. A tag's name proves nothing.
         """
-        if reference.startswith("sha256:"):
-            digest = parse_digest(reference)
+        if is_digest(reference):
+            try:
+                digest = parse_digest(reference)
+            except OCIError:  # no manifest has a digest of an algorithm no one uses
+                unknown = f"manifest {reference!r:.150} is unknown"
+                raise OCIError("MANIFEST_UNKNOWN", unknown) from None
             ref = self.reference(name)
             kept = self.models.tags.read_by_digest(ref, digest)
             candidates = [kept] if kept is not None else []
             for data in (*candidates, *self.tagged_manifests(ref)):
-                if hashlib.sha256(data).hexdigest() == digest.hex:
+                if Digest.of(data, digest.algorithm) == digest:
                     return data
             raise OCIError("MANIFEST_UNKNOWN", f"manifest {reference} is not in {name}")
         if not is_tag(reference):  # no such tag can exist (and no "tag@digest" either)
@@ -388,14 +392,19 @@ def repository_of(ref: Reference) -> str:
 
 
 def parse_digest(text: str) -> Digest:
-    """``sha256:<hex>``, exactly (not the store's file form ``sha256-<hex>``)."""
-    wrong = OCIError("DIGEST_INVALID", f"{text!r:.100} is not a sha256 digest")
-    if not text.startswith("sha256:"):
+    """``sha256:<hex>`` or ``sha512:<hex>``, exactly (not the store's file form)."""
+    wrong = OCIError("DIGEST_INVALID", f"{text!r:.150} is not a sha256 or sha512 digest")
+    if not text.startswith(("sha256:", "sha512:")):
         raise wrong
     try:
         return Digest.parse(text)
     except CairnError:
         raise wrong from None
+
+
+def is_digest(reference: str) -> bool:
+    """Whether a manifest reference is a digest (``algorithm:hex``) rather than a tag."""
+    return ":" in reference
 
 
 def absolute_url(request: web.Request, path: str) -> str:
