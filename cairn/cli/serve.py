@@ -43,6 +43,13 @@ def registry() -> None:
     " signed token requests are taken: Ollama's own login, beside --htpasswd.",
 )
 @click.option(
+    "--public-url",
+    "public_urls",
+    multiple=True,
+    help="A URL clients reach this server by (repeatable; default: the --addr). With"
+    " --ollama-keys, the only origins a signed login may name.",
+)
+@click.option(
     "--tls-cert",
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
     help="Serve HTTPS with this certificate (PEM).",
@@ -77,6 +84,7 @@ def serve(
     htpasswd: Path | None,
     public_read: bool,
     ollama_keys: Path | None,
+    public_urls: tuple[str, ...],
     tls_cert: Path | None,
     tls_key: Path | None,
     json_logs: bool,
@@ -92,6 +100,7 @@ def serve(
 
     from cairn.cli.output import parse_size
     from cairn.errors import ConfigError
+    from cairn.registry.origins import origin_of
     from cairn.registry.server.app import Options, load_htpasswd, make_app
     from cairn.registry.server.tokens import load_keys
 
@@ -100,6 +109,20 @@ def serve(
         raise ConfigError("--addr {addr!r} is not HOST:PORT", addr=addr)
     if bool(tls_cert) != bool(tls_key):
         raise ConfigError("--tls-cert and --tls-key go together")
+    scheme = "https" if tls_cert else "http"
+    if not public_urls:
+        if host in ("127.0.0.1", "localhost", "::1", "[::1]"):
+            public_urls = (f"{scheme}://127.0.0.1:{port}", f"{scheme}://localhost:{port}")
+        elif host not in ("0.0.0.0", "::", "[::]"):
+            public_urls = (f"{scheme}://{addr}",)
+        elif ollama_keys:
+            raise ConfigError(
+                "--ollama-keys on every address ({addr}) needs --public-url: the URL Ollama"
+                " reaches this server by, the only one its signed login may name",
+                addr=addr,
+            )
+    for url in public_urls:
+        origin_of(url)  # a RegistryError naming it when it is not an http(s) URL
     options = Options(
         root=root or config.load().models,
         default_host=default_host,
@@ -107,6 +130,7 @@ def serve(
         users=load_htpasswd(htpasswd) if htpasswd else {},
         public_read=public_read,
         ollama_keys=load_keys(ollama_keys) if ollama_keys else {},
+        public_urls=public_urls,
         json_logs=json_logs,
         quota=parse_size(quota) if quota else None,
         upload_expiry=upload_expiry,

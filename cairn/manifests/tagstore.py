@@ -8,6 +8,7 @@ that already exists rather than adding a second file that differs in case.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -55,6 +56,8 @@ def _child(parent: Path, name: str) -> Path | None:
     except (FileNotFoundError, NotADirectoryError):
         return None
     except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:  # no file has such a name
+            return None
         raise storage_error(exc, "looking up {path}", path=exact) from exc
     return None
 

@@ -349,3 +349,45 @@ def test_ollama_logs_in_with_its_key_against_htpasswd(tmp_path: Path) -> None:
         assert httpx.head(f"{base}/v2/lab/m/blobs/{sha(weights)}", headers=bearer).is_success
         assert httpx.get(f"{base}/token", auth=("carol", "wrong")).status_code == 401
         assert httpx.head(f"{base}/v2/lab/m/blobs/{sha(weights)}", auth=("carol", "pw")).is_success
+
+
+def test_a_login_made_for_another_registry_is_refused(tmp_path: Path) -> None:
+    """Found by attack: Ollama signs its token request for whichever registry it talks to;
+    a registry it logs in to could relay that request here with its own Host. Only this
+    server's own origins (--public-url, or its address) are taken. And a grant gives no
+    grant, reveals nothing before credentials, and a bad one is a 401, never a 500."""
+    key = Ed25519PrivateKey.generate()
+    keys = tmp_path / "ollama-keys"
+    keys.write_text(f"ssh-ed25519 {ollama_public_key(key)} lab@gpu1\n")
+    layer = b"the lab's weights"
+    with serving(tmp_path / "served", "--ollama-keys", str(keys)) as host:
+        base = f"http://{host}"
+        query = urlencode(
+            {"nonce": "relayed", "scope": "repository:x/y:pull", "service": "evil", "ts": ""}
+        )
+        now = int(time.time())
+        signature = ollama_signature(key, f"http://evil.example/token?{query}{now}")
+        relayed = httpx.get(
+            f"{base}/token?{query}{now}",
+            headers={"Host": "evil.example", "Authorization": signature},
+        )
+        assert relayed.status_code == 401
+        quoted = httpx.get(f"{base}/v2/", headers={"Host": 'evil",x="y'})
+        assert quoted.status_code == 400  # echoed nowhere
+
+        ollama = Ollama(key)
+        ollama_push_blob(base, "lab/m", layer, ollama)
+        blob = f"{base}/v2/lab/m/blobs/{sha(layer)}"
+        located = ollama.request("GET", blob).headers["Location"]
+        grant = urlsplit(located).query
+        again = httpx.get(f"{blob}?{grant}")
+        assert again.content == layer and "grant=" not in again.headers["Location"]
+        assert "grant=" not in ollama.request("HEAD", blob).headers["Location"]
+        future = str(int(time.time()) + 60)
+        for bad in (f"{future}.%C3%A9", f"{future}.{'Z' * 64}", "", "."):
+            assert httpx.get(f"{blob}?grant={bad}").status_code == 401
+        # before credentials, every host answers alike: nothing about the store is told
+        for name in ("ghcr.io/a/b", "registry.ollama.ai/lab/m", ("h" * 300) + ".io/a/b"):
+            assert httpx.get(f"{base}/v2/{name}/blobs/{sha(layer)}?grant=1.x").status_code == 401
+        long_host = ollama.request("GET", f"{base}/v2/{'h' * 300}.io/a/b/blobs/{sha(layer)}")
+        assert long_host.status_code == 404  # not a 500

@@ -130,3 +130,15 @@ def oci_dir(path: Path) -> Path:
     }
     (path / "manifest.json").write_text(json.dumps(manifest))
     return path
+
+
+def test_ollama_keys_on_every_address_need_the_public_url(cairn: Runner, tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    keys.write_text(
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl\n"
+    )
+    args = ("registry", "serve", "--addr", "0.0.0.0:1", "--ollama-keys", str(keys))
+    refused = cairn(*args, "--root", str(tmp_path / "s"), check=False)
+    assert refused.returncode != 0 and "needs --public-url" in refused.stderr
+    bad = cairn(*args, "--public-url", "ftp://x", "--root", str(tmp_path / "s"), check=False)
+    assert bad.returncode != 0 and "not an http or https URL" in bad.stderr

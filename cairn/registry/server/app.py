@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 
 from aiohttp import web
@@ -57,6 +58,8 @@ from cairn.registry.server.tokens import TOKEN_LIFE
 
 __all__ = ["Options", "load_htpasswd", "make_app"]
 
+_HOST = re.compile(r"([A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?")
+
 
 async def base(request: web.Request) -> web.StreamResponse:
     return web.json_response({}, headers=API_VERSION)
@@ -100,6 +103,8 @@ async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamR
     started = time.monotonic()
     status = 500
     try:
+        if not _HOST.fullmatch(request.host):  # it is echoed in Location and the challenge
+            raise OCIError("UNSUPPORTED", "the Host header is not a host[:port]", status=400)
         token_route = request.match_info.route.name == TOKEN
         if not token_route and not await registry.authorized(request):
             raise OCIError(

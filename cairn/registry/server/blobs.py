@@ -14,6 +14,7 @@ from cairn.manifests.reference import Reference
 from cairn.registry.server.errors import OCIError
 from cairn.registry.server.registry import (
     CHUNK,
+    CREDENTIALS,
     NUMBER,
     RETRY_SESSIONS,
     Registry,
@@ -46,7 +47,9 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
         # the blob's URL from the unranged GET's Location and fails without one.
         "Location": blob_url(request, name, digest),
     }
-    if registry.guarded:  # Ollama fetches the parts from the Location with no credentials
+    if request.get(CREDENTIALS) and request.method == "GET":
+        # Ollama fetches the parts from this Location with no credentials; a grant is
+        # given for credentials only, never for a grant (it would renew itself forever)
         grant = registry.tokens.grant(repository_of(ref), str(digest))
         headers["Location"] += f"?grant={grant}"
     if request.method == "HEAD":

@@ -30,6 +30,7 @@ from cairn.errors import (
 from cairn.manifests.manifest import Descriptor, Manifest, parse_manifest
 from cairn.manifests.models import Models
 from cairn.manifests.reference import Reference, is_tag, parse_reference
+from cairn.registry.origins import origin_of
 from cairn.registry.server.errors import OCIError
 from cairn.registry.server.tokens import Tokens
 from cairn.registry.server.uploads import Uploads
@@ -41,6 +42,8 @@ BLOB = "blob"
 """The name of the route of a blob's GET and HEAD (where a grant stands for credentials)."""
 TOKEN = "token"
 """The name of the route of the token endpoint (the Bearer challenge's realm)."""
+CREDENTIALS = "cairn.credentials"
+"""Set on a request that a token or a password let in (not a grant, not public read)."""
 AUTH_QUEUE = 16
 """Password checks waiting or running at once; past it, 429 (a flood cannot queue minutes
 of bcrypt ahead of the next real login)."""
@@ -73,6 +76,9 @@ class Options:
     ollama_keys: dict[bytes, str] = field(default_factory=dict)
     """Ollama public keys (``--ollama-keys``) whose signed token requests are taken; when
     set, a 401 challenges with Bearer and a token endpoint on this host."""
+    public_urls: tuple[str, ...] = ()
+    """The URLs clients reach this server by (``--public-url``, else the listening address):
+    the only origins Ollama's signed token requests may name."""
     protect_upstream: bool = False
     """Refuse, rather than report, a push through a name mapped onto ``default_host`` that
     replaces a tag the store holds (a model pulled from registry.ollama.ai, say)."""
@@ -110,7 +116,7 @@ class Registry:
         self._auth_salt = secrets.token_bytes(16)
         self._dummy_hash = _dummy_hash(options.users) if options.users else b""
         self._auth_waiting = 0
-        self.tokens = Tokens(options.ollama_keys)
+        self.tokens = Tokens(options.ollama_keys, frozenset(map(origin_of, options.public_urls)))
         self.write_lock = threading.Lock()
         """One store write at a time in this server (a manifest saved or deleted, a blob
         sealed or deleted): the checks of each (case, quota, what exists) hold for its write."""
@@ -295,12 +301,20 @@ class Registry:
             return True  # an upload's status is its uploader's business
         header = request.headers.get("Authorization", "")
         if header.startswith("Bearer "):
-            return self.tokens.valid(header[7:].strip())
+            valid = self.tokens.valid(header[7:].strip())
+            request[CREDENTIALS] = valid
+            return valid
         grant = request.query.get("grant")
         if grant is not None and reading and route == BLOB:
             name, digest = request.match_info["name"], request.match_info["digest"]
-            return self.tokens.granted(repository_of(self.reference(name)), digest, grant)
-        return await self.basic(header)
+            try:  # nothing about the store is told before credentials are checked
+                repository = repository_of(self.reference(name))
+            except (OCIError, CairnError):
+                return False
+            return self.tokens.granted(repository, digest, grant)
+        valid = await self.basic(header)
+        request[CREDENTIALS] = valid
+        return valid
 
     async def basic(self, header: str) -> bool:
         """Whether ``header`` is Basic credentials an htpasswd entry takes.

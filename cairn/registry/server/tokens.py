@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 import secrets
 import struct
 import time
@@ -28,8 +29,9 @@ from pathlib import Path
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from cairn.errors import ConfigError
+from cairn.errors import CairnError, ConfigError
 from cairn.registry.ollama_auth import EMPTY_BODY
+from cairn.registry.origins import Origin, origin_of
 
 TOKEN_LIFE = 300.0
 """Seconds a token is good for; Ollama asks again on the next 401."""
@@ -40,6 +42,7 @@ CLOCK_SKEW = 300.0
 MOST_TOKENS = 100_000
 """Tokens and nonces remembered at once; past it the oldest half goes."""
 _ED25519 = b"ssh-ed25519"
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 def load_keys(path: Path) -> dict[bytes, str]:
@@ -87,8 +90,11 @@ def _raw_key(wire: bytes) -> bytes | None:
 class Tokens:
     """Issues and checks bearer tokens and blob grants; checks Ollama's signed requests."""
 
-    def __init__(self, keys: dict[bytes, str]) -> None:
+    def __init__(self, keys: dict[bytes, str], origins: frozenset[Origin] = frozenset()) -> None:
         self.keys = keys
+        self.origins = origins
+        """Where this server is reached (``--public-url``): a signed request for any other
+        origin is one Ollama made for another registry, relayed here."""
         self._secret = secrets.token_bytes(32)
         self._issued: dict[str, float] = {}
         self._nonces: dict[str, float] = {}
@@ -104,9 +110,16 @@ class Tokens:
     def ollama_key(self, header: str, url: str, ts: str, nonce: str) -> str | None:
         """The comment of the listed key that signed this token request, or None.
 
-        ``url`` is the request's URL as the client sent it (what it signed); ``ts`` must be
+        ``url`` is the request's URL as the client sent it (what it signed), on one of this
+        server's own origins (a signature made for another registry and relayed here with
+        a ``Host`` of that registry is refused); ``ts`` must be
         within ``CLOCK_SKEW`` of now and ``nonce`` not seen before, so a signed request
         overheard once cannot be replayed."""
+        try:
+            if origin_of(url) not in self.origins:
+                return None
+        except CairnError:
+            return None
         public, sep, signature = header.partition(":")
         if not sep or not nonce or len(nonce) > 200 or not ts.isascii() or not ts.isdigit():
             return None
@@ -138,6 +151,8 @@ class Tokens:
     def granted(self, repository: str, digest: str, grant: str) -> bool:
         expires, _, signature = grant.partition(".")
         if not expires.isascii() or not expires.isdigit() or len(expires) > 12:
+            return False
+        if not _HEX64.fullmatch(signature):  # compare_digest takes ASCII only
             return False
         if int(expires) < time.time():
             return False
