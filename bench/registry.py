@@ -38,6 +38,10 @@ class Registry:
         root.mkdir(parents=True, exist_ok=True)
         self.host, self._proc = start_registry(root)
 
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
     def stop(self) -> None:
         stop(self._proc)
 
