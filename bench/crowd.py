@@ -12,8 +12,8 @@ dropped. Bounded in time and count (``--most`` requests per client).
 Reported per server: manifest HEADs per second, blob GETs, failed requests
 (any answer but 200, or an error), and the server's RSS and open file
 descriptors 10 s in and a second before the end (growth between them would
-be a leak), and the descriptors once the crowd has gone. The servers run one after the other, each alone on the machine.
-Nothing gates CI.
+be a leak), and the descriptors once the crowd has gone. The servers run
+one after the other, each alone on the machine. Nothing gates CI.
 """
 
 from __future__ import annotations
