@@ -161,7 +161,11 @@ def run(
 
         def start() -> Runner:
             started = Runner(info.name, module=info.module)
-            started.load(spec, options)
+            try:
+                started.load(spec, options)
+            except BaseException:  # Ctrl-C while it loads: no runner outlives the chat
+                started.stop()
+                raise
             return started
 
         def describe() -> str:
