@@ -371,8 +371,9 @@ class BlobStore:
                 os.link(tmp, final)
             except FileExistsError:
                 # Someone stored it first; theirs was verified the same way,
-                # unless it has rotted since: a wrong size is replaced.
-                if final.stat().st_size != size:
+                # unless it has changed since: a wrong size, or bytes that no
+                # longer hash right (checked when its stamp is stale), are replaced.
+                if final.stat().st_size != size or not self._still_good(digest):
                     os.replace(tmp, final)
                 else:
                     ours = False
@@ -468,6 +469,16 @@ class BlobStore:
                 os.unlink(self.verified_dir / digest.hex)
         return ok
 
+    def _still_good(self, digest: Digest) -> bool:
+        """Whether the stored blob is known good: its stamp is current, or it rehashes right."""
+        current = self._stat_line(digest)  # BlobNotFoundError when it is gone
+        try:
+            if (self.verified_dir / digest.hex).read_text() == current:
+                return True
+        except OSError:
+            pass
+        return self.verify(digest)
+
     def check_quick(self, digest: Digest) -> None:
         """Raise :class:`CorruptBlobError` unless the blob is known good.
 
@@ -476,14 +487,7 @@ class BlobStore:
         that anything wrote to since is caught at once; silent bit rot is
         what ``verify`` is for.
         """
-        stamp_path = self.verified_dir / digest.hex
-        current = self._stat_line(digest)
-        try:
-            if stamp_path.read_text() == current:
-                return
-        except OSError:
-            pass
-        if not self.verify(digest):
+        if not self._still_good(digest):
             raise CorruptBlobError(
                 "blob {digest} is corrupt: its bytes no longer match its digest"
                 " (run `cairn verify --repair`, then pull or create the model again)",

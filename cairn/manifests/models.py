@@ -128,7 +128,7 @@ class Models:
             raise ManifestError(
                 "the manifest of {display} is damaged: {exc}", display=ref.display, exc=exc
             ) from None
-        if ref.digest is not None and manifest.digest != ref.digest:
+        if ref.digest is not None and not _is_digest_of(manifest, ref.digest):
             raise ModelNotFoundError(
                 "model {display!r} not found (the tag has another digest)", display=ref.display
             )
@@ -147,7 +147,7 @@ class Models:
         for tagged in self.tags.tags_of(ref):
             with contextlib.suppress(CairnError, OSError):
                 model = self.get(tagged.reference)
-                if model.manifest.digest == digest:
+                if _is_digest_of(model.manifest, digest):
                     return model
         raise ModelNotFoundError("model {display!r} not found", display=ref.display)
 
@@ -355,6 +355,13 @@ class Models:
         with lock:
             report.corrupt = self.blobs.check(list(digests), repair=repair)
         return report
+
+
+def _is_digest_of(manifest: Manifest, digest: Digest) -> bool:
+    """Whether ``digest`` (sha256, or sha512 for a model pulled by one) names the manifest."""
+    if digest.algorithm == "sha256":
+        return manifest.digest == digest
+    return Digest.of(manifest.to_bytes(), digest.algorithm) == digest
 
 
 def _every_file(directory: Path) -> Iterator[Path]:

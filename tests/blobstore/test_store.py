@@ -381,3 +381,15 @@ def test_sha512_blobs_have_the_same_guarantees(tmp_path: Path) -> None:
     for wrong in ("sha512:" + "0" * 64, "sha384:" + "0" * 96, "md5:" + "0" * 32):
         with pytest.raises(InvalidDigestError):
             Digest.parse(wrong)
+
+
+def test_storing_a_blob_again_repairs_a_changed_copy(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path)
+    data = b"weights " * 1000
+    digest = store.put_bytes(data).digest
+    path = store.path(digest)
+    os.chmod(path, 0o644)
+    path.write_bytes(b"X" + data[1:])  # the same size, other bytes
+    assert store.put(io.BytesIO(data), digest).digest == digest
+    assert path.read_bytes() == data
+    store.check_quick(digest)  # and it is known good again

@@ -163,3 +163,37 @@ def test_cairn_pulls_and_pushes_sha512_content(cairn: Runner, store: Path, tmp_p
         assert http.get("/v2/lab/copy/manifests/v1").content == manifest
         assert http.get(f"/v2/lab/copy/blobs/{sha512(layer)}").content == layer
     assert (tmp_path / "b" / "blobs" / kept.name).read_bytes() == layer
+
+
+def test_what_the_attack_on_sha512_found(cairn: Runner, store: Path, tmp_path: Path) -> None:
+    """Referrers pushed by sha512 are listed by the digest they are found by; a model
+    pulled by @sha512 is found by it; a manifest whose sizes lie is refused."""
+    with serving(tmp_path / "a") as a, httpx.Client(base_url=f"http://{a}") as http:
+        manifest = push_sha512_image(http, "lab/r", b"weights")
+        image = json.loads(manifest)
+        signature = json.dumps(
+            {
+                **image,
+                "artifactType": "application/vnd.example.sig",
+                "subject": {"mediaType": OCI, "digest": sha512(manifest), "size": len(manifest)},
+            }
+        ).encode()
+        oci = {"Content-Type": OCI}
+        assert http.put(f"/v2/lab/r/manifests/{sha512(manifest)}", content=manifest, headers=oci)
+        put = http.put(f"/v2/lab/r/manifests/{sha512(signature)}", content=signature, headers=oci)
+        assert put.status_code == 201
+        listed = http.get(f"/v2/lab/r/referrers/{sha512(manifest)}").json()["manifests"]
+        assert [m["digest"] for m in listed] == [sha512(signature)]
+        assert http.get(f"/v2/lab/r/manifests/{listed[0]['digest']}").content == signature
+
+        lying = dict(image, config={**image["config"], "size": 5})
+        body = json.dumps(lying).encode()
+        refused = http.put("/v2/lab/r/manifests/lies", content=body, headers=oci)
+        assert refused.status_code == 400 and code(refused) == "MANIFEST_INVALID"
+
+        pinned = f"{a}/lab/r@{sha512(manifest)}"
+        cairn("pull", pinned, "--insecure", "-q")
+    shown = json.loads(cairn("show", pinned, "--json", check=False).stdout or "{}")
+    assert shown, "the model pulled by its sha512 digest is found by it"
+    cairn("rm", pinned)
+    assert "127.0.0.1" not in cairn("list").stdout

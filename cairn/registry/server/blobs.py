@@ -256,6 +256,8 @@ async def _finish(
             return blob
 
     try:
+        # before the store's write lock: hashing gigabytes again must not hold every write
+        await asyncio.to_thread(Uploads.rehash, session, digest.algorithm)
         blob = await registry.write(finish)
     except BaseException:
         registry.uploads.drop(session)  # whatever failed, the session is over

@@ -117,6 +117,12 @@ async def put_manifest(request: web.Request) -> web.StreamResponse:
                         f"blob {descriptor.digest} is not in {name}",
                         {"digest": str(descriptor.digest)},
                     )
+                size = blobs.size(descriptor.digest)
+                if descriptor.size != size:  # nobody could pull it back
+                    raise OCIError(
+                        "MANIFEST_INVALID",
+                        f"blob {descriptor.digest} is {size} bytes, not {descriptor.size}",
+                    )
         else:
             for entry in parsed.manifests:
                 try:
@@ -246,9 +252,9 @@ async def referrers(request: web.Request) -> web.StreamResponse:
     subject = str(parse_digest(request.match_info["digest"]))
     wanted = request.query.get("artifactType")
     ref = registry.reference(name)
-    stored = await asyncio.to_thread(lambda: list(registry.manifests_of(ref)))
+    stored = await asyncio.to_thread(lambda: list(registry.stored_manifests(ref)))
     entries: list[dict[str, Any]] = []
-    for data in stored:
+    for digest, data in stored:
         try:
             parsed = parse_manifest(data)
         except ManifestError:
@@ -262,7 +268,7 @@ async def referrers(request: web.Request) -> web.StreamResponse:
             continue
         entry: dict[str, Any] = {
             "mediaType": parsed.content_type,
-            "digest": str(Digest.of(data)),
+            "digest": str(digest),  # as it can be fetched: sha512 if pushed so
             "size": len(data),
         }
         if artifact_type:

@@ -21,6 +21,7 @@ from typing import TypeVar
 from aiohttp import web
 
 from cairn.blobstore import Digest
+from cairn.blobstore.digest import from_filename
 from cairn.config import DEFAULT_HOST
 from cairn.errors import (
     CairnError,
@@ -261,10 +262,18 @@ class Registry:
 
     def manifests_of(self, ref: Reference) -> Iterator[bytes]:
         """Every manifest of the repository: its tags, then those kept by digest."""
-        yield from self.tagged_manifests(ref)
+        for _digest, data in self.stored_manifests(ref):
+            yield data
+
+    def stored_manifests(self, ref: Reference) -> Iterator[tuple[Digest, bytes]]:
+        """Every manifest of the repository with the digest it is found by: a tag's is
+        the sha256 of its bytes, one kept by digest the digest it was pushed by."""
+        for data in self.tagged_manifests(ref):
+            yield Digest.of(data), data
         for path in self.models.tags.kept_by_digest(ref):
             with contextlib.suppress(OSError):
-                yield path.read_bytes()
+                data = path.read_bytes()
+                yield from_filename(path.name) or Digest.of(data), data
 
     def tagged_manifests(self, ref: Reference) -> Iterator[bytes]:
         for tagged in self.models.tags.tags_of(ref):

@@ -121,6 +121,23 @@ class Uploads:
             raise storage_error(exc, "writing an upload") from exc
         session.offset, session.hasher = offset, hasher
 
+    @staticmethod
+    def rehash(session: Session, algorithm: str) -> None:
+        """Hash the bytes written so far in ``algorithm`` (a sha512 blob, whose algorithm
+        the final PUT tells): call in a thread, holding the session's lock and no other."""
+        if session.hasher.name == algorithm:
+            return
+        hasher = hashlib.new(algorithm)
+        try:
+            fd = os.open(session.path, os.O_RDONLY)
+        except OSError as exc:
+            raise storage_error(exc, "finishing an upload") from exc
+        try:
+            hash_range(fd, hasher, 0, session.offset)
+        finally:
+            os.close(fd)
+        session.hasher = hasher
+
     def finish(self, session: Session, expected: Digest) -> Blob | None:
         """Commit the upload as blob ``expected`` (holding the session's lock); None, and
         nothing kept, when the bytes hash to another digest or the file is not what was
@@ -135,11 +152,9 @@ class Uploads:
             try:
                 if os.fstat(fd).st_size != session.offset:  # written behind the hash's back
                     return None
-                hasher = session.hasher
-                if hasher.name != expected.algorithm:  # a sha512 blob, known only now
-                    hasher = expected.hasher()
-                    hash_range(fd, hasher, 0, session.offset)
-                if Digest(hasher.hexdigest(), expected.algorithm) != expected:
+                if session.hasher.name != expected.algorithm:  # ``rehash`` was not called
+                    return None
+                if Digest(session.hasher.hexdigest(), expected.algorithm) != expected:
                     return None
                 self.store.seal(session.path, fd, expected, session.offset)
             finally:
