@@ -1,5 +1,15 @@
 """cairn: pull, push, manage and run language models from OCI registries."""
 
+import os as _os
+import signal as _signal
+import sys as _sys
+
 __version__ = "0.1.0"
 
 __all__ = ["__version__"]
+
+if _sys.argv and _os.path.basename(_sys.argv[0]) in ("cairn", "-m"):
+    # Started as the `cairn` command: a Ctrl-C while it is still importing ends it as the
+    # signal ends any program (exit status 130, no traceback); `cli.main` takes Ctrl-C
+    # over once there is a command to interrupt.
+    _signal.signal(_signal.SIGINT, _signal.SIG_DFL)

@@ -112,5 +112,8 @@ _register()
 
 
 def main() -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # see cairn/__init__.py
     cli.main(prog_name="cairn")
     sys.exit(0)

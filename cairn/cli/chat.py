@@ -64,7 +64,7 @@ def chat(
             )
     with contextlib.suppress(ImportError):
         import readline  # noqa: F401 - line editing and history for input()
-    runner = start()
+    runner: Runner | None = start()
     conversation: list[Message] = []
     try:
         while True:
@@ -114,10 +114,12 @@ def chat(
                 )
                 continue
             conversation.append(Message("user", text))
-            prompt = build_prompt(template, conversation, system, history, chat_template)
             answer = []
-            wrapper = WordWrapper(shutil.get_terminal_size().columns)
-            try:
+            try:  # from here on, Ctrl-C stops this answer and the chat goes on
+                if runner is None:  # stopped by the last Ctrl-C
+                    runner = start()
+                prompt = build_prompt(template, conversation, system, history, chat_template)
+                wrapper = WordWrapper(shutil.get_terminal_size().columns)
                 for chunk in runner.generate(prompt, options):
                     if not chunk.done:
                         answer.append(chunk.text)
@@ -126,12 +128,14 @@ def chat(
                         sys.stdout.flush()
                 click.echo(wrapper.finish(), nl=False)
             except KeyboardInterrupt:
-                runner.stop()  # the only way to stop native code mid-token
+                if runner is not None:
+                    runner.stop()  # the only way to stop native code mid-token
+                runner = None  # a new one starts with the next message: the prompt is back now
                 click.echo()
-                runner = start()
                 conversation.pop()
                 continue
             click.echo("\n")
             conversation.append(Message("assistant", "".join(answer)))
     finally:
-        runner.close()
+        if runner is not None:
+            runner.close()
