@@ -57,13 +57,13 @@ def busy(tmp_path: Path) -> Iterator[None]:
             load.wait()
 
 
-def no_runner_left(before: set[str]) -> None:
+def no_runner_left(store: Path) -> None:
     """The command's runner goes with it (a runner still starting may take a moment to
     read the end of its input; one that lives on is a leak)."""
     deadline = time.monotonic() + HANG
-    while workers() - before and time.monotonic() < deadline:
+    while workers(store) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not workers() - before, "a runner process outlived cairn"
+    assert not workers(store), "a runner process outlived cairn"
 
 
 def interrupt(argv: list[str], env: dict[str, str], latest: float) -> tuple[int, str, float]:
@@ -126,13 +126,12 @@ def test_ctrl_c_ends_run_pull_and_push_under_load(
 ) -> None:
     cli = [str(Path(sys.executable).parent / "cairn")]  # the command, as users start it
     ended: dict[str, list[float]] = {}
-    before = workers()
     story = [*cli, "run", model, "Tell me a long story.", "-p", "num_predict=2000"]
     for _ in range(TIMES):
         code, err, seconds = interrupt(story, cairn_env(store), latest=4.0)
         assert ended_by_ctrl_c(code, err), (code, err)
         ended.setdefault("run", []).append(seconds)
-        no_runner_left(before)
+        no_runner_left(store)
 
     cairn("push", model, f"{registry}/library/gemma3:270m", "--insecure", "-q")
     for n in range(TIMES):
@@ -155,7 +154,6 @@ def test_ctrl_c_ends_run_pull_and_push_under_load(
 def test_ctrl_c_in_a_chat_under_load(model: str, store: Path, busy: None) -> None:
     """Ctrl-C stops the answer being written (the chat goes on); while the prompt waits it
     says how to leave; /bye ends the chat, with its runner."""
-    before = workers()
     argv = [sys.executable, "-m", "cairn", "run", model, "-p", "num_predict=2000"]
     chat = Terminal(argv, cairn_env(store))
     assert chat.until(">>> ", HANG).endswith(">>> ")
@@ -171,6 +169,6 @@ def test_ctrl_c_in_a_chat_under_load(model: str, store: Path, busy: None) -> Non
     assert "Use Ctrl + d or /bye to exit." in chat.until(">>> ", HANG)
     chat.type("/bye\n")
     assert chat.wait() == 0
-    no_runner_left(before)
+    no_runner_left(store)
     print(f"chat: back at the prompt {max(ended):.2f} s after Ctrl-C at most, {sorted(ended)}")
     assert os.path.isdir(store)

@@ -147,15 +147,25 @@ def test_corrupt_gguf_is_a_clear_error(cairn: Cli, tmp_path: Path, gemma_gguf: P
     assert korean.stderr.startswith("오류: llama-cpp: 모델이 모든 토큰에 대해 NaN을 계산합니다")
 
 
-def workers() -> set[str]:
+def workers(store: Path) -> set[str]:
+    """The runner processes of cairn commands run on ``store`` (their environment names
+    it): another test, or another suite on the machine, runs runners of its own."""
     found = subprocess.run(
         ["pgrep", "-f", "cairn.runtime_plugins.worker"], capture_output=True, text=True
     )
-    return set(found.stdout.split())
+    mark = f"CAIRN_MODELS={store}".encode()
+    ours = set()
+    for pid in found.stdout.split():
+        try:
+            environment = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:  # gone meanwhile, or another user's
+            continue
+        if mark in environment:
+            ours.add(pid)
+    return ours
 
 
 def test_sigint_stops_cleanly(store: Path, gemma: str) -> None:
-    before = workers()
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -178,8 +188,10 @@ def test_sigint_stops_cleanly(store: Path, gemma: str) -> None:
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130
     assert "Interrupted" in err and "Traceback" not in err
-    time.sleep(0.2)
-    assert workers() <= before  # the runner went with it
+    deadline = time.monotonic() + 30
+    while workers(store) and time.monotonic() < deadline:  # a poll, not a fixed sleep
+        time.sleep(0.05)
+    assert not workers(store)  # the runner went with it
 
 
 def test_runtimes_lists_llama_cpp(cairn: Cli) -> None:
