@@ -15,6 +15,7 @@ missing", name=n)``: ``str(error)`` is English (what an HTTP API sends) and
     ├── ModelFormatError            a model file that is not what it claims (not GGUF, truncated)
     ├── RuntimeUnavailableError     no runtime can run this model here (or the one asked for can't)
     ├── RunnerError                 the runner process failed or died (a crash, out of memory)
+    ├── ServerBusyError             too many requests wait for a model already (cairn serve)
     ├── TemplateError               a prompt template that cannot be parsed or executed
     ├── RegistryError               a registry answered with an error or broke the protocol
     │   ├── AuthenticationError     credentials missing or refused (401/403)
@@ -78,6 +79,10 @@ class ModelFormatError(CairnError):
 
 class RuntimeUnavailableError(CairnError):
     """No installed runtime can run the model here, or the chosen one cannot."""
+
+
+class ServerBusyError(CairnError):
+    """The inference server's queue is full: the request is refused, not queued."""
 
 
 class RunnerError(CairnError):

@@ -1,0 +1,1 @@
+"""``cairn serve``: the inference API over the store, and its scheduler."""

@@ -1,0 +1,301 @@
+"""Which models are loaded, for whom, and for how long: the heart of ``cairn serve``.
+
+A request asks for a model with the options that decide how it is loaded
+(runtime, ``num_ctx``, ...: its :class:`Want`). The scheduler gives it a
+:class:`Lease` on a loaded model, as Ollama's does:
+
+- a model loads on first use, and later requests reuse it;
+- at most ``num_parallel`` requests use one model at once; the rest wait,
+  and at most ``max_queue`` wait in all (past it, :class:`ServerBusyError`);
+- an idle model stays loaded for its ``keep_alive`` (the last request's;
+  0 unloads at once, a negative one keeps it for ever), then unloads;
+- before a load, what the model needs (weights and KV cache, in bytes) is
+  held against the memory free and ``max_loaded``: idle models are evicted,
+  least recently used first, and a load waits for busy ones to finish; a
+  model that cannot fit even alone is an error naming both figures;
+- a request for a loaded model with other load options (another
+  ``num_ctx``, another runtime) reloads it once it is idle;
+- a lease whose runner died marks the model dead: it is unloaded, and the
+  next request loads it again.
+
+It knows nothing of HTTP or of runners: a :class:`Loader` loads and unloads
+(the server's wraps runner processes; the tests' are scripted), so every
+case is testable alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from cairn.errors import ConfigError, ServerBusyError
+
+FOREVER = -1.0
+
+
+@dataclass(frozen=True)
+class Want:
+    """What a request needs loaded: a model, a runtime, and the options a load depends on."""
+
+    model: str
+    runtime: str
+    options: tuple[tuple[str, Any], ...] = ()
+    size: int = 0
+    """Bytes the model takes loaded (weights and KV cache), as estimated from its header."""
+
+    @classmethod
+    def of(cls, model: str, runtime: str, options: Mapping[str, Any], size: int = 0) -> Want:
+        return cls(model, runtime, tuple(sorted(options.items())), size)
+
+
+class Loader(Protocol):
+    """Loads a model (in a runner process, for the server) and unloads it."""
+
+    async def load(self, want: Want) -> Any: ...
+
+    async def unload(self, loaded: Any) -> None: ...
+
+
+@dataclass
+class _Slot:
+    want: Want
+    loaded: Any = None
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    error: BaseException | None = None
+    active: int = 0
+    dead: bool = False
+    last_used: float = field(default_factory=time.monotonic)
+    keep_alive: float = 300.0
+    expires: float | None = None
+    timer: asyncio.TimerHandle | None = None
+    loaded_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class Status:
+    """A loaded model, as ``/api/ps`` shows it."""
+
+    model: str
+    runtime: str
+    size: int
+    active: int
+    expires: float | None
+    """Monotonic time it unloads if still idle; None while in use or kept for ever."""
+
+
+class Lease:
+    """A request's use of a loaded model; :meth:`died` when its runner did."""
+
+    def __init__(self, slot: _Slot) -> None:
+        self._slot = slot
+        self.loaded = slot.loaded
+        self.load_seconds = slot.loaded_at
+
+    def died(self) -> None:
+        """The runner failed under this request: the model is loaded afresh next time."""
+        self._slot.dead = True
+
+
+class Scheduler:
+    def __init__(
+        self,
+        loader: Loader,
+        *,
+        max_loaded: int = 3,
+        num_parallel: int = 1,
+        max_queue: int = 512,
+        keep_alive: float = 300.0,
+        free_memory: Callable[[], int] | None = None,
+    ) -> None:
+        if max_loaded < 1 or num_parallel < 1 or max_queue < 1:
+            raise ConfigError("max loaded models, parallel requests and queue must be at least 1")
+        self.loader = loader
+        self.max_loaded = max_loaded
+        self.num_parallel = num_parallel
+        self.max_queue = max_queue
+        self.keep_alive = keep_alive
+        self.free_memory = free_memory
+        self._slots: dict[str, _Slot] = {}
+        self._changed = asyncio.Condition()
+        self._waiting = 0
+        self._closed = False
+
+    # -- what is loaded -----------------------------------------------------
+
+    def status(self) -> list[Status]:
+        return [
+            Status(s.want.model, s.want.runtime, s.want.size, s.active, s.expires)
+            for s in sorted(self._slots.values(), key=lambda s: s.want.model)
+            if s.ready.is_set() and s.error is None
+        ]
+
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for a model or a turn (the queue's depth)."""
+        return self._waiting
+
+    # -- leases -------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def lease(self, want: Want, keep_alive: float | None = None) -> AsyncIterator[Lease]:
+        """The model ``want`` names, loaded, for the length of a ``with`` block."""
+        slot = await self._acquire(want)
+        if keep_alive is not None:
+            slot.keep_alive = keep_alive
+        try:
+            yield Lease(slot)
+        finally:
+            await self._release(slot)
+
+    async def _acquire(self, want: Want) -> _Slot:
+        if self._waiting >= self.max_queue:
+            raise ServerBusyError(
+                "{waiting} requests are waiting already (CAIRN_MAX_QUEUE={most}); try later",
+                waiting=self._waiting,
+                most=self.max_queue,
+            )
+        self._waiting += 1
+        try:
+            while True:
+                async with self._changed:
+                    slot = await self._slot_for(want)
+                    if slot is None:
+                        await self._changed.wait()
+                        continue
+                    if slot.ready.is_set() and slot.active < self.num_parallel:
+                        if slot.error is not None:
+                            raise slot.error
+                        slot.active += 1
+                        self._cancel_expiry(slot)
+                        return slot
+                    if slot.ready.is_set():
+                        await self._changed.wait()  # its turn comes when one finishes
+                        continue
+                await slot.ready.wait()  # loading: outside the lock
+                if slot.error is not None:  # every request that waited for it is told
+                    raise slot.error
+        finally:
+            self._waiting -= 1
+
+    async def _slot_for(self, want: Want) -> _Slot | None:
+        """The slot to use for ``want`` (loading it if need be), or None to wait. Holding
+        the lock."""
+        slot = self._slots.get(want.model)
+        if slot is not None and slot.ready.is_set() and slot.error is not None:
+            del self._slots[want.model]  # a failed load: try again
+            slot = None
+        if slot is not None and (slot.want != want or slot.dead):
+            if slot.active or not slot.ready.is_set():
+                return None  # reloaded once idle
+            await self._unload(slot)
+            slot = None
+        if slot is not None:
+            return slot
+        if not await self._make_room(want):
+            return None
+        slot = _Slot(want, keep_alive=self.keep_alive)
+        self._slots[want.model] = slot
+        asyncio.get_running_loop().create_task(self._load(slot))
+        return slot
+
+    async def _make_room(self, want: Want) -> bool:
+        """Evict idle models (least recently used first) until ``want`` fits; False when
+        busy ones must finish first. Holding the lock."""
+        while True:
+            loaded = list(self._slots.values())
+            short = self._short_of(want, loaded)
+            if len(loaded) < self.max_loaded and short <= 0:
+                return True
+            idle = [s for s in loaded if s.active == 0 and s.ready.is_set()]
+            if not idle:
+                if not loaded and short > 0:
+                    raise ConfigError(
+                        "{model} needs {need} bytes of memory and {free} are free:"
+                        " it cannot be loaded here (a smaller num_ctx needs less)",
+                        model=want.model,
+                        need=want.size,
+                        free=want.size - short,
+                    )
+                return False
+            await self._unload(min(idle, key=lambda s: s.last_used))
+
+    def _short_of(self, want: Want, loaded: list[_Slot]) -> int:
+        """Bytes ``want`` lacks, counting what loading models will take."""
+        if self.free_memory is None or not want.size:
+            return 0
+        loading = sum(s.want.size for s in loaded if not s.ready.is_set())
+        return want.size - (self.free_memory() - loading)
+
+    async def _load(self, slot: _Slot) -> None:
+        started = time.monotonic()
+        try:
+            slot.loaded = await self.loader.load(slot.want)
+            slot.loaded_at = time.monotonic() - started
+        except Exception as exc:
+            slot.error = exc
+        finally:
+            slot.ready.set()
+            async with self._changed:
+                self._changed.notify_all()
+
+    async def _release(self, slot: _Slot) -> None:
+        async with self._changed:
+            slot.active -= 1
+            slot.last_used = time.monotonic()
+            if slot.active == 0:
+                if slot.dead or slot.keep_alive == 0:
+                    await self._unload(slot)
+                elif slot.keep_alive > 0:
+                    self._expire_later(slot)
+            self._changed.notify_all()
+
+    # -- unloading ----------------------------------------------------------
+
+    def _expire_later(self, slot: _Slot) -> None:
+        self._cancel_expiry(slot)
+        slot.expires = time.monotonic() + slot.keep_alive
+        loop = asyncio.get_running_loop()
+        slot.timer = loop.call_later(slot.keep_alive, lambda: loop.create_task(self._expire(slot)))
+
+    def _cancel_expiry(self, slot: _Slot) -> None:
+        if slot.timer is not None:
+            slot.timer.cancel()
+        slot.timer, slot.expires = None, None
+
+    async def _expire(self, slot: _Slot) -> None:
+        async with self._changed:
+            if slot.active == 0 and self._slots.get(slot.want.model) is slot:
+                await self._unload(slot)
+                self._changed.notify_all()
+
+    async def _unload(self, slot: _Slot) -> None:
+        """Holding the lock."""
+        self._cancel_expiry(slot)
+        if self._slots.get(slot.want.model) is slot:
+            del self._slots[slot.want.model]
+        if slot.loaded is not None:
+            loaded, slot.loaded = slot.loaded, None
+            with contextlib.suppress(Exception):
+                await self.loader.unload(loaded)
+
+    async def stop(self, model: str) -> bool:
+        """Unload ``model`` now if idle, else once its requests are done (``cairn stop``)."""
+        async with self._changed:
+            slot = self._slots.get(model)
+            if slot is None:
+                return False
+            if slot.active == 0 and slot.ready.is_set():
+                await self._unload(slot)
+            else:
+                slot.keep_alive = 0
+            self._changed.notify_all()
+            return True
+
+    async def close(self) -> None:
+        async with self._changed:
+            for slot in list(self._slots.values()):
+                await self._unload(slot)
