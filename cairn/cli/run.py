@@ -8,16 +8,13 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from cairn.cli.output import human_size, say, table
+from cairn.cli.output import say, table
 from cairn.errors import ConfigError, ModelNotFoundError
 from cairn.i18n import Phrase, _, localize
 from cairn.sanitize import untrusted
 
 if TYPE_CHECKING:
-    from cairn.blobstore import Digest
-    from cairn.gguf import GGUFInfo
-    from cairn.manifests.show import ModelDetails
-    from cairn.runtime_plugins.runtime import Availability
+    pass
 
 
 @click.command()
@@ -120,42 +117,31 @@ def run(
     With no PROMPT on a terminal: an interactive chat (/? for help, /bye to leave).
     """
     from cairn.manifests.models import Models
-    from cairn.manifests.show import show_model
-    from cairn.modelfile import check_parameters, convert_parameter
-    from cairn.runtime_plugins.manager import plugins
+    from cairn.modelfile import convert_parameter
+    from cairn.running import plan
     from cairn.runtime_plugins.prompt import Message, build_prompt
     from cairn.runtime_plugins.runner import Runner
-    from cairn.runtime_plugins.runtime import ModelSpec
 
     models = Models.from_environment()
     try:
         models.get(model)
     except ModelNotFoundError:
         _pull(model, insecure)
-    details = show_model(models, model)
-    weights = _check_runnable(model, details)
-    options = check_parameters(details.parameters, Phrase("{model}'s parameters: ", model=model))
+    overrides: dict[str, Any] = {}
     for item in parameters:
         key, _sep, value = item.partition("=")
         converted = convert_parameter(key.strip(), value.strip())
         if key.strip() == "stop":
-            options.setdefault("stop", []).extend(converted)
+            overrides.setdefault("stop", []).extend(converted)
         else:
-            options[key.strip()] = converted
+            overrides[key.strip()] = converted
     if output_format:
-        options["format"] = output_format
-    assert details.gguf is not None  # _check_runnable saw to it
-    check_for_machine(options, details.gguf, long_context)
-    info = plugins().choose("gguf", runtime_name)
-    _check_offload(info.name, info.availability, options)
-    spec = ModelSpec(
-        models.blobs.path(weights),
-        adapters=tuple(models.blobs.path(d) for d in details.adapters),
-    )
-    history = [Message(m.role, m.content) for m in details.messages]
-    chat_template = details.gguf.metadata.get("tokenizer.chat_template") if details.gguf else None
-    if not isinstance(chat_template, str):
-        chat_template = None
+        overrides["format"] = output_format
+    ready = plan(models, model, overrides, runtime_name, long_context, add_stops=True)
+    for warning in ready.warnings:
+        say(warning, err=True, label="warning")
+    details, info, spec, options = ready.details, ready.runtime, ready.spec, ready.options
+    history, chat_template = ready.history, ready.chat_template
     if prompt is None and sys.stdin.isatty():
         from cairn.cli.chat import chat
 
@@ -218,100 +204,6 @@ def _write(text: str) -> None:
             encoding=sys.stdout.encoding,
         ) from None
     sys.stdout.flush()
-
-
-def _check_runnable(model: str, details: ModelDetails) -> Digest:
-    """The weights to run; or why the model cannot run here, rather than a failure
-    somewhere in a runtime."""
-    from cairn.errors import ModelFormatError
-    from cairn.manifests import mediatypes as mt
-
-    if details.remote:
-        raise ModelFormatError(
-            "{model} is a remote model ({remote}): Ollama forwards it to that host;"
-            " cairn runs local weights only",
-            model=model,
-            remote=details.remote,
-        )
-    tensors = [d for d in details.other_layers if d.media_type == mt.OLLAMA_TENSOR]
-    if details.model_blob is None and tensors:
-        raise ModelFormatError(
-            "{model}'s weights are {count} tensor layers (safetensors, for Ollama's own"
-            " engine); cairn's runtimes run GGUF",
-            model=model,
-            count=len(tensors),
-        )
-    if details.model_blob is None:
-        raise ModelNotFoundError("{model} has no model weights to run", model=model)
-    if details.gguf is None:
-        raise ModelFormatError(
-            "{model}'s weights are not a GGUF file cairn can read (its config says {kind});"
-            " cairn's runtimes run GGUF",
-            model=model,
-            kind=details.config.get("model_format") or "nothing",
-        )
-    return details.model_blob
-
-
-def check_for_machine(options: dict[str, Any], gguf: GGUFInfo, long_context: bool) -> None:
-    """What a parameter may not ask of this model on this machine, said before the load.
-
-    ``num_ctx`` up to the context length the model was trained for (unless
-    ``--long-context``), and its KV cache within the memory available now;
-    ``num_thread`` up to the cores this process may run on.
-    """
-    import os
-
-    from cairn.runtime_plugins.devices import available_memory, kv_cache_bytes
-
-    asked = options.get("num_ctx")
-    trained = gguf.arch_value("context_length")
-    if isinstance(asked, int) and isinstance(trained, int) and asked > trained and not long_context:
-        raise ConfigError(
-            "num_ctx {asked} is more than the {trained} tokens the model was trained for;"
-            " use --long-context to run it anyway",
-            asked=asked,
-            trained=trained,
-        )
-    if isinstance(asked, int):
-        needed, free = kv_cache_bytes(gguf, asked), available_memory()
-        if needed is not None and free is not None and needed > free:
-            raise ConfigError(
-                "num_ctx {asked} needs {needed} for its KV cache, but {free} of memory is"
-                " available",
-                asked=asked,
-                needed=human_size(needed),
-                free=human_size(free),
-            )
-    threads = options.get("num_thread")
-    cores = len(os.sched_getaffinity(0))
-    if isinstance(threads, int) and threads > cores:
-        raise ConfigError(
-            "num_thread {threads} is more than the {cores} cores cairn may run on here",
-            threads=threads,
-            cores=cores,
-        )
-
-
-def _check_offload(runtime: str, availability: Availability, options: dict[str, Any]) -> None:
-    """``num_gpu`` above 0 asks for a GPU: where the runtime has none, say why and use the CPU."""
-    asked = options.get("num_gpu")
-    has_gpu = any(d.split(":")[0] != "cpu" for d in availability.devices)
-    if not isinstance(asked, int) or asked <= 0 or has_gpu:
-        return
-    reason = availability.no_gpu or Phrase("it drives no GPU here")
-    say(
-        Phrase(
-            "num_gpu={asked} asks for GPU offload, but {runtime} cannot: {reason};"
-            " running on the CPU",
-            asked=asked,
-            runtime=runtime,
-            reason=reason,
-        ),
-        err=True,
-        label="warning",
-    )
-    options["num_gpu"] = 0
 
 
 def _verbose(load_seconds: float, stats: dict[str, Any]) -> None:

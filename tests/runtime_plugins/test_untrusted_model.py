@@ -112,8 +112,8 @@ def test_run_refuses_parameters_this_model_or_machine_cannot_take(cairn: Cli, ge
 def test_the_kv_cache_is_checked_against_free_memory(
     gemma_gguf: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from cairn.cli.run import check_for_machine
     from cairn.errors import ConfigError
+    from cairn.running import check_for_machine
 
     header = read_gguf(gemma_gguf)
     # Gemma 3 270M: 18 layers, 1 KV head, keys and values of 256: 18 KiB a token.
