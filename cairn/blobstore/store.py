@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
+from cairn import threads
 from cairn.blobstore.digest import Digest, from_filename, from_hex
 from cairn.errors import (
     BlobNotFoundError,
@@ -105,7 +106,7 @@ class _Writer:
         self._closed = False
         self.error: OSError | None = None
         self._thread = threading.Thread(target=self._run, name="cairn-blob-writer", daemon=True)
-        self._thread.start()
+        threads.start(self._thread)
 
     def _run(self) -> None:
         unsynced = 0
@@ -661,7 +662,7 @@ def _kernel_copy_hashing(
 
     hasher = hashlib.new(algorithm)
     copier = threading.Thread(target=copy, name="cairn-blob-copier", daemon=True)
-    copier.start()
+    threads.start(copier)
     hashed = 0
     try:
         while True:

@@ -115,5 +115,16 @@ def main() -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.default_int_handler)  # see cairn/__init__.py
-    cli.main(prog_name="cairn")
-    sys.exit(0)
+    try:
+        # Not click's standalone mode: it answers a Ctrl-C outside a command (while the
+        # arguments are parsed, say) with "Aborted!" and exit status 1.
+        code = cli.main(prog_name="cairn", standalone_mode=False)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        from cairn.cli.output import say
+
+        say("Interrupted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from cairn import threads
 from cairn.blobstore import Blob, BlobStore
 from cairn.errors import (
     InvalidReferenceError,
@@ -93,7 +94,7 @@ def import_gguf(blobs: BlobStore, path: Path) -> tuple[Blob, GGUFInfo]:
             raise error[0]
 
     with _short_switch_interval():
-        parser.start()
+        threads.start(parser)
         try:
             blob = blobs.put_file(path, accept=accept, interrupt=interrupt)
         finally:

@@ -42,6 +42,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from cairn import threads
 from cairn.blobstore import Blob, BlobStore
 from cairn.blobstore.partial import PartialBlob, Span
 from cairn.errors import (
@@ -112,7 +113,7 @@ class _Watchdog:
         self._thread = threading.Thread(target=self._watch, daemon=True)
 
     def __enter__(self) -> _Watchdog:
-        self._thread.start()
+        threads.start(self._thread)
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -20,6 +20,8 @@ import threading
 from collections.abc import Iterator, Mapping
 from typing import IO, TYPE_CHECKING, Any
 
+from cairn import threads
+
 # Only what starting the process needs is imported up front: the rest loads
 # while the runner boots, on the other core (see Runner.__init__).
 if TYPE_CHECKING:
@@ -46,8 +48,9 @@ class Runner:
             start_new_session=True,
         )
         self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
-        self._stderr = threading.Thread(target=self._drain, args=(self.proc.stderr,), daemon=True)
-        self._stderr.start()
+        self._stderr = threads.start(
+            threading.Thread(target=self._drain, args=(self.proc.stderr,), daemon=True)
+        )
 
     def _drain(self, stream: IO[str] | None) -> None:
         if stream is None:
