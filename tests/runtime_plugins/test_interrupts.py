@@ -70,12 +70,26 @@ def interrupt(argv: list[str], env: dict[str, str], latest: float) -> tuple[int,
     """Start ``argv``, SIGINT it at a random moment before ``latest`` seconds; its exit
     code, its stderr and the seconds it took to end after the signal."""
     proc = subprocess.Popen(
-        argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        argv,
+        env={**env, "PYTHONFAULTHANDLER": "1"},  # SIGABRT prints where every thread is
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     time.sleep(random.uniform(0.0, latest))
     sent = time.monotonic()
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=HANG)
+    try:
+        _, err = proc.communicate(timeout=HANG)
+    except subprocess.TimeoutExpired:
+        tree = subprocess.run(
+            ["ps", "-o", "pid,ppid,pgid,stat,wchan:24,etime,args", "--forest", "-e"],
+            capture_output=True,
+            text=True,
+        ).stdout
+        proc.send_signal(signal.SIGABRT)
+        _, err = proc.communicate(timeout=HANG)
+        raise AssertionError(f"{argv[1]} hung after Ctrl-C; its threads:\n{err}\n{tree}") from None
     return proc.returncode, err, time.monotonic() - sent
 
 
