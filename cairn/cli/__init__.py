@@ -55,6 +55,7 @@ def _register() -> None:
     for command in (*models.COMMANDS, *registry.COMMANDS, *run.COMMANDS, completion.completion):
         cli.add_command(command)
     cli.add_command(serve.registry)
+    cli.add_command(serve.serve_api)
     cli.add_command(models.list_models, "ls")
     _translate(cli)
 

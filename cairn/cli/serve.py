@@ -1,4 +1,5 @@
-"""``cairn registry serve``: the local store as an OCI registry."""
+"""``cairn serve`` (Ollama's API over the store) and ``cairn registry serve`` (the store as
+an OCI registry)."""
 
 from __future__ import annotations
 
@@ -152,3 +153,28 @@ def serve(
         print=None,
         access_log=None,
     )
+
+
+@click.command("serve")
+def serve_api() -> None:
+    """Serve Ollama's API over the store on $CAIRN_HOST (default 127.0.0.1:11434)."""
+    import logging
+    import os
+
+    from aiohttp import web
+
+    from cairn.errors import ConfigError
+    from cairn.manifests.models import Models
+    from cairn.server.api import make_app, settings_from_environment
+
+    addr = os.environ.get("CAIRN_HOST") or "127.0.0.1:11434"
+    addr = addr.removeprefix("http://")
+    host, _, port = addr.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError("CAIRN_HOST {addr!r} is not HOST:PORT", addr=addr)
+    settings = settings_from_environment(Models.from_environment())
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    say(
+        Phrase("serving {root} on {url}", root=settings.models.root, url=f"http://{addr}"), err=True
+    )
+    web.run_app(make_app(settings), host=host, port=int(port), print=None, access_log=None)

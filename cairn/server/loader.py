@@ -1,0 +1,105 @@
+"""Loading models into runner processes for the scheduler, and generating from them.
+
+A runner speaks one request at a time, in a thread of its own (its pipes
+block); text comes back to the event loop through a queue. A request whose
+client went away stops its runner at once (the only way to stop native code
+mid-token), and the scheduler loads the model afresh for the next one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from cairn import threads
+from cairn.runtime_plugins.runner import Runner
+from cairn.runtime_plugins.runtime import Chunk, ModelSpec
+from cairn.server.scheduler import Want
+
+LOAD_OPTIONS = frozenset({"num_ctx", "num_batch", "num_gpu", "main_gpu", "num_thread", "use_mmap"})
+"""The options a model is loaded with: another value of any of them means another load."""
+
+
+@dataclass
+class Loaded:
+    runner: Runner
+    seconds: float
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+@dataclass(frozen=True)
+class Target:
+    """What the loader needs beyond the :class:`Want`: where the weights are, and the
+    runtime's plugin module. Not part of a load's identity beyond what ``Want`` holds."""
+
+    spec: ModelSpec
+    module: str | None
+
+
+class RunnerLoader:
+    def __init__(self) -> None:
+        self.targets: dict[Want, Target] = {}
+
+    def want(
+        self,
+        model: str,
+        runtime: str,
+        module: str | None,
+        spec: ModelSpec,
+        options: Mapping[str, Any],
+        size: int,
+    ) -> Want:
+        load = {k: v for k, v in options.items() if k in LOAD_OPTIONS}
+        load["weights"] = str(spec.weights)
+        want = Want.of(model, runtime, load, size)
+        self.targets[want] = Target(spec, module)
+        return want
+
+    async def load(self, want: Want) -> Loaded:
+        target = self.targets[want]
+        options = {k: v for k, v in want.options if k in LOAD_OPTIONS}
+
+        def start() -> Loaded:
+            runner = Runner(want.runtime, module=target.module)
+            try:
+                seconds = runner.load(target.spec, options)
+            except BaseException:
+                runner.stop()
+                raise
+            return Loaded(runner, seconds)
+
+        return await asyncio.to_thread(start)
+
+    async def unload(self, loaded: Loaded) -> None:
+        await asyncio.to_thread(loaded.runner.close)
+
+
+async def generate(loaded: Loaded, prompt: str, options: Mapping[str, Any]) -> AsyncIterator[Chunk]:
+    """The runner's chunks as they come; cancelled (a client gone), the runner is stopped."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[Chunk | BaseException | None] = asyncio.Queue()
+
+    def pump() -> None:
+        try:
+            for chunk in loaded.runner.generate(prompt, dict(options)):
+                loop.call_soon_threadsafe(queue.put_nowait, chunk)
+        except BaseException as exc:
+            loop.call_soon_threadsafe(queue.put_nowait, exc)
+        loop.call_soon_threadsafe(queue.put_nowait, None)
+
+    async with loaded.lock:
+        worker = threads.start(threading.Thread(target=pump, daemon=True))
+        try:
+            while (item := await queue.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        except (asyncio.CancelledError, GeneratorExit):
+            await asyncio.to_thread(loaded.runner.stop)
+            raise
+        finally:
+            if not worker.is_alive():
+                worker.join()

@@ -1,0 +1,130 @@
+"""``cairn serve`` against Ollama's official Python client, with the real Gemma 3 270M."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import GEMMA_TEMPLATE, cairn_env, free_port, modelfile, stop
+from tests.conftest import Runner as Cli
+from tests.runtime_plugins.test_run import require_llama, workers
+
+OPTIONS = {"temperature": 0, "seed": 42, "num_predict": 12}
+
+
+@pytest.fixture
+def served(cairn: Cli, store: Path, tmp_path: Path, gemma_gguf: Path) -> Iterator[str]:
+    """``http://host:port`` of a ``cairn serve`` over a store holding gemma3:270m."""
+    require_llama()
+    text = f'FROM {gemma_gguf}\nTEMPLATE """{GEMMA_TEMPLATE}"""\nPARAMETER stop <end_of_turn>\n'
+    modelfile(tmp_path, text, "MF")
+    cairn("create", "gemma3:270m", "-f", str(tmp_path / "MF"))
+    port = free_port()
+    env = cairn_env(store, CAIRN_HOST=f"127.0.0.1:{port}")
+    log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cairn", "serve"], env=env, stdout=log, stderr=log
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        assert proc.poll() is None, (tmp_path / "serve.log").read_text()
+        try:
+            if httpx.get(url).text == "Ollama is running":
+                break
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "cairn serve did not start"
+        time.sleep(0.05)
+    try:
+        yield url
+    finally:
+        stop(proc)
+        log.close()
+
+
+def test_the_ollama_client_lists_shows_and_generates(served: str, store: Path) -> None:
+    import ollama
+
+    client = ollama.Client(host=served)
+    assert [m.model for m in client.list().models] == ["gemma3:270m"]
+    shown = client.show("gemma3:270m")
+    assert "<start_of_turn>" in (shown.template or "")
+    assert shown.details is not None and shown.details.family == "gemma3"
+
+    whole = client.generate(model="gemma3:270m", prompt="Name a colour.", options=OPTIONS)
+    assert whole.done and (whole.response or "").strip()
+    assert whole.done_reason in ("stop", "length") and 1 <= (whole.eval_count or 0) <= 12
+    assert (whole.total_duration or 0) >= (whole.eval_duration or 0) > 0
+    parts = list(
+        client.generate(model="gemma3:270m", prompt="Name a colour.", options=OPTIONS, stream=True)
+    )
+    assert parts[-1].done and not any(p.done for p in parts[:-1])
+    assert "".join(p.response or "" for p in parts) == whole.response  # temperature 0, one seed
+
+    messages = [{"role": "user", "content": "Name a colour."}]
+    chat = client.chat(model="gemma3:270m", messages=messages, options=OPTIONS)
+    assert chat.message.role == "assistant" and chat.message.content == whole.response
+    streamed = list(
+        client.chat(model="gemma3:270m", messages=messages, options=OPTIONS, stream=True)
+    )
+    assert "".join(p.message.content or "" for p in streamed) == chat.message.content
+
+    assert [m.model for m in client.ps().models] == ["gemma3:270m"]
+    client.generate(model="gemma3:270m", prompt="", keep_alive=0)  # unload, as Ollama's CLI does
+    assert client.ps().models == []
+    assert not workers(store)  # its runner went with it
+
+    client.copy("gemma3:270m", "copied:1")
+    assert sorted(m.model or "" for m in client.list().models) == ["copied:1", "gemma3:270m"]
+    client.delete("copied:1")
+    assert [m.model for m in client.list().models] == ["gemma3:270m"]
+
+
+def test_errors_have_ollamas_shape(served: str) -> None:
+    import ollama
+
+    client = ollama.Client(host=served)
+    with pytest.raises(ollama.ResponseError) as missing:
+        client.generate(model="nothing-here", prompt="hi")
+    assert missing.value.status_code == 404 and "not found" in missing.value.error
+    bad = httpx.post(f"{served}/api/generate", content=b"{not json")
+    assert bad.status_code == 400 and "error" in bad.json()
+    no_model = httpx.post(f"{served}/api/chat", json={"messages": []})
+    assert no_model.status_code == 400 and no_model.json() == {"error": "model is required"}
+    wrong = httpx.post(
+        f"{served}/api/generate", json={"model": "gemma3:270m", "options": {"temperature": "hot"}}
+    )
+    assert wrong.status_code in (400, 500) and "temperature" in wrong.json()["error"]
+
+
+def test_a_client_gone_mid_answer_frees_the_model_at_once(served: str, store: Path) -> None:
+    body = {
+        "model": "gemma3:270m",
+        "prompt": "Tell me a long story.",
+        "options": {"num_predict": 2000},
+    }
+    with httpx.stream("POST", f"{served}/api/generate", json=body, timeout=60) as answer:
+        lines = answer.iter_lines()
+        for _ in range(3):
+            next(lines)  # it is generating; then the client goes away
+    started = time.monotonic()
+    after = httpx.post(
+        f"{served}/api/generate",
+        json={
+            "model": "gemma3:270m",
+            "prompt": "Name a colour.",
+            "stream": False,
+            "options": OPTIONS,
+        },
+        timeout=120,
+    )
+    assert after.status_code == 200 and after.json()["done"]
+    # the long answer was stopped, not finished first (2000 tokens take far longer)
+    assert after.json()["eval_count"] <= 12 and time.monotonic() - started < 60
