@@ -10,10 +10,11 @@ unless ``"stream": false``, the last object carrying ``done``,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -23,8 +24,9 @@ from aiohttp import web
 from cairn import __version__
 from cairn.errors import CairnError, ModelNotFoundError, ServerBusyError
 from cairn.manifests.models import Models
+from cairn.runtime_plugins.runtime import Chunk
 from cairn.server.loader import RunnerLoader, generate
-from cairn.server.scheduler import FOREVER, Scheduler
+from cairn.server.scheduler import FOREVER, Scheduler, Want
 
 OLLAMA_VERSION = "0.12.0"
 """The version of Ollama's API that cairn answers as (``/api/version``)."""
@@ -39,6 +41,19 @@ class Settings:
     max_loaded: int = 3
     num_parallel: int = 1
     max_queue: int = 512
+
+
+@dataclass(frozen=True)
+class Job:
+    """One request's generation, checked and ready to run."""
+
+    name: str
+    want: Want
+    keep_alive: float
+    prompt: str
+    options: dict[str, Any]
+    empty: bool
+    """No prompt, no messages: load (or unload) the model and answer at once."""
 
 
 class BadRequest(Exception):
@@ -221,138 +236,320 @@ class Api:
         data = await self.body(request)
         return await self.answer(request, data, chat=True)
 
-    async def answer(
-        self, request: web.Request, data: dict[str, Any], chat: bool
-    ) -> web.StreamResponse:
+    async def job(
+        self,
+        name: str,
+        options: Any,
+        output_format: Any,
+        keep_alive: Any,
+        messages: list[Any] | None = None,
+        prompt: Any = None,
+        system: Any = None,
+        template: Any = None,
+        raw: bool = False,
+    ) -> Job:
+        """A request's model, options and prompt, checked: ``messages`` for a chat,
+        ``prompt`` for a completion."""
         from cairn.modelfile import check_parameters
         from cairn.running import plan
         from cairn.runtime_plugins.prompt import Message, build_prompt
 
-        name = self.name_of(data)
-        model = self.local(name)
-        stored = str(model.reference)
-        options = check_parameters(data.get("options") or {}, "options: ")
-        if data.get("format") == "json":
-            options["format"] = "json"
-        elif data.get("format") not in (None, ""):
+        stored = str(self.local(name).reference)
+        checked = check_parameters(options or {}, "options: ")
+        if output_format == "json":
+            checked["format"] = "json"
+        elif output_format not in (None, ""):
             raise BadRequest('format must be "json" (JSON schemas are not supported yet)')
-        ready = await asyncio.to_thread(plan, self.models, stored, options)
-        keep_alive = duration(data.get("keep_alive"), self.settings.keep_alive)
-        if chat:
-            raw_messages = data.get("messages") or []
-            if not isinstance(raw_messages, list):
-                raise BadRequest("messages must be a list")
+        ready = await asyncio.to_thread(plan, self.models, stored, checked)
+        alive = duration(keep_alive, self.settings.keep_alive)
+        details = ready.details
+        if messages is not None:
             conversation = []
-            system = ready.details.system
-            for item in raw_messages:
-                if not isinstance(item, dict) or not isinstance(item.get("content", ""), str):
+            system = details.system
+            for item in messages:
+                if not isinstance(item, dict) or not isinstance(item.get("content") or "", str):
                     raise BadRequest("each message needs a role and a content string")
                 if item.get("images"):
                     raise BadRequest("this model's runtime takes no images")
                 role = str(item.get("role", "user"))
-                if role == "system":
+                if role in ("system", "developer"):
                     system = item.get("content") or ""
                     continue
                 conversation.append(Message(role, item.get("content") or ""))
-            empty = not conversation
-            prompt = (
+            text = (
                 ""
-                if empty
+                if not conversation
                 else build_prompt(
-                    ready.details.template, conversation, system, ready.history, ready.chat_template
+                    details.template, conversation, system, ready.history, ready.chat_template
                 )
             )
+            empty = not conversation
         else:
-            text = data.get("prompt") or ""
-            if not isinstance(text, str):
+            if prompt is not None and not isinstance(prompt, str):
                 raise BadRequest("prompt must be a string")
-            empty = not text
-            template = data.get("template") or ready.details.template
-            system = data.get("system") or ready.details.system
-            if data.get("raw"):
-                prompt = text
+            empty = not prompt
+            if raw:
+                text = prompt or ""
             else:
-                prompt = build_prompt(
-                    template, [Message("user", text)], system, ready.history, ready.chat_template
+                text = build_prompt(
+                    template or details.template,
+                    [Message("user", prompt or "")],
+                    system or details.system,
+                    ready.history,
+                    ready.chat_template,
                 )
         want = self.loader.want(
             stored, ready.runtime.name, ready.runtime.module, ready.spec, ready.options, 0
         )
+        return Job(name, want, alive, text, ready.options, empty)
+
+    async def produce(self, job: Job) -> AsyncGenerator[Chunk, None]:
+        """The job's chunks under a lease on its model; the last is ``done`` with the
+        statistics (``load_duration`` and ``total_duration`` among them). A client gone
+        (cancelled) or a runner dead: the model is loaded afresh for the next request."""
         started = time.monotonic()
-        stream = data.get("stream", True) is not False
-        async with self.scheduler.lease(want, keep_alive) as lease:
+        async with self.scheduler.lease(job.want, job.keep_alive) as lease:
             loaded_in = time.monotonic() - started
-            base = {"model": name, "created_at": stamp(time.time())}
-            if empty:  # Ollama: an empty prompt loads (or, keep_alive 0, unloads) the model
-                done: dict[str, Any] = {**base, "done": True, "done_reason": "load"}
-                if chat:
-                    done["message"] = {"role": "assistant", "content": ""}
-                else:
-                    done["response"] = ""
-                return web.json_response(done)
-            chunks = generate(lease.loaded, prompt, ready.options)
-            response: web.StreamResponse | None = None
-            if stream:
-                response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
-                await response.prepare(request)
-            pieces: list[str] = []
+            if job.empty:
+                yield Chunk(done=True, stats={"load_duration": loaded_in, "done_reason": "load"})
+                return
             stats: dict[str, Any] = {}
             try:
-                async for chunk in chunks:
-                    if chunk.done:
-                        stats = dict(chunk.stats)
-                        continue
+                chunks = generate(lease.loaded, job.prompt, job.options)
+                async with contextlib.aclosing(chunks):  # closed at once: its runner stops
+                    async for chunk in chunks:
+                        if chunk.done:
+                            stats = dict(chunk.stats)
+                        else:
+                            yield chunk
+            except (asyncio.CancelledError, GeneratorExit, ConnectionResetError, CairnError):
+                lease.died()  # its runner was stopped mid-token, or died
+                raise
+            predicted = job.options.get("num_predict")
+            count = int(stats.get("eval_count", 0))
+            length = isinstance(predicted, int) and predicted > 0 and count >= predicted
+            stats.update(
+                load_duration=loaded_in,
+                total_duration=time.monotonic() - started,
+                done_reason="length" if length else "stop",
+            )
+            yield Chunk(done=True, stats=stats)
+
+    async def answer(
+        self, request: web.Request, data: dict[str, Any], chat: bool
+    ) -> web.StreamResponse:
+        name = self.name_of(data)
+        if chat:
+            messages = data.get("messages") or []
+            if not isinstance(messages, list):
+                raise BadRequest("messages must be a list")
+            job = await self.job(
+                name, data.get("options"), data.get("format"), data.get("keep_alive"), messages
+            )
+        else:
+            job = await self.job(
+                name,
+                data.get("options"),
+                data.get("format"),
+                data.get("keep_alive"),
+                prompt=data.get("prompt"),
+                system=data.get("system"),
+                template=data.get("template"),
+                raw=bool(data.get("raw")),
+            )
+        base = {"model": name, "created_at": stamp(time.time())}
+
+        def piece(text: str) -> dict[str, Any]:
+            if chat:
+                return {"message": {"role": "assistant", "content": text}}
+            return {"response": text}
+
+        stream = data.get("stream", True) is not False
+        response: web.StreamResponse | None = None
+        if stream:
+            response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        pieces: list[str] = []
+        produced = self.produce(job)
+        async with contextlib.aclosing(produced):  # a client gone closes it, and its lease
+            async for chunk in produced:
+                if chunk.done:
+                    final = {**base, **self.final(chunk.stats), **piece("".join(pieces))}
+                    if response is None:
+                        return web.json_response(final)
+                    if not response.prepared:
+                        await response.prepare(request)
+                    await response.write(json.dumps(final).encode() + b"\n")
+                    await response.write_eof()
+                    return response
+                if response is None:
+                    pieces.append(chunk.text)
+                    continue
+                if not response.prepared:
+                    await response.prepare(request)
+                line = {**base, "done": False, **piece(chunk.text)}
+                await response.write(json.dumps(line).encode() + b"\n")
+        raise CairnError("the runner ended without a last chunk")
+
+    # -- OpenAI's API -----------------------------------------------------------
+
+    async def openai_models(self, request: web.Request) -> web.StreamResponse:
+        found, _problems = await asyncio.to_thread(self.models.catalog)
+        return web.json_response({"object": "list", "data": [_openai_model(m) for m in found]})
+
+    async def openai_model(self, request: web.Request) -> web.StreamResponse:
+        model = await asyncio.to_thread(self.local, request.match_info["model"])
+        return web.json_response(_openai_model(model))
+
+    async def openai_chat(self, request: web.Request) -> web.StreamResponse:
+        return await self.openai_answer(request, chat=True)
+
+    async def openai_completions(self, request: web.Request) -> web.StreamResponse:
+        return await self.openai_answer(request, chat=False)
+
+    async def openai_answer(self, request: web.Request, chat: bool) -> web.StreamResponse:
+        data = await self.body(request)
+        name = self.name_of(data)
+        options = _openai_options(data)
+        json_out = (data.get("response_format") or {}).get("type") == "json_object"
+        output_format = "json" if json_out else None
+        if chat:
+            messages = data.get("messages")
+            if not isinstance(messages, list) or not messages:
+                raise BadRequest("messages must be a non-empty list")
+            job = await self.job(name, options, output_format, None, messages)
+        else:
+            prompt = data.get("prompt")
+            if isinstance(prompt, list) and len(prompt) == 1:
+                prompt = prompt[0]
+            if not isinstance(prompt, str):
+                raise BadRequest("prompt must be a string")
+            job = await self.job(name, options, output_format, None, prompt=prompt, raw=True)
+        kind = "chat.completion" if chat else "text_completion"
+        base = {
+            "id": f"{'chatcmpl' if chat else 'cmpl'}-{os.urandom(6).hex()}",
+            "created": int(time.time()),
+            "model": name,
+            "system_fingerprint": "fp_cairn",
+        }
+        usage_wanted = bool((data.get("stream_options") or {}).get("include_usage"))
+
+        def choice(text: str | None, finish: str | None, whole: bool) -> dict[str, Any]:
+            if not chat:
+                return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
+            if whole:
+                message = {"role": "assistant", "content": text}
+                return {"index": 0, "message": message, "finish_reason": finish}
+            delta = {"role": "assistant", "content": text} if text is not None else {}
+            return {"index": 0, "delta": delta, "finish_reason": finish}
+
+        def usage(stats: Mapping[str, Any]) -> dict[str, int]:
+            prompt_tokens = int(stats.get("prompt_eval_count", 0))
+            completion_tokens = int(stats.get("eval_count", 0))
+            total = prompt_tokens + completion_tokens
+            return {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": total,
+            }
+
+        stream = bool(data.get("stream"))
+        response: web.StreamResponse | None = None
+        if stream:
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        pieces: list[str] = []
+
+        async def send(event: dict[str, Any] | str) -> None:
+            assert response is not None
+            if not response.prepared:
+                await response.prepare(request)
+            text = event if isinstance(event, str) else json.dumps(event)
+            await response.write(f"data: {text}\n\n".encode())
+
+        produced = self.produce(job)
+        async with contextlib.aclosing(produced):
+            async for chunk in produced:
+                if not chunk.done:
                     if response is None:
                         pieces.append(chunk.text)
-                        continue
-                    line = dict(base, done=False)
-                    if chat:
-                        line["message"] = {"role": "assistant", "content": chunk.text}
                     else:
-                        line["response"] = chunk.text
-                    await response.write(json.dumps(line).encode() + b"\n")
-            except (asyncio.CancelledError, ConnectionResetError):
-                lease.died()  # its runner was stopped mid-token
-                raise
-            except CairnError:
-                lease.died()
-                raise
-            final = self.final(base, stats, ready.options, started, loaded_in)
-            if chat:
-                final["message"] = {"role": "assistant", "content": "".join(pieces)}
-            else:
-                final["response"] = "".join(pieces)
-            if response is None:
-                return web.json_response(final)
-            await response.write(json.dumps(final).encode() + b"\n")
-            await response.write_eof()
-            return response
+                        piece = {**base, "object": f"{kind}.chunk"}
+                        await send({**piece, "choices": [choice(chunk.text, None, False)]})
+                    continue
+                finish = "length" if chunk.stats.get("done_reason") == "length" else "stop"
+                if response is None:
+                    whole = {**base, "object": kind}
+                    whole["choices"] = [choice("".join(pieces), finish, True)]
+                    whole["usage"] = usage(chunk.stats)
+                    return web.json_response(whole)
+                last = {**base, "object": f"{kind}.chunk"}
+                await send({**last, "choices": [choice(None if chat else "", finish, False)]})
+                if usage_wanted:
+                    await send({**last, "choices": [], "usage": usage(chunk.stats)})
+                await send("[DONE]")
+                await response.write_eof()
+                return response
+        raise CairnError("the runner ended without a last chunk")
 
     @staticmethod
-    def final(
-        base: dict[str, Any],
-        stats: dict[str, Any],
-        options: dict[str, Any],
-        started: float,
-        loaded_in: float,
-    ) -> dict[str, Any]:
-        def ns(seconds: Any) -> int:
-            return int(float(seconds or 0) * 1e9)
+    def final(stats: Mapping[str, Any]) -> dict[str, Any]:
+        """The last object's fields, Ollama's durations in nanoseconds."""
 
-        predicted = options.get("num_predict")
-        count = int(stats.get("eval_count", 0))
-        length = isinstance(predicted, int) and predicted > 0 and count >= predicted
+        def ns(name: str) -> int:
+            return int(float(stats.get(name) or 0) * 1e9)
+
+        final: dict[str, Any] = {"done": True, "done_reason": stats.get("done_reason", "stop")}
+        if final["done_reason"] == "load":
+            return final
         return {
-            **base,
-            "done": True,
-            "done_reason": "length" if length else "stop",
-            "total_duration": ns(time.monotonic() - started),
-            "load_duration": ns(loaded_in),
+            **final,
+            "total_duration": ns("total_duration"),
+            "load_duration": ns("load_duration"),
             "prompt_eval_count": int(stats.get("prompt_eval_count", 0)),
-            "prompt_eval_duration": ns(stats.get("prompt_eval_duration")),
-            "eval_count": count,
-            "eval_duration": ns(stats.get("eval_duration")),
+            "prompt_eval_duration": ns("prompt_eval_duration"),
+            "eval_count": int(stats.get("eval_count", 0)),
+            "eval_duration": ns("eval_duration"),
         }
+
+
+def _openai_model(model: Any) -> dict[str, Any]:
+    return {
+        "id": model.reference.display,
+        "object": "model",
+        "created": int(model.modified),
+        "owned_by": model.reference.namespace,
+    }
+
+
+_OPENAI_OPTIONS = {
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "seed": "seed",
+    "frequency_penalty": "frequency_penalty",
+    "presence_penalty": "presence_penalty",
+    "max_tokens": "num_predict",
+    "max_completion_tokens": "num_predict",
+}
+
+
+def _openai_options(data: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI's sampling fields as Ollama's options (typed and ranged later)."""
+    options = {
+        ours: data[theirs]
+        for theirs, ours in _OPENAI_OPTIONS.items()
+        if data.get(theirs) is not None
+    }
+    stop = data.get("stop")
+    if stop is not None:
+        options["stop"] = [stop] if isinstance(stop, str) else stop
+    return options
+
+
+def _error(request: web.Request, status: int, message: str, kind: str) -> web.Response:
+    """The error in the shape of the API asked: OpenAI's object on ``/v1/``, else Ollama's."""
+    if request.path.startswith("/v1/"):
+        body = {"error": {"message": message, "type": kind, "param": None, "code": None}}
+        return web.json_response(body, status=status)
+    return web.json_response({"error": message}, status=status)
 
 
 @web.middleware
@@ -360,13 +557,13 @@ async def ollama_errors(request: web.Request, handler: Handler) -> web.StreamRes
     try:
         return await handler(request)
     except BadRequest as exc:
-        return web.json_response({"error": str(exc)}, status=400)
+        return _error(request, 400, str(exc), "invalid_request_error")
     except ModelNotFoundError as exc:
-        return web.json_response({"error": str(exc)}, status=404)
+        return _error(request, 404, str(exc), "not_found_error")
     except ServerBusyError as exc:
-        return web.json_response({"error": str(exc)}, status=503)
+        return _error(request, 503, str(exc), "server_error")
     except CairnError as exc:
-        return web.json_response({"error": str(exc)}, status=500)
+        return _error(request, 500, str(exc), "api_error")
 
 
 def make_app(settings: Settings) -> web.Application:
@@ -384,6 +581,10 @@ def make_app(settings: Settings) -> web.Application:
             web.delete("/api/delete", api.delete),
             web.post("/api/generate", api.generate),
             web.post("/api/chat", api.chat),
+            web.get("/v1/models", api.openai_models),
+            web.get("/v1/models/{model:.+}", api.openai_model),
+            web.post("/v1/chat/completions", api.openai_chat),
+            web.post("/v1/completions", api.openai_completions),
         ]
     )
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,7 +77,9 @@ class RunnerLoader:
         await asyncio.to_thread(loaded.runner.close)
 
 
-async def generate(loaded: Loaded, prompt: str, options: Mapping[str, Any]) -> AsyncIterator[Chunk]:
+async def generate(
+    loaded: Loaded, prompt: str, options: Mapping[str, Any]
+) -> AsyncGenerator[Chunk, None]:
     """The runner's chunks as they come; cancelled (a client gone), the runner is stopped."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[Chunk | BaseException | None] = asyncio.Queue()

@@ -7,6 +7,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -128,3 +129,29 @@ def test_a_client_gone_mid_answer_frees_the_model_at_once(served: str, store: Pa
     assert after.status_code == 200 and after.json()["done"]
     # the long answer was stopped, not finished first (2000 tokens take far longer)
     assert after.json()["eval_count"] <= 12 and time.monotonic() - started < 60
+
+
+def test_the_openai_client_chats_and_completes(served: str) -> None:
+    import openai
+
+    client = openai.OpenAI(base_url=f"{served}/v1", api_key="unused")
+    assert [m.id for m in client.models.list().data] == ["gemma3:270m"]
+    assert client.models.retrieve("gemma3:270m").id == "gemma3:270m"
+    messages: Any = [{"role": "user", "content": "Name a colour."}]
+    asked: Any = {"model": "gemma3:270m", "temperature": 0, "seed": 42, "max_tokens": 12}
+    whole = client.chat.completions.create(messages=messages, **asked)
+    text = whole.choices[0].message.content or ""
+    assert text.strip() and whole.choices[0].finish_reason in ("stop", "length")
+    assert whole.usage is not None and 1 <= whole.usage.completion_tokens <= 12
+    streamed = list(
+        client.chat.completions.create(
+            messages=messages, stream=True, stream_options={"include_usage": True}, **asked
+        )
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == text
+    assert streamed[-1].usage is not None and streamed[-1].choices == []
+    completed = client.completions.create(prompt="The sky is", **asked)
+    assert completed.choices[0].text and completed.usage is not None
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.chat.completions.create(model="nothing-here", messages=messages)
+    assert "not found" in str(missing.value)
