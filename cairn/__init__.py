@@ -8,8 +8,13 @@ __version__ = "0.1.0"
 
 __all__ = ["__version__"]
 
-if _sys.argv and _os.path.basename(_sys.argv[0]) in ("cairn", "-m"):
+if (
+    _sys.argv
+    and _os.path.basename(_sys.argv[0]) in ("cairn", "-m")
+    and _signal.getsignal(_signal.SIGINT) is not _signal.SIG_IGN
+):
     # Started as the `cairn` command: a Ctrl-C while it is still importing ends it as the
     # signal ends any program (exit status 130, no traceback); `cli.main` takes Ctrl-C
-    # over once there is a command to interrupt.
+    # over once there is a command to interrupt. Started with SIGINT ignored (a shell's
+    # background job), it stays ignored, as for every program.
     _signal.signal(_signal.SIGINT, _signal.SIG_DFL)

@@ -384,6 +384,15 @@ def cairn_registry(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         yield host, root
 
 
+def foreground() -> None:
+    """``preexec_fn`` for a command a test will Ctrl-C: SIGINT at its default, as a shell
+    gives a command it runs in the foreground. A suite started in the background (``make
+    test &``, nohup) passes SIGINT on ignored, and a program rightly keeps ignoring it."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Terminal:
     """A command on a pseudo-terminal: keys typed into it, its output read up to a marker."""
 
@@ -391,7 +400,8 @@ class Terminal:
         import pty
 
         self.pid, self.fd = pty.fork()
-        if self.pid == 0:  # the child: the command on a terminal
+        if self.pid == 0:  # the child: the command on a terminal, in its foreground
+            foreground()
             os.execve(argv[0], argv, env)
 
     def until(self, marker: str, seconds: float = 60) -> str:
@@ -427,6 +437,7 @@ def run_in_pty(argv: list[str], env: dict[str, str], columns: int = 100) -> tupl
 
     pid, fd = pty.fork()
     if pid == 0:  # the child: size the terminal, then become the command
+        foreground()
         fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 30, columns, 0, 0))
         os.execve(argv[0], argv, env)
     output = b""

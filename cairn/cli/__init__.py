@@ -115,7 +115,8 @@ _register()
 def main() -> None:
     import signal
 
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # see cairn/__init__.py
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # a background job ignores it
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # see cairn/__init__.py
     try:
         # Not click's standalone mode: it answers a Ctrl-C outside a command (while the
         # arguments are parsed, say) with "Aborted!" and exit status 1.

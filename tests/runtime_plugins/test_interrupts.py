@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import GEMMA_TEMPLATE, Terminal, cairn_env, modelfile
+from tests.conftest import GEMMA_TEMPLATE, Terminal, cairn_env, foreground, modelfile
 from tests.conftest import Runner as Cli
 from tests.runtime_plugins.test_run import require_llama, workers
 
@@ -75,6 +75,7 @@ def interrupt(argv: list[str], env: dict[str, str], latest: float) -> tuple[int,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=foreground,  # as a user's shell starts it
     )
     time.sleep(random.uniform(0.0, latest))
     sent = time.monotonic()

@@ -16,7 +16,7 @@ from cairn.errors import RunnerError
 from cairn.gguf import read_gguf
 from cairn.runtime_plugins.runner import Runner
 from cairn.runtime_plugins.runtime import ModelSpec
-from tests.conftest import GEMMA_TEMPLATE, Terminal, cairn_env, modelfile, run_in_pty
+from tests.conftest import GEMMA_TEMPLATE, Terminal, cairn_env, foreground, modelfile, run_in_pty
 from tests.conftest import Runner as Cli
 
 OPTIONS = {"temperature": 0.0, "seed": 42, "num_ctx": 512}
@@ -181,6 +181,7 @@ def test_sigint_stops_cleanly(store: Path, gemma: str) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=foreground,
     )
     assert proc.stdout is not None
     proc.stdout.read(20)  # it is generating
