@@ -177,4 +177,12 @@ def serve_api() -> None:
     say(
         Phrase("serving {root} on {url}", root=settings.models.root, url=f"http://{addr}"), err=True
     )
-    web.run_app(make_app(settings), host=host, port=int(port), print=None, access_log=None)
+    web.run_app(
+        make_app(settings),
+        host=host,
+        port=int(port),
+        print=None,
+        access_log=None,
+        handler_cancellation=True,  # a client gone stops its answer, streamed or not
+        shutdown_timeout=5,
+    )

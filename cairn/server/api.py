@@ -22,8 +22,17 @@ from typing import Any
 from aiohttp import web
 
 from cairn import __version__
-from cairn.errors import CairnError, ModelNotFoundError, ServerBusyError
+from cairn.errors import (
+    CairnError,
+    ConfigError,
+    InvalidReferenceError,
+    ModelfileError,
+    ModelNotFoundError,
+    ServerBusyError,
+    TemplateError,
+)
 from cairn.manifests.models import Models
+from cairn.manifests.reference import parse_reference
 from cairn.runtime_plugins.runtime import Chunk
 from cairn.server.loader import RunnerLoader, generate
 from cairn.server.scheduler import FOREVER, Scheduler, Want
@@ -60,8 +69,20 @@ class BadRequest(Exception):
     """A request Ollama would answer with 400."""
 
 
+MOST_KEEP_ALIVE = 10 * 365 * 86400.0
+"""Longer than this is for ever."""
+
+
 def duration(text: Any, default: float) -> float:
-    """Seconds from Ollama's ``keep_alive``: a number of seconds, or "5m", "1h", "-1"."""
+    """Seconds from Ollama's ``keep_alive``: a number of seconds, or "5m", "1h", "-1"
+    (negative: for ever; past ten years: for ever; not a number: a 400)."""
+    seconds = _duration(text, default)
+    if seconds != seconds:  # NaN
+        raise BadRequest(f"keep_alive {text!r:.40} is not a duration")
+    return FOREVER if seconds > MOST_KEEP_ALIVE else seconds
+
+
+def _duration(text: Any, default: float) -> float:
     if text is None:
         return default
     if isinstance(text, bool):
@@ -96,7 +117,9 @@ class Api:
         self.scheduler = Scheduler(
             self.loader,
             max_loaded=settings.max_loaded,
-            num_parallel=settings.num_parallel,
+            # A runner answers one request at a time: the others wait in the scheduler's
+            # queue, never on a runner another request may have to kill.
+            num_parallel=1,
             max_queue=settings.max_queue,
             keep_alive=settings.keep_alive,
         )
@@ -109,8 +132,8 @@ class Api:
     async def body(request: web.Request) -> dict[str, Any]:
         try:
             data = await request.json()
-        except (ValueError, UnicodeDecodeError):
-            raise BadRequest("the body is not valid JSON") from None
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            raise BadRequest("the body is not valid JSON (or nests too deep)") from None
         if not isinstance(data, dict):
             raise BadRequest("the body must be a JSON object")
         return data
@@ -199,11 +222,14 @@ class Api:
         now, wall = time.monotonic(), time.time()
         listed = []
         for status in self.scheduler.status():
-            model = self.local(status.model)
-            entry = self.entry(model)
-            expires = wall + (status.expires - now) if status.expires is not None else wall
-            if status.expires is None and status.active == 0:
-                expires = wall + 10 * 365 * 86400  # kept for ever
+            try:
+                entry = self.entry(self.local(status.model))
+            except ModelNotFoundError:  # deleted while loaded: it goes when its requests do
+                entry = {"name": status.model, "model": status.model, "size": status.size}
+            if status.expires is not None:
+                expires = wall + (status.expires - now)
+            else:
+                expires = wall + MOST_KEEP_ALIVE  # in use, or kept for ever
             listed.append(
                 {**entry, "expires_at": stamp(expires), "size_vram": 0, "context_length": 0}
             )
@@ -255,6 +281,11 @@ class Api:
         from cairn.runtime_plugins.prompt import Message, build_prompt
 
         stored = str(self.local(name).reference)
+        if options is not None and not isinstance(options, dict):
+            raise BadRequest("options must be an object")
+        for field_name, value in (("template", template), ("system", system)):
+            if value is not None and not isinstance(value, str):
+                raise BadRequest(f"{field_name} must be a string")
         checked = check_parameters(options or {}, "options: ")
         if output_format == "json":
             checked["format"] = "json"
@@ -271,7 +302,9 @@ class Api:
                     raise BadRequest("each message needs a role and a content string")
                 if item.get("images"):
                     raise BadRequest("this model's runtime takes no images")
-                role = str(item.get("role", "user"))
+                role = item.get("role", "user")
+                if not isinstance(role, str):
+                    raise BadRequest("a message's role must be a string")
                 if role in ("system", "developer"):
                     system = item.get("content") or ""
                     continue
@@ -304,6 +337,16 @@ class Api:
         return Job(name, want, alive, text, ready.options, empty)
 
     async def produce(self, job: Job) -> AsyncGenerator[Chunk, None]:
+        inner = self._produce(job)
+        try:
+            async with contextlib.aclosing(inner):  # its lease ends before this does
+                async for chunk in inner:
+                    yield chunk
+        finally:
+            if self.models.tags.find(parse_reference(job.want.model)) is None:
+                await self.scheduler.stop(job.want.model)  # deleted meanwhile: not kept loaded
+
+    async def _produce(self, job: Job) -> AsyncGenerator[Chunk, None]:
         """The job's chunks under a lease on its model; the last is ``done`` with the
         statistics (``load_duration`` and ``total_duration`` among them). A client gone
         (cancelled) or a runner dead: the model is loaded afresh for the next request."""
@@ -364,7 +407,9 @@ class Api:
                 return {"message": {"role": "assistant", "content": text}}
             return {"response": text}
 
-        stream = data.get("stream", True) is not False
+        stream = data.get("stream", True)
+        if not isinstance(stream, bool):
+            raise BadRequest("stream must be true or false")
         response: web.StreamResponse | None = None
         if stream:
             response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
@@ -410,8 +455,13 @@ class Api:
         data = await self.body(request)
         name = self.name_of(data)
         options = _openai_options(data)
-        json_out = (data.get("response_format") or {}).get("type") == "json_object"
-        output_format = "json" if json_out else None
+        response_format = _object(data, "response_format")
+        kind_asked = response_format.get("type", "text")
+        if kind_asked not in ("text", "json_object"):
+            raise BadRequest(
+                f"response_format {kind_asked!r:.40} is not supported (text, json_object)"
+            )
+        output_format = "json" if kind_asked == "json_object" else None
         if chat:
             messages = data.get("messages")
             if not isinstance(messages, list) or not messages:
@@ -431,7 +481,7 @@ class Api:
             "model": name,
             "system_fingerprint": "fp_cairn",
         }
-        usage_wanted = bool((data.get("stream_options") or {}).get("include_usage"))
+        usage_wanted = bool(_object(data, "stream_options").get("include_usage"))
 
         def choice(text: str | None, finish: str | None, whole: bool) -> dict[str, Any]:
             if not chat:
@@ -452,7 +502,9 @@ class Api:
                 "total_tokens": total,
             }
 
-        stream = bool(data.get("stream"))
+        stream = data.get("stream", False)
+        if not isinstance(stream, bool):
+            raise BadRequest("stream must be true or false")
         response: web.StreamResponse | None = None
         if stream:
             response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
@@ -531,8 +583,19 @@ _OPENAI_OPTIONS = {
 }
 
 
+def _object(data: dict[str, Any], key: str) -> dict[str, Any]:
+    value = data.get(key) or {}
+    if not isinstance(value, dict):
+        raise BadRequest(f"{key} must be an object")
+    return value
+
+
 def _openai_options(data: dict[str, Any]) -> dict[str, Any]:
     """OpenAI's sampling fields as Ollama's options (typed and ranged later)."""
+    for key in ("max_tokens", "max_completion_tokens"):
+        value = data.get(key)
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise BadRequest(f"{key} must be a positive integer")
     options = {
         ours: data[theirs]
         for theirs, ours in _OPENAI_OPTIONS.items()
@@ -552,6 +615,9 @@ def _error(request: web.Request, status: int, message: str, kind: str) -> web.Re
     return web.json_response({"error": message}, status=status)
 
 
+_CLIENT_ERRORS = (ConfigError, InvalidReferenceError, ModelfileError, TemplateError)
+
+
 @web.middleware
 async def ollama_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
@@ -562,6 +628,8 @@ async def ollama_errors(request: web.Request, handler: Handler) -> web.StreamRes
         return _error(request, 404, str(exc), "not_found_error")
     except ServerBusyError as exc:
         return _error(request, 503, str(exc), "server_error")
+    except _CLIENT_ERRORS as exc:  # what was asked is wrong: options, names, num_ctx
+        return _error(request, 400, str(exc), "invalid_request_error")
     except CairnError as exc:
         return _error(request, 500, str(exc), "api_error")
 
@@ -588,9 +656,16 @@ def make_app(settings: Settings) -> web.Application:
         ]
     )
 
+    async def halt(_: web.Application) -> None:
+        """Going down: answers in progress stop now (their runners are killed), rather
+        than the server waiting for them to finish."""
+        for loaded in api.scheduler.loaded():
+            await api.loader.kill(loaded)
+
     async def close(_: web.Application) -> None:
         await api.scheduler.close()
 
+    app.on_shutdown.append(halt)
     app.on_cleanup.append(close)
     return app
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cairn import threads
+from cairn.errors import RunnerError
 from cairn.runtime_plugins.runner import Runner
 from cairn.runtime_plugins.runtime import Chunk, ModelSpec
 from cairn.server.scheduler import Want
@@ -28,6 +29,8 @@ class Loaded:
     runner: Runner
     seconds: float
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    stopped: bool = False
+    """Killed mid-answer (its client went away): no request may use it any more."""
 
 
 @dataclass(frozen=True)
@@ -40,9 +43,6 @@ class Target:
 
 
 class RunnerLoader:
-    def __init__(self) -> None:
-        self.targets: dict[Want, Target] = {}
-
     def want(
         self,
         model: str,
@@ -54,12 +54,10 @@ class RunnerLoader:
     ) -> Want:
         load = {k: v for k, v in options.items() if k in LOAD_OPTIONS}
         load["weights"] = str(spec.weights)
-        want = Want.of(model, runtime, load, size)
-        self.targets[want] = Target(spec, module)
-        return want
+        return Want.of(model, runtime, load, size, Target(spec, module))
 
     async def load(self, want: Want) -> Loaded:
-        target = self.targets[want]
+        target: Target = want.target
         options = {k: v for k, v in want.options if k in LOAD_OPTIONS}
 
         def start() -> Loaded:
@@ -75,6 +73,11 @@ class RunnerLoader:
 
     async def unload(self, loaded: Loaded) -> None:
         await asyncio.to_thread(loaded.runner.close)
+
+    async def kill(self, loaded: Loaded) -> None:
+        """Stop the runner now, mid-answer if need be (the server is going)."""
+        loaded.stopped = True
+        await asyncio.to_thread(loaded.runner.stop)
 
 
 async def generate(
@@ -93,13 +96,22 @@ async def generate(
         loop.call_soon_threadsafe(queue.put_nowait, None)
 
     async with loaded.lock:
+        if loaded.stopped:
+            raise RunnerError("the {runtime} runner was stopped", runtime=loaded.runner.runtime)
         worker = threads.start(threading.Thread(target=pump, daemon=True))
         try:
             while (item := await queue.get()) is not None:
+                if isinstance(item, (ValueError, OSError)):  # its pipes, closed under it
+                    raise RunnerError(
+                        "the {runtime} runner stopped: {reason}",
+                        runtime=loaded.runner.runtime,
+                        reason=str(item),
+                    )
                 if isinstance(item, BaseException):
                     raise item
                 yield item
         except (asyncio.CancelledError, GeneratorExit):
+            loaded.stopped = True
             await asyncio.to_thread(loaded.runner.stop)
             raise
         finally:

@@ -46,10 +46,15 @@ class Want:
     options: tuple[tuple[str, Any], ...] = ()
     size: int = 0
     """Bytes the model takes loaded (weights and KV cache), as estimated from its header."""
+    target: Any = field(default=None, compare=False, hash=False)
+    """What the loader needs beyond the above (where the weights are); not part of what
+    makes two loads the same."""
 
     @classmethod
-    def of(cls, model: str, runtime: str, options: Mapping[str, Any], size: int = 0) -> Want:
-        return cls(model, runtime, tuple(sorted(options.items())), size)
+    def of(
+        cls, model: str, runtime: str, options: Mapping[str, Any], size: int = 0, target: Any = None
+    ) -> Want:
+        return cls(model, runtime, tuple(sorted(options.items())), size, target)
 
 
 class Loader(Protocol):
@@ -132,6 +137,10 @@ class Scheduler:
             for s in sorted(self._slots.values(), key=lambda s: s.want.model)
             if s.ready.is_set() and s.error is None
         ]
+
+    def loaded(self) -> list[Any]:
+        """What the loader loaded, for each model loaded now."""
+        return [s.loaded for s in self._slots.values() if s.loaded is not None]
 
     @property
     def waiting(self) -> int:

@@ -105,6 +105,43 @@ def test_errors_have_ollamas_shape(served: str) -> None:
     assert wrong.status_code in (400, 500) and "temperature" in wrong.json()["error"]
 
 
+def test_what_the_attack_on_cairn_serve_found(served: str, store: Path) -> None:
+    """Bad input is a 400 with a clear message, never a 500; a huge keep_alive is for ever
+    and does not break /api/ps; a client gone before a non-streamed answer ends stops it."""
+    api = f"{served}/api/generate"
+    model = {"model": "gemma3:270m"}
+    for body, field in (
+        ({**model, "template": 5}, "template"),
+        ({**model, "options": ["x"]}, "options"),
+        ({**model, "prompt": "hi", "stream": "false"}, "stream"),
+        ({**model, "prompt": "hi", "options": {"num_ctx": 10**12}}, "num_ctx"),
+        ({**model, "prompt": "hi", "options": {"temperature": "hot"}}, "temperature"),
+    ):
+        answer = httpx.post(api, json=body)
+        assert answer.status_code == 400 and field in answer.json()["error"], answer.text
+    deep = httpx.post(api, content=b"[" * 100_000)
+    assert deep.status_code == 400
+    named = httpx.post(f"{served}/api/copy", json={"source": "gemma3:270m", "destination": "../x"})
+    assert named.status_code == 400
+    openai_bad = httpx.post(
+        f"{served}/v1/chat/completions",
+        json={**model, "messages": [{"role": "user", "content": "hi"}], "response_format": "json"},
+    )
+    assert openai_bad.status_code == 400 and openai_bad.json()["error"]["message"]
+    loaded = httpx.post(api, json={**model, "keep_alive": 1e300})
+    assert loaded.status_code == 200, loaded.text
+    listed = httpx.get(f"{served}/api/ps")
+    assert listed.status_code == 200 and len(listed.json()["models"]) == 1
+
+    story = {**model, "prompt": "Tell me a long story.", "stream": False}
+    with pytest.raises(httpx.ReadTimeout):  # the client gives up before the answer ends
+        httpx.post(api, json=story | {"options": {"num_predict": 2000}}, timeout=2)
+    deadline = time.monotonic() + 20  # 2,000 tokens take far longer than this
+    while workers(store) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not workers(store), "the runner went on answering a client that had gone"
+
+
 def test_a_client_gone_mid_answer_frees_the_model_at_once(served: str, store: Path) -> None:
     body = {
         "model": "gemma3:270m",
