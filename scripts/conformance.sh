@@ -15,15 +15,7 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); p
 "$cairn" registry serve --addr "127.0.0.1:$port" --root "$store" >"$report/serve.log" 2>&1 &
 server=$!
 trap 'kill "$server" 2>/dev/null; wait "$server" 2>/dev/null; rm -rf "$store"' EXIT
-python3 - "$port" <<'PY'  # wait until the server answers (no curl needed)
-import sys, time, urllib.request
-for _ in range(600):
-    try:
-        urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/v2/", timeout=1)
-        break
-    except OSError:
-        time.sleep(0.1)
-PY
+python3 "$(dirname "$0")/wait-registry.py" "$port"
 
 bash "$suites/run.sh" "http://127.0.0.1:$port" "$report" >"$report/run.log" 2>&1
 failed=0

@@ -44,15 +44,7 @@ CONFIG
 docker-registry serve "$workdir/registry/config.yml" >/dev/null 2>&1 &
 registry_pid=$!
 trap 'kill $registry_pid 2>/dev/null; rm -rf "$workdir"' EXIT
-python - "$port" <<'WAIT'
-import sys, time, urllib.request
-for _ in range(200):
-    try:
-        urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/v2/", timeout=1)
-        break
-    except OSError:
-        time.sleep(0.05)
-WAIT
+python "$(dirname "$0")/wait-registry.py" "$port"
 
 echo "==> cairn push gemma3:270m 127.0.0.1:$port/library/gemma3:270m --insecure"
 cairn push gemma3:270m "127.0.0.1:$port/library/gemma3:270m" --insecure

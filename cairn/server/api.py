@@ -407,9 +407,7 @@ class Api:
                 return {"message": {"role": "assistant", "content": text}}
             return {"response": text}
 
-        stream = data.get("stream", True)
-        if not isinstance(stream, bool):
-            raise BadRequest("stream must be true or false")
+        stream = _flag(data, "stream", True)
         response: web.StreamResponse | None = None
         if stream:
             response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
@@ -502,9 +500,7 @@ class Api:
                 "total_tokens": total,
             }
 
-        stream = data.get("stream", False)
-        if not isinstance(stream, bool):
-            raise BadRequest("stream must be true or false")
+        stream = _flag(data, "stream", False)
         response: web.StreamResponse | None = None
         if stream:
             response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
@@ -581,6 +577,13 @@ _OPENAI_OPTIONS = {
     "max_tokens": "num_predict",
     "max_completion_tokens": "num_predict",
 }
+
+
+def _flag(data: dict[str, Any], key: str, default: bool) -> bool:
+    value = data.get(key, default)
+    if not isinstance(value, bool):
+        raise BadRequest(f"{key} must be true or false")
+    return value
 
 
 def _object(data: dict[str, Any], key: str) -> dict[str, Any]:
