@@ -426,6 +426,11 @@ class Terminal:
         _, status = os.waitpid(self.pid, 0)
         return os.waitstatus_to_exitcode(status)
 
+    def poll(self) -> int | None:
+        """The exit code if the command has ended, else None."""
+        pid, status = os.waitpid(self.pid, os.WNOHANG)
+        return os.waitstatus_to_exitcode(status) if pid else None
+
 
 def run_in_pty(argv: list[str], env: dict[str, str], columns: int = 100) -> tuple[int, str]:
     """Run a command on a pseudo-terminal of ``columns`` columns; its exit code and output."""

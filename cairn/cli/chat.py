@@ -76,46 +76,49 @@ def chat(
             except KeyboardInterrupt:
                 click.echo("\n" + _("Use Ctrl + d or /bye to exit."))
                 continue
-            command = text.strip()
-            if not command:
-                continue
-            if command in ("/bye", "/exit"):
-                return
-            if command in ("/?", "/help"):
-                click.echo(_(HELP))
-                continue
-            if command == "/clear":
-                conversation.clear()
-                click.echo(_("Cleared session context"))
-                continue
-            if command == "/show":
-                click.echo(describe())
-                continue
-            if command.startswith("/set parameter"):
-                parts = command.split(maxsplit=3)
-                if len(parts) != 4:
-                    click.echo(_("Usage: /set parameter NAME VALUE"))
+            kept = len(conversation)
+            try:  # whatever the line asked, Ctrl-C stops it and the chat goes on
+                command = text.strip()
+                if not command:
                     continue
-                try:
-                    value = convert_parameter(parts[2], parts[3])
-                except CairnError as exc:
-                    say(exc, label="Error")
+                if command in ("/bye", "/exit"):
+                    return
+                if command in ("/?", "/help"):
+                    click.echo(_(HELP))
                     continue
-                options[parts[2]] = value
-                click.echo(
-                    _("Set parameter '{name}' to '{value}'").format(name=parts[2], value=parts[3])
-                )
-                continue
-            if command.startswith("/"):
-                click.echo(
-                    _("Unknown command '{command}'. Type /? for help").format(
-                        command=command.split()[0]
+                if command == "/clear":
+                    conversation.clear()
+                    click.echo(_("Cleared session context"))
+                    continue
+                if command == "/show":
+                    click.echo(describe())
+                    continue
+                if command.startswith("/set parameter"):
+                    parts = command.split(maxsplit=3)
+                    if len(parts) != 4:
+                        click.echo(_("Usage: /set parameter NAME VALUE"))
+                        continue
+                    try:
+                        value = convert_parameter(parts[2], parts[3])
+                    except CairnError as exc:
+                        say(exc, label="Error")
+                        continue
+                    options[parts[2]] = value
+                    click.echo(
+                        _("Set parameter '{name}' to '{value}'").format(
+                            name=parts[2], value=parts[3]
+                        )
                     )
-                )
-                continue
-            conversation.append(Message("user", text))
-            answer = []
-            try:  # from here on, Ctrl-C stops this answer and the chat goes on
+                    continue
+                if command.startswith("/"):
+                    click.echo(
+                        _("Unknown command '{command}'. Type /? for help").format(
+                            command=command.split()[0]
+                        )
+                    )
+                    continue
+                conversation.append(Message("user", text))
+                answer = []
                 if runner is None:  # stopped by the last Ctrl-C
                     runner = start()
                 prompt = build_prompt(template, conversation, system, history, chat_template)
@@ -127,15 +130,15 @@ def chat(
                         click.echo(wrapper.feed(shown), nl=False)
                         sys.stdout.flush()
                 click.echo(wrapper.finish(), nl=False)
+                click.echo("\n")
+                conversation.append(Message("assistant", "".join(answer)))
             except KeyboardInterrupt:
                 if runner is not None:
                     runner.stop()  # the only way to stop native code mid-token
                 runner = None  # a new one starts with the next message: the prompt is back now
                 click.echo()
-                conversation.pop()
+                del conversation[kept:]
                 continue
-            click.echo("\n")
-            conversation.append(Message("assistant", "".join(answer)))
     finally:
         if runner is not None:
             runner.close()

@@ -181,7 +181,8 @@ def test_ctrl_c_in_a_chat_under_load(model: str, store: Path, busy: None) -> Non
         assert chat.until(">>> ", HANG).endswith(">>> "), "the chat did not come back"
         ended.append(time.monotonic() - sent)
     chat.type("\x03")
-    assert "Use Ctrl + d or /bye to exit." in chat.until(">>> ", HANG)
+    said = chat.until(">>> ", HANG)
+    assert "Use Ctrl + d or /bye to exit." in said, (said, chat.poll())
     chat.type("/bye\n")
     assert chat.wait() == 0
     no_runner_left(store)
