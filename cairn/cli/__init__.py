@@ -112,6 +112,18 @@ def _translate(command: click.Command) -> None:
 _register()
 
 
+def _interrupted(exc: BaseException | None) -> bool:
+    """Whether ``exc`` is a Ctrl-C, or was caused by one: Python wraps a KeyboardInterrupt
+    raised while a class is being built (``__set_name__``, during a lazy import) in a
+    RuntimeError."""
+    seen = 0
+    while exc is not None and seen < 20:
+        if isinstance(exc, (KeyboardInterrupt, click.exceptions.Abort)):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
 def main() -> None:
     import signal
 
@@ -121,12 +133,14 @@ def main() -> None:
         # Not click's standalone mode: it answers a Ctrl-C outside a command (while the
         # arguments are parsed, say) with "Aborted!" and exit status 1.
         code = cli.main(prog_name="cairn", standalone_mode=False)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except BaseException as exc:
+        if not _interrupted(exc):
+            raise
         from cairn.cli.output import say
 
         say("Interrupted", err=True)
         sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
     sys.exit(code if isinstance(code, int) else 0)
