@@ -123,8 +123,6 @@ class Api:
             max_queue=settings.max_queue,
             keep_alive=settings.keep_alive,
         )
-        self.names: dict[str, str] = {}
-        """Loaded model (the store's name) to the name a client asked for."""
 
     # -- plumbing -------------------------------------------------------------
 

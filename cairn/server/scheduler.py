@@ -77,7 +77,6 @@ class _Slot:
     keep_alive: float = 300.0
     expires: float | None = None
     timer: asyncio.TimerHandle | None = None
-    loaded_at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -98,7 +97,6 @@ class Lease:
     def __init__(self, slot: _Slot) -> None:
         self._slot = slot
         self.loaded = slot.loaded
-        self.load_seconds = slot.loaded_at
 
     def died(self) -> None:
         """The runner failed under this request: the model is loaded afresh next time."""
@@ -240,10 +238,8 @@ class Scheduler:
         return want.size - (self.free_memory() - loading)
 
     async def _load(self, slot: _Slot) -> None:
-        started = time.monotonic()
         try:
             slot.loaded = await self.loader.load(slot.want)
-            slot.loaded_at = time.monotonic() - started
         except Exception as exc:
             slot.error = exc
         finally:

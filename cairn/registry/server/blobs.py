@@ -35,7 +35,8 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
     path = registry.models.blobs.path(digest)
 
     def look() -> int | None:  # one look at the size: the blob may be deleted meanwhile
-        return _file_size(path) if registry.visible(ref, digest) else None
+        size = _file_size(path)
+        return size if size is not None and registry.sees(ref, digest) else None
 
     size = await asyncio.to_thread(look)
     if size is None:
@@ -127,8 +128,9 @@ async def start_upload(request: web.Request) -> web.StreamResponse:
     name = request.match_info["name"]
     ref = registry.reference(name)
     mount, source = request.query.get("mount"), request.query.get("from")
-    if mount and source and await _mounted(registry, ref, parse_digest(mount), source):
-        digest = parse_digest(mount)
+    mounted = parse_digest(mount) if mount and source else None
+    if mounted is not None and source and await _mounted(registry, ref, mounted, source):
+        digest = mounted
         return web.Response(
             status=201,
             headers={

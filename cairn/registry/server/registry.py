@@ -243,10 +243,11 @@ class Registry:
         pushed or mounted there, or one of the repository's manifests uses it (a model
         `cairn pull` stored, say). A layer the spec lets a manifest name without its blob
         (``foreign``) shows nothing: naming a digest is not having its bytes."""
-        blobs = self.models.blobs
-        if not blobs.has(digest):
-            return False
-        if blobs.linked(digest, repository_of(ref)):
+        return self.models.blobs.has(digest) and self.sees(ref, digest)
+
+    def sees(self, ref: Reference, digest: Digest) -> bool:
+        """:meth:`visible`, for a blob known to be in the store."""
+        if self.models.blobs.linked(digest, repository_of(ref)):
             return True
         return digest in self.used_by(ref)
 
@@ -262,8 +263,10 @@ class Registry:
 
     def manifests_of(self, ref: Reference) -> Iterator[bytes]:
         """Every manifest of the repository: its tags, then those kept by digest."""
-        for _digest, data in self.stored_manifests(ref):
-            yield data
+        yield from self.tagged_manifests(ref)
+        for path in self.models.tags.kept_by_digest(ref):
+            with contextlib.suppress(OSError):
+                yield path.read_bytes()
 
     def stored_manifests(self, ref: Reference) -> Iterator[tuple[Digest, bytes]]:
         """Every manifest of the repository with the digest it is found by: a tag's is
