@@ -27,7 +27,6 @@ LOAD_OPTIONS = frozenset({"num_ctx", "num_batch", "num_gpu", "main_gpu", "num_th
 @dataclass
 class Loaded:
     runner: Runner
-    seconds: float
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     stopped: bool = False
     """Killed mid-answer (its client went away): no request may use it any more."""
@@ -63,11 +62,11 @@ class RunnerLoader:
         def start() -> Loaded:
             runner = Runner(want.runtime, module=target.module)
             try:
-                seconds = runner.load(target.spec, options)
+                runner.load(target.spec, options)
             except BaseException:
                 runner.stop()
                 raise
-            return Loaded(runner, seconds)
+            return Loaded(runner)
 
         return await asyncio.to_thread(start)
 
@@ -98,7 +97,7 @@ async def generate(
     async with loaded.lock:
         if loaded.stopped:
             raise RunnerError("the {runtime} runner was stopped", runtime=loaded.runner.runtime)
-        worker = threads.start(threading.Thread(target=pump, daemon=True))
+        threads.start(threading.Thread(target=pump, daemon=True))
         try:
             while (item := await queue.get()) is not None:
                 if isinstance(item, (ValueError, OSError)):  # its pipes, closed under it
@@ -114,6 +113,3 @@ async def generate(
             loaded.stopped = True
             await asyncio.to_thread(loaded.runner.stop)
             raise
-        finally:
-            if not worker.is_alive():
-                worker.join()
