@@ -145,6 +145,9 @@ def serve(
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     url = f"{'https' if context else 'http'}://{addr}"
     say(Phrase("serving {root} on {url}", root=options.root, url=url), err=True)
+    # No handler_cancellation here (unlike `cairn serve`): an upload's append runs in a
+    # thread under its session's lock, and a cancelled request would release the lock
+    # while that thread still writes.
     web.run_app(
         make_app(options),
         host=host,
