@@ -50,6 +50,12 @@ class Settings:
     max_loaded: int = 3
     num_parallel: int = 1
     max_queue: int = 512
+    api_keys: tuple[str, ...] = ()
+    """``CAIRN_API_KEYS``: Bearer keys, any of which lets a request in (none: no key asked)."""
+    origins: tuple[str, ...] = ()
+    """``CAIRN_ORIGINS``: the browser origins CORS lets in."""
+    insecure_no_auth: bool = False
+    """``--insecure-no-auth``: serve a non-loopback address without keys."""
 
 
 @dataclass(frozen=True)
@@ -123,6 +129,8 @@ class Api:
             max_queue=settings.max_queue,
             keep_alive=settings.keep_alive,
         )
+        self.observers: list[Callable[[str, Mapping[str, Any]], None]] = []
+        """Told of every answer's model and last statistics (the metrics)."""
 
     # -- plumbing -------------------------------------------------------------
 
@@ -374,6 +382,8 @@ class Api:
                 total_duration=time.monotonic() - started,
                 done_reason="length" if length else "stop",
             )
+            for observe in self.observers:
+                observe(job.want.model, stats)
             yield Chunk(done=True, stats=stats)
 
     async def answer(
@@ -636,9 +646,16 @@ async def ollama_errors(request: web.Request, handler: Handler) -> web.StreamRes
 
 
 def make_app(settings: Settings) -> web.Application:
+    from cairn.server import anthropic, embed, guard, manage, responses
+
     api = Api(settings)
-    app = web.Application(middlewares=[ollama_errors], client_max_size=MAX_BODY)
+    app = web.Application(
+        middlewares=[*guard.middlewares(api), ollama_errors], client_max_size=MAX_BODY
+    )
     app["api"] = api
+    for module in (anthropic, embed, manage, responses):
+        app.add_routes(module.routes(api))
+    guard.setup(app, api)
     app.add_routes(
         [
             web.get("/", api.root),

@@ -1,0 +1,14 @@
+"""Embeddings: ``/api/embed``, ``/api/embeddings`` and OpenAI's ``/v1/embeddings``."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from cairn.server.api import Api
+
+
+def routes(api: Api) -> list[web.AbstractRouteDef]:
+    return []

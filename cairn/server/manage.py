@@ -1,0 +1,14 @@
+"""Ollama's model management over HTTP: pull, push, create, blobs."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from cairn.server.api import Api
+
+
+def routes(api: Api) -> list[web.AbstractRouteDef]:
+    return []
