@@ -2,52 +2,16 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import GEMMA_TEMPLATE, cairn_env, free_port, modelfile, stop
-from tests.conftest import Runner as Cli
-from tests.runtime_plugins.test_run import require_llama, workers
+from tests.runtime_plugins.test_run import workers
 
 OPTIONS = {"temperature": 0, "seed": 42, "num_predict": 12}
-
-
-@pytest.fixture
-def served(cairn: Cli, store: Path, tmp_path: Path, gemma_gguf: Path) -> Iterator[str]:
-    """``http://host:port`` of a ``cairn serve`` over a store holding gemma3:270m."""
-    require_llama()
-    text = f'FROM {gemma_gguf}\nTEMPLATE """{GEMMA_TEMPLATE}"""\nPARAMETER stop <end_of_turn>\n'
-    modelfile(tmp_path, text, "MF")
-    cairn("create", "gemma3:270m", "-f", str(tmp_path / "MF"))
-    port = free_port()
-    env = cairn_env(store, CAIRN_HOST=f"127.0.0.1:{port}")
-    log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cairn", "serve"], env=env, stdout=log, stderr=log
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        assert proc.poll() is None, (tmp_path / "serve.log").read_text()
-        try:
-            if httpx.get(url).text == "Ollama is running":
-                break
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, "cairn serve did not start"
-        time.sleep(0.05)
-    try:
-        yield url
-    finally:
-        stop(proc)
-        log.close()
 
 
 def test_the_ollama_client_lists_shows_and_generates(served: str, store: Path) -> None:
