@@ -36,6 +36,14 @@ from cairn.manifests.reference import parse_reference
 from cairn.runtime_plugins.runtime import Chunk
 from cairn.server.loader import RunnerLoader, generate
 from cairn.server.scheduler import FOREVER, Scheduler, Want
+from cairn.server.tools import (
+    ToolError,
+    ToolParser,
+    call_id,
+    check_calls,
+    check_tools,
+    tag_of,
+)
 
 OLLAMA_VERSION = "0.12.0"
 """The version of Ollama's API that cairn answers as (``/api/version``)."""
@@ -69,12 +77,21 @@ class Job:
     options: dict[str, Any]
     empty: bool
     """No prompt, no messages: load (or unload) the model and answer at once."""
+    tools: tuple[dict[str, Any], ...] = ()
+    """The tools offered (Ollama's shape): the answer is read for calls to them."""
+    tag: str = "{"
+    """What a tool call starts with in this model's answers (``tools.tag_of``)."""
+
+    def parser(self) -> ToolParser:
+        return ToolParser(list(self.tools), self.tag)
 
 
 class BadRequest(Exception):
     """A request Ollama would answer with 400."""
 
 
+MOST_SCHEMA = 64 << 10
+"""The longest JSON schema a ``format`` may be, in bytes of JSON."""
 MOST_KEEP_ALIVE = 10 * 365 * 86400.0
 """Longer than this is for ever."""
 
@@ -279,9 +296,11 @@ class Api:
         system: Any = None,
         template: Any = None,
         raw: bool = False,
+        tools: Any = None,
     ) -> Job:
         """A request's model, options and prompt, checked: ``messages`` for a chat,
-        ``prompt`` for a completion."""
+        ``prompt`` for a completion. ``output_format`` is ``"json"`` or a JSON schema;
+        ``tools`` are Ollama's (or OpenAI's: the same shape)."""
         from cairn.modelfile import check_parameters
         from cairn.running import plan
         from cairn.runtime_plugins.prompt import Message, build_prompt
@@ -295,8 +314,16 @@ class Api:
         checked = check_parameters(options or {}, "options: ")
         if output_format == "json":
             checked["format"] = "json"
+        elif isinstance(output_format, dict):
+            if len(json.dumps(output_format)) > MOST_SCHEMA:
+                raise BadRequest(f"a format's JSON schema takes at most {MOST_SCHEMA} bytes")
+            checked["format"] = output_format
         elif output_format not in (None, ""):
-            raise BadRequest('format must be "json" (JSON schemas are not supported yet)')
+            raise BadRequest('format must be "json" or a JSON schema (an object)')
+        try:
+            offered = check_tools(tools)
+        except ToolError as exc:
+            raise BadRequest(str(exc)) from None
         ready = await asyncio.to_thread(plan, self.models, stored, checked)
         alive = duration(keep_alive, self.settings.keep_alive)
         details = ready.details
@@ -314,12 +341,24 @@ class Api:
                 if role in ("system", "developer"):
                     system = item.get("content") or ""
                     continue
-                conversation.append(Message(role, item.get("content") or ""))
+                tool_name = item.get("tool_name") or item.get("name") or ""
+                if not isinstance(tool_name, str):
+                    raise BadRequest("a message's tool_name must be a string")
+                try:
+                    calls = check_calls(item.get("tool_calls"))
+                except ToolError as exc:
+                    raise BadRequest(str(exc)) from None
+                conversation.append(Message(role, item.get("content") or "", calls, tool_name))
             text = (
                 ""
                 if not conversation
                 else build_prompt(
-                    details.template, conversation, system, ready.history, ready.chat_template
+                    details.template,
+                    conversation,
+                    system,
+                    ready.history,
+                    ready.chat_template,
+                    offered,
                 )
             )
             empty = not conversation
@@ -336,11 +375,22 @@ class Api:
                     system or details.system,
                     ready.history,
                     ready.chat_template,
+                    offered,
                 )
         want = self.loader.want(
             stored, ready.runtime.name, ready.runtime.module, ready.spec, ready.options, 0
         )
-        return Job(name, want, alive, text, ready.options, empty)
+        tag = tag_of(template or details.template)
+        return Job(name, want, alive, text, ready.options, empty, tuple(offered), tag)
+
+    @staticmethod
+    def tool_calls(job: Job, text: str) -> tuple[str, list[dict[str, Any]]]:
+        """A whole answer's content and the tool calls in it (Ollama's shape:
+        ``{"function": {"name", "arguments"}}``); no tools offered, no calls."""
+        parser = job.parser()
+        content = parser.add(text)
+        rest, calls = parser.finish()
+        return content + rest, calls
 
     async def produce(self, job: Job) -> AsyncGenerator[Chunk, None]:
         inner = self._produce(job)
@@ -395,7 +445,12 @@ class Api:
             if not isinstance(messages, list):
                 raise BadRequest("messages must be a list")
             job = await self.job(
-                name, data.get("options"), data.get("format"), data.get("keep_alive"), messages
+                name,
+                data.get("options"),
+                data.get("format"),
+                data.get("keep_alive"),
+                messages,
+                tools=data.get("tools"),
             )
         else:
             job = await self.job(
@@ -410,9 +465,12 @@ class Api:
             )
         base = {"model": name, "created_at": stamp(time.time())}
 
-        def piece(text: str) -> dict[str, Any]:
+        def piece(text: str, calls: list[dict[str, Any]] | None = None) -> dict[str, Any]:
             if chat:
-                return {"message": {"role": "assistant", "content": text}}
+                message: dict[str, Any] = {"role": "assistant", "content": text}
+                if calls:
+                    message["tool_calls"] = calls
+                return {"message": message}
             return {"response": text}
 
         stream = _flag(data, "stream", True)
@@ -420,25 +478,33 @@ class Api:
         if stream:
             response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         pieces: list[str] = []
+        parser = job.parser()
+
+        async def send(line: dict[str, Any]) -> None:
+            assert response is not None
+            if not response.prepared:
+                await response.prepare(request)
+            await response.write(json.dumps(line).encode() + b"\n")
+
         produced = self.produce(job)
         async with contextlib.aclosing(produced):  # a client gone closes it, and its lease
             async for chunk in produced:
                 if chunk.done:
-                    final = {**base, **self.final(chunk.stats), **piece("".join(pieces))}
+                    rest, calls = parser.finish()
                     if response is None:
+                        text = "".join(pieces) + rest
+                        final = {**base, **self.final(chunk.stats), **piece(text, calls)}
                         return web.json_response(final)
-                    if not response.prepared:
-                        await response.prepare(request)
-                    await response.write(json.dumps(final).encode() + b"\n")
+                    if rest or calls:
+                        await send({**base, "done": False, **piece(rest, calls)})
+                    await send({**base, **self.final(chunk.stats), **piece("")})
                     await response.write_eof()
                     return response
+                text = parser.add(chunk.text)
                 if response is None:
-                    pieces.append(chunk.text)
-                    continue
-                if not response.prepared:
-                    await response.prepare(request)
-                line = {**base, "done": False, **piece(chunk.text)}
-                await response.write(json.dumps(line).encode() + b"\n")
+                    pieces.append(text)
+                elif text:
+                    await send({**base, "done": False, **piece(text)})
         raise CairnError("the runner ended without a last chunk")
 
     # -- OpenAI's API -----------------------------------------------------------
@@ -462,17 +528,19 @@ class Api:
         name = self.name_of(data)
         options = _openai_options(data)
         response_format = _object(data, "response_format")
-        kind_asked = response_format.get("type", "text")
-        if kind_asked not in ("text", "json_object"):
-            raise BadRequest(
-                f"response_format {kind_asked!r:.40} is not supported (text, json_object)"
-            )
-        output_format = "json" if kind_asked == "json_object" else None
+        output_format = openai_format(response_format)
         if chat:
             messages = data.get("messages")
             if not isinstance(messages, list) or not messages:
                 raise BadRequest("messages must be a non-empty list")
-            job = await self.job(name, options, output_format, None, messages)
+            job = await self.job(
+                name,
+                options,
+                output_format,
+                None,
+                openai_messages(messages),
+                tools=data.get("tools"),
+            )
         else:
             prompt = data.get("prompt")
             if isinstance(prompt, list) and len(prompt) == 1:
@@ -489,13 +557,31 @@ class Api:
         }
         usage_wanted = bool(_object(data, "stream_options").get("include_usage"))
 
-        def choice(text: str | None, finish: str | None, whole: bool) -> dict[str, Any]:
+        def choice(
+            text: str | None,
+            finish: str | None,
+            whole: bool,
+            calls: list[dict[str, Any]] | None = None,
+        ) -> dict[str, Any]:
             if not chat:
                 return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
+            said: dict[str, Any] = {"role": "assistant", "content": text}
+            if calls:
+                said["tool_calls"] = [
+                    {
+                        **({} if whole else {"index": number}),
+                        "id": call_id(),
+                        "type": "function",
+                        "function": {
+                            "name": call["function"]["name"],
+                            "arguments": json.dumps(call["function"]["arguments"]),
+                        },
+                    }
+                    for number, call in enumerate(calls)
+                ]
             if whole:
-                message = {"role": "assistant", "content": text}
-                return {"index": 0, "message": message, "finish_reason": finish}
-            delta = {"role": "assistant", "content": text} if text is not None else {}
+                return {"index": 0, "message": said, "finish_reason": finish}
+            delta = said if text is not None or calls else {}
             return {"index": 0, "delta": delta, "finish_reason": finish}
 
         def usage(stats: Mapping[str, Any]) -> dict[str, int]:
@@ -521,23 +607,29 @@ class Api:
             text = event if isinstance(event, str) else json.dumps(event)
             await response.write(f"data: {text}\n\n".encode())
 
+        parser = job.parser()
         produced = self.produce(job)
         async with contextlib.aclosing(produced):
             async for chunk in produced:
                 if not chunk.done:
+                    text = parser.add(chunk.text)
                     if response is None:
-                        pieces.append(chunk.text)
-                    else:
+                        pieces.append(text)
+                    elif text:
                         piece = {**base, "object": f"{kind}.chunk"}
-                        await send({**piece, "choices": [choice(chunk.text, None, False)]})
+                        await send({**piece, "choices": [choice(text, None, False)]})
                     continue
+                rest, calls = parser.finish()
                 finish = "length" if chunk.stats.get("done_reason") == "length" else "stop"
+                finish = "tool_calls" if calls else finish
                 if response is None:
                     whole = {**base, "object": kind}
-                    whole["choices"] = [choice("".join(pieces), finish, True)]
+                    whole["choices"] = [choice("".join(pieces) + rest, finish, True, calls)]
                     whole["usage"] = usage(chunk.stats)
                     return web.json_response(whole)
                 last = {**base, "object": f"{kind}.chunk"}
+                if rest or calls:
+                    await send({**last, "choices": [choice(rest, None, False, calls)]})
                 await send({**last, "choices": [choice(None if chat else "", finish, False)]})
                 if usage_wanted:
                     await send({**last, "choices": [], "usage": usage(chunk.stats)})
@@ -587,6 +679,48 @@ _OPENAI_OPTIONS = {
 }
 
 
+def openai_format(response_format: Mapping[str, Any]) -> Any:
+    """OpenAI's ``response_format`` as Ollama's ``format``: ``"json"``, a schema, or None."""
+    kind = response_format.get("type", "text")
+    if kind == "json_object":
+        return "json"
+    if kind == "json_schema":
+        wanted = response_format.get("json_schema")
+        schema = wanted.get("schema") if isinstance(wanted, dict) else None
+        if not isinstance(schema, dict):
+            raise BadRequest("response_format json_schema needs json_schema.schema, an object")
+        return schema
+    if kind != "text":
+        raise BadRequest(
+            f"response_format {kind!r:.40} is not supported (text, json_object, json_schema)"
+        )
+    return None
+
+
+def openai_messages(messages: list[Any]) -> list[Any]:
+    """OpenAI's messages as Ollama's: content parts joined to text, a ``tool`` message's
+    ``tool_call_id`` kept as its name when it has none."""
+    converted = []
+    for item in messages:
+        if not isinstance(item, dict):
+            raise BadRequest("each message must be an object")
+        content = item.get("content")
+        if isinstance(content, list):
+            texts = []
+            for part in content:
+                if not isinstance(part, dict):
+                    raise BadRequest("a message's content parts must be objects")
+                if part.get("type") in ("text", "input_text", "output_text"):
+                    texts.append(str(part.get("text") or ""))
+                elif part.get("type") in ("image_url", "input_image"):
+                    raise BadRequest("this model's runtime takes no images")
+                else:
+                    raise BadRequest(f"content part {part.get('type')!r:.40} is not supported")
+            content = "".join(texts)
+        converted.append({**item, "content": content})
+    return converted
+
+
 def _flag(data: dict[str, Any], key: str, default: bool) -> bool:
     value = data.get(key, default)
     if not isinstance(value, bool):
@@ -619,7 +753,12 @@ def _openai_options(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def _error(request: web.Request, status: int, message: str, kind: str) -> web.Response:
-    """The error in the shape of the API asked: OpenAI's object on ``/v1/``, else Ollama's."""
+    """The error in the shape of the API asked: Anthropic's on ``/v1/messages``, OpenAI's
+    object on the rest of ``/v1/``, else Ollama's."""
+    if request.path.startswith("/v1/messages"):
+        from cairn.server.anthropic import error_body
+
+        return web.json_response(error_body(status, message), status=status)
     if request.path.startswith("/v1/"):
         body = {"error": {"message": message, "type": kind, "param": None, "code": None}}
         return web.json_response(body, status=status)
@@ -700,6 +839,10 @@ def settings_from_environment(models: Models) -> Settings:
 
             raise ConfigError("{name}={value!r} is not a number", name=name, value=text) from None
 
+    def listed(name: str) -> tuple[str, ...]:
+        """A comma-separated setting, blanks dropped."""
+        return tuple(v.strip() for v in os.environ.get(name, "").split(",") if v.strip())
+
     keep = os.environ.get("CAIRN_KEEP_ALIVE")
     try:
         keep_alive = duration(keep, 300.0)
@@ -713,4 +856,6 @@ def settings_from_environment(models: Models) -> Settings:
         max_loaded=int(number("CAIRN_MAX_LOADED_MODELS", 3)),
         num_parallel=int(number("CAIRN_NUM_PARALLEL", 1)),
         max_queue=int(number("CAIRN_MAX_QUEUE", 512)),
+        api_keys=listed("CAIRN_API_KEYS"),
+        origins=listed("CAIRN_ORIGINS"),
     )

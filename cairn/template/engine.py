@@ -457,6 +457,13 @@ def _or(*values: Any) -> Any:
     return values[-1]
 
 
+def _plain(value: Any) -> Any:
+    """What ``json`` writes for a mapping that is not a dict (a tool, as Ollama's are)."""
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
 def _shown_size(value: Any) -> int:
     return len(value) if isinstance(value, str) else len(_show(value))
 
@@ -507,7 +514,7 @@ FUNCTIONS: dict[str, Callable[..., Any]] = {
     "print": lambda *a: "".join(_show(v) for v in a),
     "println": lambda *a: " ".join(_show(v) for v in a) + "\n",
     "printf": _printf,
-    "json": lambda v: json.dumps(v, ensure_ascii=False, separators=(",", ":")),
+    "json": lambda v: json.dumps(v, ensure_ascii=False, separators=(",", ":"), default=_plain),
     "currentDate": lambda: datetime.date.today().isoformat(),
 }
 

@@ -177,11 +177,7 @@ class LlamaCppModel(LoadedModel):
 
         llm = self.llm
         sampling = {name: options[key] for key, name in _SAMPLING.items() if key in options}
-        grammar = None
-        if options.get("format") == "json":  # Ollama's --format json: only JSON may come out
-            from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
-
-            grammar = LlamaGrammar.from_string(JSON_GBNF, verbose=False)
+        grammar = _grammar(options.get("format"))
         if "seed" in options:
             llm.set_seed(int(options["seed"]))
         stop = options.get("stop") or []
@@ -226,6 +222,7 @@ class LlamaCppModel(LoadedModel):
                 "gpu_layers": self.gpu_layers,
                 "layers": self.layers,
                 "gpu_devices": self.gpu_devices,
+                **({"stop_sequence": stream.matched} if stream.matched else {}),
             },
         )
 
@@ -249,6 +246,26 @@ class LlamaCppModel(LoadedModel):
 
     def close(self) -> None:
         self.llm.close()
+
+
+def _grammar(wanted: Any) -> Any:
+    """Ollama's ``format``: ``"json"`` lets only JSON out, a JSON schema only JSON it allows."""
+    if wanted is None:
+        return None
+    from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
+
+    if wanted == "json":
+        return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
+    import json
+
+    from cairn.errors import ConfigError
+
+    try:
+        return LlamaGrammar.from_json_schema(json.dumps(wanted), verbose=False)
+    except Exception as exc:  # the converter raises what it likes on a schema it cannot take
+        raise ConfigError(
+            "the format's JSON schema cannot be used: {reason}", reason=str(exc)[:200]
+        ) from None
 
 
 @hookimpl
