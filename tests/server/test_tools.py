@@ -58,14 +58,16 @@ def test_the_template_sees_tools_and_calls_by_their_go_names() -> None:
 
 def test_the_tag_comes_from_the_template() -> None:
     assert tag_of(QWEN_LIKE) == "<tool_call>"
-    assert tag_of("{{ if .ToolCalls }}[TOOL_CALLS] {{ json .ToolCalls }}{{ end }}") == "[TOOL_CALLS]"
+    mistral_like = "{{ if .ToolCalls }}[TOOL_CALLS] {{ json .ToolCalls }}{{ end }}"
+    assert tag_of(mistral_like) == "[TOOL_CALLS]"
     assert tag_of("{{ .Prompt }}") == "{"
     assert tag_of(None) == "{"
 
 
 @pytest.mark.parametrize("size", [1, 3, 1000])
 def test_calls_are_found_however_the_answer_streams(size: int) -> None:
-    answer = 'Let me look.<tool_call>{"name": "get_weather", "arguments": {"city": "서울"}}</tool_call>'
+    call = '{"name": "get_weather", "arguments": {"city": "서울"}}'
+    answer = f"Let me look.<tool_call>{call}</tool_call>"
     content, calls = feed(ToolParser([WEATHER], "<tool_call>"), answer, size)
     assert content == "Let me look."
     assert calls == [{"function": {"name": "get_weather", "arguments": {"city": "서울"}}}]
