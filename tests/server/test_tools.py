@@ -11,7 +11,7 @@ import pytest
 from cairn.runtime_plugins.prompt import Message, build_prompt
 from cairn.server.tools import ToolError, ToolParser, check_calls, check_tools, tag_of
 
-WEATHER = {
+WEATHER: dict[str, Any] = {
     "type": "function",
     "function": {
         "name": "get_weather",
@@ -111,7 +111,7 @@ def test_bad_tools_and_calls_are_refused() -> None:
 
 # -- against a real cairn serve ---------------------------------------------------------
 
-CALL_SCHEMA = {
+CALL_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
         "name": {"type": "string", "enum": ["get_weather"]},
@@ -138,7 +138,7 @@ def test_a_schema_shapes_the_answer(served: str) -> None:
     answer = client.generate(
         model="gemma3:270m", prompt="Name a colour.", format=schema, options=OPTIONS
     )
-    assert json.loads(answer.response)["colour"] in ("red", "green", "blue")
+    assert json.loads(answer.response or "")["colour"] in ("red", "green", "blue")
     refused = httpx.post(
         served + "/api/generate", json={"model": "gemma3:270m", "prompt": "x", "format": [1]}
     )
@@ -172,7 +172,7 @@ def test_the_ollama_client_gets_tool_calls(served: str) -> None:
     assert [c.function.arguments for c in streamed] == [calls[0].function.arguments]
 
     # The call and its result go back as history: the template takes them.
-    history = [
+    history: list[Any] = [
         *messages,
         {"role": "assistant", "content": "", "tool_calls": [c.model_dump() for c in calls]},
         {"role": "tool", "content": "11 degrees, rain", "tool_name": "get_weather"},
@@ -186,6 +186,12 @@ def test_the_ollama_client_gets_tool_calls(served: str) -> None:
     assert after.done
 
 
+RESPONSE_FORMAT: Any = {
+    "type": "json_schema",
+    "json_schema": {"name": "call", "schema": CALL_SCHEMA},
+}
+
+
 def test_the_openai_client_gets_tool_calls(served: str) -> None:
     import openai
 
@@ -193,11 +199,8 @@ def test_the_openai_client_gets_tool_calls(served: str) -> None:
     answer = client.chat.completions.create(
         model="gemma3:270m",
         messages=[{"role": "user", "content": "What is the weather in Oslo?"}],
-        tools=[WEATHER],  # type: ignore[list-item]
-        response_format={
-            "type": "json_schema",
-            "json_schema": {"name": "call", "schema": CALL_SCHEMA},
-        },
+        tools=[WEATHER],
+        response_format=RESPONSE_FORMAT,
         temperature=0,
         seed=42,
         max_tokens=60,
@@ -206,6 +209,6 @@ def test_the_openai_client_gets_tool_calls(served: str) -> None:
     assert choice.finish_reason == "tool_calls"
     calls = choice.message.tool_calls or []
     assert len(calls) == 1 and calls[0].id.startswith("call_")
-    function = calls[0].function  # type: ignore[union-attr]
+    function = calls[0].function
     assert function.name == "get_weather"
     assert json.loads(function.arguments)["city"] in ("Seoul", "Oslo")
