@@ -199,7 +199,7 @@ def test_the_openai_client_gets_tool_calls(served: str) -> None:
     answer = client.chat.completions.create(
         model="gemma3:270m",
         messages=[{"role": "user", "content": "What is the weather in Oslo?"}],
-        tools=[WEATHER],
+        tools=[WEATHER],  # type: ignore[list-item]
         response_format=RESPONSE_FORMAT,
         temperature=0,
         seed=42,
@@ -209,6 +209,6 @@ def test_the_openai_client_gets_tool_calls(served: str) -> None:
     assert choice.finish_reason == "tool_calls"
     calls = choice.message.tool_calls or []
     assert len(calls) == 1 and calls[0].id.startswith("call_")
-    function = calls[0].function
+    function = calls[0].function  # type: ignore[union-attr]
     assert function.name == "get_weather"
     assert json.loads(function.arguments)["city"] in ("Seoul", "Oslo")
