@@ -90,6 +90,31 @@ def plan(
     )
 
 
+DEFAULT_CONTEXT = 4096
+"""``num_ctx`` when neither the model nor the request sets it (the llama.cpp runtime's)."""
+
+
+def memory_needed(ready: Plan) -> tuple[int, int]:
+    """What loading ``ready`` takes, in bytes: (in all, on GPUs). The weights and adapters
+    as stored, plus the KV cache for its ``num_ctx`` (f16, every layer full length, from
+    the GGUF header); on GPUs, the offloaded layers' share of that. An estimate: the
+    runtime's compute buffers (tens of MB) are not counted."""
+    from cairn.runtime_plugins.devices import kv_cache_bytes
+
+    assert ready.details.gguf is not None  # plan() saw to it
+    weights = sum(p.stat().st_size for p in (ready.spec.weights, *ready.spec.adapters))
+    context = int(ready.options.get("num_ctx", DEFAULT_CONTEXT))
+    total = weights + (kv_cache_bytes(ready.details.gguf, context) or 0)
+    gpus = [d for d in ready.runtime.availability.devices if d != "cpu"]
+    layers = ready.details.gguf.arch_value("block_count")
+    offloaded = ready.options.get("num_gpu", -1)
+    if not gpus or offloaded == 0:
+        return total, 0
+    if offloaded < 0 or not isinstance(layers, int) or offloaded > layers:
+        return total, total
+    return total, total * offloaded // (layers + 1)
+
+
 def check_runnable(model: str, details: ModelDetails) -> Digest:
     """The weights to run; or why the model cannot run here, rather than a failure
     somewhere in a runtime."""

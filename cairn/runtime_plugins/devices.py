@@ -79,6 +79,21 @@ def nvidia(env: Mapping[str, str], run: Run = _run) -> list[GPU]:
     return [GPU("cuda", i, found[old].name, found[old].memory_mib) for i, old in enumerate(visible)]
 
 
+def nvidia_free_memory(env: Mapping[str, str], run: Run = _run) -> int | None:
+    """Bytes free on the visible NVIDIA GPUs together, or None without any (or nvidia-smi)."""
+    output = run(["nvidia-smi", "--query-gpu=index,memory.free", "--format=csv,noheader,nounits"])
+    if not output:
+        return None
+    free: list[int] = []
+    for line in output.strip().splitlines():
+        fields = [f.strip() for f in line.split(",")]
+        if len(fields) != 2 or not fields[0].isdigit() or not fields[1].isdigit():
+            return None  # a line it cannot read: better no figure than a wrong one
+        free.append(int(fields[1]) << 20)
+    visible = _visible(env.get("CUDA_VISIBLE_DEVICES"), len(free))
+    return sum(free[i] for i in visible) if visible else None
+
+
 def amd(env: Mapping[str, str], root: Path = Path("/")) -> list[GPU]:
     if not (root / "dev" / "kfd").exists():
         return []

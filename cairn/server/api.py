@@ -33,6 +33,7 @@ from cairn.errors import (
 )
 from cairn.manifests.models import Models
 from cairn.manifests.reference import parse_reference
+from cairn.running import DEFAULT_CONTEXT
 from cairn.runtime_plugins.runtime import Chunk
 from cairn.server.loader import RunnerLoader, generate
 from cairn.server.scheduler import FOREVER, Scheduler, Want
@@ -128,6 +129,22 @@ def _duration(text: Any, default: float) -> float:
     return number if number >= 0 else FOREVER
 
 
+def free_memory() -> int:
+    """Bytes of memory free for another model (``MemAvailable``; unknown: no limit)."""
+    from cairn.runtime_plugins.devices import available_memory
+
+    found = available_memory()
+    return found if found is not None else 1 << 62
+
+
+def free_gpu_memory() -> int:
+    """Bytes free on the visible NVIDIA GPUs (``nvidia-smi``); unknown: no limit."""
+    from cairn.runtime_plugins.devices import nvidia_free_memory
+
+    found = nvidia_free_memory(os.environ)
+    return found if found is not None else 1 << 62
+
+
 def stamp(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
 
@@ -145,6 +162,8 @@ class Api:
             num_parallel=1,
             max_queue=settings.max_queue,
             keep_alive=settings.keep_alive,
+            free_memory=free_memory,
+            free_gpu_memory=free_gpu_memory,
         )
         self.observers: list[Callable[[str, Mapping[str, Any]], None]] = []
         """Told of every answer's model and last statistics (the metrics)."""
@@ -180,7 +199,10 @@ class Api:
         return web.Response(text="Ollama is running")
 
     async def version(self, request: web.Request) -> web.StreamResponse:
-        return web.json_response({"version": OLLAMA_VERSION, "cairn": __version__})
+        from cairn.server.client import store_identity  # the CLI compares it with its own
+
+        store = store_identity(self.models.root)
+        return web.json_response({"version": OLLAMA_VERSION, "cairn": __version__, "store": store})
 
     def entry(self, model: Any) -> dict[str, Any]:
         from cairn.manifests.show import show_model
@@ -254,7 +276,13 @@ class Api:
             else:
                 expires = wall + MOST_KEEP_ALIVE  # in use, or kept for ever
             listed.append(
-                {**entry, "expires_at": stamp(expires), "size_vram": 0, "context_length": 0}
+                {
+                    **entry,
+                    "size": status.size,  # in memory, as estimated: weights and KV cache
+                    "size_vram": status.gpu_size,
+                    "expires_at": stamp(expires),
+                    "context_length": dict(status.options).get("num_ctx", DEFAULT_CONTEXT),
+                }
             )
         return web.json_response({"models": listed})
 
@@ -302,7 +330,7 @@ class Api:
         ``prompt`` for a completion. ``output_format`` is ``"json"`` or a JSON schema;
         ``tools`` are Ollama's (or OpenAI's: the same shape)."""
         from cairn.modelfile import check_parameters
-        from cairn.running import plan
+        from cairn.running import memory_needed, plan
         from cairn.runtime_plugins.prompt import Message, build_prompt
 
         stored = str(self.local(name).reference)
@@ -377,8 +405,15 @@ class Api:
                     ready.chat_template,
                     offered,
                 )
+        size, gpu_size = await asyncio.to_thread(memory_needed, ready)
         want = self.loader.want(
-            stored, ready.runtime.name, ready.runtime.module, ready.spec, ready.options, 0
+            stored,
+            ready.runtime.name,
+            ready.runtime.module,
+            ready.spec,
+            ready.options,
+            size,
+            gpu_size,
         )
         tag = tag_of(template or details.template)
         return Job(name, want, alive, text, ready.options, empty, tuple(offered), tag)

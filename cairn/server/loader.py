@@ -50,10 +50,11 @@ class RunnerLoader:
         spec: ModelSpec,
         options: Mapping[str, Any],
         size: int,
+        gpu_size: int = 0,
     ) -> Want:
         load = {k: v for k, v in options.items() if k in LOAD_OPTIONS}
         load["weights"] = str(spec.weights)
-        return Want.of(model, runtime, load, size, Target(spec, module))
+        return Want.of(model, runtime, load, size, Target(spec, module), gpu_size)
 
     async def load(self, want: Want) -> Loaded:
         target: Target = want.target

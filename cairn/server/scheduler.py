@@ -46,15 +46,23 @@ class Want:
     options: tuple[tuple[str, Any], ...] = ()
     size: int = 0
     """Bytes the model takes loaded (weights and KV cache), as estimated from its header."""
+    gpu_size: int = 0
+    """Of those, the bytes it takes on GPUs (all of them when every layer is offloaded)."""
     target: Any = field(default=None, compare=False, hash=False)
     """What the loader needs beyond the above (where the weights are); not part of what
     makes two loads the same."""
 
     @classmethod
     def of(
-        cls, model: str, runtime: str, options: Mapping[str, Any], size: int = 0, target: Any = None
+        cls,
+        model: str,
+        runtime: str,
+        options: Mapping[str, Any],
+        size: int = 0,
+        target: Any = None,
+        gpu_size: int = 0,
     ) -> Want:
-        return cls(model, runtime, tuple(sorted(options.items())), size, target)
+        return cls(model, runtime, tuple(sorted(options.items())), size, gpu_size, target)
 
 
 class Loader(Protocol):
@@ -88,6 +96,8 @@ class Status:
     size: int
     active: int
     expires: float | None
+    gpu_size: int = 0
+    options: tuple[tuple[str, Any], ...] = ()
     """Monotonic time it unloads if still idle; None while in use or kept for ever."""
 
 
@@ -113,6 +123,7 @@ class Scheduler:
         max_queue: int = 512,
         keep_alive: float = 300.0,
         free_memory: Callable[[], int] | None = None,
+        free_gpu_memory: Callable[[], int] | None = None,
     ) -> None:
         if max_loaded < 1 or num_parallel < 1 or max_queue < 1:
             raise ConfigError("max loaded models, parallel requests and queue must be at least 1")
@@ -122,6 +133,7 @@ class Scheduler:
         self.max_queue = max_queue
         self.keep_alive = keep_alive
         self.free_memory = free_memory
+        self.free_gpu_memory = free_gpu_memory
         self._slots: dict[str, _Slot] = {}
         self._changed = asyncio.Condition()
         self._waiting = 0
@@ -131,7 +143,15 @@ class Scheduler:
 
     def status(self) -> list[Status]:
         return [
-            Status(s.want.model, s.want.runtime, s.want.size, s.active, s.expires)
+            Status(
+                s.want.model,
+                s.want.runtime,
+                s.want.size,
+                s.active,
+                s.expires,
+                s.want.gpu_size,
+                s.want.options,
+            )
             for s in sorted(self._slots.values(), key=lambda s: s.want.model)
             if s.ready.is_set() and s.error is None
         ]
@@ -214,28 +234,44 @@ class Scheduler:
         busy ones must finish first. Holding the lock."""
         while True:
             loaded = list(self._slots.values())
-            short = self._short_of(want, loaded)
+            short, need, free, kind = self._short_of(want, loaded)
             if len(loaded) < self.max_loaded and short <= 0:
                 return True
             idle = [s for s in loaded if s.active == 0 and s.ready.is_set()]
             if not idle:
                 if not loaded and short > 0:
+                    from cairn.cli.output import human_size
+
                     raise ConfigError(
-                        "{model} needs {need} bytes of memory and {free} are free:"
-                        " it cannot be loaded here (a smaller num_ctx needs less)",
+                        "{model} needs {need} of {memory} and {free} is free: it cannot be"
+                        " loaded here (a smaller num_ctx needs less)",
                         model=want.model,
-                        need=want.size,
-                        free=want.size - short,
+                        need=human_size(need),
+                        memory=kind,
+                        free=human_size(max(0, free)),
                     )
                 return False
             await self._unload(min(idle, key=lambda s: s.last_used))
 
-    def _short_of(self, want: Want, loaded: list[_Slot]) -> int:
-        """Bytes ``want`` lacks, counting what loading models will take."""
-        if self.free_memory is None or not want.size:
-            return 0
-        loading = sum(s.want.size for s in loaded if not s.ready.is_set())
-        return want.size - (self.free_memory() - loading)
+    def _short_of(self, want: Want, loaded: list[_Slot]) -> tuple[int, int, int, str]:
+        """Bytes ``want`` lacks (counting what loading models will take), of the memory
+        it lacks most: (short, need, free, which memory)."""
+        worst = (0, 0, 0, "memory")
+        for need, measure, kind in (
+            (want.size, self.free_memory, "memory"),
+            (want.gpu_size, self.free_gpu_memory, "GPU memory"),
+        ):
+            if measure is None or not need:
+                continue
+            loading = sum(
+                s.want.size if kind == "memory" else s.want.gpu_size
+                for s in loaded
+                if not s.ready.is_set()
+            )
+            free = measure() - loading
+            if need - free > worst[0]:
+                worst = (need - free, need, free, kind)
+        return worst
 
     async def _load(self, slot: _Slot) -> None:
         try:

@@ -46,6 +46,19 @@ def test_the_recorded_h200() -> None:
     assert devices.nvidia({}, recorded(H200_SMI)) == [devices.GPU("cuda", 0, "NVIDIA H200", 143771)]
 
 
+# `nvidia-smi --query-gpu=index,memory.free --format=csv,noheader,nounits`, two GPUs in use.
+NVIDIA_FREE = "0, 70123\n1, 1024\n"
+
+
+def test_free_gpu_memory_follows_the_visible_gpus() -> None:
+    assert devices.nvidia_free_memory({}, recorded(NVIDIA_FREE)) == (70123 + 1024) << 20
+    only = {"CUDA_VISIBLE_DEVICES": "1"}
+    assert devices.nvidia_free_memory(only, recorded(NVIDIA_FREE)) == 1024 << 20
+    assert devices.nvidia_free_memory({"CUDA_VISIBLE_DEVICES": ""}, recorded(NVIDIA_FREE)) is None
+    assert devices.nvidia_free_memory({}, recorded(None)) is None
+    assert devices.nvidia_free_memory({}, recorded("0, [N/A]\n")) is None
+
+
 def test_no_nvidia_smi() -> None:
     assert devices.nvidia({}, recorded(None)) == []
 

@@ -156,3 +156,19 @@ def test_the_openai_client_chats_and_completes(served: str) -> None:
     with pytest.raises(openai.NotFoundError) as missing:
         client.chat.completions.create(model="nothing-here", messages=messages)
     assert "not found" in str(missing.value)
+
+
+def test_ps_shows_the_memory_a_model_takes(served: str, gemma_gguf: Path) -> None:
+    """The estimate the scheduler holds against free memory: weights plus the KV cache
+    for the ``num_ctx`` asked (Gemma 3 270M: 18 layers, 1 KV head of 256 + 256, f16)."""
+    import ollama
+
+    client = ollama.Client(host=served)
+    weights = gemma_gguf.stat().st_size
+    per_token = 18 * 1 * (256 + 256) * 2
+    client.generate(model="gemma3:270m", prompt="", options={"num_ctx": 2048})
+    assert [(m.size, m.context_length) for m in client.ps().models] == [
+        (weights + 2048 * per_token, 2048)
+    ]
+    client.generate(model="gemma3:270m", prompt="", options={"num_ctx": 8192})  # reloads
+    assert [m.size for m in client.ps().models] == [weights + 8192 * per_token]

@@ -129,8 +129,42 @@ def test_memory_evicts_idle_models_and_waits_for_busy_ones() -> None:
         await big
         assert runtime.unloads[:2] == ["small", "busy"] and "big" in runtime.loads
         assert runtime.free() >= 0
-        with pytest.raises(ConfigError, match="needs 21474836480 bytes of memory"):
+        with pytest.raises(ConfigError, match=r"needs 21 GB of memory and \d+ GB is free"):
             await use(scheduler, want("huge", 20 * GB))
+        await scheduler.close()
+
+    run(case)
+
+
+def test_gpu_memory_evicts_idle_models_too() -> None:
+    """A GPU runtime's model must fit the GPUs' free memory as well as the system's."""
+
+    async def case() -> None:
+        runtime = Scripted(memory=64 * GB)
+        gpu = 12 * GB
+
+        def free_gpu() -> int:
+            return gpu - sum(w.gpu_size for w in runtime.loaded.values())
+
+        scheduler = Scheduler(
+            runtime, max_loaded=5, free_memory=runtime.free, free_gpu_memory=free_gpu
+        )
+
+        def on_gpu(model: str, size: int) -> Want:
+            return Want.of(model, "llama-cpp-cuda", {}, size, gpu_size=size)
+
+        async with scheduler.lease(on_gpu("first", 5 * GB)):
+            pass
+        async with scheduler.lease(want("cpu-only", 4 * GB)):
+            pass
+        async with scheduler.lease(on_gpu("second", 6 * GB)):
+            pass
+        assert runtime.unloads == []  # 11 of 12 GB: all fit
+        async with scheduler.lease(on_gpu("third", 6 * GB)):
+            pass
+        assert runtime.unloads == ["first"]  # the least recently used, for its GPU memory
+        with pytest.raises(ConfigError, match=r"needs 14 GB of GPU memory and \d+ GB is free"):
+            await use(scheduler, on_gpu("huge", 13 * GB))
         await scheduler.close()
 
     run(case)
