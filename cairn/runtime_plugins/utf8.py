@@ -28,6 +28,8 @@ class TextStream:
         self._stops = [s for s in stops if s]
         self._held = ""
         self.stopped = False
+        self.matched: str | None = None
+        """The stop sequence that ended the text, once one has."""
 
     def feed(self, data: bytes) -> str:
         """Bytes in; the text that is now safe to show out ("" while waiting)."""
@@ -53,8 +55,9 @@ class TextStream:
         self._held = ""
         if not self._stops:
             return text
-        cut = min((at for at in (text.find(s) for s in self._stops) if at >= 0), default=-1)
-        if cut >= 0:
+        found = [(at, stop) for stop in self._stops if (at := text.find(stop)) >= 0]
+        if found:
+            cut, self.matched = min(found, key=lambda pair: pair[0])
             self.stopped = True
             return text[:cut]
         # Hold back the longest tail that is a prefix of some stop sequence.

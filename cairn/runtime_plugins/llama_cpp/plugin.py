@@ -189,6 +189,10 @@ class LlamaCppModel(LoadedModel):
         limit = room if predict < 0 else min(predict, room)
         first: float | None = None
         produced = 0
+        # Every prompt evaluated whole: reusing the cached prefix of the last one computes
+        # its last token in another batch, and at temperature 0 a near tie then goes the
+        # other way (the same request gave two answers). Same request, same answer.
+        llm.reset()
         if limit > 0:
             for token in llm.generate(prompt_tokens, grammar=grammar, **sampling):
                 if first is None:
