@@ -62,8 +62,10 @@ def test_eight_clients_each_get_their_own_answer(serve: Serve, parallel: str) ->
             parts = client.generate(
                 model="gemma3:270m", prompt=PROMPTS[i], options=OPTIONS, stream=True
             )
-            return "".join(p.response for p in parts)
-        return client.generate(model="gemma3:270m", prompt=PROMPTS[i], options=OPTIONS).response
+            return "".join(p.response or "" for p in parts)
+        return (
+            client.generate(model="gemma3:270m", prompt=PROMPTS[i], options=OPTIONS).response or ""
+        )
 
     together = at_once(len(PROMPTS), ask)
     assert together == alone
@@ -106,7 +108,7 @@ def test_korean_streams_whole_through_ollama_and_openai(served: str) -> None:
         for p in client.chat(model="gemma3:270m", messages=messages, options=options, stream=True)
     ]
     generated = [
-        p.response
+        p.response or ""
         for p in client.generate(model="gemma3:270m", prompt=KOREAN, options=options, stream=True)
     ]
     compat = openai.OpenAI(base_url=served + "/v1", api_key="unused")

@@ -192,7 +192,7 @@ class LlamaCppModel(LoadedModel):
         # Every prompt evaluated whole: reusing the cached prefix of the last one computes
         # its last token in another batch, and at temperature 0 a near tie then goes the
         # other way (the same request gave two answers). Same request, same answer.
-        llm.reset()
+        llm.reset()  # type: ignore[no-untyped-call]
         if limit > 0:
             for token in llm.generate(prompt_tokens, grammar=grammar, **sampling):
                 if first is None:
