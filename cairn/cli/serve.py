@@ -159,7 +159,12 @@ def serve(
 
 
 @click.command("serve")
-def serve_api() -> None:
+@click.option(
+    "--insecure-no-auth",
+    is_flag=True,
+    help="Serve an address other machines reach with no API key (CAIRN_API_KEYS unset).",
+)
+def serve_api(insecure_no_auth: bool) -> None:
     """Serve Ollama's API over the store on $CAIRN_HOST (default 127.0.0.1:11434)."""
     import logging
     import os
@@ -169,6 +174,7 @@ def serve_api() -> None:
     from cairn.errors import ConfigError
     from cairn.manifests.models import Models
     from cairn.server.api import make_app, settings_from_environment
+    from cairn.server.guard import check_exposure
 
     addr = os.environ.get("CAIRN_HOST") or "127.0.0.1:11434"
     addr = addr.removeprefix("http://")
@@ -176,6 +182,8 @@ def serve_api() -> None:
     if not host or not port.isdigit():
         raise ConfigError("CAIRN_HOST {addr!r} is not HOST:PORT", addr=addr)
     settings = settings_from_environment(Models.from_environment())
+    settings.insecure_no_auth = insecure_no_auth
+    check_exposure(host, settings)  # no key on a non-loopback address: refused
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     say(
         Phrase("serving {root} on {url}", root=settings.models.root, url=f"http://{addr}"), err=True
