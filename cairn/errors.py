@@ -10,12 +10,14 @@ missing", name=n)``: ``str(error)`` is English (what an HTTP API sends) and
     ├── ConfigError                 a setting in the environment is unusable
     ├── InvalidReferenceError       a model name that breaks the naming rules
     ├── ModelNotFoundError          no such model in the local store
+    ├── InputTooLongError           an input longer than the context, not to be cut
     ├── ManifestError               a manifest that is not valid JSON or breaks the spec
     ├── ModelfileError              a Modelfile that cannot be understood
     ├── ModelFormatError            a model file that is not what it claims (not GGUF, truncated)
     ├── RuntimeUnavailableError     no runtime can run this model here (or the one asked for can't)
     ├── RunnerError                 the runner process failed or died (a crash, out of memory)
     ├── ServerBusyError             too many requests wait for a model already (cairn serve)
+    ├── ServerError                 a running server failed a request, or none is running
     ├── TemplateError               a prompt template that cannot be parsed or executed
     ├── RegistryError               a registry answered with an error or broke the protocol
     │   ├── AuthenticationError     credentials missing or refused (401/403)
@@ -65,6 +67,10 @@ class ModelNotFoundError(CairnError):
     """The named model is not in the local store."""
 
 
+class InputTooLongError(CairnError):
+    """An input longer than the model's context, where cutting it to fit was not allowed."""
+
+
 class ManifestError(CairnError):
     """A manifest or index that is not valid JSON or breaks the spec."""
 
@@ -83,6 +89,11 @@ class RuntimeUnavailableError(CairnError):
 
 class ServerBusyError(CairnError):
     """The inference server's queue is full: the request is refused, not queued."""
+
+
+class ServerError(CairnError):
+    """A running server (``cairn serve``, or Ollama) that the CLI went through answered
+    with an error, could not be reached, or there was none to go through."""
 
 
 class RunnerError(CairnError):

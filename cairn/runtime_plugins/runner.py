@@ -25,7 +25,7 @@ from cairn import threads
 # Only what starting the process needs is imported up front: the rest loads
 # while the runner boots, on the other core (see Runner.__init__).
 if TYPE_CHECKING:
-    from cairn.runtime_plugins.runtime import Chunk, ModelSpec
+    from cairn.runtime_plugins.runtime import Chunk, Embedding, ModelSpec
 
 TAIL_LINES = 20
 
@@ -83,6 +83,10 @@ class Runner:
 
             phrase = message.get("phrase")
             detail = Phrase.from_json(phrase) if phrase else message.get("message")
+            if message.get("kind") == "InputTooLongError" and detail:  # the request's fault
+                from cairn.errors import InputTooLongError
+
+                raise InputTooLongError(detail)
             raise RunnerError("{runtime}: {detail}", runtime=self.runtime, detail=detail)
         return message
 
@@ -148,6 +152,15 @@ class Runner:
                 yield Chunk(done=True, stats=message.get("stats", {}))
                 return
             yield Chunk(message.get("text", ""))
+
+    def embed(self, texts: list[str], truncate: bool = True) -> list[Embedding]:
+        """One vector per text (not normalised) and the tokens each took; a text longer
+        than the context is cut, or with ``truncate`` false refused (InputTooLongError)."""
+        from cairn.runtime_plugins.runtime import Embedding
+
+        self._send({"op": "embed", "texts": texts, "truncate": truncate})
+        answer = self._receive()
+        return [Embedding(v, t) for v, t in zip(answer["vectors"], answer["tokens"], strict=True)]
 
     def stop(self) -> None:
         """End the runner, at once (also mid-generation)."""

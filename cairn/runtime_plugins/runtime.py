@@ -43,12 +43,22 @@ class Chunk:
     stats: Mapping[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Embedding:
+    """One text's vector, as the model pools it (not normalised), and the tokens it read."""
+
+    vector: list[float]
+    tokens: int
+
+
 class LoadedModel(ABC):
     @abstractmethod
     def generate(self, prompt: str, options: Mapping[str, Any]) -> Iterator[Chunk]:
         """Stream the continuation of an already templated ``prompt``."""
 
-    def embed(self, texts: list[str]) -> list[list[float]]:
+    def embed(self, texts: list[str], truncate: bool = True) -> list[Embedding]:
+        """One :class:`Embedding` per text. A text longer than the context is cut to fit,
+        or, with ``truncate`` false, refused with :class:`~cairn.errors.InputTooLongError`."""
         raise NotImplementedError(f"{type(self).__name__} does not embed")
 
     def close(self) -> None:  # noqa: B027 - optional

@@ -69,7 +69,9 @@ def _serve(requests: TextIO, answers: TextIO, module: str | None) -> None:
                         send({"event": "chunk", "text": chunk.text})
             elif op == "embed":
                 assert model is not None, "load first"
-                send({"event": "embeddings", "vectors": model.embed(request["texts"])})
+                found = model.embed(request["texts"], bool(request.get("truncate", True)))
+                vectors, tokens = [e.vector for e in found], [e.tokens for e in found]
+                send({"event": "embeddings", "vectors": vectors, "tokens": tokens})
             else:
                 send({"event": "error", "message": f"unknown request {op!r}"})
         except Exception as exc:  # reported to the parent, which raises
@@ -79,7 +81,9 @@ def _serve(requests: TextIO, answers: TextIO, module: str | None) -> None:
             from cairn.errors import CairnError
 
             if isinstance(exc, CairnError):  # the parent can still say it in the user's language
-                send({"event": "error", "message": str(exc), "phrase": exc.message.to_json()})
+                phrase = exc.message.to_json()
+                kind = type(exc).__name__
+                send({"event": "error", "message": str(exc), "phrase": phrase, "kind": kind})
             else:
                 send({"event": "error", "message": f"{type(exc).__name__}: {exc}"})
     if model is not None:

@@ -1,4 +1,5 @@
-"""Loading models into runner processes for the scheduler, and generating from them.
+"""Loading models into runner processes for the scheduler, and generating (or embedding)
+with them.
 
 A runner speaks one request at a time, in a thread of its own (its pipes
 block); text comes back to the event loop through a queue. A request whose
@@ -17,7 +18,7 @@ from typing import Any
 from cairn import threads
 from cairn.errors import RunnerError
 from cairn.runtime_plugins.runner import Runner
-from cairn.runtime_plugins.runtime import Chunk, ModelSpec
+from cairn.runtime_plugins.runtime import Chunk, Embedding, ModelSpec
 from cairn.server.scheduler import Want
 
 LOAD_OPTIONS = frozenset({"num_ctx", "num_batch", "num_gpu", "main_gpu", "num_thread", "use_mmap"})
@@ -113,4 +114,23 @@ async def generate(
         except (asyncio.CancelledError, GeneratorExit):
             loaded.stopped = True
             await asyncio.to_thread(loaded.runner.stop)
+            raise
+
+
+async def embed(loaded: Loaded, texts: list[str], truncate: bool = True) -> list[Embedding]:
+    """The runner's vectors for ``texts``; cancelled (a client gone), the runner is stopped."""
+    async with loaded.lock:
+        if loaded.stopped:
+            raise RunnerError("the {runtime} runner was stopped", runtime=loaded.runner.runtime)
+        try:
+            return await asyncio.to_thread(loaded.runner.embed, texts, truncate)
+        except (ValueError, OSError) as exc:  # its pipes, closed under it
+            raise RunnerError(
+                "the {runtime} runner stopped: {reason}",
+                runtime=loaded.runner.runtime,
+                reason=str(exc),
+            ) from None
+        except asyncio.CancelledError:
+            loaded.stopped = True
+            await asyncio.to_thread(loaded.runner.stop)  # its thread then ends too
             raise

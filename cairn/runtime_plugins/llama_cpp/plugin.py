@@ -18,7 +18,14 @@ from typing import Any, ClassVar
 from cairn.i18n import Phrase
 from cairn.runtime_plugins import devices
 from cairn.runtime_plugins.hookspecs import hookimpl
-from cairn.runtime_plugins.runtime import Availability, Chunk, LoadedModel, ModelSpec, Runtime
+from cairn.runtime_plugins.runtime import (
+    Availability,
+    Chunk,
+    Embedding,
+    LoadedModel,
+    ModelSpec,
+    Runtime,
+)
 from cairn.runtime_plugins.utf8 import TextStream
 
 # Ollama's option names to llama-cpp-python's generate() arguments.
@@ -245,8 +252,68 @@ class LlamaCppModel(LoadedModel):
                 " (the GGUF header is fine, the tensor data is not)"
             )
 
-    def embed(self, texts: list[str]) -> list[list[float]]:
-        return [list(map(float, self.llm.embed(text))) for text in texts]
+    def embed(self, texts: list[str], truncate: bool = True) -> list[Embedding]:
+        """One vector per text. A model that pools (an embedding model) gives its pooled
+        vector; one that does not (a generative model, like Gemma) gives its last token's
+        hidden state, as Ollama does. The context computes embeddings for that token only
+        (the rest is ordinary prompt evaluation, no logits for every token), and then
+        generates again: one load does both."""
+        import llama_cpp
+
+        from cairn.errors import InputTooLongError
+
+        llm = self.llm
+        pooled = llm._ctx.pooling_type() != llama_cpp.LLAMA_POOLING_TYPE_NONE
+        # A pooling model reads the whole text in one batch; a causal one, in many.
+        limit = min(llm.n_ctx(), llm.context_params.n_ubatch) if pooled else llm.n_ctx()
+        found = []
+        for text in texts:
+            tokens = llm.tokenize(text.encode(), add_bos=True, special=False)
+            if len(tokens) > limit:
+                if not truncate:
+                    raise InputTooLongError(
+                        "the input length ({tokens} tokens) exceeds the context length ({limit})",
+                        tokens=len(tokens),
+                        limit=limit,
+                    )
+                tokens = tokens[:limit]
+            found.append(Embedding(self._embed(tokens or [llm.token_bos()], pooled), len(tokens)))
+        return found
+
+    def _embed(self, tokens: list[int], pooled: bool) -> list[float]:
+        import llama_cpp
+
+        llm, context, batch = self.llm, self.llm._ctx, self.llm._batch
+        self._forget()
+        try:
+            if pooled:
+                llama_cpp.llama_set_embeddings(context.ctx, True)
+                batch.set_batch(tokens, 0, True)
+                context.decode(batch)
+                vector = context.get_embeddings_seq(0)
+            else:
+                head, size = len(tokens) - 1, llm.n_batch
+                for start in range(0, head, size):
+                    batch.set_batch(tokens[start : min(start + size, head)], start, False)
+                    context.decode(batch)
+                llama_cpp.llama_set_embeddings(context.ctx, True)
+                batch.set_batch(tokens[head:], head, False)
+                context.decode(batch)
+                vector = context.get_embeddings_ith(-1)
+            if not vector:  # a NULL pointer: llama.cpp kept no embedding
+                from cairn.errors import ModelFormatError
+
+                raise ModelFormatError("llama.cpp gave no embedding for this model")
+            return [float(x) for x in vector[: llm.n_embd()]]
+        finally:
+            llama_cpp.llama_set_embeddings(context.ctx, False)
+            self._forget()
+
+    def _forget(self) -> None:
+        """Empty the KV cache, and llama-cpp-python's record of what it held (so that
+        generate() does not take a prefix of it as evaluated)."""
+        self.llm._ctx.kv_cache_clear()  # type: ignore[no-untyped-call]
+        self.llm.reset()  # type: ignore[no-untyped-call]
 
     def close(self) -> None:
         self.llm.close()
