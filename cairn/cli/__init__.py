@@ -49,10 +49,11 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from cairn.cli import completion, models, registry, run, serve
+    from cairn.cli import completion, models, registry, run, serve, server
 
     _localize_click()
-    for command in (*models.COMMANDS, *registry.COMMANDS, *run.COMMANDS, completion.completion):
+    commands = (*models.COMMANDS, *registry.COMMANDS, *run.COMMANDS, *server.COMMANDS)
+    for command in (*commands, completion.completion):
         cli.add_command(command)
     cli.add_command(serve.registry)
     cli.add_command(serve.serve_api)

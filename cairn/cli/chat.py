@@ -1,4 +1,5 @@
-"""The interactive chat of ``cairn run MODEL`` on a terminal, in the manner of ``ollama run``."""
+"""The interactive chat of ``cairn run MODEL`` on a terminal, in the manner of ``ollama run``:
+with a runner of its own, or through a running server."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ import codecs
 import contextlib
 import shutil
 import sys
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Generator
+from typing import TYPE_CHECKING, Any, Protocol
 
 import click
 
@@ -17,7 +18,11 @@ from cairn.i18n import _
 from cairn.modelfile import convert_parameter
 from cairn.runtime_plugins.prompt import Message, build_prompt
 from cairn.runtime_plugins.runner import Runner
+from cairn.runtime_plugins.runtime import Chunk
 from cairn.sanitize import untrusted
+
+if TYPE_CHECKING:
+    from cairn.server.client import ServerClient
 
 HELP = """Available commands:
   /set parameter NAME VALUE   set a parameter (temperature, num_predict, stop, ...)
@@ -39,14 +44,98 @@ def _read(prompt: str) -> str:
     return text.rstrip()[:-3]
 
 
+class Session(Protocol):
+    """Where the chat's answers come from: a runner of its own, or a running server."""
+
+    def start(self) -> None:
+        """Load the model before the first message, so that a failure shows at once."""
+
+    def answer(
+        self, conversation: list[Message], options: dict[str, Any]
+    ) -> Generator[Chunk, None, None]:
+        """The answer to the conversation so far, streamed; closed early on Ctrl-C."""
+
+    def interrupt(self) -> None:
+        """Ctrl-C during an answer: whatever generates it stops now."""
+
+    def close(self) -> None:
+        """The chat is over."""
+
+
+class LocalSession:
+    """Answers from a runner this process starts (and restarts after a Ctrl-C)."""
+
+    def __init__(
+        self,
+        start: Callable[[], Runner],
+        template: str | None,
+        system: str | None,
+        history: list[Message],
+        chat_template: str | None = None,
+    ) -> None:
+        self._start = start
+        self.template = template
+        self.system = system
+        self.history = history
+        self.chat_template = chat_template
+        self.runner: Runner | None = None
+
+    def start(self) -> None:
+        if self.runner is None:
+            self.runner = self._start()
+
+    def answer(
+        self, conversation: list[Message], options: dict[str, Any]
+    ) -> Generator[Chunk, None, None]:
+        self.start()  # after a Ctrl-C stopped the last one
+        assert self.runner is not None
+        prompt = build_prompt(
+            self.template, conversation, self.system, self.history, self.chat_template
+        )
+        yield from self.runner.generate(prompt, options)
+
+    def interrupt(self) -> None:
+        if self.runner is not None:
+            self.runner.stop()  # the only way to stop native code mid-token
+        self.runner = None  # a new one starts with the next message: the prompt is back now
+
+    def close(self) -> None:
+        if self.runner is not None:
+            self.runner.close()
+            self.runner = None
+
+
+class ServerSession:
+    """Answers from a running server's ``/api/chat`` (it keeps the model loaded)."""
+
+    def __init__(
+        self, client: ServerClient, model: str, options: dict[str, Any], output_format: str | None
+    ) -> None:
+        self.client = client
+        self.model = model
+        self.options = options
+        self.output_format = output_format
+
+    def start(self) -> None:
+        self.client.load(self.model, self.options)
+
+    def answer(
+        self, conversation: list[Message], options: dict[str, Any]
+    ) -> Generator[Chunk, None, None]:
+        # Closing this closes the connection, and the server stops the answer.
+        yield from self.client.chat(self.model, conversation, options, self.output_format)
+
+    def interrupt(self) -> None:
+        pass  # the closed stream was enough
+
+    def close(self) -> None:
+        pass  # the model stays loaded for its keep_alive, as after `ollama run`
+
+
 def chat(
-    start: Callable[[], Runner],
-    template: str | None,
-    system: str | None,
-    history: list[Message],
+    session: Session,
     options: dict[str, Any],
     describe: Callable[[], str],
-    chat_template: str | None = None,
     raw: bool = False,
 ) -> None:
     """Read, generate, print, until /bye or end of input.
@@ -64,7 +153,7 @@ def chat(
             )
     with contextlib.suppress(ImportError):
         import readline  # noqa: F401 - line editing and history for input()
-    runner: Runner | None = start()
+    session.start()
     conversation: list[Message] = []
     try:
         while True:
@@ -119,26 +208,22 @@ def chat(
                     continue
                 conversation.append(Message("user", text))
                 answer = []
-                if runner is None:  # stopped by the last Ctrl-C
-                    runner = start()
-                prompt = build_prompt(template, conversation, system, history, chat_template)
                 wrapper = WordWrapper(shutil.get_terminal_size().columns)
-                for chunk in runner.generate(prompt, options):
-                    if not chunk.done:
-                        answer.append(chunk.text)
-                        shown = chunk.text if raw else untrusted(chunk.text, multiline=True)
-                        click.echo(wrapper.feed(shown), nl=False)
-                        sys.stdout.flush()
+                chunks = session.answer(conversation, options)
+                with contextlib.closing(chunks):
+                    for chunk in chunks:
+                        if not chunk.done:
+                            answer.append(chunk.text)
+                            shown = chunk.text if raw else untrusted(chunk.text, multiline=True)
+                            click.echo(wrapper.feed(shown), nl=False)
+                            sys.stdout.flush()
                 click.echo(wrapper.finish(), nl=False)
                 click.echo("\n")
                 conversation.append(Message("assistant", "".join(answer)))
             except KeyboardInterrupt:
-                if runner is not None:
-                    runner.stop()  # the only way to stop native code mid-token
-                runner = None  # a new one starts with the next message: the prompt is back now
+                session.interrupt()
                 click.echo()
                 del conversation[kept:]
                 continue
     finally:
-        if runner is not None:
-            runner.close()
+        session.close()

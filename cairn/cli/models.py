@@ -11,6 +11,7 @@ import click
 from click.shell_completion import CompletionItem
 
 from cairn.cli.output import display_width, human_age, human_size, pad, say, table
+from cairn.cli.server import LOCAL_HELP, Use, connect
 from cairn.errors import CairnError, CorruptBlobError, ModelfileError
 from cairn.i18n import Phrase, _, localize
 from cairn.manifests.models import Models
@@ -91,8 +92,16 @@ def create(name: str, modelfile_path: Path | None, quiet: bool) -> None:
 
 @click.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def list_models(as_json: bool) -> None:
+@click.option("--local", is_flag=True, help=LOCAL_HELP)
+def list_models(as_json: bool, local: bool) -> None:
     """List the models in the store (NAME, ID, SIZE, MODIFIED)."""
+    client = connect(Use.STORE, local)
+    if client is not None:  # a server named by $CAIRN_HOST, over another store
+        from cairn.cli.on_server import list_on_server
+
+        with client:
+            list_on_server(client, as_json)
+        return
     found, problems = _models().catalog()
     if as_json:
         _emit_json(

@@ -11,6 +11,7 @@ import click
 
 from cairn import config
 from cairn.cli.output import parse_size, say
+from cairn.cli.server import LOCAL_HELP, Use, connect
 from cairn.errors import AuthenticationError, ConfigError
 from cairn.i18n import Phrase, _
 from cairn.manifests.models import Models
@@ -57,12 +58,28 @@ def make_client(ref: Reference, insecure: bool, limit_rate: str | None = None) -
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @click.option("--json", "as_json", is_flag=True, help="Print progress as NDJSON lines.")
 @click.option("--limit-rate", help="At most this many bytes per second (K, M, G suffixes).")
-def pull(name: str, insecure: bool, quiet: bool, as_json: bool, limit_rate: str | None) -> None:
+@click.option("--local", is_flag=True, help=LOCAL_HELP)
+def pull(
+    name: str, insecure: bool, quiet: bool, as_json: bool, limit_rate: str | None, local: bool
+) -> None:
     """Pull model NAME from its registry into the store."""
     from cairn.cli.progress import Reporter
     from cairn.registry.pull import pull as do_pull
 
     ref = parse_reference(name)
+    client = connect(Use.STORE, local)
+    if client is not None:  # a server named by $CAIRN_HOST, over another store
+        from cairn.cli.on_server import pull_on_server
+
+        with client:
+            if limit_rate:
+                raise ConfigError(
+                    "--limit-rate applies to a pull cairn makes itself, not to one the"
+                    " server at {url} makes (--local pulls into the store here)",
+                    url=client.url,
+                )
+            pull_on_server(client, name, insecure, as_json, quiet)
+        return
     if insecure:  # the origin is plain HTTP, also when a mirror resolves tags there
         ref = dataclasses.replace(ref, insecure=True)
     reporter = Reporter(as_json, quiet)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from cairn.cli.output import say, table
+from cairn.cli.server import LOCAL_HELP, Use, connect
 from cairn.errors import ConfigError, ModelNotFoundError
 from cairn.i18n import Phrase, _, localize
 from cairn.sanitize import untrusted
@@ -101,6 +102,7 @@ def runtimes(as_json: bool) -> None:
     is_flag=True,
     help="Print the answer exactly as generated, escape sequences and all.",
 )
+@click.option("--local", is_flag=True, help=LOCAL_HELP)
 def run(
     model: str,
     prompt: str | None,
@@ -111,10 +113,12 @@ def run(
     parameters: tuple[str, ...],
     long_context: bool,
     raw: bool,
+    local: bool,
 ) -> None:
     """Run MODEL on PROMPT (or standard input), pulling it first if it is missing.
 
     With no PROMPT on a terminal: an interactive chat (/? for help, /bye to leave).
+    Through a running server when one answers at $CAIRN_HOST (see --local).
     """
     from cairn.manifests.models import Models
     from cairn.modelfile import convert_parameter
@@ -122,11 +126,6 @@ def run(
     from cairn.runtime_plugins.prompt import Message, build_prompt
     from cairn.runtime_plugins.runner import Runner
 
-    models = Models.from_environment()
-    try:
-        models.get(model)
-    except ModelNotFoundError:
-        _pull(model, insecure)
     overrides: dict[str, Any] = {}
     for item in parameters:
         key, _sep, value = item.partition("=")
@@ -135,6 +134,19 @@ def run(
             overrides.setdefault("stop", []).extend(converted)
         else:
             overrides[key.strip()] = converted
+    # A runtime or a context past the trained one cannot be asked of a server's API.
+    client = connect(Use.RUN, local or runtime_name is not None or long_context)
+    if client is not None:
+        from cairn.cli.on_server import run_on_server
+
+        with client:
+            run_on_server(client, model, prompt, overrides, output_format, insecure, verbose, raw)
+        return
+    models = Models.from_environment()
+    try:
+        models.get(model)
+    except ModelNotFoundError:
+        _pull(model, insecure)
     if output_format:
         overrides["format"] = output_format
     ready = plan(models, model, overrides, runtime_name, long_context, add_stops=True)
@@ -143,7 +155,7 @@ def run(
     details, info, spec, options = ready.details, ready.runtime, ready.spec, ready.options
     history, chat_template = ready.history, ready.chat_template
     if prompt is None and sys.stdin.isatty():
-        from cairn.cli.chat import chat
+        from cairn.cli.chat import LocalSession, chat
 
         def start() -> Runner:
             started = Runner(info.name, module=info.module)
@@ -159,9 +171,8 @@ def run(
             template = details.template or ""
             return "\n".join([_("Parameters:"), *lines, _("Template:"), template])
 
-        chat(
-            start, details.template, details.system, history, options, describe, chat_template, raw
-        )
+        session = LocalSession(start, details.template, details.system, history, chat_template)
+        chat(session, options, describe, raw)
         return
     runner = Runner(info.name, module=info.module)  # it boots while the prompt is prepared
     try:
@@ -230,7 +241,7 @@ def _verbose(load_seconds: float, stats: dict[str, Any]) -> None:
         click.echo(f"{name + ':':<22}{value}", err=True)
 
 
-def _pull(name: str, insecure: bool) -> None:
+def _pull(name: str, insecure: bool) -> None:  # into the store here
     import asyncio
 
     from cairn.cli.progress import Reporter
