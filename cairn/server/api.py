@@ -442,6 +442,10 @@ class Api:
         statistics (``load_duration`` and ``total_duration`` among them). A client gone
         (cancelled) or a runner dead: the model is loaded afresh for the next request."""
         started = time.monotonic()
+        if job.empty and job.keep_alive == 0:  # ``ollama stop``: unload, never load first
+            await self.scheduler.stop(job.want.model)
+            yield Chunk(done=True, stats={"done_reason": "unload"})
+            return
         async with self.scheduler.lease(job.want, job.keep_alive) as lease:
             loaded_in = time.monotonic() - started
             if job.empty:
@@ -681,7 +685,7 @@ class Api:
             return int(float(stats.get(name) or 0) * 1e9)
 
         final: dict[str, Any] = {"done": True, "done_reason": stats.get("done_reason", "stop")}
-        if final["done_reason"] == "load":
+        if final["done_reason"] in ("load", "unload"):
             return final
         return {
             **final,

@@ -42,9 +42,12 @@ def test_the_ollama_client_lists_shows_and_generates(served: str, store: Path) -
     assert "".join(p.message.content or "" for p in streamed) == chat.message.content
 
     assert [m.model for m in client.ps().models] == ["gemma3:270m"]
-    client.generate(model="gemma3:270m", prompt="", keep_alive=0)  # unload, as Ollama's CLI does
-    assert client.ps().models == []
+    unloaded = client.generate(model="gemma3:270m", prompt="", keep_alive=0)  # as `ollama stop`
+    assert unloaded.done_reason == "unload" and client.ps().models == []
     assert not workers(store)  # its runner went with it
+    again = client.generate(model="gemma3:270m", prompt="", keep_alive=0)  # not loaded: stays so
+    assert again.done_reason == "unload" and (again.load_duration or 0) == 0
+    assert not workers(store)
 
     client.copy("gemma3:270m", "copied:1")
     assert sorted(m.model or "" for m in client.list().models) == ["copied:1", "gemma3:270m"]
