@@ -16,6 +16,7 @@ missing", name=n)``: ``str(error)`` is English (what an HTTP API sends) and
     ├── ModelFormatError            a model file that is not what it claims (not GGUF, truncated)
     ├── RuntimeUnavailableError     no runtime can run this model here (or the one asked for can't)
     ├── RunnerError                 the runner process failed or died (a crash, out of memory)
+    │   └── RunnerRequestError      it failed one request and lives on (a plugin's exception)
     ├── ServerBusyError             too many requests wait for a model already (cairn serve)
     ├── ServerError                 a running server failed a request, or none is running
     ├── TemplateError               a prompt template that cannot be parsed or executed
@@ -98,6 +99,10 @@ class ServerError(CairnError):
 
 class RunnerError(CairnError):
     """The runner process failed or died; the message carries its last stderr lines."""
+
+
+class RunnerRequestError(RunnerError):
+    """The runner caught what went wrong with one request and is fit for the next."""
 
 
 class TemplateError(CairnError):

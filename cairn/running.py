@@ -94,17 +94,18 @@ DEFAULT_CONTEXT = 4096
 """``num_ctx`` when neither the model nor the request sets it (the llama.cpp runtime's)."""
 
 
-def memory_needed(ready: Plan) -> tuple[int, int]:
+def memory_needed(ready: Plan, runners: int = 1) -> tuple[int, int]:
     """What loading ``ready`` takes, in bytes: (in all, on GPUs). The weights and adapters
-    as stored, plus the KV cache for its ``num_ctx`` (f16, every layer full length, from
-    the GGUF header); on GPUs, the offloaded layers' share of that. An estimate: the
+    as stored (memory-mapped: once, however many runners share them), plus the KV cache
+    for its ``num_ctx`` (f16, every layer full length, from the GGUF header) for each of
+    ``runners``; on GPUs, the offloaded layers' share of that. An estimate: the
     runtime's compute buffers (tens of MB) are not counted."""
     from cairn.runtime_plugins.devices import kv_cache_bytes
 
     assert ready.details.gguf is not None  # plan() saw to it
     weights = sum(p.stat().st_size for p in (ready.spec.weights, *ready.spec.adapters))
     context = int(ready.options.get("num_ctx", DEFAULT_CONTEXT))
-    total = weights + (kv_cache_bytes(ready.details.gguf, context) or 0)
+    total = weights + runners * (kv_cache_bytes(ready.details.gguf, context) or 0)
     gpus = [d for d in ready.runtime.availability.devices if d != "cpu"]
     layers = ready.details.gguf.arch_value("block_count")
     offloaded = ready.options.get("num_gpu", -1)

@@ -71,8 +71,6 @@ class Runner:
     def _receive(self) -> dict[str, Any]:
         import json
 
-        from cairn.errors import RunnerError
-
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         if not line:
@@ -83,11 +81,13 @@ class Runner:
 
             phrase = message.get("phrase")
             detail = Phrase.from_json(phrase) if phrase else message.get("message")
-            if message.get("kind") == "InputTooLongError" and detail:  # the request's fault
-                from cairn.errors import InputTooLongError
+            from cairn.errors import ConfigError, InputTooLongError, RunnerRequestError
 
-                raise InputTooLongError(detail)
-            raise RunnerError("{runtime}: {detail}", runtime=self.runtime, detail=detail)
+            asked_wrong = {"InputTooLongError": InputTooLongError, "ConfigError": ConfigError}
+            kind = asked_wrong.get(str(message.get("kind")))
+            if kind is not None and detail:  # the request's fault: told as such
+                raise kind(detail)
+            raise RunnerRequestError("{runtime}: {detail}", runtime=self.runtime, detail=detail)
         return message
 
     def _last_lines(self) -> str:

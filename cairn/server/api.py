@@ -153,13 +153,13 @@ class Api:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.models = settings.models
-        self.loader = RunnerLoader()
+        self.loader = RunnerLoader(settings.num_parallel)
         self.scheduler = Scheduler(
             self.loader,
             max_loaded=settings.max_loaded,
-            # A runner answers one request at a time: the others wait in the scheduler's
-            # queue, never on a runner another request may have to kill.
-            num_parallel=1,
+            # Each of a model's requests at once borrows a runner of its own (the loader's
+            # pool is as large): none waits on a runner another request may have to kill.
+            num_parallel=settings.num_parallel,
             max_queue=settings.max_queue,
             keep_alive=settings.keep_alive,
             free_memory=free_memory,
@@ -345,6 +345,7 @@ class Api:
         elif isinstance(output_format, dict):
             if len(json.dumps(output_format)) > MOST_SCHEMA:
                 raise BadRequest(f"a format's JSON schema takes at most {MOST_SCHEMA} bytes")
+            _local_refs(output_format)
             checked["format"] = output_format
         elif output_format not in (None, ""):
             raise BadRequest('format must be "json" or a JSON schema (an object)')
@@ -405,7 +406,7 @@ class Api:
                     ready.chat_template,
                     offered,
                 )
-        size, gpu_size = await asyncio.to_thread(memory_needed, ready)
+        size, gpu_size = await asyncio.to_thread(memory_needed, ready, self.settings.num_parallel)
         want = self.loader.want(
             stored,
             ready.runtime.name,
@@ -439,8 +440,7 @@ class Api:
 
     async def _produce(self, job: Job) -> AsyncGenerator[Chunk, None]:
         """The job's chunks under a lease on its model; the last is ``done`` with the
-        statistics (``load_duration`` and ``total_duration`` among them). A client gone
-        (cancelled) or a runner dead: the model is loaded afresh for the next request."""
+        statistics (``load_duration`` and ``total_duration`` among them)."""
         started = time.monotonic()
         if job.empty and job.keep_alive == 0:  # ``ollama stop``: unload, never load first
             await self.scheduler.stop(job.want.model)
@@ -452,17 +452,15 @@ class Api:
                 yield Chunk(done=True, stats={"load_duration": loaded_in, "done_reason": "load"})
                 return
             stats: dict[str, Any] = {}
-            try:
-                chunks = generate(lease.loaded, job.prompt, job.options)
-                async with contextlib.aclosing(chunks):  # closed at once: its runner stops
-                    async for chunk in chunks:
-                        if chunk.done:
-                            stats = dict(chunk.stats)
-                        else:
-                            yield chunk
-            except (asyncio.CancelledError, GeneratorExit, ConnectionResetError, CairnError):
-                lease.died()  # its runner was stopped mid-token, or died
-                raise
+            # A client gone (this closed) or a runner dead: the runner leaves the model's
+            # pool, and the next request starts another (loader.borrowed).
+            chunks = generate(lease.loaded, job.prompt, job.options)
+            async with contextlib.aclosing(chunks):  # closed at once: its runner stops
+                async for chunk in chunks:
+                    if chunk.done:
+                        stats = dict(chunk.stats)
+                    else:
+                        yield chunk
             predicted = job.options.get("num_predict")
             count = int(stats.get("eval_count", 0))
             length = isinstance(predicted, int) and predicted > 0 and count >= predicted
@@ -716,6 +714,21 @@ _OPENAI_OPTIONS = {
     "max_tokens": "num_predict",
     "max_completion_tokens": "num_predict",
 }
+
+
+def _local_refs(schema: Any, depth: int = 0) -> None:
+    """A ``format`` schema may refer only within itself (``#/...``): never to a URL."""
+    if depth > 64:
+        raise BadRequest("a format's JSON schema nests too deep")
+    if isinstance(schema, dict):
+        ref = schema.get("$ref")
+        if ref is not None and (not isinstance(ref, str) or not ref.startswith("#")):
+            raise BadRequest("a format's JSON schema may only $ref within itself (#/...)")
+        for value in schema.values():
+            _local_refs(value, depth + 1)
+    elif isinstance(schema, list):
+        for value in schema:
+            _local_refs(value, depth + 1)
 
 
 def openai_format(response_format: Mapping[str, Any]) -> Any:

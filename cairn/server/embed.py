@@ -19,7 +19,6 @@ embedding for the last token only (see the llama.cpp plugin's ``embed``).
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import math
 import struct
@@ -30,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from cairn.errors import CairnError, InputTooLongError
+from cairn.errors import InputTooLongError
 from cairn.server.loader import embed
 
 if TYPE_CHECKING:
@@ -109,7 +108,7 @@ async def _embed(
     truncate: bool = True,
 ) -> Embedded:
     """``texts`` embedded by ``name`` under a lease on it (none: the model is loaded).
-    A client gone (cancelled) or a runner dead: the model is loaded afresh next time."""
+    A client gone (cancelled) or a runner dead: that runner leaves the model's pool."""
     job = await api.job(name, options, None, keep_alive, prompt="", raw=True)
     started = time.monotonic()
     async with api.scheduler.lease(job.want, job.keep_alive) as lease:
@@ -120,9 +119,6 @@ async def _embed(
             found = await embed(lease.loaded, texts, truncate)
         except InputTooLongError as exc:  # the request's fault: the runner is fine
             raise _bad(str(exc)) from None
-        except (asyncio.CancelledError, ConnectionResetError, CairnError):
-            lease.died()  # its runner was stopped mid-way, or died
-            raise
     tokens = sum(e.tokens for e in found)
     total = time.monotonic() - started
     stats = {"prompt_eval_count": tokens, "load_duration": loaded_in, "total_duration": total}

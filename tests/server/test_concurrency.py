@@ -4,12 +4,16 @@ and Korean through Ollama's and OpenAI's APIs with no character split."""
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
+import time
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from tests.runtime_plugins.test_run import workers
 from tests.server.conftest import Serve
 
 OPTIONS = {"temperature": 0, "seed": 7, "num_predict": 8}
@@ -128,3 +132,35 @@ def test_korean_streams_whole_through_ollama_and_openai(served: str) -> None:
         assert not any("\ufffd" in piece for piece in pieces)
         assert any("\uac00" <= ch <= "\ud7a3" for ch in "".join(pieces)), pieces  # Hangul came
     assert "".join(chunks) == "".join(deltas)  # the same request, the same answer
+
+
+def test_parallel_requests_get_runners_of_their_own(serve: Serve, store: Path) -> None:
+    """``CAIRN_NUM_PARALLEL=2``: a short answer is not queued behind a long one, each has
+    a runner of its own, a client gone stops only its own, and the pool heals."""
+    url = serve(CAIRN_NUM_PARALLEL="2")
+    long = {"model": "gemma3:270m", "prompt": "Tell a long story.", "raw": True}
+    long["options"] = {"temperature": 0, "seed": 7, "num_predict": 3000}
+    short = {"model": "gemma3:270m", "prompt": "Say hi.", "stream": False, "options": OPTIONS}
+    with httpx.stream("POST", url + "/api/generate", json=long, timeout=600) as streaming:
+        lines = streaming.iter_lines()
+        assert not json.loads(next(lines))["done"]  # the long answer is under way
+        answer = httpx.post(url + "/api/generate", json=short, timeout=600).json()
+        assert answer["done"] and answer["eval_count"] >= 1
+        assert len(workers(store)) == 2  # each answer its own runner
+        assert not json.loads(next(lines))["done"]  # and the long one still going
+        (model,) = httpx.get(url + "/api/ps").json()["models"]
+        per_token = 18 * 1 * (256 + 256) * 2
+        assert model["size"] == (store_weights(store) + 2 * 4096 * per_token)
+    # The long one's client is gone: its runner stops; the short one's stays for the next.
+    deadline = time.monotonic() + 60
+    while len(workers(store)) != 1:
+        assert time.monotonic() < deadline, "the runner of a client gone was not stopped"
+        time.sleep(0.1)
+    again = httpx.post(url + "/api/generate", json=short, timeout=600).json()
+    assert again["response"] == answer["response"]  # the same request, the same answer
+    assert len(workers(store)) == 1
+
+
+def store_weights(store: Path) -> int:
+    """The size of the biggest blob in the store: the model's weights."""
+    return max(p.stat().st_size for p in (store / "blobs").iterdir())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -10,6 +11,7 @@ import pytest
 
 from cairn.runtime_plugins.prompt import Message, build_prompt
 from cairn.server.tools import ToolError, ToolParser, check_calls, check_tools, tag_of
+from tests.runtime_plugins.test_run import workers
 
 WEATHER: dict[str, Any] = {
     "type": "function",
@@ -126,7 +128,7 @@ CALL_SCHEMA: dict[str, Any] = {
 OPTIONS = {"temperature": 0, "seed": 42, "num_predict": 60}
 
 
-def test_a_schema_shapes_the_answer(served: str) -> None:
+def test_a_schema_shapes_the_answer(served: str, store: Path) -> None:
     import ollama
 
     client = ollama.Client(host=served)
@@ -143,6 +145,19 @@ def test_a_schema_shapes_the_answer(served: str) -> None:
         served + "/api/generate", json={"model": "gemma3:270m", "prompt": "x", "format": [1]}
     )
     assert refused.status_code == 400 and "JSON schema" in refused.json()["error"]
+    workers_before = workers(store)
+    hostile: list[tuple[dict[str, Any], str]] = [
+        ({"$ref": "https://example.com/schema.json"}, "$ref within itself"),
+        ({"type": "object", "properties": {"a": {"$ref": "#/nowhere"}}}, "cannot be used"),
+        ({"type": "nonsense"}, "cannot be used"),
+    ]
+    for schema, why in hostile:
+        body = {"model": "gemma3:270m", "prompt": "x", "format": schema, "stream": False}
+        refused = httpx.post(served + "/api/generate", json=body, timeout=600)
+        assert refused.status_code == 400 and why in refused.json()["error"], refused.text
+    assert workers(store) == workers_before  # the runner refused it and lives on
+    answer = client.generate(model="gemma3:270m", prompt="Name a colour.", options=OPTIONS)
+    assert answer.done
 
 
 def test_the_ollama_client_gets_tool_calls(served: str) -> None:
