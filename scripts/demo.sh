@@ -56,3 +56,39 @@ CAIRN_MODELS="$workdir/empty-store" cairn verify
 echo "==> cairn run gemma3:270m (the base model: expect fluent nonsense, deterministic at temperature 0)"
 CAIRN_MODELS="$workdir/empty-store" cairn run "127.0.0.1:$port/library/gemma3:270m" \
     "Write one sentence about mountains." -p num_predict=48 --verbose
+
+echo "==> cairn serve: Ollama's, OpenAI's and Anthropic's APIs over the store"
+serve_port=$(python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+export CAIRN_HOST="127.0.0.1:$serve_port"
+CAIRN_MODELS="$workdir/empty-store" cairn serve >"$workdir/serve.log" 2>&1 &
+serve_pid=$!
+trap 'kill $registry_pid $serve_pid 2>/dev/null; rm -rf "$workdir"' EXIT
+python - "$serve_port" <<'PY'
+import sys, time, httpx
+url = f"http://127.0.0.1:{sys.argv[1]}"
+for _ in range(600):
+    try:
+        if httpx.get(url).text == "Ollama is running":
+            break
+    except httpx.TransportError:
+        time.sleep(0.1)
+name = httpx.get(url + "/api/tags").json()["models"][0]["name"]
+options = {"temperature": 0, "num_predict": 24}
+chat = httpx.post(url + "/api/chat", timeout=300, json={
+    "model": name, "stream": False, "options": options,
+    "messages": [{"role": "user", "content": "Write one sentence about rivers."}]}).json()
+print(f"POST /api/chat            -> {chat['message']['content']!r}")
+openai = httpx.post(url + "/v1/chat/completions", timeout=300, json={
+    "model": name, "temperature": 0, "max_tokens": 24,
+    "messages": [{"role": "user", "content": "Write one sentence about rivers."}]}).json()
+print(f"POST /v1/chat/completions -> {openai['choices'][0]['message']['content']!r}")
+anthropic = httpx.post(url + "/v1/messages", timeout=300, json={
+    "model": name, "max_tokens": 24, "temperature": 0,
+    "messages": [{"role": "user", "content": "Write one sentence about rivers."}]}).json()
+print(f"POST /v1/messages         -> {anthropic['content'][0]['text']!r}")
+PY
+echo "==> cairn ps (through the server)"
+cairn ps
+echo "==> cairn stop"
+cairn stop "127.0.0.1:$port/library/gemma3:270m"
+cairn ps
