@@ -173,7 +173,7 @@ def serve_api(insecure_no_auth: bool) -> None:
 
     from cairn.errors import ConfigError
     from cairn.manifests.models import Models
-    from cairn.server.api import make_app, settings_from_environment
+    from cairn.server.app import make_app, settings_from_environment
     from cairn.server.guard import check_exposure
 
     addr = os.environ.get("CAIRN_HOST") or "127.0.0.1:11434"

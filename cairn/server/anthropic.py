@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, TypeGuard
 from aiohttp import web
 
 from cairn.errors import CairnError
-from cairn.server.api import BadRequest
+from cairn.server.fields import BadRequest
 
 if TYPE_CHECKING:
     from cairn.server.api import Api, Job

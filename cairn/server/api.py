@@ -14,9 +14,8 @@ import contextlib
 import json
 import os
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -24,23 +23,18 @@ from aiohttp import web
 from cairn import __version__
 from cairn.errors import (
     CairnError,
-    ConfigError,
-    InvalidReferenceError,
-    ModelfileError,
     ModelNotFoundError,
-    ServerBusyError,
-    TemplateError,
 )
 from cairn.manifests.models import Models
 from cairn.manifests.reference import parse_reference
 from cairn.running import DEFAULT_CONTEXT
 from cairn.runtime_plugins.runtime import Chunk
+from cairn.server.fields import MOST_KEEP_ALIVE, BadRequest, duration, flag, stamp
 from cairn.server.loader import RunnerLoader, generate
-from cairn.server.scheduler import FOREVER, Scheduler, Want
+from cairn.server.scheduler import Scheduler, Want
 from cairn.server.tools import (
     ToolError,
     ToolParser,
-    call_id,
     check_calls,
     check_tools,
     tag_of,
@@ -48,8 +42,6 @@ from cairn.server.tools import (
 
 OLLAMA_VERSION = "0.12.0"
 """The version of Ollama's API that cairn answers as (``/api/version``)."""
-MAX_BODY = 32 << 20
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @dataclass
@@ -87,46 +79,8 @@ class Job:
         return ToolParser(list(self.tools), self.tag)
 
 
-class BadRequest(Exception):
-    """A request Ollama would answer with 400."""
-
-
 MOST_SCHEMA = 64 << 10
 """The longest JSON schema a ``format`` may be, in bytes of JSON."""
-MOST_KEEP_ALIVE = 10 * 365 * 86400.0
-"""Longer than this is for ever."""
-
-
-def duration(text: Any, default: float) -> float:
-    """Seconds from Ollama's ``keep_alive``: a number of seconds, or "5m", "1h", "-1"
-    (negative: for ever; past ten years: for ever; not a number: a 400)."""
-    seconds = _duration(text, default)
-    if seconds != seconds:  # NaN
-        raise BadRequest(f"keep_alive {text!r:.40} is not a duration")
-    return FOREVER if seconds > MOST_KEEP_ALIVE else seconds
-
-
-def _duration(text: Any, default: float) -> float:
-    if text is None:
-        return default
-    if isinstance(text, bool):
-        raise BadRequest(f"keep_alive {text!r} is not a duration")
-    if isinstance(text, (int, float)):
-        return float(text) if text >= 0 else FOREVER
-    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
-    value = str(text).strip()
-    for unit in sorted(units, key=len, reverse=True):
-        if value.endswith(unit):
-            try:
-                number = float(value[: -len(unit)])
-            except ValueError:
-                break
-            return number * units[unit] if number >= 0 else FOREVER
-    try:
-        number = float(value)
-    except ValueError:
-        raise BadRequest(f"keep_alive {text!r:.40} is not a duration") from None
-    return number if number >= 0 else FOREVER
 
 
 def free_memory() -> int:
@@ -143,10 +97,6 @@ def free_gpu_memory() -> int:
 
     found = nvidia_free_memory(os.environ)
     return found if found is not None else 1 << 62
-
-
-def stamp(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
 
 
 class Api:
@@ -510,7 +460,7 @@ class Api:
                 return {"message": message}
             return {"response": text}
 
-        stream = _flag(data, "stream", True)
+        stream = flag(data, "stream", True)
         response: web.StreamResponse | None = None
         if stream:
             response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
@@ -544,137 +494,6 @@ class Api:
                     await send({**base, "done": False, **piece(text)})
         raise CairnError("the runner ended without a last chunk")
 
-    # -- OpenAI's API -----------------------------------------------------------
-
-    async def openai_models(self, request: web.Request) -> web.StreamResponse:
-        found, _problems = await asyncio.to_thread(self.models.catalog)
-        return web.json_response({"object": "list", "data": [_openai_model(m) for m in found]})
-
-    async def openai_model(self, request: web.Request) -> web.StreamResponse:
-        model = await asyncio.to_thread(self.local, request.match_info["model"])
-        return web.json_response(_openai_model(model))
-
-    async def openai_chat(self, request: web.Request) -> web.StreamResponse:
-        return await self.openai_answer(request, chat=True)
-
-    async def openai_completions(self, request: web.Request) -> web.StreamResponse:
-        return await self.openai_answer(request, chat=False)
-
-    async def openai_answer(self, request: web.Request, chat: bool) -> web.StreamResponse:
-        data = await self.body(request)
-        name = self.name_of(data)
-        options = _openai_options(data)
-        response_format = _object(data, "response_format")
-        output_format = openai_format(response_format)
-        if chat:
-            messages = data.get("messages")
-            if not isinstance(messages, list) or not messages:
-                raise BadRequest("messages must be a non-empty list")
-            job = await self.job(
-                name,
-                options,
-                output_format,
-                None,
-                openai_messages(messages),
-                tools=data.get("tools"),
-            )
-        else:
-            prompt = data.get("prompt")
-            if isinstance(prompt, list) and len(prompt) == 1:
-                prompt = prompt[0]
-            if not isinstance(prompt, str):
-                raise BadRequest("prompt must be a string")
-            job = await self.job(name, options, output_format, None, prompt=prompt, raw=True)
-        kind = "chat.completion" if chat else "text_completion"
-        base = {
-            "id": f"{'chatcmpl' if chat else 'cmpl'}-{os.urandom(6).hex()}",
-            "created": int(time.time()),
-            "model": name,
-            "system_fingerprint": "fp_cairn",
-        }
-        usage_wanted = bool(_object(data, "stream_options").get("include_usage"))
-
-        def choice(
-            text: str | None,
-            finish: str | None,
-            whole: bool,
-            calls: list[dict[str, Any]] | None = None,
-        ) -> dict[str, Any]:
-            if not chat:
-                return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
-            said: dict[str, Any] = {"role": "assistant", "content": text}
-            if calls:
-                said["tool_calls"] = [
-                    {
-                        **({} if whole else {"index": number}),
-                        "id": call_id(),
-                        "type": "function",
-                        "function": {
-                            "name": call["function"]["name"],
-                            "arguments": json.dumps(call["function"]["arguments"]),
-                        },
-                    }
-                    for number, call in enumerate(calls)
-                ]
-            if whole:
-                return {"index": 0, "message": said, "finish_reason": finish}
-            delta = said if text is not None or calls else {}
-            return {"index": 0, "delta": delta, "finish_reason": finish}
-
-        def usage(stats: Mapping[str, Any]) -> dict[str, int]:
-            prompt_tokens = int(stats.get("prompt_eval_count", 0))
-            completion_tokens = int(stats.get("eval_count", 0))
-            total = prompt_tokens + completion_tokens
-            return {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "total_tokens": total,
-            }
-
-        stream = _flag(data, "stream", False)
-        response: web.StreamResponse | None = None
-        if stream:
-            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        pieces: list[str] = []
-
-        async def send(event: dict[str, Any] | str) -> None:
-            assert response is not None
-            if not response.prepared:
-                await response.prepare(request)
-            text = event if isinstance(event, str) else json.dumps(event)
-            await response.write(f"data: {text}\n\n".encode())
-
-        parser = job.parser()
-        produced = self.produce(job)
-        async with contextlib.aclosing(produced):
-            async for chunk in produced:
-                if not chunk.done:
-                    text = parser.add(chunk.text)
-                    if response is None:
-                        pieces.append(text)
-                    elif text:
-                        piece = {**base, "object": f"{kind}.chunk"}
-                        await send({**piece, "choices": [choice(text, None, False)]})
-                    continue
-                rest, calls = parser.finish()
-                finish = "length" if chunk.stats.get("done_reason") == "length" else "stop"
-                finish = "tool_calls" if calls else finish
-                if response is None:
-                    whole = {**base, "object": kind}
-                    whole["choices"] = [choice("".join(pieces) + rest, finish, True, calls)]
-                    whole["usage"] = usage(chunk.stats)
-                    return web.json_response(whole)
-                last = {**base, "object": f"{kind}.chunk"}
-                if rest or calls:
-                    await send({**last, "choices": [choice(rest, None, False, calls)]})
-                await send({**last, "choices": [choice(None if chat else "", finish, False)]})
-                if usage_wanted:
-                    await send({**last, "choices": [], "usage": usage(chunk.stats)})
-                await send("[DONE]")
-                await response.write_eof()
-                return response
-        raise CairnError("the runner ended without a last chunk")
-
     @staticmethod
     def final(stats: Mapping[str, Any]) -> dict[str, Any]:
         """The last object's fields, Ollama's durations in nanoseconds."""
@@ -696,26 +515,6 @@ class Api:
         }
 
 
-def _openai_model(model: Any) -> dict[str, Any]:
-    return {
-        "id": model.reference.display,
-        "object": "model",
-        "created": int(model.modified),
-        "owned_by": model.reference.namespace,
-    }
-
-
-_OPENAI_OPTIONS = {
-    "temperature": "temperature",
-    "top_p": "top_p",
-    "seed": "seed",
-    "frequency_penalty": "frequency_penalty",
-    "presence_penalty": "presence_penalty",
-    "max_tokens": "num_predict",
-    "max_completion_tokens": "num_predict",
-}
-
-
 def _local_refs(schema: Any, depth: int = 0) -> None:
     """A ``format`` schema may refer only within itself (``#/...``): never to a URL."""
     if depth > 64:
@@ -729,185 +528,3 @@ def _local_refs(schema: Any, depth: int = 0) -> None:
     elif isinstance(schema, list):
         for value in schema:
             _local_refs(value, depth + 1)
-
-
-def openai_format(response_format: Mapping[str, Any]) -> Any:
-    """OpenAI's ``response_format`` as Ollama's ``format``: ``"json"``, a schema, or None."""
-    kind = response_format.get("type", "text")
-    if kind == "json_object":
-        return "json"
-    if kind == "json_schema":
-        wanted = response_format.get("json_schema")
-        schema = wanted.get("schema") if isinstance(wanted, dict) else None
-        if not isinstance(schema, dict):
-            raise BadRequest("response_format json_schema needs json_schema.schema, an object")
-        return schema
-    if kind != "text":
-        raise BadRequest(
-            f"response_format {kind!r:.40} is not supported (text, json_object, json_schema)"
-        )
-    return None
-
-
-def openai_messages(messages: list[Any]) -> list[Any]:
-    """OpenAI's messages as Ollama's: content parts joined to text, a ``tool`` message's
-    ``tool_call_id`` kept as its name when it has none."""
-    converted = []
-    for item in messages:
-        if not isinstance(item, dict):
-            raise BadRequest("each message must be an object")
-        content = item.get("content")
-        if isinstance(content, list):
-            texts = []
-            for part in content:
-                if not isinstance(part, dict):
-                    raise BadRequest("a message's content parts must be objects")
-                if part.get("type") in ("text", "input_text", "output_text"):
-                    texts.append(str(part.get("text") or ""))
-                elif part.get("type") in ("image_url", "input_image"):
-                    raise BadRequest("this model's runtime takes no images")
-                else:
-                    raise BadRequest(f"content part {part.get('type')!r:.40} is not supported")
-            content = "".join(texts)
-        converted.append({**item, "content": content})
-    return converted
-
-
-def _flag(data: dict[str, Any], key: str, default: bool) -> bool:
-    value = data.get(key, default)
-    if not isinstance(value, bool):
-        raise BadRequest(f"{key} must be true or false")
-    return value
-
-
-def _object(data: dict[str, Any], key: str) -> dict[str, Any]:
-    value = data.get(key) or {}
-    if not isinstance(value, dict):
-        raise BadRequest(f"{key} must be an object")
-    return value
-
-
-def _openai_options(data: dict[str, Any]) -> dict[str, Any]:
-    """OpenAI's sampling fields as Ollama's options (typed and ranged later)."""
-    for key in ("max_tokens", "max_completion_tokens"):
-        value = data.get(key)
-        if value is not None and (not isinstance(value, int) or value < 1):
-            raise BadRequest(f"{key} must be a positive integer")
-    options = {
-        ours: data[theirs]
-        for theirs, ours in _OPENAI_OPTIONS.items()
-        if data.get(theirs) is not None
-    }
-    stop = data.get("stop")
-    if stop is not None:
-        options["stop"] = [stop] if isinstance(stop, str) else stop
-    return options
-
-
-def _error(request: web.Request, status: int, message: str, kind: str) -> web.Response:
-    """The error in the shape of the API asked: Anthropic's on ``/v1/messages``, OpenAI's
-    object on the rest of ``/v1/``, else Ollama's."""
-    if request.path.startswith("/v1/messages"):
-        from cairn.server.anthropic import error_body
-
-        return web.json_response(error_body(status, message), status=status)
-    if request.path.startswith("/v1/"):
-        body = {"error": {"message": message, "type": kind, "param": None, "code": None}}
-        return web.json_response(body, status=status)
-    return web.json_response({"error": message}, status=status)
-
-
-_CLIENT_ERRORS = (ConfigError, InvalidReferenceError, ModelfileError, TemplateError)
-
-
-@web.middleware
-async def ollama_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except BadRequest as exc:
-        return _error(request, 400, str(exc), "invalid_request_error")
-    except ModelNotFoundError as exc:
-        return _error(request, 404, str(exc), "not_found_error")
-    except ServerBusyError as exc:
-        return _error(request, 503, str(exc), "server_error")
-    except _CLIENT_ERRORS as exc:  # what was asked is wrong: options, names, num_ctx
-        return _error(request, 400, str(exc), "invalid_request_error")
-    except CairnError as exc:
-        return _error(request, 500, str(exc), "api_error")
-
-
-def make_app(settings: Settings) -> web.Application:
-    from cairn.server import anthropic, embed, guard, manage, responses
-
-    api = Api(settings)
-    app = web.Application(
-        middlewares=[*guard.middlewares(api), ollama_errors], client_max_size=MAX_BODY
-    )
-    app["api"] = api
-    for module in (anthropic, embed, manage, responses):
-        app.add_routes(module.routes(api))
-    guard.setup(app, api)
-    app.add_routes(
-        [
-            web.get("/", api.root),
-            web.get("/api/version", api.version),
-            web.get("/api/tags", api.tags),
-            web.post("/api/show", api.show),
-            web.get("/api/ps", api.ps),
-            web.post("/api/copy", api.copy),
-            web.delete("/api/delete", api.delete),
-            web.post("/api/generate", api.generate),
-            web.post("/api/chat", api.chat),
-            web.get("/v1/models", api.openai_models),
-            web.get("/v1/models/{model:.+}", api.openai_model),
-            web.post("/v1/chat/completions", api.openai_chat),
-            web.post("/v1/completions", api.openai_completions),
-        ]
-    )
-
-    async def halt(_: web.Application) -> None:
-        """Going down: answers in progress stop now (their runners are killed), rather
-        than the server waiting for them to finish."""
-        for loaded in api.scheduler.loaded():
-            await api.loader.kill(loaded)
-
-    async def close(_: web.Application) -> None:
-        await api.scheduler.close()
-
-    app.on_shutdown.append(halt)
-    app.on_cleanup.append(close)
-    return app
-
-
-def settings_from_environment(models: Models) -> Settings:
-    def number(name: str, default: float) -> float:
-        text = os.environ.get(name)
-        if not text:
-            return default
-        try:
-            return float(text)
-        except ValueError:
-            from cairn.errors import ConfigError
-
-            raise ConfigError("{name}={value!r} is not a number", name=name, value=text) from None
-
-    def listed(name: str) -> tuple[str, ...]:
-        """A comma-separated setting, blanks dropped."""
-        return tuple(v.strip() for v in os.environ.get(name, "").split(",") if v.strip())
-
-    keep = os.environ.get("CAIRN_KEEP_ALIVE")
-    try:
-        keep_alive = duration(keep, 300.0)
-    except BadRequest:
-        from cairn.errors import ConfigError
-
-        raise ConfigError("CAIRN_KEEP_ALIVE={value!r} is not a duration", value=keep) from None
-    return Settings(
-        models,
-        keep_alive=keep_alive,
-        max_loaded=int(number("CAIRN_MAX_LOADED_MODELS", 3)),
-        num_parallel=int(number("CAIRN_NUM_PARALLEL", 1)),
-        max_queue=int(number("CAIRN_MAX_QUEUE", 512)),
-        api_keys=listed("CAIRN_API_KEYS"),
-        origins=listed("CAIRN_ORIGINS"),
-    )

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from cairn.errors import InputTooLongError
+from cairn.server.fields import BadRequest
 from cairn.server.loader import embed
 
 if TYPE_CHECKING:
@@ -47,8 +48,6 @@ class Embedded:
 
 
 def _bad(message: str) -> Exception:
-    from cairn.server.api import BadRequest
-
     return BadRequest(message)
 
 

@@ -34,10 +34,11 @@ from prometheus_client.exposition import choose_encoder
 
 from cairn.errors import CairnError, ConfigError
 from cairn.manifests.reference import parse_reference
-from cairn.server.api import MAX_BODY, _error
+from cairn.server.fields import MAX_BODY, error_response
 
 if TYPE_CHECKING:
-    from cairn.server.api import Api, Handler, Settings
+    from cairn.server.api import Api, Settings
+    from cairn.server.fields import Handler
     from cairn.server.scheduler import Loader, Want
 
 LOOPBACK_ORIGINS = (
@@ -82,7 +83,7 @@ def refuse(
             {"type": "error", "error": {"type": kind, "message": message}}, status=status
         )
     else:
-        response = _error(request, status, message, "invalid_request_error")
+        response = error_response(request, status, message, "invalid_request_error")
     response.headers.update(headers or {})
     return response
 

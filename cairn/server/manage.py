@@ -35,6 +35,7 @@ from aiohttp import web
 from cairn.blobstore import Digest
 from cairn.errors import DigestMismatchError, InvalidDigestError
 from cairn.modelfile import ROLES, Command, Modelfile, parameter_value
+from cairn.server.fields import BadRequest, flag
 
 if TYPE_CHECKING:
     from cairn.manifests.models import LocalModel, Models
@@ -144,8 +145,6 @@ class _Requested(Modelfile):
 def _text(data: dict[str, Any], key: str) -> str | None:
     value = data.get(key)
     if value is not None and not isinstance(value, str):
-        from cairn.server.api import BadRequest
-
         raise BadRequest(f"{key} must be a string")
     return value
 
@@ -206,12 +205,11 @@ class Manage:
 
     async def pull(self, request: web.Request) -> web.StreamResponse:
         from cairn.manifests.reference import parse_reference
-        from cairn.server.api import _flag
 
         data = await self.api.body(request)
         name = self.api.name_of(data)
-        insecure = _flag(data, "insecure", False)
-        stream = _flag(data, "stream", True)
+        insecure = flag(data, "insecure", False)
+        stream = flag(data, "stream", True)
         ref = parse_reference(name)
         if insecure:  # the origin is plain HTTP, also when a mirror resolves tags there
             ref = dataclasses.replace(ref, insecure=True)
@@ -235,12 +233,10 @@ class Manage:
         return await progress_response(request, stream, work)
 
     async def push(self, request: web.Request) -> web.StreamResponse:
-        from cairn.server.api import _flag
-
         data = await self.api.body(request)
         name = self.api.name_of(data)
-        insecure = _flag(data, "insecure", False)
-        stream = _flag(data, "stream", True)
+        insecure = flag(data, "insecure", False)
+        stream = flag(data, "stream", True)
         model: LocalModel = self.api.local(name)
         dest = model.reference
 
@@ -256,12 +252,11 @@ class Manage:
 
     async def create(self, request: web.Request) -> web.StreamResponse:
         from cairn.manifests.reference import parse_reference
-        from cairn.server.api import _flag
 
         data = await self.api.body(request)
         name = self.api.name_of(data)
         parse_reference(name)  # a bad name is a 400 before anything is read
-        stream = _flag(data, "stream", True)
+        stream = flag(data, "stream", True)
         modelfile = await asyncio.to_thread(self._modelfile, data)
 
         async def work(report: Report) -> None:
@@ -272,8 +267,6 @@ class Manage:
     def _modelfile(self, data: dict[str, Any]) -> _Requested:
         """The request checked and turned into a Modelfile: FROM a model in the store, or
         the path of an uploaded GGUF blob; each bad field a 400, before any work."""
-        from cairn.server.api import BadRequest
-
         for key in ("draft_files", "draft_quantize", "remote_host"):
             if data.get(key):
                 raise BadRequest(f"{key} is not supported by cairn")
@@ -329,7 +322,6 @@ class Manage:
     @staticmethod
     def _parameters(values: Any) -> dict[str, Any]:
         from cairn.modelfile import MAX_STOPS, PARAMETER_TYPES
-        from cairn.server.api import BadRequest
 
         if values is None:
             return {}
@@ -346,8 +338,6 @@ class Manage:
 
     def _files(self, data: dict[str, Any], key: str) -> list[Path]:
         """``{filename: digest}`` as the stored blobs' paths: GGUF files, uploaded already."""
-        from cairn.server.api import BadRequest
-
         files = data.get(key) or {}
         if not isinstance(files, dict):
             raise BadRequest(f"{key} must be an object of file names and digests")
@@ -376,8 +366,6 @@ class Manage:
 
     @staticmethod
     def _digest(text: Any) -> Digest:
-        from cairn.server.api import BadRequest
-
         try:
             return Digest.parse(text)  # sha256:<hex>, or sha256-<hex> as Ollama takes it too
         except InvalidDigestError as exc:
@@ -413,8 +401,6 @@ class Manage:
         return web.json_response({"error": f"blob {str(digest)!r} not found"}, status=404)
 
     async def post_blob(self, request: web.Request) -> web.StreamResponse:
-        from cairn.server.api import BadRequest
-
         digest = self._digest(request.match_info["digest"])
         blobs = self.models.blobs
         if await asyncio.to_thread(blobs.has, digest):

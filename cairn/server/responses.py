@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from cairn.errors import CairnError
-from cairn.server.api import BadRequest, _flag, _object
+from cairn.server.fields import BadRequest, flag, object_field
 from cairn.server.tools import call_id
 
 if TYPE_CHECKING:
@@ -169,7 +169,7 @@ def options_of(data: Mapping[str, Any]) -> dict[str, Any]:
 def format_of(data: Mapping[str, Any]) -> tuple[dict[str, Any], Any]:
     """``text.format`` as given (echoed back) and as :meth:`Api.job`'s output format:
     ``"json"`` for ``json_object``, the schema for ``json_schema``."""
-    text = _object(dict(data), "text")
+    text = object_field(dict(data), "text")
     given = text.get("format") or {"type": "text"}
     if not isinstance(given, dict):
         raise BadRequest("text.format must be an object")
@@ -312,7 +312,7 @@ async def respond(api: Api, request: web.Request) -> web.StreamResponse:
     tools = tools_of(data)
     job = await api.job(name, options_of(data), output_format, None, messages, tools=tools)
     reply = Reply({**data, "model": name}, text_format)
-    if _flag(data, "stream", False):
+    if flag(data, "stream", False):
         return await Events(api, request, reply, job).run()
     pieces: list[str] = []
     produced = api.produce(job)

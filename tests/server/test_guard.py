@@ -152,7 +152,7 @@ def test_cors_lets_in_the_allowed_origins_only(serve: Serve) -> None:
 
 
 def test_a_body_over_the_limit_is_a_413_in_the_apis_shape(serve: Serve) -> None:
-    from cairn.server.api import MAX_BODY
+    from cairn.server.fields import MAX_BODY
 
     url = serve()
     big = b'{"model": "' + b"x" * MAX_BODY + b'"}'
