@@ -175,3 +175,15 @@ def test_ps_shows_the_memory_a_model_takes(served: str, gemma_gguf: Path) -> Non
     ]
     client.generate(model="gemma3:270m", prompt="", options={"num_ctx": 8192})  # reloads
     assert [m.size for m in client.ps().models] == [weights + 8192 * per_token]
+
+
+def test_a_prompt_longer_than_the_context_is_cut_not_left_unanswered(served: str) -> None:
+    import ollama
+
+    client = ollama.Client(host=served)
+    long = "The quick brown fox jumps over the lazy dog. " * 120  # about 1,300 tokens
+    options = {"num_ctx": 512, "num_predict": 8, "temperature": 0, "seed": 1}
+    answer = client.generate(model="gemma3:270m", prompt=long, options=options, raw=True)
+    assert answer.done and (answer.response or "").strip()
+    assert (answer.eval_count or 0) >= 1
+    assert (answer.prompt_eval_count or 0) <= 512 - 8  # cut to leave room for the answer

@@ -191,8 +191,9 @@ class LlamaCppModel(LoadedModel):
         stream = TextStream([stop] if isinstance(stop, str) else list(stop))
         started = time.perf_counter()
         prompt_tokens = llm.tokenize(prompt.encode(), add_bos=True, special=True)
-        room = llm.n_ctx() - len(prompt_tokens) - 4  # 4: to finish a cut character
         predict = int(options.get("num_predict", -1))
+        prompt_tokens = _fit(prompt_tokens, llm.n_ctx(), predict)
+        room = llm.n_ctx() - len(prompt_tokens) - 4  # 4: to finish a cut character
         limit = room if predict < 0 else min(predict, room)
         first: float | None = None
         produced = 0
@@ -317,6 +318,18 @@ class LlamaCppModel(LoadedModel):
 
     def close(self) -> None:
         self.llm.close()
+
+
+def _fit(tokens: list[int], context: int, predict: int) -> list[int]:
+    """A prompt too long for the context, cut as Ollama cuts one: its first token (the
+    BOS) and as many of its last as leave room for an answer (``num_predict``, or 64
+    tokens, and at most a quarter of the context). A prompt that leaves that much room
+    is not cut."""
+    room = min(predict if predict > 0 else 64, context // 4) + 4
+    keep = context - room
+    if len(tokens) <= keep:
+        return tokens
+    return tokens[:1] + tokens[len(tokens) - (keep - 1) :]
 
 
 def _grammar(wanted: Any) -> Any:
