@@ -174,7 +174,7 @@ def serve_api(insecure_no_auth: bool) -> None:
     from cairn.errors import ConfigError
     from cairn.manifests.models import Models
     from cairn.server.app import make_app, settings_from_environment
-    from cairn.server.guard import check_exposure
+    from cairn.server.guard import check_exposure, is_loopback
 
     addr = os.environ.get("CAIRN_HOST") or "127.0.0.1:11434"
     addr = addr.removeprefix("http://")
@@ -183,6 +183,7 @@ def serve_api(insecure_no_auth: bool) -> None:
         raise ConfigError("CAIRN_HOST {addr!r} is not HOST:PORT", addr=addr)
     settings = settings_from_environment(Models.from_environment())
     settings.insecure_no_auth = insecure_no_auth
+    settings.loopback_only = is_loopback(host)
     check_exposure(host, settings)  # no key on a non-loopback address: refused
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     say(

@@ -162,6 +162,9 @@ class Runner:
         answer = self._receive()
         return [Embedding(v, t) for v, t in zip(answer["vectors"], answer["tokens"], strict=True)]
 
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
     def stop(self) -> None:
         """End the runner, at once (also mid-generation)."""
         if self.proc.poll() is None:

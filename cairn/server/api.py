@@ -57,6 +57,8 @@ class Settings:
     """``CAIRN_ORIGINS``: the browser origins CORS lets in."""
     insecure_no_auth: bool = False
     """``--insecure-no-auth``: serve a non-loopback address without keys."""
+    loopback_only: bool = False
+    """Served on a loopback address: requests must name this machine in ``Host``."""
 
 
 @dataclass(frozen=True)

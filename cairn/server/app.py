@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 
 from aiohttp import web
@@ -56,7 +57,10 @@ def settings_from_environment(models: Models) -> Settings:
         if not text:
             return default
         try:
-            return float(text)
+            value = float(text)
+            if not math.isfinite(value):
+                raise ValueError(text)
+            return value
         except ValueError:
             from cairn.errors import ConfigError
 

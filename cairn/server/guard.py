@@ -24,6 +24,7 @@ import asyncio
 import hmac
 import ipaddress
 import re
+import socket
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -204,6 +205,35 @@ def _keys(keys: tuple[str, ...]) -> Any:
     return keyed
 
 
+# -- hosts -------------------------------------------------------------------------
+
+
+def local_name(host: str) -> bool:
+    """Whether a request's ``Host`` names this machine as only it can reach it: a
+    loopback address, ``localhost`` (or a name under it), or this machine's own name."""
+    name = host.strip().lower()
+    if name.startswith("["):
+        name = name[1 : name.find("]")] if "]" in name else name[1:]
+    elif name.count(":") == 1:
+        name = name.split(":", 1)[0]
+    name = name.rstrip(".")
+    if name in ("localhost", socket.gethostname().lower()) or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+@web.middleware
+async def local_hosts(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """On a loopback address, only requests that name this machine: a page elsewhere that
+    rebinds its own name to 127.0.0.1 (DNS rebinding) names itself, and is refused."""
+    if not local_name(request.host):
+        return refuse(request, 403, f"host {request.host[:80]!r} is not this machine")
+    return await handler(request)
+
+
 # -- bodies ------------------------------------------------------------------------
 
 
@@ -346,6 +376,8 @@ async def counted(request: web.Request, handler: Handler) -> web.StreamResponse:
 def middlewares(api: Api) -> list[Any]:
     settings = api.settings
     found: list[Any] = [counted, _cors(Origins(settings.origins))]
+    if settings.loopback_only:
+        found.append(local_hosts)
     if settings.api_keys:
         found.append(_keys(settings.api_keys))
     return [*found, limited]

@@ -16,9 +16,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from cairn import threads
 from cairn.errors import CairnError, RunnerError, RunnerRequestError
@@ -30,25 +30,68 @@ LOAD_OPTIONS = frozenset({"num_ctx", "num_batch", "num_gpu", "main_gpu", "num_th
 """The options a model is loaded with: another value of any of them means another load."""
 
 
+class Pooled(Protocol):
+    """What the pool needs of a runner."""
+
+    runtime: str
+
+    def alive(self) -> bool: ...
+
+    def stop(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
 @dataclass
 class Loaded:
-    """A model's runners: ``runners`` alive, of which ``idle`` wait for a request."""
+    """A model's runners: ``runners`` alive, of which ``idle`` wait for a request.
 
-    runner: Runner
+    Every change to the pool happens with no ``await`` between reading it and
+    writing it, so a request cancelled twice over (its client gone, then the
+    server's own cancellation) can never leave it half changed; a runner's
+    start and stop go on in tasks of their own whatever befalls the request
+    that began them.
+    """
+
+    runner: Any
     """The first (its runtime's name is the pool's)."""
-    start: Any
-    """Starts one more runner of the same load (blocking: call in a thread)."""
+    start: Callable[[], Any]
+    """Starts one more runner of the same load (blocking: called in a thread)."""
     most: int = 1
-    runners: list[Runner] = field(default_factory=list)
-    idle: list[Runner] = field(default_factory=list)
+    runners: list[Any] = field(default_factory=list)
+    idle: list[Any] = field(default_factory=list)
     starting: int = 0
-    changed: asyncio.Condition = field(default_factory=asyncio.Condition)
     stopped: bool = False
-    """Killed (the server is going): no request may use it any more."""
+    """Unloaded or killed: no request may use it any more; a runner that arrives is stopped."""
+    waiters: list[asyncio.Future[None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.runners.append(self.runner)
         self.idle.append(self.runner)
+
+    def wake(self) -> None:
+        for waiter in self.waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self.waiters.clear()
+
+    def drop(self, runner: Any) -> None:
+        if runner in self.runners:
+            self.runners.remove(runner)
+        if runner in self.idle:
+            self.idle.remove(runner)
+        self.wake()
+
+
+_BACKGROUND: set[asyncio.Future[Any]] = set()
+"""Starts and stops under way whose requests have gone: kept until they end."""
+
+
+def _in_background(work: Callable[[], Any]) -> asyncio.Future[Any]:
+    task = asyncio.ensure_future(asyncio.to_thread(work))
+    _BACKGROUND.add(task)
+    task.add_done_callback(_BACKGROUND.discard)
+    return task
 
 
 @dataclass(frozen=True)
@@ -95,45 +138,82 @@ class RunnerLoader:
         self.parallel = max(1, parallel)
 
     async def unload(self, loaded: Loaded) -> None:
-        async with loaded.changed:
-            runners, loaded.runners, loaded.idle = list(loaded.runners), [], []
+        loaded.stopped = True
+        runners, loaded.runners, loaded.idle = list(loaded.runners), [], []
+        loaded.wake()
         for runner in runners:
-            await asyncio.to_thread(runner.close)
+            await asyncio.shield(_in_background(runner.close))
 
     async def kill(self, loaded: Loaded) -> None:
         """Stop the runners now, mid-answer if need be (the server is going)."""
         loaded.stopped = True
+        loaded.wake()
         for runner in list(loaded.runners):
-            await asyncio.to_thread(runner.stop)
+            await asyncio.shield(_in_background(runner.stop))
+
+
+async def _take(loaded: Loaded) -> Any:
+    """An idle runner, or a new one while the pool is under its size, else the first to
+    come back (waiting for it)."""
+    while True:
+        if loaded.stopped:
+            raise RunnerError("the {runtime} runner was stopped", runtime=loaded.runner.runtime)
+        while loaded.idle:
+            runner = loaded.idle.pop()
+            if runner.alive():
+                return runner
+            loaded.drop(runner)  # died while idle: the pool makes another
+        if len(loaded.runners) + loaded.starting < loaded.most:
+            return await _start(loaded)
+        waiter = asyncio.get_running_loop().create_future()
+        loaded.waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            if waiter in loaded.waiters:
+                loaded.waiters.remove(waiter)
+
+
+async def _start(loaded: Loaded) -> Any:
+    """One more runner. The start goes on if this request is cancelled meanwhile: the
+    runner then joins the pool idle (or is stopped, the pool being gone)."""
+    loaded.starting += 1
+    starting = _in_background(loaded.start)
+    abandoned = False
+
+    def arrived(task: asyncio.Future[Any]) -> None:
+        loaded.starting -= 1
+        if not task.cancelled() and task.exception() is None:
+            runner = task.result()
+            if loaded.stopped:
+                _in_background(runner.stop)
+            else:
+                loaded.runners.append(runner)
+                if abandoned:
+                    loaded.idle.append(runner)
+        loaded.wake()
+
+    starting.add_done_callback(arrived)
+    try:
+        runner = await asyncio.shield(starting)
+        if runner not in loaded.runners:  # unloaded while it started: ``arrived`` stopped it
+            raise RunnerError("the {runtime} runner was stopped", runtime=loaded.runner.runtime)
+        return runner
+    except asyncio.CancelledError:
+        abandoned = True  # ``arrived`` has not run yet: it makes the runner idle
+        if starting.done() and not starting.cancelled() and starting.exception() is None:
+            runner = starting.result()
+            if runner in loaded.runners and runner not in loaded.idle:  # it has run
+                loaded.idle.append(runner)
+                loaded.wake()
+        raise
 
 
 @contextlib.asynccontextmanager
-async def borrowed(loaded: Loaded) -> AsyncIterator[Runner]:
-    """One of the model's runners for one request: an idle one, a new one while the pool
-    is under its size, else the first to come back. Given back when the request ends
-    well; stopped and dropped when it did not (a client gone, a runner dead)."""
-    runner: Runner | None = None
-    async with loaded.changed:
-        while runner is None:
-            if loaded.stopped:
-                raise RunnerError("the {runtime} runner was stopped", runtime=loaded.runner.runtime)
-            if loaded.idle:
-                runner = loaded.idle.pop()
-            elif len(loaded.runners) + loaded.starting < loaded.most:
-                loaded.starting += 1
-                break
-            else:
-                await loaded.changed.wait()
-    if runner is None:
-        try:
-            runner = await asyncio.to_thread(loaded.start)
-        finally:
-            async with loaded.changed:
-                loaded.starting -= 1
-                if runner is not None:
-                    loaded.runners.append(runner)
-                loaded.changed.notify_all()
-    assert runner is not None
+async def borrowed(loaded: Loaded) -> AsyncIterator[Any]:
+    """One of the model's runners for one request. Given back when the request ends well;
+    dropped and stopped when it did not (a client gone, a runner dead)."""
+    runner = await _take(loaded)
     well = False
     try:
         yield runner
@@ -144,14 +224,13 @@ async def borrowed(loaded: Loaded) -> AsyncIterator[Runner]:
         well = not isinstance(exc, RunnerError) or isinstance(exc, RunnerRequestError)
         raise
     finally:
-        if not well:
-            await asyncio.shield(asyncio.to_thread(runner.stop))
-        async with loaded.changed:
-            if well and runner in loaded.runners and not loaded.stopped:
-                loaded.idle.append(runner)
-            elif runner in loaded.runners:
-                loaded.runners.remove(runner)
-            loaded.changed.notify_all()
+        # The pool first, with no await before it: a second cancellation cannot skip it.
+        if well and runner in loaded.runners and not loaded.stopped:
+            loaded.idle.append(runner)
+            loaded.wake()
+        else:
+            loaded.drop(runner)
+            await asyncio.shield(_in_background(runner.stop))
 
 
 async def generate(

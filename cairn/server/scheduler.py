@@ -138,6 +138,7 @@ class Scheduler:
         self._changed = asyncio.Condition()
         self._waiting = 0
         self._closed = False
+        self._releasing: set[asyncio.Future[None]] = set()
 
     # -- what is loaded -----------------------------------------------------
 
@@ -176,7 +177,12 @@ class Scheduler:
         try:
             yield Lease(slot)
         finally:
-            await self._release(slot)
+            # In a task of its own: a request cancelled again while the release waits for
+            # the lock must not leave the model counted busy for ever.
+            release = asyncio.ensure_future(self._release(slot))
+            self._releasing.add(release)
+            release.add_done_callback(self._releasing.discard)
+            await asyncio.shield(release)
 
     async def _acquire(self, want: Want) -> _Slot:
         if self._waiting >= self.max_queue:

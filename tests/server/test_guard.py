@@ -194,3 +194,25 @@ def test_which_addresses_need_a_key(tmp_path: Path) -> None:
             check_exposure(host, plain)
         check_exposure(host, Settings(Models(tmp_path), api_keys=("k",)))
         check_exposure(host, Settings(Models(tmp_path), insecure_no_auth=True))
+
+
+def test_on_loopback_only_requests_naming_this_machine_are_served(serve: Serve) -> None:
+    """DNS rebinding: a page at attacker.example that resolves its own name to 127.0.0.1
+    sends ``Host: attacker.example``; found by the attack, refused as Ollama refuses it."""
+    url = serve()
+    port = url.rsplit(":", 1)[1]
+    for host in (f"attacker.example:{port}", "attacker.example", f"127.0.0.1.nip.io:{port}"):
+        for path, key in (("/api/tags", "error"), ("/v1/models", "error")):
+            answer = httpx.get(url + path, headers={"Host": host})
+            assert answer.status_code == 403 and key in answer.json(), (host, path)
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}", "app.localhost"):
+        assert httpx.get(url + "/api/tags", headers={"Host": host}).status_code == 200, host
+
+
+def test_settings_that_are_not_numbers_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cairn.server.app import settings_from_environment
+
+    for value in ("nan", "inf", "-inf", "many"):
+        monkeypatch.setenv("CAIRN_MAX_QUEUE", value)
+        with pytest.raises(ConfigError, match="CAIRN_MAX_QUEUE"):
+            settings_from_environment(Models(Path("/nonexistent")))

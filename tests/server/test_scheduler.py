@@ -26,6 +26,8 @@ class Scripted:
     memory: int = 16 * GB
     gates: dict[str, asyncio.Event] = field(default_factory=dict)
     """A model whose load waits until its event is set."""
+    unload_gates: dict[str, asyncio.Event] = field(default_factory=dict)
+    """A model whose unload waits until its event is set."""
     failing: set[str] = field(default_factory=set)
     loads: list[str] = field(default_factory=list)
     unloads: list[str] = field(default_factory=list)
@@ -45,6 +47,9 @@ class Scripted:
         return handle
 
     async def unload(self, loaded: Any) -> None:
+        gate = self.unload_gates.get(self.loaded[loaded].model)
+        if gate is not None:
+            await gate.wait()
         self.unloads.append(self.loaded.pop(loaded).model)
 
     def free(self) -> int:
@@ -292,5 +297,43 @@ def test_stop_unloads_now_or_when_the_request_ends() -> None:
             assert await scheduler.stop("b") and runtime.unloads == ["a"]
         assert runtime.unloads == ["a", "b"]
         assert not await scheduler.stop("nothing")
+
+    run(case)
+
+
+def test_a_request_cancelled_twice_still_frees_its_model() -> None:
+    """Found by the attack: a request cancelled (its client gone), then cancelled again
+    while its release waited for the scheduler's lock, left its model busy for ever."""
+
+    async def case() -> None:
+        runtime = Scripted()
+        gate = asyncio.Event()
+        runtime.unload_gates["old"] = gate
+        scheduler = Scheduler(runtime, max_loaded=2, free_memory=runtime.free)
+        async with scheduler.lease(want("old")):
+            pass
+        inside, leave = asyncio.Event(), asyncio.Event()
+
+        async def request() -> None:
+            async with scheduler.lease(want("a")):
+                inside.set()
+                await leave.wait()
+
+        answering = asyncio.create_task(request())
+        await inside.wait()
+        # "c" needs room: the lock is held while "old" unloads, which waits on the gate.
+        evicting = asyncio.create_task(use(scheduler, want("c")))
+        await until(lambda: "old" not in runtime.unloads and scheduler._changed.locked())
+        answering.cancel()  # the client goes: its release waits for the lock...
+        await asyncio.sleep(0.01)
+        answering.cancel()  # ...and is cancelled again
+        await asyncio.sleep(0.01)
+        gate.set()
+        await evicting
+        with pytest.raises(asyncio.CancelledError):
+            await answering
+        await until(lambda: all(s.active == 0 for s in scheduler.status()))
+        assert sorted(s.model for s in scheduler.status()) == ["a", "c"]
+        await scheduler.close()
 
     run(case)
