@@ -165,7 +165,8 @@ def serve(
     help="Serve an address other machines reach with no API key (CAIRN_API_KEYS unset).",
 )
 def serve_api(insecure_no_auth: bool) -> None:
-    """Serve Ollama's API over the store on $CAIRN_HOST (default 127.0.0.1:11434)."""
+    """Serve Ollama's, OpenAI's and Anthropic's APIs over the store on $CAIRN_HOST (default
+    127.0.0.1:11434)."""
     import logging
     import os
 
