@@ -7,6 +7,8 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.server.test_tools import CALL_SCHEMA
+
 ASKED: Any = {"model": "gemma3:270m", "temperature": 0, "max_output_tokens": 12}
 WEATHER: Any = {
     "type": "function",
@@ -17,18 +19,6 @@ WEATHER: Any = {
         "properties": {"city": {"type": "string"}},
         "required": ["city"],
     },
-}
-CALL_SCHEMA: Any = {
-    "type": "object",
-    "properties": {
-        "name": {"type": "string", "enum": ["get_weather"]},
-        "arguments": {
-            "type": "object",
-            "properties": {"city": {"type": "string", "enum": ["Seoul", "Oslo"]}},
-            "required": ["city"],
-        },
-    },
-    "required": ["name", "arguments"],
 }
 
 
