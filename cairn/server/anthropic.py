@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, TypeGuard
 from aiohttp import web
 
 from cairn.errors import CairnError
-from cairn.server.fields import BadRequest
+from cairn.server.fields import BadRequest, streaming
 
 if TYPE_CHECKING:
     from cairn.server.api import Api, Job
@@ -331,6 +331,7 @@ class Messages:
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         )
+        streaming(request, response, "anthropic")
         started = False
         block = -1  # the index of the open content block; -1: none open yet
         parser = job.parser()  # no tools offered: every piece is text

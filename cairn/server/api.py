@@ -29,7 +29,7 @@ from cairn.manifests.models import Models
 from cairn.manifests.reference import parse_reference
 from cairn.running import DEFAULT_CONTEXT
 from cairn.runtime_plugins.runtime import Chunk
-from cairn.server.fields import MOST_KEEP_ALIVE, BadRequest, duration, flag, stamp
+from cairn.server.fields import MOST_KEEP_ALIVE, BadRequest, duration, flag, stamp, streaming
 from cairn.server.loader import RunnerLoader, generate
 from cairn.server.scheduler import Scheduler, Want
 from cairn.server.tools import (
@@ -466,6 +466,7 @@ class Api:
         response: web.StreamResponse | None = None
         if stream:
             response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+            streaming(request, response, "ndjson")
         pieces: list[str] = []
         parser = job.parser()
 

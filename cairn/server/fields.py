@@ -3,6 +3,8 @@ in the shape of the API asked (Ollama's, OpenAI's or Anthropic's)."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -99,17 +101,53 @@ def error_response(request: web.Request, status: int, message: str, kind: str) -
 _CLIENT_ERRORS = (ConfigError, InvalidReferenceError, ModelfileError, TemplateError)
 
 
+Stream = tuple[web.StreamResponse, str]
+_STREAM: web.RequestKey[Stream] = web.RequestKey("cairn.stream", tuple)
+
+
+def streaming(request: web.Request, response: web.StreamResponse, shape: str) -> None:
+    """Say that ``response`` is the request's answer streamed as ``shape`` (``ndjson``:
+    Ollama's lines; ``openai``, ``anthropic``: their server-sent events): an error once
+    it has begun is told inside it, in that shape, not as a second response."""
+    request[_STREAM] = (response, shape)
+
+
+async def _told_in_stream(
+    request: web.Request, status: int, message: str, kind: str
+) -> web.StreamResponse | None:
+    stream = request.get(_STREAM)
+    if stream is None or not stream[0].prepared:
+        return None
+    response: web.StreamResponse = stream[0]
+    shape = stream[1]
+    if shape == "anthropic":
+        from cairn.server.anthropic import error_body
+
+        text = f"event: error\ndata: {json.dumps(error_body(status, message))}\n\n"
+    elif shape == "openai":
+        error = {"message": message, "type": kind, "param": None, "code": None}
+        text = f"data: {json.dumps({'error': error})}\n\ndata: [DONE]\n\n"
+    else:
+        text = json.dumps({"error": message}) + "\n"
+    with contextlib.suppress(ConnectionError, RuntimeError):  # the client may be gone too
+        await response.write(text.encode())
+        await response.write_eof()
+    return response
+
+
 @web.middleware
 async def api_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except BadRequest as exc:
-        return error_response(request, 400, str(exc), "invalid_request_error")
+        status, message, kind = 400, str(exc), "invalid_request_error"
     except ModelNotFoundError as exc:
-        return error_response(request, 404, str(exc), "not_found_error")
+        status, message, kind = 404, str(exc), "not_found_error"
     except ServerBusyError as exc:
-        return error_response(request, 503, str(exc), "server_error")
+        status, message, kind = 503, str(exc), "server_error"
     except _CLIENT_ERRORS as exc:  # what was asked is wrong: options, names, num_ctx
-        return error_response(request, 400, str(exc), "invalid_request_error")
+        status, message, kind = 400, str(exc), "invalid_request_error"
     except CairnError as exc:
-        return error_response(request, 500, str(exc), "api_error")
+        status, message, kind = 500, str(exc), "api_error"
+    told = await _told_in_stream(request, status, message, kind)
+    return told if told is not None else error_response(request, status, message, kind)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from cairn.errors import CairnError
-from cairn.server.fields import BadRequest, Handler, flag, object_field
+from cairn.server.fields import BadRequest, Handler, flag, object_field, streaming
 from cairn.server.tools import call_id
 
 if TYPE_CHECKING:
@@ -136,6 +136,7 @@ async def answer(api: Api, request: web.Request, chat: bool) -> web.StreamRespon
     response: web.StreamResponse | None = None
     if stream:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        streaming(request, response, "openai")
     pieces: list[str] = []
 
     async def send(event: dict[str, Any] | str) -> None:

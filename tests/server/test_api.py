@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -187,3 +188,44 @@ def test_a_prompt_longer_than_the_context_is_cut_not_left_unanswered(served: str
     assert answer.done and (answer.response or "").strip()
     assert (answer.eval_count or 0) >= 1
     assert (answer.prompt_eval_count or 0) <= 512 - 8  # cut to leave room for the answer
+
+
+def test_a_runner_dead_mid_answer_is_an_error_inside_the_stream(served: str, store: Path) -> None:
+    """Found by the attack: the error went out as a second HTTP response written inside
+    the first one's body. Now each API says it in its own stream, and the next request
+    is answered by a runner started afresh."""
+    import os
+    import signal
+
+    long = {"temperature": 0, "seed": 1, "num_predict": 3000}
+    cases: list[tuple[str, dict[str, Any]]] = [
+        ("/api/generate", {"prompt": "Tell a long story.", "options": long}),
+        ("/v1/chat/completions", {"stream": True, "max_tokens": 3000, "messages": STORY}),
+        ("/v1/messages", {"stream": True, "max_tokens": 3000, "messages": STORY}),
+    ]
+    for path, body in cases:
+        with httpx.stream(
+            "POST", served + path, json={"model": "gemma3:270m", **body}, timeout=600
+        ) as answer:
+            lines = answer.iter_lines()
+            assert next(line for line in lines if line.strip())  # under way
+            for pid in workers(store):
+                os.kill(int(pid), signal.SIGKILL)
+            rest = [line for line in lines if line.strip()]
+        assert answer.status_code == 200
+        if path == "/api/generate":
+            assert "runner" in json.loads(rest[-1])["error"]
+        elif path == "/v1/chat/completions":
+            assert rest[-1] == "data: [DONE]" and "error" in json.loads(rest[-2][6:])
+        else:
+            assert rest[-2] == "event: error"
+            assert json.loads(rest[-1][6:])["error"]["type"] == "api_error"
+        after = httpx.post(
+            served + "/api/generate",
+            json={"model": "gemma3:270m", "prompt": "Hi.", "stream": False, "options": OPTIONS},
+            timeout=600,
+        )
+        assert after.status_code == 200 and after.json()["done"]
+
+
+STORY = [{"role": "user", "content": "Tell a long story."}]
