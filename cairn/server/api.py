@@ -387,8 +387,12 @@ class Api:
                 async for chunk in inner:
                     yield chunk
         finally:
-            if self.models.tags.find(parse_reference(job.want.model)) is None:
-                await self.scheduler.stop(job.want.model)  # deleted meanwhile: not kept loaded
+            await self.unload_if_deleted(job.want.model)
+
+    async def unload_if_deleted(self, model: str) -> None:
+        """A model deleted while it answered is not kept loaded once its requests end."""
+        if self.models.tags.find(parse_reference(model)) is None:
+            await self.scheduler.stop(model)
 
     async def _produce(self, job: Job) -> AsyncGenerator[Chunk, None]:
         """The job's chunks under a lease on its model; the last is ``done`` with the

@@ -110,14 +110,17 @@ async def _embed(
     A client gone (cancelled) or a runner dead: that runner leaves the model's pool."""
     job = await api.job(name, options, None, keep_alive, prompt="", raw=True)
     started = time.monotonic()
-    async with api.scheduler.lease(job.want, job.keep_alive) as lease:
-        loaded_in = time.monotonic() - started
-        if not texts:
-            return Embedded([], 0, loaded_in, time.monotonic() - started)
-        try:
-            found = await embed(lease.loaded, texts, truncate)
-        except InputTooLongError as exc:  # the request's fault: the runner is fine
-            raise _bad(str(exc)) from None
+    try:
+        async with api.scheduler.lease(job.want, job.keep_alive) as lease:
+            loaded_in = time.monotonic() - started
+            if not texts:
+                return Embedded([], 0, loaded_in, time.monotonic() - started)
+            try:
+                found = await embed(lease.loaded, texts, truncate)
+            except InputTooLongError as exc:  # the request's fault: the runner is fine
+                raise _bad(str(exc)) from None
+    finally:
+        await api.unload_if_deleted(job.want.model)
     tokens = sum(e.tokens for e in found)
     total = time.monotonic() - started
     stats = {"prompt_eval_count": tokens, "load_duration": loaded_in, "total_duration": total}

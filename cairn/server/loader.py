@@ -61,6 +61,8 @@ class Loaded:
     runners: list[Any] = field(default_factory=list)
     idle: list[Any] = field(default_factory=list)
     starting: int = 0
+    starts: set[asyncio.Future[Any]] = field(default_factory=set)
+    """Runners starting: an unload waits for them (then stops them) before it is done."""
     stopped: bool = False
     """Unloaded or killed: no request may use it any more; a runner that arrives is stopped."""
     waiters: list[asyncio.Future[None]] = field(default_factory=list)
@@ -138,18 +140,29 @@ class RunnerLoader:
         self.parallel = max(1, parallel)
 
     async def unload(self, loaded: Loaded) -> None:
-        loaded.stopped = True
-        runners, loaded.runners, loaded.idle = list(loaded.runners), [], []
-        loaded.wake()
-        for runner in runners:
-            await asyncio.shield(_in_background(runner.close))
+        await _end(loaded, "close")
 
     async def kill(self, loaded: Loaded) -> None:
         """Stop the runners now, mid-answer if need be (the server is going)."""
-        loaded.stopped = True
-        loaded.wake()
-        for runner in list(loaded.runners):
-            await asyncio.shield(_in_background(runner.stop))
+        await _end(loaded, "stop")
+
+
+async def _end(loaded: Loaded, how: str) -> None:
+    """No request may use the pool any more; runners still starting are waited for (an
+    unload that left them would let the next load run beside them), then every runner
+    is closed (``close``) or killed (``stop``). Shielded: it ends whatever befalls its caller."""
+    loaded.stopped = True
+    loaded.wake()
+
+    async def end() -> None:
+        if loaded.starts:
+            await asyncio.gather(*loaded.starts, return_exceptions=True)
+        await asyncio.sleep(0)  # each start's ``arrived`` has run: its runner is listed
+        runners, loaded.runners, loaded.idle = list(loaded.runners), [], []
+        for runner in runners:
+            await _in_background(getattr(runner, how))
+
+    await asyncio.shield(asyncio.ensure_future(end()))
 
 
 async def _take(loaded: Loaded) -> Any:
@@ -176,37 +189,37 @@ async def _take(loaded: Loaded) -> Any:
 
 async def _start(loaded: Loaded) -> Any:
     """One more runner. The start goes on if this request is cancelled meanwhile: the
-    runner then joins the pool idle (or is stopped, the pool being gone)."""
+    runner then joins the pool idle (or is ended with the pool, the pool being unloaded)."""
     loaded.starting += 1
     starting = _in_background(loaded.start)
+    loaded.starts.add(starting)
     abandoned = False
 
     def arrived(task: asyncio.Future[Any]) -> None:
+        loaded.starts.discard(task)
         loaded.starting -= 1
         if not task.cancelled() and task.exception() is None:
             runner = task.result()
-            if loaded.stopped:
-                _in_background(runner.stop)
-            else:
-                loaded.runners.append(runner)
-                if abandoned:
-                    loaded.idle.append(runner)
+            loaded.runners.append(runner)  # listed: an unload ends it, whoever asked for it
+            if abandoned and not loaded.stopped:
+                loaded.idle.append(runner)
         loaded.wake()
 
     starting.add_done_callback(arrived)
     try:
         runner = await asyncio.shield(starting)
-        if runner not in loaded.runners:  # unloaded while it started: ``arrived`` stopped it
-            raise RunnerError("the {runtime} runner was stopped", runtime=loaded.runner.runtime)
-        return runner
     except asyncio.CancelledError:
         abandoned = True  # ``arrived`` has not run yet: it makes the runner idle
         if starting.done() and not starting.cancelled() and starting.exception() is None:
             runner = starting.result()
-            if runner in loaded.runners and runner not in loaded.idle:  # it has run
+            in_pool = runner in loaded.runners and not loaded.stopped
+            if in_pool and runner not in loaded.idle:  # it has run
                 loaded.idle.append(runner)
                 loaded.wake()
         raise
+    if loaded.stopped:  # unloaded while it started: the unload ends it
+        raise RunnerError("the {runtime} runner was stopped", runtime=loaded.runner.runtime)
+    return runner
 
 
 @contextlib.asynccontextmanager

@@ -85,6 +85,9 @@ class _Slot:
     keep_alive: float = 300.0
     expires: float | None = None
     timer: asyncio.TimerHandle | None = None
+    stopping: bool = False
+    """``cairn stop`` (or a delete) asked for it while busy or loading: it goes when idle,
+    whatever ``keep_alive`` the requests still under way asked."""
 
 
 @dataclass(frozen=True)
@@ -171,7 +174,7 @@ class Scheduler:
     @contextlib.asynccontextmanager
     async def lease(self, want: Want, keep_alive: float | None = None) -> AsyncIterator[Lease]:
         """The model ``want`` names, loaded, for the length of a ``with`` block."""
-        slot = await self._acquire(want)
+        slot = await self._acquire(want, keep_alive)
         if keep_alive is not None:
             slot.keep_alive = keep_alive
         try:
@@ -184,7 +187,7 @@ class Scheduler:
             release.add_done_callback(self._releasing.discard)
             await asyncio.shield(release)
 
-    async def _acquire(self, want: Want) -> _Slot:
+    async def _acquire(self, want: Want, keep_alive: float | None = None) -> _Slot:
         if self._waiting >= self.max_queue:
             raise ServerBusyError(
                 "{waiting} requests are waiting already (CAIRN_MAX_QUEUE={most}); try later",
@@ -195,7 +198,7 @@ class Scheduler:
         try:
             while True:
                 async with self._changed:
-                    slot = await self._slot_for(want)
+                    slot = await self._slot_for(want, keep_alive)
                     if slot is None:
                         await self._changed.wait()
                         continue
@@ -214,7 +217,7 @@ class Scheduler:
         finally:
             self._waiting -= 1
 
-    async def _slot_for(self, want: Want) -> _Slot | None:
+    async def _slot_for(self, want: Want, keep_alive: float | None = None) -> _Slot | None:
         """The slot to use for ``want`` (loading it if need be), or None to wait. Holding
         the lock."""
         slot = self._slots.get(want.model)
@@ -230,7 +233,9 @@ class Scheduler:
             return slot
         if not await self._make_room(want):
             return None
-        slot = _Slot(want, keep_alive=self.keep_alive)
+        # The asker's keep_alive from the start: if it goes before the load ends, the
+        # model still expires as it asked (``_load``).
+        slot = _Slot(want, keep_alive=self.keep_alive if keep_alive is None else keep_alive)
         self._slots[want.model] = slot
         asyncio.get_running_loop().create_task(self._load(slot))
         return slot
@@ -287,6 +292,8 @@ class Scheduler:
         finally:
             slot.ready.set()
             async with self._changed:
+                if slot.error is None and slot.active == 0:
+                    self._idle(slot)  # whoever asked for it may be gone: it expires anyway
                 self._changed.notify_all()
 
     async def _release(self, slot: _Slot) -> None:
@@ -294,19 +301,34 @@ class Scheduler:
             slot.active -= 1
             slot.last_used = time.monotonic()
             if slot.active == 0:
-                if slot.dead or slot.keep_alive == 0:
+                if slot.dead or slot.stopping or slot.keep_alive == 0:
                     await self._unload(slot)
                 elif slot.keep_alive > 0:
                     self._expire_later(slot)
             self._changed.notify_all()
 
+    def _idle(self, slot: _Slot) -> None:
+        """A slot just loaded that no request holds: it expires as its asker wanted (at
+        once for 0 or a stop: the requests woken by the load come first, and keep it)."""
+        if slot.stopping or slot.keep_alive == 0:
+            self._expire_later(slot, 0.0)
+        elif slot.keep_alive > 0:
+            self._expire_later(slot)
+
     # -- unloading ----------------------------------------------------------
 
-    def _expire_later(self, slot: _Slot) -> None:
+    def _expire_later(self, slot: _Slot, after: float | None = None) -> None:
         self._cancel_expiry(slot)
-        slot.expires = time.monotonic() + slot.keep_alive
+        wait = slot.keep_alive if after is None else after
+        slot.expires = time.monotonic() + wait
         loop = asyncio.get_running_loop()
-        slot.timer = loop.call_later(slot.keep_alive, lambda: loop.create_task(self._expire(slot)))
+
+        def expire() -> None:
+            task = loop.create_task(self._expire(slot))
+            self._releasing.add(task)
+            task.add_done_callback(self._releasing.discard)
+
+        slot.timer = loop.call_later(wait, expire)
 
     def _cancel_expiry(self, slot: _Slot) -> None:
         if slot.timer is not None:
@@ -338,7 +360,7 @@ class Scheduler:
             if slot.active == 0 and slot.ready.is_set():
                 await self._unload(slot)
             else:
-                slot.keep_alive = 0
+                slot.stopping = True
             self._changed.notify_all()
             return True
 

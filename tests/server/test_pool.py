@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from cairn.errors import RunnerError
-from cairn.server.loader import Loaded, borrowed
+from cairn.server.loader import Loaded, RunnerLoader, borrowed
 
 
 class Stand:
@@ -122,7 +122,10 @@ def test_a_runner_started_for_a_request_that_went_joins_the_pool() -> None:
     run(case)
 
 
-def test_a_runner_that_arrives_after_the_unload_is_stopped() -> None:
+def test_an_unload_waits_for_a_runner_still_starting_and_ends_it() -> None:
+    """Found by the second attack: an unload left a start under way (its request gone),
+    and the next load ran beside the runner it made."""
+
     async def case() -> None:
         starts = Starts()
         first = Stand("first")
@@ -133,17 +136,21 @@ def test_a_runner_that_arrives_after_the_unload_is_stopped() -> None:
         starts.go = threading.Event()
         request = asyncio.create_task(answer(loaded))
         await asyncio.to_thread(starts.begun.wait, 30)
-        loaded.stopped = True  # unloaded meanwhile
-        loaded.wake()
-        starts.go.set()
-        await until(lambda: loaded.starting == 0 and bool(starts.made))
-        await until(lambda: starts.made[0].dead)
-        assert starts.made[0] not in loaded.runners
-        request.cancel()
+        request.cancel()  # its client goes while the runner starts
+        with pytest.raises(asyncio.CancelledError):
+            await request
         holding.cancel()
-        for task in (request, holding):
-            with pytest.raises((asyncio.CancelledError, RunnerError)):
-                await task
+        with pytest.raises(asyncio.CancelledError):
+            await holding
+        unloading = asyncio.create_task(RunnerLoader().unload(loaded))
+        await asyncio.sleep(0.05)
+        assert not unloading.done()  # it waits for the start...
+        starts.go.set()
+        await unloading
+        assert starts.made and all(r.dead for r in starts.made)  # ...and ends what it made
+        assert loaded.runners == [] and loaded.starting == 0
+        with pytest.raises(RunnerError):
+            await answer(loaded)  # unloaded: no request may use it
 
     run(case)
 

@@ -337,3 +337,48 @@ def test_a_request_cancelled_twice_still_frees_its_model() -> None:
         await scheduler.close()
 
     run(case)
+
+
+def test_a_model_whose_asker_left_during_its_load_still_expires() -> None:
+    """Found by the second attack: a client gone while its model loaded left the model
+    loaded for ever (only a release armed the expiry, and it never acquired)."""
+
+    async def case() -> None:
+        runtime = Scripted()
+        scheduler = Scheduler(runtime, free_memory=runtime.free)
+        for model, keep in (("quick", 0.0), ("brief", 0.05)):
+            gate = asyncio.Event()
+            runtime.gates[model] = gate
+            asker = asyncio.create_task(use(scheduler, want(model), keep))
+            await until(lambda m=model: m in scheduler._slots)  # type: ignore[misc]
+            asker.cancel()  # gone while its model loads
+            with pytest.raises(asyncio.CancelledError):
+                await asker
+            gate.set()
+            await until(lambda m=model: m in runtime.loads)  # type: ignore[misc]
+            await until(lambda m=model: m in runtime.unloads)  # type: ignore[misc]
+        assert scheduler.status() == []
+        await scheduler.close()
+
+    run(case)
+
+
+def test_a_stop_during_a_load_wins_over_the_requests_keep_alive() -> None:
+    """Found by the second attack: a delete (a stop) while the model loaded for a request
+    was overwritten by that request's keep_alive, and the model stayed five minutes."""
+
+    async def case() -> None:
+        runtime = Scripted()
+        gate = asyncio.Event()
+        runtime.gates["victim"] = gate
+        scheduler = Scheduler(runtime, free_memory=runtime.free)
+        asking = asyncio.create_task(use(scheduler, want("victim"), 300.0))
+        await until(lambda: "victim" in scheduler._slots)
+        assert await scheduler.stop("victim")  # loading: it goes once idle
+        gate.set()
+        await asking
+        await until(lambda: runtime.unloads == ["victim"])
+        assert scheduler.status() == []
+        await scheduler.close()
+
+    run(case)
