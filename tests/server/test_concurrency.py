@@ -92,7 +92,9 @@ def test_a_full_queue_is_503_and_nothing_hangs(serve: Serve) -> None:
 
     statuses = asyncio.run(storm())
     assert set(statuses) == {200, 503}, statuses
-    assert 1 <= statuses.count(200) <= 11  # the one running and the ten waiting, at most
+    # Ten wait at most: the hundred arrive while the model loads, so about ten get in; a
+    # margin for a machine so busy that a few answers end before the last ones arrive.
+    assert 1 <= statuses.count(200) <= 20 and statuses.count(503) >= 80
     again = httpx.post(url + "/api/generate", json=body, timeout=600)
     assert again.status_code == 200 and again.json()["done"]
 
