@@ -2,54 +2,21 @@
 
 from __future__ import annotations
 
-import dataclasses
-import os
 import sys
-from typing import TYPE_CHECKING
 
 import click
 
-from cairn import config
 from cairn.cli.output import parse_size, say
 from cairn.cli.server import LOCAL_HELP, Use, connect
 from cairn.errors import AuthenticationError, ConfigError
 from cairn.i18n import Phrase, _
 from cairn.manifests.models import Models
-from cairn.manifests.reference import Reference, parse_reference
-
-# The registry modules (httpx and all) load when a command runs, not when cairn starts.
-if TYPE_CHECKING:
-    from cairn.registry.auth import CredentialStore
-    from cairn.registry.client import RegistryClient
-
-
-def _credentials() -> CredentialStore:
-    from cairn.registry.auth import CredentialStore
-
-    settings = config.load()
-    return CredentialStore(settings.home / "auth.json", settings.docker_config)
-
-
-def make_client(ref: Reference, insecure: bool, limit_rate: str | None = None) -> RegistryClient:
-    from cairn.registry.client import RegistryClient
-    from cairn.registry.ollama_auth import OLLAMA_REGISTRY, OllamaKey
-    from cairn.registry.ratelimit import RateLimiter
-
-    settings = config.load()
-    from cairn.registry.origins import parse_origins
-
-    realms = parse_origins(os.environ.get("CAIRN_TOKEN_REALMS", ""))
-    return RegistryClient(
-        ref.host,
-        insecure=insecure or ref.insecure,
-        credentials=_credentials().get(ref.host),
-        ca_bundle=str(settings.ca_bundle) if settings.ca_bundle else None,
-        token_realms=realms,
-        limiter=RateLimiter(parse_size(limit_rate)) if limit_rate else None,
-        ollama_key=OllamaKey(settings.home / "id_ed25519")
-        if ref.host.lower() == OLLAMA_REGISTRY
-        else None,
-    )
+from cairn.manifests.reference import parse_reference
+from cairn.registry.clients import (  # httpx and the rest load when a command runs
+    credential_store,
+    make_client,
+    pull_configured,
+)
 
 
 @click.command()
@@ -64,7 +31,6 @@ def pull(
 ) -> None:
     """Pull model NAME from its registry into the store."""
     from cairn.cli.progress import Reporter
-    from cairn.registry.pull import pull as do_pull
 
     ref = parse_reference(name)
     client = connect(Use.STORE, local)
@@ -80,23 +46,11 @@ def pull(
                 )
             pull_on_server(client, name, insecure, as_json, quiet)
         return
-    if insecure:  # the origin is plain HTTP, also when a mirror resolves tags there
-        ref = dataclasses.replace(ref, insecure=True)
     reporter = Reporter(as_json, quiet)
 
     async def run() -> None:
-        models = Models.from_environment()
-        mirrors = config.load().mirrors().get(ref.host.lower(), ())
-        if mirrors:
-            from cairn.registry.pull import pull_via_mirrors
-
-            def connect(host: str, plain: bool) -> RegistryClient:
-                return make_client(parse_reference(f"{host}/{ref.repository}"), plain, limit_rate)
-
-            if await pull_via_mirrors(models, ref, mirrors, connect, reporter) is not None:
-                return
-        async with make_client(ref, insecure, limit_rate) as client:
-            await do_pull(models, ref, client, reporter)
+        limit = parse_size(limit_rate) if limit_rate else None
+        await pull_configured(Models.from_environment(), ref, insecure, reporter, limit)
 
     try:
         import asyncio
@@ -140,7 +94,8 @@ def push(
     reporter = Reporter(as_json, quiet)
 
     async def run() -> str:
-        async with make_client(dest, insecure, limit_rate) as client:
+        limit = parse_size(limit_rate) if limit_rate else None
+        async with make_client(dest, insecure, limit) as client:
             return await do_push(
                 models, source, dest, client, fmt, parse_size(chunk_size), reporter
             )
@@ -188,7 +143,7 @@ def login(host: str, username: str | None, password_stdin: bool, insecure: bool)
     import asyncio
 
     asyncio.run(check())
-    _credentials().save(host, credentials)
+    credential_store().save(host, credentials)
     say(Phrase("Login Succeeded"))
 
 
@@ -196,7 +151,7 @@ def login(host: str, username: str | None, password_stdin: bool, insecure: bool)
 @click.argument("host")
 def logout(host: str) -> None:
     """Forget the stored credentials for HOST."""
-    if not _credentials().remove(host):
+    if not credential_store().remove(host):
         raise ConfigError("not logged in to {host}", host=host)
     say(Phrase("Removed login credentials for {host}", host=host))
 

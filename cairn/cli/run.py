@@ -245,9 +245,9 @@ def _pull(name: str, insecure: bool) -> None:  # into the store here
     import asyncio
 
     from cairn.cli.progress import Reporter
-    from cairn.cli.registry import make_client
     from cairn.manifests.models import Models
     from cairn.manifests.reference import parse_reference
+    from cairn.registry.clients import make_client
     from cairn.registry.pull import pull
 
     ref = parse_reference(name)

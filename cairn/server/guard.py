@@ -67,24 +67,12 @@ _METRICS_KEY: web.AppKey[Metrics] = web.AppKey("cairn_metrics")
 
 # -- refusals in the API's shape ---------------------------------------------------
 
-_ANTHROPIC_KINDS = {
-    401: "authentication_error",
-    403: "permission_error",
-    413: "request_too_large",
-}
-
 
 def refuse(
     request: web.Request, status: int, message: str, headers: Mapping[str, str] | None = None
 ) -> web.Response:
     """``message`` with ``status`` in the shape of the API the request asked."""
-    if request.path == "/v1/messages" or request.path.startswith("/v1/messages/"):
-        kind = _ANTHROPIC_KINDS.get(status, "invalid_request_error")
-        response = web.json_response(
-            {"type": "error", "error": {"type": kind, "message": message}}, status=status
-        )
-    else:
-        response = error_response(request, status, message, "invalid_request_error")
+    response = error_response(request, status, message, "invalid_request_error")
     response.headers.update(headers or {})
     return response
 

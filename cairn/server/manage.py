@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import dataclasses
 import json
 import tempfile
 import threading
@@ -39,8 +38,6 @@ from cairn.server.fields import BadRequest, flag
 
 if TYPE_CHECKING:
     from cairn.manifests.models import LocalModel, Models
-    from cairn.manifests.reference import Reference
-    from cairn.registry.client import RegistryClient
     from cairn.registry.pull import Event
     from cairn.server.api import Api
 
@@ -124,13 +121,6 @@ async def progress_response(
             task.exception()  # retrieved: already raised or written, never "never retrieved"
 
 
-def _make_client(ref: Reference, insecure: bool) -> RegistryClient:
-    # The CLI's: the same credentials, CA bundle, token realms and Ollama key.
-    from cairn.cli.registry import make_client
-
-    return make_client(ref, insecure)
-
-
 @dataclass(frozen=True)
 class _Requested(Modelfile):
     """A create request as the Modelfile it stands for, its parameters typed already."""
@@ -211,24 +201,11 @@ class Manage:
         insecure = flag(data, "insecure", False)
         stream = flag(data, "stream", True)
         ref = parse_reference(name)
-        if insecure:  # the origin is plain HTTP, also when a mirror resolves tags there
-            ref = dataclasses.replace(ref, insecure=True)
 
         async def work(report: Report) -> None:
-            from cairn import config
-            from cairn.registry.pull import pull, pull_via_mirrors
+            from cairn.registry.clients import pull_configured
 
-            event = _event(report)
-            mirrors = config.load().mirrors().get(ref.host.lower(), ())
-            if mirrors:
-
-                def connect(host: str, plain: bool) -> RegistryClient:
-                    return _make_client(parse_reference(f"{host}/{ref.repository}"), plain)
-
-                if await pull_via_mirrors(self.models, ref, mirrors, connect, event) is not None:
-                    return
-            async with _make_client(ref, insecure) as client:
-                await pull(self.models, ref, client, event)
+            await pull_configured(self.models, ref, insecure, _event(report))
 
         return await progress_response(request, stream, work)
 
@@ -241,9 +218,10 @@ class Manage:
         dest = model.reference
 
         async def work(report: Report) -> None:
+            from cairn.registry.clients import make_client
             from cairn.registry.push import push
 
-            async with _make_client(dest, insecure) as client:
+            async with make_client(dest, insecure) as client:
                 await push(self.models, name, dest, client, report=_event(report))
 
         return await progress_response(request, stream, work)
