@@ -420,6 +420,17 @@ class BlobStore:
         except OSError as exc:
             raise storage_error(exc, "linking blob {digest}", digest=digest) from exc
 
+    def linked_at(self, digest: Digest) -> float | None:
+        """When the blob was last pushed or mounted into a repository (its newest link's
+        time; ``link`` touches it each time), or None when it has no link."""
+        newest: float | None = None
+        for folder, _dirs, files in os.walk(self.links_dir / digest.filename):
+            for name in files:
+                with contextlib.suppress(OSError):
+                    when = os.stat(os.path.join(folder, name)).st_mtime
+                    newest = when if newest is None else max(newest, when)
+        return newest
+
     def linked(self, digest: Digest, repository: str) -> bool:
         return self._link(digest, repository).is_file()
 

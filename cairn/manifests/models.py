@@ -207,15 +207,17 @@ class Models:
         return found
 
     def _age(self, digest: Digest, now: float) -> float | None:
-        """Seconds since the blob last changed (written, renamed or linked in); None when
-        it is gone or is not a file (a folder named like a blob is no blob)."""
+        """Seconds since the blob last arrived: written, renamed or linked in, or pushed or
+        mounted into a repository again (a registry client's manifest follows that, as it
+        follows a first upload); None when it is gone or is not a file (a folder named like
+        a blob is no blob)."""
         try:
             stat = self.blobs.path(digest).stat()
         except FileNotFoundError:
             return None
         if not stat_is_file(stat.st_mode):
             return None
-        return now - max(stat.st_mtime, stat.st_ctime)
+        return now - max(stat.st_mtime, stat.st_ctime, self.blobs.linked_at(digest) or 0.0)
 
     # -- writing -----------------------------------------------------------
 

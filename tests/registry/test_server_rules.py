@@ -323,3 +323,45 @@ def test_blobs_belong_to_the_repositories_they_were_pushed_to(tmp_path: Path) ->
         )
         assert put.status_code == 201
         assert code(http.get(f"/v2/lab/e/blobs/{sha(layer)}")) == "BLOB_UNKNOWN"
+
+
+def test_a_blob_pushed_or_mounted_again_is_young_again_for_prune(tmp_path: Path) -> None:
+    """Found by the attack on the registry: an old unreferenced blob pushed (or mounted)
+    again kept its old age, so a prune between the upload and its manifest removed it,
+    and the manifest that followed the protocol was refused."""
+    import subprocess
+    import sys
+
+    from tests.conftest import cairn_env
+
+    root = tmp_path / "served"
+
+    def prune() -> dict[str, list[str]]:
+        command = [sys.executable, "-m", "cairn", "prune", "--grace", "2s", "--json"]
+        done = subprocess.run(
+            command, env=cairn_env(root), capture_output=True, text=True, check=True
+        )
+        found: dict[str, list[str]] = json.loads(done.stdout)
+        return found
+
+    with serving(root) as host, httpx.Client(base_url=f"http://{host}") as http:
+        pushed, mounted = b"pushed twice", b"mounted later"
+        for data in (pushed, mounted):
+            made = http.post("/v2/lab/a/blobs/uploads/", params={"digest": sha(data)}, content=data)
+            assert made.status_code == 201
+        time.sleep(2.2)  # both older than the grace, and no manifest names them
+        again = http.post(
+            "/v2/lab/a/blobs/uploads/", params={"digest": sha(pushed)}, content=pushed
+        )
+        assert again.status_code == 201
+        mount = {"mount": sha(mounted), "from": "lab/a"}
+        assert http.post("/v2/lab/b/blobs/uploads/", params=mount).status_code == 201
+        assert sorted(prune()["young"]) == sorted([sha(pushed), sha(mounted)])
+        for repo, data in (("lab/a", pushed), ("lab/b", mounted)):
+            layer = {"mediaType": OCI_LAYER, "digest": sha(data), "size": len(data)}
+            image = {"schemaVersion": 2, "mediaType": OCI, "config": config(http, repo)}
+            body = json.dumps({**image, "layers": [layer]}).encode()
+            stored = http.put(
+                f"/v2/{repo}/manifests/v1", content=body, headers={"Content-Type": OCI}
+            )
+            assert stored.status_code == 201, stored.text
