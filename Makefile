@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 .PHONY: install install-cuda sysdeps demo test lint bench conformance clean
 
 # Debian packages the tests and the demo use: a real registry and a real peer client.
-SYSTEM_TOOLS := docker-registry skopeo
+SYSTEM_TOOLS := docker-registry skopeo zstd
 
 # llama.cpp for CPUs without AMX support in the VM (see docs/runtimes.md and
 # ../shared/NOTES.md): a native build dies in ggml_backend_amx_mul_mat here.

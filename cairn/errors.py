@@ -20,6 +20,7 @@ missing", name=n)``: ``str(error)`` is English (what an HTTP API sends) and
     ├── ServerBusyError             too many requests wait for a model already (cairn serve)
     ├── ServerError                 a running server failed a request, or none is running
     ├── TemplateError               a prompt template that cannot be parsed or executed
+    ├── BundleError                 an OCI layout or bundle to import that is broken or unsafe
     ├── RegistryError               a registry answered with an error or broke the protocol
     │   ├── AuthenticationError     credentials missing or refused (401/403)
     │   ├── RemoteNotFoundError     the registry has no such repository, tag or blob (404)
@@ -107,6 +108,10 @@ class RunnerRequestError(RunnerError):
 
 class TemplateError(CairnError):
     """A prompt template that cannot be parsed or executed."""
+
+
+class BundleError(CairnError):
+    """An OCI layout or bundle (``cairn import``) that is broken, unsafe or not one at all."""
 
 
 class RegistryError(CairnError):

@@ -49,15 +49,22 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from cairn.cli import completion, models, registry, run, serve, server
+    from cairn.cli import completion, mirror, models, registry, run, serve, server
 
     _localize_click()
-    commands = (*models.COMMANDS, *registry.COMMANDS, *run.COMMANDS, *server.COMMANDS)
+    commands = (
+        *models.COMMANDS,
+        *registry.COMMANDS,
+        *mirror.COMMANDS,
+        *run.COMMANDS,
+        *server.COMMANDS,
+    )
     for command in (*commands, completion.completion):
         cli.add_command(command)
     cli.add_command(serve.registry)
     cli.add_command(serve.serve_api)
     cli.add_command(models.list_models, "ls")
+    cli.add_command(__import__("cairn.cli.sync", fromlist=["sync"]).sync)
     _translate(cli)
 
 

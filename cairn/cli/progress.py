@@ -16,8 +16,10 @@ from cairn.sanitize import untrusted
 class Reporter:
     """Turns transfer events into bars (one per blob, one overall), JSON lines or status lines."""
 
-    def __init__(self, as_json: bool = False, quiet: bool = False) -> None:
+    def __init__(self, as_json: bool = False, quiet: bool = False, to_stderr: bool = False) -> None:
+        """``to_stderr``: NDJSON too goes to stderr (stdout carries data, a bundle)."""
         self.as_json = as_json
+        self.to_stderr = to_stderr
         self.quiet = quiet
         self.tty = sys.stderr.isatty()
         self._bars: dict[str, Any] = {}
@@ -26,7 +28,7 @@ class Reporter:
 
     def __call__(self, event: Event) -> None:
         if self.as_json:
-            click.echo(json.dumps(event.to_json()))
+            click.echo(json.dumps(event.to_json()), err=self.to_stderr)
         elif self.quiet:
             return
         elif event.digest and event.total is not None and self.tty:

@@ -1,0 +1,1 @@
+"""Offline mirroring: OCI layouts and bundles (export, import), and registry sync."""
