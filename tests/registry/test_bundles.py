@@ -445,3 +445,25 @@ def test_ctrl_c_during_export_leaves_nothing_that_looks_whole(
         assert not target.exists() and not partial.exists()
     else:  # finished before the signal landed: whole
         assert tar_names(target)[-1] == "index.json"
+
+
+def test_a_bundle_made_by_gnu_tar_and_zstd(cairn: Runner, tmp_path: Path) -> None:
+    """A layout directory packed by other tools: GNU tar's entries, two zstd frames."""
+    make_model(cairn, tmp_path)
+    out = tmp_path / "layout"
+    cairn("export", "tiny:1", "-o", str(out), "-q")
+    packed = tmp_path / "by-tar.tar.zst"
+    subprocess.run(
+        ["tar", "--format=gnu", "-I", "zstd -T0", "-cf", str(packed), "-C", str(out), "."],
+        check=True,
+    )
+    frames = tmp_path / "frames.tar.zst"  # the same tar cut in two zstd frames, concatenated
+    plain = subprocess.run(["zstd", "-dc", str(packed)], capture_output=True, check=True).stdout
+    half = len(plain) // 2
+    first = subprocess.run(["zstd", "-c"], input=plain[:half], capture_output=True, check=True)
+    second = subprocess.run(["zstd", "-c"], input=plain[half:], capture_output=True, check=True)
+    frames.write_bytes(first.stdout + second.stdout)
+    for bundle in (packed, frames):
+        elsewhere = other_store(tmp_path, cairn, f"other-{bundle.stem}")
+        elsewhere("import", str(bundle), "-q")
+        assert listed(elsewhere) == ["tiny:1"]

@@ -26,16 +26,15 @@ import os
 import shutil
 import stat
 import sys
-import tarfile
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, BinaryIO, cast
+from typing import Any, BinaryIO
 
 from cairn.blobstore import Digest
 from cairn.blobstore.digest import from_hex
-from cairn.blobstore.store import Readable, storage_error
+from cairn.blobstore.store import storage_error
 from cairn.errors import (
     BundleError,
     CairnError,
@@ -52,6 +51,14 @@ from cairn.manifests.manifest import MAX_MANIFEST_SIZE, Descriptor, Index, Manif
 from cairn.manifests.models import LocalModel, Models
 from cairn.manifests.reference import Reference, parse_reference
 from cairn.registry.mirror.layout import LAYOUT_VERSION, REF_NAME, bundle_kind, open_writer
+from cairn.registry.mirror.tarstream import (
+    Entry,
+    EntryReader,
+    ReadAhead,
+    TarCutOff,
+    TarDamaged,
+    entries,
+)
 from cairn.registry.pull import Event, Report, _quiet, choose_from_index
 from cairn.registry.push import as_oci_artifact
 from cairn.sanitize import untrusted
@@ -509,23 +516,21 @@ class _FromStream(_Import):
         self.done.blobs += 1
         self.done.bytes += descriptor.size
 
-    def read(self, stream: IO[bytes]) -> None:
+    def read(self, stream: Any) -> None:
         """Take every entry of the tar ``stream``; raise when it is cut short or unsafe."""
+        ahead = ReadAhead(stream)
         try:
-            with tarfile.open(fileobj=stream, mode="r|", bufsize=_READ_BUFFER) as tar:
-                for member in tar:
-                    self._entry(tar, member)
-        except tarfile.ReadError as exc:
-            kind = "cut off" if "end of" in str(exc) or "empty" in str(exc) else "damaged"
+            for entry, reader in entries(ahead):
+                self._entry(entry, reader)
+        except TarCutOff as exc:
             raise BundleError(
-                "{path} is {kind} ({exc}); nothing was tagged, the {count} blobs verified"
-                " before stay in the store for the next try or cairn prune",
+                "{path} is cut off or damaged ({exc}); nothing was tagged, the {count} blobs"
+                " verified before stay in the store for the next try or cairn prune",
                 path=self.shown,
-                kind=kind,
                 exc=exc,
                 count=self.done.blobs,
             ) from None
-        except (tarfile.TarError, EOFError) as exc:
+        except TarDamaged as exc:
             raise BundleError(
                 "{path} is not a tar archive ({exc})", path=self.shown, exc=exc
             ) from None
@@ -533,8 +538,10 @@ class _FromStream(_Import):
             raise BundleError(
                 "{path} is not a zstd stream ({exc})", path=self.shown, exc=exc
             ) from None
+        finally:
+            ahead.close()
 
-    def _entry(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
+    def _entry(self, member: Entry, reader: EntryReader) -> None:
         name = member.name.removeprefix("./")
         parts = name.rstrip("/").split("/")
         if member.name.startswith("/") or ".." in parts:
@@ -554,11 +561,11 @@ class _FromStream(_Import):
         if member.isdir():
             return
         if name == "oci-layout":
-            self.layout = _capped(tar, member, MAX_LAYOUT_FILE, self.shown)
+            self.layout = _capped(reader, member, MAX_LAYOUT_FILE, self.shown)
             self.check_layout()  # an unknown version stops before any blob is taken
             return
         if name == "index.json":
-            self.index = _capped(tar, member, MAX_INDEX_SIZE, self.shown)
+            self.index = _capped(reader, member, MAX_INDEX_SIZE, self.shown)
             return
         if len(parts) != 3 or parts[0] != "blobs":
             return  # not part of the layout (a README beside it): not read
@@ -572,16 +579,14 @@ class _FromStream(_Import):
         if self.models.blobs.has(digest):
             self.done.present += 1
             return
-        source = tar.extractfile(member)
-        assert source is not None
         if member.size <= MAX_MANIFEST_SIZE:
-            self._stage(cast(BinaryIO, source), digest, member.size)
+            self._stage(reader, digest, member.size)
             return
         descriptor = Descriptor("application/octet-stream", digest, member.size)
         self.report(_landing(descriptor, 0))
         try:
             with self.models.blobs.writing():
-                self.models.blobs.put(cast(Readable, source), digest, member.size)
+                self.models.blobs.put(reader, digest, member.size)
         except (StorageFullError, StoreBusyError):
             raise
         except StoreError as exc:
@@ -591,7 +596,7 @@ class _FromStream(_Import):
         self.done.bytes += member.size
         self.report(_landed(descriptor))
 
-    def _stage(self, source: BinaryIO, digest: Digest, size: int) -> None:
+    def _stage(self, source: EntryReader, digest: Digest, size: int) -> None:
         """Keep a small blob aside, checked, until the index says what it is."""
         if self.staging is None:
             try:
@@ -631,14 +636,12 @@ def _sha512(algorithm: str, hex_: str) -> Digest | None:
     return None
 
 
-def _capped(tar: tarfile.TarFile, member: tarfile.TarInfo, limit: int, shown: str) -> bytes:
+def _capped(reader: EntryReader, member: Entry, limit: int, shown: str) -> bytes:
     if member.size > limit:
         raise BundleError(
             "{path}: {name} is larger than {limit} bytes", path=shown, name=member.name, limit=limit
         )
-    source = tar.extractfile(member)
-    assert source is not None
-    return source.read(limit)
+    return reader.read(limit)
 
 
 try:
@@ -683,7 +686,9 @@ def _open_stream(path: str) -> tuple[Any, Callable[[], None]]:
     if zstd:
         import zstandard
 
-        source = zstandard.ZstdDecompressor().stream_reader(source, read_size=_READ_BUFFER)
+        source = zstandard.ZstdDecompressor().stream_reader(
+            source, read_size=_READ_BUFFER, read_across_frames=True
+        )
 
     def close() -> None:
         if raw is not sys.stdin.buffer:
