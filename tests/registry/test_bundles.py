@@ -156,12 +156,26 @@ def test_oci_export_is_read_by_skopeo_and_oras(
         check=True,
         timeout=120,
     )
+    archive = tmp_path / "oci.tar"  # skopeo's oci-archive: transport reads the tar itself
+    cairn("export", "tiny:1", "-o", str(archive), "--format", "oci", "-q")
+    subprocess.run(
+        [
+            "skopeo",
+            "copy",
+            "-q",
+            "--dest-tls-verify=false",
+            f"oci-archive:{archive}:{ref}",
+            f"docker://{registry}/from-archive/tiny:1",
+        ],
+        check=True,
+        timeout=120,
+    )
     import oras.client
     from oras.layout.layout import Layout
 
     client = oras.client.OrasClient(hostname=registry, insecure=True)
     Layout(str(out)).push_to_registry(client, f"{registry}/from-oras/tiny:1", tag=ref)
-    for path in ("from-skopeo", "from-oras"):
+    for path in ("from-skopeo", "from-archive", "from-oras"):
         elsewhere = other_store(tmp_path, cairn, path)
         elsewhere("pull", f"{registry}/{path}/tiny:1", "--insecure", "-q")
         shown = elsewhere("show", f"{registry}/{path}/tiny:1", "--system").stdout
@@ -206,6 +220,21 @@ def test_import_what_skopeo_and_oras_wrote(cairn: Runner, tmp_path: Path, regist
     elsewhere("import", str(by_skopeo), "-q")
     assert listed(elsewhere) == ["lab/tiny:1"]
     assert elsewhere("show", "lab/tiny:1", "--system").stdout.strip() == "short answers"
+    archive = tmp_path / "by-skopeo.tar"
+    subprocess.run(
+        [
+            "skopeo",
+            "copy",
+            "-q",
+            "--src-tls-verify=false",
+            f"docker://{registry}/oci/tiny:1",
+            f"oci-archive:{archive}:lab/tiny:archived",
+        ],
+        check=True,
+        timeout=120,
+    )
+    elsewhere("import", str(archive), "-q")
+    assert sorted(listed(elsewhere)) == ["lab/tiny:1", "lab/tiny:archived"]
 
     import oras.client
     from oras.layout.layout import NewLayoutFromRegistry
