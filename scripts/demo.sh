@@ -92,3 +92,10 @@ cairn ps
 echo "==> cairn stop"
 cairn stop "127.0.0.1:$port/library/gemma3:270m"
 cairn ps
+
+echo "==> across an air gap: cairn export to a .tar.zst, cairn import into a store with no network"
+cairn export gemma3:270m -o "$workdir/usb-stick/gemma3.tar.zst"
+ls -l "$workdir/usb-stick"
+CAIRN_MODELS="$workdir/inside" cairn import "$workdir/usb-stick/gemma3.tar.zst"
+CAIRN_MODELS="$workdir/inside" cairn list
+CAIRN_MODELS="$workdir/inside" cairn verify
