@@ -97,5 +97,5 @@ echo "==> across an air gap: cairn export to a .tar.zst, cairn import into a sto
 cairn export gemma3:270m -o "$workdir/usb-stick/gemma3.tar.zst"
 ls -l "$workdir/usb-stick"
 CAIRN_MODELS="$workdir/inside" cairn import "$workdir/usb-stick/gemma3.tar.zst"
-CAIRN_MODELS="$workdir/inside" cairn list
+CAIRN_MODELS="$workdir/inside" cairn list --local
 CAIRN_MODELS="$workdir/inside" cairn verify
