@@ -496,3 +496,39 @@ def test_a_bundle_made_by_gnu_tar_and_zstd(cairn: Runner, tmp_path: Path) -> Non
         elsewhere = other_store(tmp_path, cairn, f"other-{bundle.stem}")
         elsewhere("import", str(bundle), "-q")
         assert listed(elsewhere) == ["tiny:1"]
+
+
+def test_ctrl_c_during_import_tags_nothing_and_leaves_no_temp_file(
+    cairn: Runner, store: Path, tmp_path: Path
+) -> None:
+    gguf = write_gguf(
+        tmp_path / "big.gguf", tensors=[("w", (1024, 256 * 160))], fill=os.urandom(1 << 20)
+    )
+    modelfile(tmp_path, f"FROM {gguf}\n", "BIG")
+    cairn("create", "big:1", "-f", str(tmp_path / "BIG"))
+    bundle = tmp_path / "big.tar"
+    cairn("export", "big:1", "-o", str(bundle), "-q")
+    inside = tmp_path / "inside"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cairn", "import", "-"],
+        env=cairn_env(inside),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdin is not None
+    with bundle.open("rb") as source:
+        proc.stdin.write(source.read(bundle.stat().st_size // 2))  # then the sender stalls
+        proc.stdin.flush()
+        deadline = time.monotonic() + 120
+        tmp = inside / ".cairn" / "tmp"
+        while not (tmp.is_dir() and any(tmp.iterdir())):
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=120) == 130
+        proc.stdin.close()
+    nothing = cairn("list", "--json", env={"CAIRN_MODELS": str(inside)}).stdout
+    assert json.loads(nothing)["models"] == []
+    assert list((inside / ".cairn" / "tmp").iterdir()) == []
+    assert not list((inside / ".cairn").glob("import-*"))  # the staging folder went too

@@ -671,16 +671,20 @@ class _Peeked:
 
 def _open_stream(path: str) -> tuple[Any, Callable[[], None]]:
     """A readable of ``path``'s tar bytes (decompressed), and how to close it."""
-    if path == "-":
-        raw: BinaryIO = sys.stdin.buffer
-    else:
-        try:
-            raw = open(path, "rb")  # noqa: SIM115 - closed by the returned function
-        except OSError as exc:
-            raise BundleError(
-                "cannot read {path}: {reason}", path=path, reason=exc.strerror or exc
-            ) from exc
-    head = raw.read(4)
+    # Unbuffered: the read-ahead thread may be blocked in a read when Ctrl-C ends the
+    # process, and a buffered stdin's lock would then abort the interpreter's exit.
+    try:
+        if path == "-":
+            raw: BinaryIO = open(sys.stdin.fileno(), "rb", buffering=0, closefd=False)  # noqa: SIM115
+        else:
+            raw = open(path, "rb", buffering=0)  # noqa: SIM115 - closed by the returned function
+    except OSError as exc:
+        raise BundleError(
+            "cannot read {path}: {reason}", path=path, reason=exc.strerror or exc
+        ) from exc
+    head = b""
+    while len(head) < 4 and (more := raw.read(4 - len(head))):
+        head += more
     zstd = bundle_kind(path) == "zst" or head == ZSTD_MAGIC
     source: Any = _Peeked(head, raw)
     if zstd:
@@ -691,8 +695,7 @@ def _open_stream(path: str) -> tuple[Any, Callable[[], None]]:
         )
 
     def close() -> None:
-        if raw is not sys.stdin.buffer:
-            raw.close()
+        raw.close()
 
     return source, close
 
