@@ -77,6 +77,20 @@ def registry() -> None:
     help="Refuse a push through a name mapped onto --default-host (ns/name) that would replace"
     " a tag the store holds with other content.",
 )
+@click.option(
+    "--upstream",
+    "upstreams",
+    multiple=True,
+    help="Fetch a model the store lacks from this registry (http(s)://HOST[:PORT]; repeatable,"
+    " the first that has it wins) and keep it: a pull-through cache. Pushes are refused.",
+)
+@click.option(
+    "--upstream-ttl",
+    default="5m",
+    show_default=True,
+    help="How long a tag checked against the upstream is served before it is checked again"
+    " (30s, 5m, 1h; 0: every time).",
+)
 def serve(
     addr: str,
     root: Path | None,
@@ -92,6 +106,8 @@ def serve(
     quota: str | None,
     upload_expiry: float,
     protect_upstream: bool,
+    upstreams: tuple[str, ...],
+    upstream_ttl: str,
 ) -> None:
     """Serve the store over the OCI Distribution API (pull, push, tags, referrers)."""
     import logging
@@ -104,6 +120,7 @@ def serve(
     from cairn.registry.origins import origin_of
     from cairn.registry.server.app import Options, load_htpasswd, make_app
     from cairn.registry.server.tokens import load_keys
+    from cairn.registry.server.upstream import parse_duration, parse_upstream
 
     host, _, port = addr.rpartition(":")
     if not host or not port.isdigit():
@@ -124,6 +141,8 @@ def serve(
             )
     for url in public_urls:
         origin_of(url)  # a RegistryError naming it when it is not an http(s) URL
+    for url in upstreams:
+        parse_upstream(url)  # a ConfigError naming it when it is not http(s)://HOST[:PORT]
     options = Options(
         root=root or config.load().models,
         default_host=default_host,
@@ -136,6 +155,8 @@ def serve(
         quota=parse_size(quota) if quota else None,
         upload_expiry=upload_expiry,
         protect_upstream=protect_upstream,
+        upstreams=upstreams,
+        upstream_ttl=parse_duration(upstream_ttl),
     )
     context = None
     if tls_cert and tls_key:
@@ -143,6 +164,7 @@ def serve(
         context.load_cert_chain(tls_cert, tls_key)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # the upstream client's requests
     url = f"{'https' if context else 'http'}://{addr}"
     say(Phrase("serving {root} on {url}", root=options.root, url=url), err=True)
     # No handler_cancellation here (unlike `cairn serve`): an upload's append runs in a

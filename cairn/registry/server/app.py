@@ -114,6 +114,10 @@ async def errors_and_auth(request: web.Request, handler: Handler) -> web.StreamR
             )
         if registry.options.read_only and request.method not in ("GET", "HEAD"):
             raise OCIError("UNSUPPORTED", "this registry is read-only")
+        if registry.options.upstreams and request.method not in ("GET", "HEAD"):
+            raise OCIError(
+                "UNSUPPORTED", "this registry is a pull-through cache: push to its upstream"
+            )
         response = await handler(request)
         status = response.status
         return response
@@ -165,6 +169,11 @@ def make_app(options: Options) -> web.Application:
     app = web.Application(middlewares=[errors_and_auth], client_max_size=MAX_MANIFEST_SIZE + 1)
     registry = Registry(options)
     app["registry"] = registry
+    if options.upstreams:
+        from cairn.registry.server.upstream import Cache, parse_upstream
+
+        upstreams = tuple(parse_upstream(url) for url in options.upstreams)
+        registry.cache = Cache(registry, upstreams, options.upstream_ttl)
     name = r"{name:[A-Za-z0-9._/-]+?}"
     routes = [
         web.get("/v2/", base),
@@ -202,6 +211,8 @@ def make_app(options: Options) -> web.Application:
     app.on_cleanup.append(stop_expiring)
 
     async def cleanup(_: web.Application) -> None:
+        if registry.cache is not None:
+            await registry.cache.close()
         registry.close()
 
     app.on_cleanup.append(cleanup)

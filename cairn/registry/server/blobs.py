@@ -39,8 +39,28 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
         return size if size is not None and registry.sees(ref, digest) else None
 
     size = await asyncio.to_thread(look)
+    if size is None and registry.cache is not None:
+        answer = await registry.cache.blob(
+            request, ref, digest, _blob_headers(request, name, ref, digest)
+        )
+        if answer is not None:
+            return answer
+        size = await asyncio.to_thread(look)  # in the store now, linked into the repository
     if size is None:
         raise OCIError("BLOB_UNKNOWN", f"blob {digest} is unknown", {"digest": str(digest)})
+    headers = _blob_headers(request, name, ref, digest)
+    if request.method == "HEAD":
+        headers["Content-Length"] = str(size)
+        headers["Accept-Ranges"] = "bytes"
+        return web.Response(headers=headers)
+    response = web.FileResponse(path, chunk_size=CHUNK, headers=headers)
+    return response
+
+
+def _blob_headers(
+    request: web.Request, name: str, ref: Reference, digest: Digest
+) -> dict[str, str]:
+    registry: Registry = request.app["registry"]
     headers = {
         "Docker-Content-Digest": str(digest),
         "Content-Type": "application/octet-stream",
@@ -53,12 +73,7 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
         # given for credentials only, never for a grant (it would renew itself forever)
         grant = registry.tokens.grant(repository_of(ref), str(digest))
         headers["Location"] += f"?grant={grant}"
-    if request.method == "HEAD":
-        headers["Content-Length"] = str(size)
-        headers["Accept-Ranges"] = "bytes"
-        return web.Response(headers=headers)
-    response = web.FileResponse(path, chunk_size=CHUNK, headers=headers)
-    return response
+    return headers
 
 
 def _file_size(path: Path) -> int | None:

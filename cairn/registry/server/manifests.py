@@ -39,7 +39,10 @@ from cairn.registry.server.registry import (
 async def get_manifest(request: web.Request) -> web.StreamResponse:
     registry: Registry = request.app["registry"]
     name, reference = request.match_info["name"], request.match_info["reference"]
-    data = await asyncio.to_thread(registry.find_manifest, name, reference)
+    if registry.cache is not None:
+        data = await registry.cache.manifest(name, reference, request.method == "GET")
+    else:
+        data = await asyncio.to_thread(registry.find_manifest, name, reference)
     try:
         parsed = parse_manifest(data)
     except ManifestError:

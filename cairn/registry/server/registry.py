@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from aiohttp import web
 
@@ -35,6 +35,9 @@ from cairn.registry.origins import origin_of
 from cairn.registry.server.errors import OCIError
 from cairn.registry.server.tokens import Tokens
 from cairn.registry.server.uploads import Uploads
+
+if TYPE_CHECKING:
+    from cairn.registry.server.upstream import Cache
 
 API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
 UPLOAD_STATUS = "upload-status"
@@ -83,6 +86,11 @@ class Options:
     protect_upstream: bool = False
     """Refuse, rather than report, a push through a name mapped onto ``default_host`` that
     replaces a tag the store holds (a model pulled from registry.ollama.ai, say)."""
+    upstreams: tuple[str, ...] = ()
+    """``--upstream``: registries (``http(s)://HOST[:PORT]``) a pull of a model the store
+    lacks is fetched from, the first that has it (``upstream.py``); writes are refused."""
+    upstream_ttl: float = 300.0
+    """Seconds a tag checked against the upstreams is served without asking again."""
 
 
 _BCRYPT = re.compile(r"\$2[aby]\$(0[4-9]|1[0-6])\$[./A-Za-z0-9]{53}")
@@ -122,6 +130,8 @@ class Registry:
         """One store write at a time in this server (a manifest saved or deleted, a blob
         sealed or deleted): the checks of each (case, quota, what exists) hold for its write."""
         self._write_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="store-write")
+        self.cache: Cache | None = None
+        """The pull-through cache, with ``--upstream`` (set by ``make_app``)."""
 
     def close(self) -> None:
         self.uploads.close()
