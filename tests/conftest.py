@@ -54,10 +54,15 @@ Runner = Callable[..., subprocess.CompletedProcess[str]]
 
 
 def cairn_env(store: Path, **extra: str) -> dict[str, str]:
-    """The environment for a cairn subprocess: no CAIRN_ settings, English in UTF-8."""
+    """The environment for a cairn subprocess: no CAIRN_ settings but the test's own store
+    and home, English in UTF-8."""
     locale = ("CAIRN_", "LANGUAGE", "LC_ALL", "LC_MESSAGES", "LANG")
     env = {k: v for k, v in os.environ.items() if not k.startswith(locale)}
-    env.update(CAIRN_MODELS=str(store), PYTHONPATH=str(REPO), LANG="C.UTF-8", **extra)
+    env.update(CAIRN_MODELS=str(store), PYTHONPATH=str(REPO), LANG="C.UTF-8")
+    # A home of the test's own: credentials, keys and the blob-location cache never
+    # leak between tests (nor into the user's ~/.cairn).
+    env["CAIRN_HOME"] = str(store.parent / "cairn-home")
+    env.update(extra)
     return env
 
 

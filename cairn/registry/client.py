@@ -653,12 +653,18 @@ class RegistryClient:
     async def blob_size(self, repository: str, digest: str, push: bool = False) -> int | None:
         """The blob's size when the repository has it, else None."""
         scope = f"repository:{repository}:{'pull,push' if push else 'pull'}"
-        response = await self.request("HEAD", f"/v2/{repository}/blobs/{digest}", scope=scope)
-        if response.status_code == 404:
-            return None
-        self.check(response, Phrase("blob {digest}", digest=digest))
-        length = response.headers.get("Content-Length", "")
-        return int(length) if ascii_digits(length) else 0
+        # Streamed: the headers as sent (a response read whole gets its body's length, 0).
+        response = await self.request(
+            "HEAD", f"/v2/{repository}/blobs/{digest}", scope=scope, stream=True
+        )
+        try:
+            if response.status_code == 404:
+                return None
+            self.check(response, Phrase("blob {digest}", digest=digest))
+            length = response.headers.get("Content-Length", "")
+            return int(length) if ascii_digits(length) else 0
+        finally:
+            await response.aclose()
 
     async def put_manifest(
         self, repository: str, reference: str, data: bytes, content_type: str

@@ -6,7 +6,8 @@ digest, or sent as ``Docker-Content-Digest``); an index is resolved to the
 model manifest in it. Missing blobs are fetched concurrently (see
 ``fetch.py``), each verified before it enters the store, and the manifest is
 written last, so a model appears only when whole. Blobs already in the store
-are not fetched again.
+are not fetched again. Where the blobs were seen is remembered
+(``locations.py``), so that a later push to that registry mounts them.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from cairn.manifests.platform import architecture
 from cairn.manifests.reference import Reference
 from cairn.registry.client import RegistryClient
 from cairn.registry.fetch import fetch_blob
+from cairn.registry.locations import BlobLocations
 from cairn.sanitize import untrusted
 
 CONCURRENT_BLOBS = 3
@@ -117,8 +119,12 @@ async def pull(
     client: RegistryClient,
     report: Report = _quiet,
     save_as: Reference | None = None,
+    locations: BlobLocations | None = None,
 ) -> LocalModel:
-    """Pull ``ref`` into ``models`` (under ``save_as``, for a mirror); return the model."""
+    """Pull ``ref`` into ``models`` (under ``save_as``, for a mirror); return the model.
+
+    ``locations``: where the blobs are remembered to be (default: the user's cache).
+    """
     report(Event(Phrase("pulling manifest")))
     if client.notice is None:
         client.notice = lambda said: report(Event(said))
@@ -179,6 +185,8 @@ async def pull(
         target = save_as or ref
         tag = target.tag or f"sha256-{manifest.digest.hex}"
         model = models.save(target.with_tag(tag), manifest)
+    where = locations or BlobLocations.from_environment()
+    await asyncio.to_thread(where.remember, ref.host, ref.repository, [d.digest for d in unique])
     report(Event(Phrase("success")))
     return model
 

@@ -1,9 +1,11 @@
 """``cairn push``: a local model to a registry.
 
 Each blob is checked with HEAD first and skipped when the registry has it;
-mounted from the source repository when that is on the same registry;
-uploaded whole when small, in ``PATCH`` chunks with ``Content-Range`` when
-large, resuming an interrupted upload from the offset the registry reports.
+mounted from another repository of the same registry when one is known to
+hold it (the source model's own, then those of the blob-location cache,
+``locations.py``); else uploaded whole when small, in ``PATCH`` chunks with
+``Content-Range`` when large, resuming an interrupted upload from the offset
+the registry reports.
 The manifest goes last, with its exact bytes. ``--format oci`` pushes an OCI
 artifact (``artifactType``, file names in ``org.opencontainers.image.title``)
 that skopeo and oras can read.
@@ -12,15 +14,17 @@ that skopeo and oras can read.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import ssl
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
+from urllib.parse import urlencode
 
 import httpx
 
 from cairn.blobstore import BlobStore
-from cairn.errors import RegistryError, TransferError
+from cairn.errors import CairnError, RegistryError, TransferError
 from cairn.i18n import Phrase
 from cairn.manifests import mediatypes as mt
 from cairn.manifests.manifest import Descriptor, Manifest
@@ -34,6 +38,7 @@ from cairn.registry.client import (
     undecoded_headers,
 )
 from cairn.registry.fetch import connect, use_fast_path
+from cairn.registry.locations import BlobLocations
 from cairn.registry.pull import Event, Report, _quiet
 from cairn.registry.ratelimit import RateLimiter
 
@@ -43,6 +48,8 @@ DEFAULT_CHUNK_SIZE = 64 << 20
 # in a monolithic PUT (measured with curl, docs/performance.md).
 MONOLITHIC_LIMIT = 1 << 20
 _PIECE = 1 << 20
+MOUNT_TRIES = 3
+"""Repositories a push tries to mount one blob from before it uploads the blob."""
 
 _TITLES = {
     mt.OLLAMA_MODEL: "model.gguf",
@@ -114,16 +121,19 @@ async def upload_blob(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     progress: Callable[[int], None] = lambda n: None,
     mount_from: str | None = None,
+    session: str | None = None,
 ) -> None:
     """Upload one blob; after a failure, go on from where the registry says it got.
 
-    A registry that cannot say (distribution answers a status request made
-    with a stale ``_state`` with BLOB_UPLOAD_INVALID) gets a fresh session.
+    ``session``: an upload session already open (the one a failed mount
+    opened), used before any other. A registry that cannot say where an
+    upload stands (distribution answers a status request made with a stale
+    ``_state`` with BLOB_UPLOAD_INVALID) gets a fresh session.
     """
     scope = f"repository:{repository}:pull,push"
     digest = str(descriptor.digest)
     failures = 0
-    location: str | None = None
+    location: str | None = session or None
     offset = 0
     while True:
         try:
@@ -149,13 +159,56 @@ async def upload_blob(
                 offset = resumed
 
 
+async def mount_blob(
+    client: RegistryClient,
+    repository: str,
+    digest: str,
+    sources: Sequence[str],
+    failed: Callable[[str], None] = lambda source: None,
+) -> str | None:
+    """Mount ``digest`` into ``repository`` from the first of ``sources`` that holds it.
+
+    "" when it was mounted. Otherwise the upload session the last try
+    opened (a registry that cannot mount answers 202 and opens one: the
+    caller uploads into it), or None. A session opened by an earlier try is
+    cancelled before the next, so none is left behind. ``failed(source)`` is
+    told of each source that did not serve; a try that fails in any way
+    (an error status, a refused token) is only a mount that did not happen.
+    """
+    scope = f"repository:{repository}:pull,push"
+    session: str | None = None
+    for source in sources[:MOUNT_TRIES]:
+        if session:
+            await _cancel(client, session, scope)
+            session = None
+        start = f"/v2/{repository}/blobs/uploads/?" + urlencode({"mount": digest, "from": source})
+        try:
+            response = await client.request(
+                "POST", start, scope=f"{scope} repository:{source}:pull"
+            )
+            if response.status_code == 201:
+                return ""
+            if response.status_code == 202 and response.headers.get("Location"):
+                session = client.follow(client.url(start), response.headers["Location"])
+        except CairnError:
+            pass
+        failed(source)
+    return session
+
+
+async def _cancel(client: RegistryClient, session: str, scope: str) -> None:
+    """End an upload session nobody will use (best effort: it expires anyway)."""
+    with contextlib.suppress(CairnError):
+        await client.request("DELETE", session, scope=scope)
+
+
 async def _start(
     client: RegistryClient, repository: str, scope: str, digest: str, mount_from: str | None
 ) -> str:
     """Open an upload session; its URL, or "" when the blob was mounted instead."""
     start = f"/v2/{repository}/blobs/uploads/"
     if mount_from:
-        start += f"?mount={digest}&from={mount_from}"
+        start += "?" + urlencode({"mount": digest, "from": mount_from})
     response = await client.request("POST", start, scope=scope)
     if response.status_code == 201:
         return ""
@@ -317,24 +370,43 @@ async def push(
     fmt: str = "ollama",
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     report: Report = _quiet,
+    locations: BlobLocations | None = None,
 ) -> str:
-    """Push the local model ``source`` as ``dest``; return the manifest's digest."""
+    """Push the local model ``source`` as ``dest``; return the manifest's digest.
+
+    ``locations``: where blobs were seen (default: the user's cache), to
+    mount from; the pushed blobs are remembered there.
+    """
     require_oci(dest)
     model = models.get(source)
     manifest = model.manifest if fmt == "ollama" else as_oci_artifact(model.manifest)
     for descriptor in manifest.blobs:
         models.blobs.check_quick(descriptor.digest)
+    if locations is None:
+        locations = BlobLocations.from_environment()
     repository = dest.repository
     same_registry = model.reference.host.casefold() == dest.host.casefold()
-    mount_from = model.reference.repository if same_registry else None
-    if mount_from == repository:
-        mount_from = None
+    own = [model.reference.repository] if same_registry else []
     report(Event(Phrase("retrieving manifest")))
     if client.notice is None:
         client.notice = lambda said: report(Event(said))
-    for descriptor in {d.digest: d for d in manifest.blobs}.values():
+    unique = list({d.digest: d for d in manifest.blobs}.values())
+    for descriptor in unique:
         label = Phrase("pushing {digest}", digest=descriptor.digest.short)
         if await client.blob_size(repository, str(descriptor.digest), push=True) is not None:
+            report(Event(label, str(descriptor.digest), descriptor.size, descriptor.size))
+            continue
+        seen = await asyncio.to_thread(locations.where, dest.host, descriptor.digest)
+        if repository in seen:  # the registry says it is not there (any more)
+            await asyncio.to_thread(locations.forget, dest.host, repository, descriptor.digest)
+        sources = [r for r in dict.fromkeys(own + seen) if r != repository]
+        stale: list[str] = []
+        session = await mount_blob(
+            client, repository, str(descriptor.digest), sources, stale.append
+        )
+        for gone in stale:
+            await asyncio.to_thread(locations.forget, dest.host, gone, descriptor.digest)
+        if session == "":  # mounted: reported as a blob the registry had
             report(Event(label, str(descriptor.digest), descriptor.size, descriptor.size))
             continue
         done = 0
@@ -345,11 +417,13 @@ async def push(
             report(Event(label, str(descriptor.digest), descriptor.size, done))
 
         await upload_blob(
-            client, repository, models.blobs, descriptor, chunk_size, progress, mount_from
+            client, repository, models.blobs, descriptor, chunk_size, progress, session=session
         )
     report(Event(Phrase("pushing manifest")))
     await client.put_manifest(
         repository, dest.tag_or_default, manifest.to_bytes(), manifest.content_type
     )
+    digests = [d.digest for d in unique]
+    await asyncio.to_thread(locations.remember, dest.host, repository, digests)
     report(Event(Phrase("success")))
     return str(manifest.digest)

@@ -536,3 +536,22 @@ def test_push_killed_mid_blob_then_run_again(
     digest = hashlib.sha256(big.read_bytes()).hexdigest()
     assert (tmp_path / "other" / "blobs" / f"sha256-{digest}").stat().st_size == big.stat().st_size
     assert "all intact" in elsewhere("verify").stdout
+
+
+def test_blob_size_is_what_the_registry_says(cairn: Runner, tmp_path: Path, registry: str) -> None:
+    """HEAD's Content-Length, as sent (a response read whole once gave its body's length, 0)."""
+    import asyncio
+
+    from cairn.registry.client import RegistryClient
+
+    gguf = make_model(cairn, tmp_path)
+    cairn("push", "tiny:1", f"{registry}/sizes/tiny:1", "--insecure", "-q")
+    digest = "sha256:" + hashlib.sha256(gguf.read_bytes()).hexdigest()
+
+    async def sizes() -> tuple[int | None, int | None]:
+        async with RegistryClient(registry, insecure=True) as client:
+            there = await client.blob_size("sizes/tiny", digest)
+            missing = await client.blob_size("sizes/tiny", "sha256:" + "0" * 64)
+            return there, missing
+
+    assert asyncio.run(sizes()) == (gguf.stat().st_size, None)
