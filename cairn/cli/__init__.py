@@ -49,13 +49,14 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from cairn.cli import completion, mirror, models, registry, run, serve, server
+    from cairn.cli import completion, mirror, models, registry, run, serve, server, sync
 
     _localize_click()
     commands = (
         *models.COMMANDS,
         *registry.COMMANDS,
         *mirror.COMMANDS,
+        *sync.COMMANDS,
         *run.COMMANDS,
         *server.COMMANDS,
     )
@@ -64,7 +65,6 @@ def _register() -> None:
     cli.add_command(serve.registry)
     cli.add_command(serve.serve_api)
     cli.add_command(models.list_models, "ls")
-    cli.add_command(__import__("cairn.cli.sync", fromlist=["sync"]).sync)
     _translate(cli)
 
 

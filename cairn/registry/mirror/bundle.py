@@ -619,9 +619,8 @@ class _FromStream(_Import):
             raise storage_error(exc, "staging {path}", path=self.shown) from exc
         if written != size or hasher.hexdigest() != digest.hex:
             target.unlink()
-            self.bad[digest] = _said(
-                DigestMismatchError(str(digest), f"{digest.algorithm}:{hasher.hexdigest()}")
-            )
+            actual = Digest(hasher.hexdigest(), digest.algorithm)
+            self.bad[digest] = _said(DigestMismatchError(str(digest), str(actual)))
 
     def cleanup(self) -> None:
         if self.staging is not None:
