@@ -7,7 +7,6 @@ import click
 from cairn.cli.output import say
 from cairn.errors import BundleError
 from cairn.i18n import Phrase
-from cairn.manifests.models import Models
 from cairn.sanitize import untrusted
 
 
@@ -41,6 +40,7 @@ def export_models(
 ) -> None:
     """Write models NAMES to an OCI image layout or bundle, for cairn import elsewhere."""
     from cairn.cli.progress import Reporter
+    from cairn.manifests.models import Models
     from cairn.registry.mirror.bundle import export
 
     reporter = Reporter(as_json, quiet, to_stderr=output == "-")
@@ -76,6 +76,7 @@ def export_models(
 def import_models(path: str, name: str | None, quiet: bool, as_json: bool) -> None:
     """Import the models of an OCI layout or bundle at PATH (- for standard input)."""
     from cairn.cli.progress import Reporter
+    from cairn.manifests.models import Models
     from cairn.registry.mirror.bundle import import_layout
 
     reporter = Reporter(as_json, quiet)
