@@ -56,6 +56,7 @@ from cairn.i18n import Phrase
 from cairn.manifests.manifest import Descriptor
 from cairn.registry.client import (
     REDIRECTS,
+    USER_AGENT,
     Pace,
     RegistryClient,
     Stalled,
@@ -227,6 +228,17 @@ def connect(
     else:
         conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=timeout)
     return conn, parts.path + (f"?{parts.query}" if parts.query else "")
+
+
+def start_request(
+    conn: http.client.HTTPConnection, method: str, target: str, headers: dict[str, str]
+) -> None:
+    """Send a request's line and headers (cairn's User-Agent, no Accept-Encoding)."""
+    conn.putrequest(method, target, skip_accept_encoding=True)
+    conn.putheader("User-Agent", USER_AGENT)
+    for key, value in headers.items():
+        conn.putheader(key, value)
+    conn.endheaders()
 
 
 def _fast_span(ctx: _Context, span: Span, ssl_context: ssl.SSLContext | None) -> None:

@@ -32,12 +32,11 @@ from cairn.manifests.models import Models
 from cairn.manifests.reference import Reference, require_oci
 from cairn.registry.client import (
     SMALL_BODY,
-    USER_AGENT,
     RegistryClient,
     ascii_digits,
     undecoded_headers,
 )
-from cairn.registry.fetch import connect, use_fast_path
+from cairn.registry.fetch import connect, start_request, use_fast_path
 from cairn.registry.locations import BlobLocations
 from cairn.registry.pull import Event, Report, _quiet
 from cairn.registry.ratelimit import RateLimiter
@@ -325,11 +324,7 @@ def _sendfile_request(
 ) -> tuple[int, list[tuple[str, str]], bytes]:
     conn, target = connect(url, ssl_context)
     try:
-        conn.putrequest(method, target, skip_accept_encoding=True)
-        conn.putheader("User-Agent", USER_AGENT)
-        for key, value in headers.items():
-            conn.putheader(key, value)
-        conn.endheaders()
+        start_request(conn, method, target, headers)
         if count:
             assert conn.sock is not None
             with open(path, "rb") as f:

@@ -25,7 +25,7 @@ from cairn.registry.client import (
     ascii_digits,
     raw_chunks,
 )
-from cairn.registry.fetch import connect
+from cairn.registry.fetch import connect, start_request
 
 _BUFFER = 1 << 20
 _BUFFERS = 6
@@ -242,16 +242,6 @@ class SourceStream:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
-
-
-def start_request(
-    conn: http.client.HTTPConnection, method: str, target: str, headers: dict[str, str]
-) -> None:
-    conn.putrequest(method, target, skip_accept_encoding=True)
-    conn.putheader("User-Agent", USER_AGENT)
-    for key, value in headers.items():
-        conn.putheader(key, value)
-    conn.endheaders()
 
 
 class Pipe:
