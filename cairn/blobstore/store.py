@@ -290,10 +290,11 @@ class BlobStore:
 
     def put_file(
         self,
-        path: Path | str,
+        path: Path | str | BinaryIO,
         expected: Digest | None = None,
         accept: Callable[[Blob], None] | None = None,
         interrupt: Callable[[], None] = lambda: None,
+        expected_size: int | None = None,
     ) -> Blob:
         """Copy a local file into the store while hashing it (never a hard link).
 
@@ -302,26 +303,39 @@ class BlobStore:
         what has landed in the temp file, so the digest is always that of
         the stored bytes, even if the user's file changes meanwhile.
         ``interrupt`` is called between chunks; what it raises aborts.
+        ``path`` may be a file already open (read from where it stands, left open).
+        With ``expected_size``, at most one byte more is copied: a file that grows
+        meanwhile (or never ends) is refused, not copied whole.
         """
-        try:
-            source = open(path, "rb", buffering=0)  # noqa: SIM115 - closed below
-        except OSError as exc:
-            raise StoreError(
-                "cannot read {path}: {reason}", path=path, reason=exc.strerror or exc
-            ) from exc
-        with source:
+        source: BinaryIO
+        if isinstance(path, (str, Path)):
+            try:
+                source = open(path, "rb", buffering=0)  # noqa: SIM115 - closed below
+            except OSError as exc:
+                raise StoreError(
+                    "cannot read {path}: {reason}", path=path, reason=exc.strerror or exc
+                ) from exc
+            owned: contextlib.AbstractContextManager[Any] = source
+        else:
+            source, owned = path, contextlib.nullcontext()
+        start = source.tell()
+        limit = None if expected_size is None else expected_size + 1
+        algorithm = expected.algorithm if expected else "sha256"
+        with owned:
             try:
                 return self._write(
                     lambda fd: _kernel_copy_hashing(
-                        source.fileno(), fd, interrupt, expected.algorithm if expected else "sha256"
+                        source.fileno(), fd, interrupt, algorithm, start, limit
                     ),
                     expected,
-                    None,
+                    expected_size,
                     accept,
                 )
             except _NoKernelCopy:
-                source.seek(0)
-                return self.put(_Interrupted(source, interrupt), expected, accept=accept)
+                source.seek(start)
+                return self.put(
+                    _Interrupted(source, interrupt, limit), expected, expected_size, accept
+                )
 
     def put_bytes(self, data: bytes) -> Blob:
         """Store a small blob held in memory (a template, a config)."""
@@ -533,26 +547,62 @@ class BlobStore:
 
     # -- temp files and locks ----------------------------------------------
 
+    @contextlib.contextmanager
+    def staging(self) -> Iterator[Path]:
+        """A folder under ``.cairn/tmp`` for files on their way in (``cairn import``'s
+        small blobs), flock'ed while it is used; removed after, or by ``prune`` once
+        no live process holds it (a killed import's)."""
+        try:
+            self._ensure_dirs()
+        except OSError as exc:
+            raise storage_error(exc, "creating the store at {root}", root=self.root) from exc
+        for _ in range(5):
+            path = self.tmp_dir / f"import-{os.urandom(8).hex()}.staging"
+            try:
+                path.mkdir()
+                fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+            except OSError as exc:
+                raise storage_error(exc, "creating {tmp}", tmp=path) from exc
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                    break  # not taken by a prune between mkdir and flock
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+        else:
+            raise StoreError("temp files in {tmp_dir} keep disappearing", tmp_dir=self.tmp_dir)
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+            os.close(fd)
+
     def partials(self) -> Iterator[Partial]:
-        """The temp files under ``.cairn/tmp``, each marked in use or stale."""
+        """The temp files (and staging folders) under ``.cairn/tmp``, each marked in use
+        or stale."""
         for name in _names(self.tmp_dir):
-            if not name.endswith(".partial"):
+            if not name.endswith((".partial", ".staging")):
                 continue  # a download's record goes with its .partial
             path = self.tmp_dir / name
             try:
-                fd = os.open(path, os.O_RDONLY)
-            except FileNotFoundError:
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            except (FileNotFoundError, OSError):
                 continue
             try:
                 st = os.fstat(fd)
-                if not stat.S_ISREG(st.st_mode):
+                folder = name.endswith(".staging") and stat.S_ISDIR(st.st_mode)
+                if not (stat.S_ISREG(st.st_mode) or folder):
                     continue
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     in_use = False
                 except BlockingIOError:
                     in_use = True
-                yield Partial(path, st.st_size, in_use)
+                size = st.st_size
+                if folder:
+                    size = sum(e.stat().st_size for e in os.scandir(path) if e.is_file())
+                yield Partial(path, size, in_use)
             finally:
                 os.close(fd)
 
@@ -628,19 +678,35 @@ class _NoKernelCopy(Exception):
 class _Interrupted:
     """A stream that calls ``interrupt`` before each read."""
 
-    def __init__(self, raw: BinaryIO, interrupt: Callable[[], None]) -> None:
+    def __init__(
+        self, raw: BinaryIO, interrupt: Callable[[], None], limit: int | None = None
+    ) -> None:
         self._raw = raw
         self._interrupt = interrupt
+        self._left = limit
 
     def readinto(self, buffer: bytearray | memoryview) -> int | None:
         self._interrupt()
-        return self._raw.readinto(buffer)  # type: ignore[attr-defined, no-any-return]
+        if self._left is not None:
+            if self._left <= 0:
+                return 0
+            buffer = memoryview(buffer)[: self._left]
+        count = self._raw.readinto(buffer)  # type: ignore[attr-defined]
+        if self._left is not None and count:
+            self._left -= count
+        return count  # type: ignore[no-any-return]
 
 
 def _kernel_copy_hashing(
-    source: int, fd: int, interrupt: Callable[[], None], algorithm: str = "sha256"
+    source: int,
+    fd: int,
+    interrupt: Callable[[], None],
+    algorithm: str = "sha256",
+    start: int = 0,
+    limit: int | None = None,
 ) -> tuple[Digest, int]:
-    """Copy ``source`` into ``fd`` on a thread with ``copy_file_range``; hash ``fd`` meanwhile.
+    """Copy ``source`` (from ``start``, at most ``limit`` bytes) into ``fd`` on a thread with
+    ``copy_file_range``; hash ``fd`` meanwhile.
 
     The copier flushes every ``SYNC_EVERY`` bytes like the stream writer.
     The hash is taken from the temp file itself (an mmap of the landed
@@ -653,7 +719,10 @@ def _kernel_copy_hashing(
         offset = unsynced = 0
         try:
             while not state["stop"]:
-                count = os.copy_file_range(source, fd, CHUNK_SIZE * 2, offset, offset)
+                step = CHUNK_SIZE * 2 if limit is None else min(CHUNK_SIZE * 2, limit - offset)
+                if step <= 0:
+                    break
+                count = os.copy_file_range(source, fd, step, start + offset, offset)
                 if not count:
                     break
                 offset += count

@@ -323,7 +323,9 @@ class Models:
                     continue
                 report.partials.append(partial.path)
                 report.partial_bytes += partial.size
-                if not dry_run:
+                if not dry_run and partial.path.is_dir():  # a killed import's staging folder
+                    shutil.rmtree(partial.path, ignore_errors=True)
+                elif not dry_run:
                     for path in (partial.path, partial.path.with_name(partial.path.name + ".json")):
                         with contextlib.suppress(FileNotFoundError):
                             os.unlink(path)

@@ -463,15 +463,18 @@ def test_ctrl_c_during_export_leaves_nothing_that_looks_whole(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    partial = target.with_name("big.tar.zst.partial")
+
+    def partials() -> list[Path]:
+        return list(tmp_path.glob(".big.tar.zst.*.partial"))
+
     deadline = time.monotonic() + 120
-    while not (partial.exists() and partial.stat().st_size > 0) and proc.poll() is None:
+    while not (partials() and partials()[0].stat().st_size > 0) and proc.poll() is None:
         assert time.monotonic() < deadline
         time.sleep(0.01)
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=120) in (0, 130)
     if proc.returncode == 130:  # interrupted: nothing left at all
-        assert not target.exists() and not partial.exists()
+        assert not target.exists() and not partials()
     else:  # finished before the signal landed: whole
         assert tar_names(target)[-1] == "index.json"
 
@@ -532,3 +535,197 @@ def test_ctrl_c_during_import_tags_nothing_and_leaves_no_temp_file(
     assert json.loads(nothing)["models"] == []
     assert list((inside / ".cairn" / "tmp").iterdir()) == []
     assert not list((inside / ".cairn").glob("import-*"))  # the staging folder went too
+
+
+# -- found by the attack on import and export ------------------------------------------
+
+
+def _layout_tar(path: Path, entries: list[tuple[str, bytes]]) -> None:
+    """A tar of ``entries`` (name, bytes) after ``oci-layout``."""
+    with tarfile.open(path, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in [("oci-layout", b'{"imageLayoutVersion": "1.0.0"}'), *entries]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def _index(manifests: list[dict[str, object]]) -> bytes:
+    return json.dumps({"schemaVersion": 2, "manifests": manifests}).encode()
+
+
+def test_a_fifo_in_a_layout_directory_is_refused_not_waited_on(
+    cairn: Runner, tmp_path: Path
+) -> None:
+    make_model(cairn, tmp_path)
+    out = tmp_path / "layout"
+    cairn("export", "tiny:1", "-o", str(out), "-q")
+    (out / "index.json").unlink()
+    os.mkfifo(out / "index.json")
+    result = cairn("import", str(out), check=False)  # the runner's timeout is 120 s
+    assert result.returncode == 1 and "not a regular file" in result.stderr
+
+
+def test_a_manifest_listing_one_blob_with_two_sizes_is_refused(
+    cairn: Runner, tmp_path: Path
+) -> None:
+    layer, config = b"GGUF" + bytes(100), b"{}"
+    digest = "sha256:" + hashlib.sha256(layer).hexdigest()
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+            "config": {
+                "mediaType": "application/vnd.docker.container.image.v1+json",
+                "digest": "sha256:" + hashlib.sha256(config).hexdigest(),
+                "size": len(config),
+            },
+            "layers": [
+                {"mediaType": "application/vnd.ollama.image.model", "digest": d, "size": n}
+                for d, n in ((digest, 999999), (digest, len(layer)))
+            ],
+        }
+    ).encode()
+    entry = {
+        "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+        "digest": "sha256:" + hashlib.sha256(manifest).hexdigest(),
+        "size": len(manifest),
+        "annotations": {GGUF_DIGEST_FIELD: "example.com/evil/twosizes:1"},
+    }
+    bundle = tmp_path / "two-sizes.tar"
+    blobs = [
+        (f"blobs/sha256/{hashlib.sha256(b).hexdigest()}", b) for b in (layer, config, manifest)
+    ]
+    _layout_tar(bundle, [*blobs, ("index.json", _index([entry]))])
+    result = cairn("import", str(bundle), check=False)
+    assert result.returncode == 1 and "twice, with sizes 999999 and 104" in result.stderr
+    assert json.loads(cairn("list", "--json").stdout)["models"] == []
+
+
+def test_an_index_of_too_many_entries_is_refused(cairn: Runner, tmp_path: Path) -> None:
+    entry = {"mediaType": "application/vnd.oci.image.manifest.v1+json", "size": 2}
+    entries = [{**entry, "digest": "sha256:" + "0" * 64} for _ in range(1001)]
+    bundle = tmp_path / "many.tar"
+    _layout_tar(bundle, [("index.json", _index(entries))])
+    result = cairn("import", str(bundle), check=False)
+    assert result.returncode == 1 and "1001 entries" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "bundle_bytes",
+    [
+        b"pax-unicode-size",
+        b"negative-size",
+        b"deep-json",
+    ],
+)
+def test_hostile_headers_and_json_are_one_line_errors(
+    cairn: Runner, tmp_path: Path, bundle_bytes: bytes
+) -> None:
+    bundle = tmp_path / "hostile.tar"
+    if bundle_bytes == b"deep-json":
+        _layout_tar(bundle, [("index.json", b"[" * 100000)])
+    else:
+        info = tarfile.TarInfo("blobs/sha256/" + "a" * 64)
+        info.size = 4
+        header = bytearray(info.tobuf(format=tarfile.USTAR_FORMAT))
+        if bundle_bytes == b"negative-size":  # base-256: the top bit set, all ones
+            header[124:136] = b"\xff" * 12
+        else:
+            pax = "17 size=\u00b2\u00b2\u00b2\n".encode()
+            pax = f"{len(pax)} ".encode() + pax[3:]  # a record whose size is '²²²'
+            pax_info = tarfile.TarInfo("pax")
+            pax_info.type = tarfile.XHDTYPE
+            pax_info.size = len(pax)
+            header = bytearray(
+                pax_info.tobuf(format=tarfile.USTAR_FORMAT)
+                + pax
+                + bytes(-len(pax) % 512)
+                + bytes(header)
+            )
+        if bundle_bytes == b"negative-size":
+            header[148:156] = b" " * 8  # the checksum, again, over the changed header
+            checksum = sum(header[:512])
+            header[148:156] = f"{checksum:06o}\0 ".encode()
+        bundle.write_bytes(bytes(header) + b"data" + bytes(508) + bytes(1024))
+    result = cairn("import", str(bundle), check=False)
+    assert result.returncode == 1
+    assert result.stderr.startswith("Error: ") and "Traceback" not in result.stderr
+
+
+def test_a_killed_imports_staging_folder_goes_with_prune(
+    cairn: Runner, store: Path, tmp_path: Path
+) -> None:
+    make_model(cairn, tmp_path)
+    bundle = tmp_path / "b.tar"
+    cairn("export", "tiny:1", "-o", str(bundle), "-q")
+    inside = tmp_path / "inside"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cairn", "import", "-"],
+        env=cairn_env(inside),
+        stdin=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    assert proc.stdin is not None
+    proc.stdin.write(bundle.read_bytes()[:2048])  # oci-layout and the config: staged
+    proc.stdin.flush()
+    tmp = inside / ".cairn" / "tmp"
+    deadline = time.monotonic() + 120
+    while not list(tmp.glob("import-*.staging/*")):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.01)
+    proc.kill()
+    proc.wait(timeout=60)
+    proc.stdin.close()
+    assert list(tmp.glob("import-*.staging"))  # what SIGKILL leaves
+    pruned = cairn("prune", env={"CAIRN_MODELS": str(inside)}).stdout
+    assert "removed partial file" in pruned and ".staging" in pruned
+    assert not list(tmp.glob("import-*.staging"))
+
+
+def test_blobs_no_imported_model_uses_are_not_kept(cairn: Runner, tmp_path: Path) -> None:
+    """A bundle's junk (a decompression bomb's huge blob) is removed once the import ends."""
+    junk = bytes(8 << 20)
+    digest = hashlib.sha256(junk).hexdigest()
+    bundle = tmp_path / "junk.tar"
+    _layout_tar(bundle, [(f"blobs/sha256/{digest}", junk), ("index.json", _index([]))])
+    result = cairn("import", str(bundle), check=False)
+    assert result.returncode == 1 and "no model to import" in result.stderr
+    assert blob_files(tmp_path / "models") == []
+
+
+def test_two_exports_to_one_bundle_never_mix(cairn: Runner, store: Path, tmp_path: Path) -> None:
+    make_model(cairn, tmp_path)
+    make_model(cairn, tmp_path, "other:2", size_mb=2)
+    target = tmp_path / "shared.tar"
+    planted = tmp_path / "precious.txt"
+    planted.write_text("precious")
+    (tmp_path / "shared.tar.partial").symlink_to(planted)  # the old, predictable name
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "cairn", "export", name, "-o", str(target), "-q"],
+            env=cairn_env(store),
+        )
+        for name in ("tiny:1", "other:2")
+    ]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    assert planted.read_text() == "precious"
+    elsewhere = other_store(tmp_path, cairn)
+    elsewhere("import", str(target), "-q")  # whole: one export's bundle or the other's
+    assert listed(elsewhere) in (["tiny:1"], ["other:2"])
+    assert not list(tmp_path.glob(".shared.tar.*.partial"))
+
+
+def test_export_into_a_layout_rewrites_a_wrong_blob_it_finds(cairn: Runner, tmp_path: Path) -> None:
+    gguf = make_model(cairn, tmp_path)
+    digest = hashlib.sha256(gguf.read_bytes()).hexdigest()
+    out = tmp_path / "layout"
+    cairn("export", "tiny:1", "-o", str(out), "-q")
+    blob = out / "blobs/sha256" / digest
+    data = bytearray(blob.read_bytes())
+    data[0] ^= 1
+    blob.write_bytes(bytes(data))  # the right size, the wrong bytes
+    cairn("export", "tiny:1", "-o", str(out), "-q")
+    assert hashlib.sha256(blob.read_bytes()).hexdigest() == digest
+    elsewhere = other_store(tmp_path, cairn)
+    elsewhere("import", str(out), "-q")
+    assert listed(elsewhere) == ["tiny:1"]

@@ -23,10 +23,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import stat
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +62,11 @@ from cairn.registry.push import as_oci_artifact
 from cairn.sanitize import untrusted
 
 MAX_INDEX_SIZE = 16 << 20
+MAX_ENTRIES = 1000
+"""Entries of one index.json taken (a bundle of more models is split in several)."""
+MAX_TAGGED_BYTES = 64 << 20
+"""Manifest bytes one import may tag in all: one big manifest named by every entry of an
+index would otherwise be written (and kept) that many times."""
 MAX_LAYOUT_FILE = 64 << 10
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _READ_BUFFER = 1 << 20
@@ -120,7 +123,7 @@ def export(
             wanted = [*manifest.blobs, *(d for _, p in extra for d in _blobs_of(p))]
             for descriptor in {d.digest: d for d in wanted}.values():
                 label = Phrase("exporting {digest}", digest=descriptor.digest.short)
-                if writer.has_blob(descriptor.digest):
+                if writer.has_blob(descriptor.digest, descriptor.size):
                     report(Event(label, str(descriptor.digest), descriptor.size, descriptor.size))
                     continue
                 sent = 0
@@ -194,8 +197,8 @@ class _Import:
         self.bad: dict[Digest, str] = {}
         self.layout: bytes | None = None
         self.index: bytes | None = None
-        self.manifests: set[Digest] = set()
-        """The manifests read (a stream's land in the store as blobs: removed after)."""
+        self.parsed: dict[Digest, Manifest | Index] = {}
+        self.tagged_bytes = 0
 
     # What the two kinds of layout provide.
     def read_small(self, descriptor: Descriptor) -> bytes:
@@ -214,7 +217,7 @@ class _Import:
             )
         try:
             version = json.loads(self.layout).get("imageLayoutVersion")
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             version = None
         if not isinstance(version, str) or version.split(".")[0] != LAYOUT_VERSION.split(".")[0]:
             raise BundleError(
@@ -228,16 +231,34 @@ class _Import:
             raise BundleError("{path} has no index.json", path=self.shown)
         try:
             found = json.loads(self.index).get("manifests")
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             found = None
         if not isinstance(found, list):
             raise BundleError("{path}: index.json has no manifests list", path=self.shown)
+        if len(found) > MAX_ENTRIES:
+            raise BundleError(
+                "{path}: index.json lists {count} entries; cairn imports at most {limit}"
+                " from one layout",
+                path=self.shown,
+                count=len(found),
+                limit=MAX_ENTRIES,
+            )
         return [e for e in found if isinstance(e, dict)]
 
     # -- settling: what the index names ------------------------------------------
 
     def manifest(self, descriptor: Descriptor) -> Manifest | Index:
-        self.manifests.add(descriptor.digest)
+        """The manifest ``descriptor`` names, checked; read and parsed once however many
+        entries name it."""
+        known = self.parsed.get(descriptor.digest)
+        if known is not None:
+            if len(known.raw) != descriptor.size:
+                raise BundleError(
+                    "{path}: manifest {digest} does not match its digest or size",
+                    path=self.shown,
+                    digest=descriptor.digest,
+                )
+            return known
         data = self.read_small(descriptor)
         if len(data) != descriptor.size or Digest.of(data, descriptor.digest.algorithm) != (
             descriptor.digest
@@ -247,7 +268,9 @@ class _Import:
                 path=self.shown,
                 digest=descriptor.digest,
             )
-        return parse_manifest(data, descriptor.media_type)
+        parsed = parse_manifest(data, descriptor.media_type)
+        self.parsed[descriptor.digest] = parsed
+        return parsed
 
     def settle(self) -> ImportReport:
         """Tag every model whose blobs are all in the store; store the referrers."""
@@ -287,6 +310,12 @@ class _Import:
         for entry in models:
             try:
                 ref = parse_reference(entry.name)
+                self.tagged_bytes += len(entry.manifest.raw)
+                if self.tagged_bytes > MAX_TAGGED_BYTES:
+                    raise BundleError(
+                        "the layout's manifests come to more than {limit} bytes: refused",
+                        limit=MAX_TAGGED_BYTES,
+                    )
                 with self.models.blobs.writing():
                     self._land_all(entry.manifest.blobs)
                     model = self.models.save(ref, entry.manifest)
@@ -336,6 +365,15 @@ class _Import:
         return name
 
     def _land_all(self, descriptors: tuple[Descriptor, ...]) -> None:
+        sizes: dict[Digest, int] = {}
+        for descriptor in descriptors:
+            if sizes.setdefault(descriptor.digest, descriptor.size) != descriptor.size:
+                raise ManifestError(
+                    "the manifest lists blob {digest} twice, with sizes {one} and {other}",
+                    digest=descriptor.digest,
+                    one=sizes[descriptor.digest],
+                    other=descriptor.size,
+                )
         for descriptor in {d.digest: d for d in descriptors}.values():
             why = self.bad.get(descriptor.digest)
             if why is not None:
@@ -378,7 +416,8 @@ class _FromDirectory(_Import):
     def _file(self, path: Path) -> tuple[int, os.stat_result]:
         """An open descriptor of a regular file in the layout (a link or a device is refused)."""
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            # Not blocking: a FIFO would wait for a writer before fstat could refuse it.
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except FileNotFoundError:
             raise
         except OSError as exc:
@@ -433,16 +472,18 @@ class _FromDirectory(_Import):
             raise BundleError(
                 "blob {digest} is not in {path}", digest=descriptor.digest, path=self.shown
             ) from None
-        os.close(fd)
-        if info.st_size != descriptor.size:
-            raise BundleError(
-                "blob {digest} has {size} bytes; the manifest says {declared}",
-                digest=descriptor.digest,
-                size=info.st_size,
-                declared=descriptor.size,
-            )
-        self.report(_landing(descriptor, 0))
-        blob = blobs.put_file(path, descriptor.digest)
+        # Copied from the file checked, through its descriptor: a name swapped for a link
+        # meanwhile changes nothing, and no more than the declared size is read.
+        with os.fdopen(fd, "rb", buffering=0) as source:
+            if info.st_size != descriptor.size:
+                raise BundleError(
+                    "blob {digest} has {size} bytes; the manifest says {declared}",
+                    digest=descriptor.digest,
+                    size=info.st_size,
+                    declared=descriptor.size,
+                )
+            self.report(_landing(descriptor, 0))
+            blob = blobs.put_file(source, descriptor.digest, expected_size=descriptor.size)
         self.done.blobs += 1
         self.done.bytes += blob.size
         self.report(_landed(descriptor))
@@ -473,6 +514,7 @@ class _FromStream(_Import):
     def __init__(self, models: Models, shown: str, name: str | None, report: Report) -> None:
         super().__init__(models, shown, name, report)
         self.staging: Path | None = None
+        self.landed: set[Digest] = set()
 
     def _staged(self, digest: Digest) -> Path | None:
         if self.staging is None:
@@ -585,27 +627,20 @@ class _FromStream(_Import):
         descriptor = Descriptor("application/octet-stream", digest, member.size)
         self.report(_landing(descriptor, 0))
         try:
-            with self.models.blobs.writing():
-                self.models.blobs.put(reader, digest, member.size)
+            self.models.blobs.put(reader, digest, member.size)  # under import_layout's lock
         except (StorageFullError, StoreBusyError):
             raise
         except StoreError as exc:
             self.bad[digest] = _said(exc)
             return
+        self.landed.add(digest)
         self.done.blobs += 1
         self.done.bytes += member.size
         self.report(_landed(descriptor))
 
     def _stage(self, source: EntryReader, digest: Digest, size: int) -> None:
         """Keep a small blob aside, checked, until the index says what it is."""
-        if self.staging is None:
-            try:
-                self.models.blobs.work_dir.mkdir(parents=True, exist_ok=True)
-                self.staging = Path(
-                    tempfile.mkdtemp(prefix="import-", dir=self.models.blobs.work_dir)
-                )
-            except OSError as exc:
-                raise storage_error(exc, "staging {path}", path=self.shown) from exc
+        assert self.staging is not None
         hasher = digest.hasher()
         target = self.staging / digest.filename
         written = 0
@@ -622,9 +657,11 @@ class _FromStream(_Import):
             actual = Digest(hasher.hexdigest(), digest.algorithm)
             self.bad[digest] = _said(DigestMismatchError(str(digest), str(actual)))
 
-    def cleanup(self) -> None:
-        if self.staging is not None:
-            shutil.rmtree(self.staging, ignore_errors=True)
+    def unused(self) -> set[Digest]:
+        """Large blobs this import placed that no model or referrer it tagged uses (a
+        bundle's junk, a decompression bomb's): not kept for the grace period."""
+        used = {d.digest for m in self.parsed.values() if isinstance(m, Manifest) for d in m.blobs}
+        return self.landed - used
 
 
 def _sha512(algorithm: str, hex_: str) -> Digest | None:
@@ -709,13 +746,29 @@ def import_layout(
         job: _Import = _FromDirectory(models, Path(path), name, report)
         return job.settle()
     shown = "standard input" if path == "-" else path
-    stream_job = _FromStream(models, shown, name, report)
+    job = _FromStream(models, shown, name, report)
+    whole = False
+    # The writer's lock for the whole stream: blobs that landed early are not collected
+    # (a prune) before the index, at the end, says which model they belong to.
     try:
-        source, close = _open_stream(path)
-        try:
-            stream_job.read(source)
-        finally:
-            close()
-        return stream_job.settle()
+        with models.blobs.writing(), models.blobs.staging() as job.staging:
+            source, close = _open_stream(path)
+            try:
+                job.read(source)
+            finally:
+                close()
+            whole = True  # a stream cut short keeps its blobs for the next try
+            return job.settle()
     finally:
-        stream_job.cleanup()
+        if whole:
+            _collect(models, job.unused())
+
+
+def _collect(models: Models, digests: set[Digest]) -> None:
+    """Remove these blobs unless a manifest in the store mentions them (best effort)."""
+    if not digests:
+        return
+    with contextlib.suppress(CairnError), models.blobs.collecting(timeout=5.0):
+        referenced = models.referenced(grace=0.0)
+        for digest in digests - referenced:
+            models.blobs.delete(digest)

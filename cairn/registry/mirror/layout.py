@@ -12,9 +12,11 @@ registry, and write ``index.json`` last:
   cut short by an error or Ctrl-C never has an index naming what is not there;
 - a tar stream is written entry by entry (``oci-layout`` first, blobs,
   ``index.json`` last), through zstd when the name ends ``.zst``; a file is
-  written under ``NAME.partial`` and renamed at the end, so nothing that looks
-  whole is left by a failure. A stream to standard output cannot be taken
-  back: cut short, it lacks its index, and ``cairn import`` refuses it.
+  written under a temporary name of its own (``.NAME.<random>.partial``, created
+  exclusively, no link followed) and renamed at the end, so nothing that looks
+  whole is left by a failure, and two writers to one name never mix. A stream
+  to standard output cannot be taken back: cut short, it lacks its index, and
+  ``cairn import`` refuses it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 import sys
 import tarfile
 from collections.abc import Callable
@@ -104,7 +107,7 @@ class LayoutWriter:
 
     # -- what subclasses provide ---------------------------------------------
 
-    def has_blob(self, digest: Digest) -> bool:
+    def has_blob(self, digest: Digest, size: int | None = None) -> bool:
         return digest in self._written
 
     def blob(self, descriptor: Descriptor) -> BlobSink:
@@ -171,10 +174,14 @@ class LayoutWriter:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if exc is None:
-            self.close()
-        else:
+        if exc is not None:
             self.abort()
+            return
+        try:
+            self.close()  # the last writes (zstd's end, index.json) can fail too: a full disk
+        except BaseException:
+            self.abort()
+            raise
 
 
 def _ref_name(entry: dict[str, Any]) -> str | None:
@@ -227,15 +234,38 @@ class DirectoryWriter(LayoutWriter):
                 self._atomic(root / "oci-layout", _layout_file())
         except OSError as exc:
             raise storage_error(exc, "writing {path}", path=root) from exc
+        for inside in (root / "blobs", root / "blobs" / "sha256", root / "blobs" / "sha512"):
+            if inside.is_symlink() or (inside.exists() and not inside.is_dir()):
+                raise StoreError(
+                    "{path} is a link or not a folder: a layout's blobs stay inside it",
+                    path=inside,
+                )
         self.entries = _existing_entries(root)
 
     def blob_path(self, digest: Digest) -> Path:
         return self.root / "blobs" / digest.algorithm / digest.hex
 
-    def has_blob(self, digest: Digest) -> bool:
+    def has_blob(self, digest: Digest, size: int | None = None) -> bool:
+        """Written by this export, or there already, a regular file of ``size`` bytes
+        whose bytes hash to ``digest`` (an earlier export's: a layout is added to)."""
         if digest in self._written:
             return True
-        return self.blob_path(digest).is_file()
+        path = self.blob_path(digest)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
+            return False
+        with os.fdopen(fd, "rb", buffering=0) as f:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode) or (size is not None and info.st_size != size):
+                return False
+            hasher = digest.hasher()
+            while piece := f.read(CHUNK):
+                hasher.update(piece)
+        if hasher.hexdigest() != digest.hex:
+            return False
+        self._written.add(digest)
+        return True
 
     def blob(self, descriptor: Descriptor) -> BlobSink:
         return _FileSink(self, descriptor)
@@ -302,7 +332,7 @@ def _existing_entries(root: Path) -> list[dict[str, Any]]:
         data = json.loads((root / "index.json").read_bytes())
     except FileNotFoundError:
         return []
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         raise StoreError(
             "{path} is there but is not a readable index ({exc}); export elsewhere or remove it",
             path=root / "index.json",
@@ -329,9 +359,12 @@ def _kernel_copy(
     except OSError as exc:
         if done or exc.errno not in (18, 38, 22, 95):  # EXDEV, ENOSYS, EINVAL, EOPNOTSUPP
             raise storage_error(exc, "writing {path}", path=out.name) from exc
-        while piece := source.read(CHUNK):
-            out.write(piece)
-            progress(len(piece))
+        try:
+            while piece := source.read(CHUNK):
+                out.write(piece)
+                progress(len(piece))
+        except OSError as exc:
+            raise storage_error(exc, "writing {path}", path=out.name) from exc
 
 
 def _layout_file() -> bytes:
@@ -349,13 +382,21 @@ class _Output:
         self.partial: Path | None = None
         self.raw: BinaryIO
         if path == "-":
+            if sys.stdout is None:
+                raise StoreError("standard output is closed: name a file or a folder")
             self.raw = sys.stdout.buffer
         else:
             target = Path(path)
-            self.partial = target.with_name(f"{target.name}.partial")
+            # A name of its own, created here and nowhere else (O_EXCL, no link followed):
+            # two exports to one name never write one file, and a link planted at the
+            # name cannot send the bytes elsewhere. The rename at the end is atomic.
+            self.partial = target.with_name(f".{target.name}.{os.urandom(6).hex()}.partial")
             try:
                 target.parent.mkdir(parents=True, exist_ok=True)
-                self.raw = open(self.partial, "wb")  # noqa: SIM115 - closed in finish/abort
+                fd = os.open(
+                    self.partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644
+                )
+                self.raw = open(fd, "wb")  # noqa: SIM115 - closed in finish/abort
             except OSError as exc:
                 raise storage_error(exc, "writing {path}", path=self.partial) from exc
         self.out: Any = self.raw
@@ -477,5 +518,11 @@ def open_writer(path: str, level: int | None = None) -> LayoutWriter:
     """A writer for ``path``: a directory, a ``.tar``, a ``.tar.zst``, or ``-`` (stdout)."""
     kind = bundle_kind(path)
     if kind == "dir":
+        if os.path.lexists(path) and not Path(path).is_dir():
+            raise StoreError(
+                "{path} is there and is not a folder: name a folder, a .tar or .tar.zst file,"
+                " or - for standard output",
+                path=path,
+            )
         return DirectoryWriter(Path(path))
     return TarWriter(path, kind == "zst", level)

@@ -161,6 +161,8 @@ def entries(source: ReadAhead) -> Iterator[tuple[Entry, EntryReader]]:
             info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
         except tarfile.HeaderError as exc:
             raise TarDamaged(str(exc)) from None
+        if info.size < 0:  # base-256 sizes can be negative
+            raise TarDamaged("an entry of negative size")
         if info.type in _EXTENDED:
             if info.size > _MAX_EXTENDED:
                 raise TarDamaged("an extended header larger than 1 MiB")
@@ -212,6 +214,7 @@ def _pax_records(data: bytes) -> dict[str, str]:
         key, _, value = record.partition(b"=")
         records[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
         position += length
-    if "size" in records and not records["size"].isdigit():
-        raise TarDamaged("a pax size that is not a number")
+    size = records.get("size")
+    if size is not None and not (size.isascii() and size.isdigit() and len(size) <= 18):
+        raise TarDamaged("a pax size that is not a number")  # '²' is a digit to isdigit()
     return records
