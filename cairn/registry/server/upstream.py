@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -64,8 +65,16 @@ from cairn.registry.server.registry import (
 )
 from cairn.sanitize import untrusted
 
-CHECK_TIMEOUT = 30.0
-"""Seconds a check of a stored tag may take before the stored one is served."""
+UPSTREAM_DEADLINE = 30.0
+"""Seconds an upstream request a client waits on may take, retries included (a check of a
+stored tag, a manifest or a blob's size the store lacks, a blob's first bytes): then the
+stored tag is served, or the client gets a 502."""
+
+CHECK_BACKOFF = 30.0
+"""Seconds a stored tag is served without asking the upstream again after a check failed."""
+
+REMEMBERED = 10_000
+"""Tags whose last check (or failed check) is remembered before the old ones are forgotten."""
 
 _DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d)?")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -114,6 +123,11 @@ class _Unreachable(Exception):
     """No upstream answered (each failed); the problems, one line each."""
 
 
+_Found = tuple[bytes | None, "Upstream"] | None
+"""What the upstreams said of a manifest: its bytes (None: unchanged) and which one said it;
+None when none has it."""
+
+
 class Download:
     """One blob coming in from an upstream, shared by every request that wants it.
 
@@ -121,9 +135,12 @@ class Download:
     whole blob hashed right and is in the store, ``error`` when it failed.
     """
 
-    def __init__(self, digest: Digest, size: int, repositories: set[str]) -> None:
+    def __init__(
+        self, digest: Digest, size: int, repositories: set[str], upstream: Upstream
+    ) -> None:
         self.digest = digest
         self.size = size
+        self.upstream = upstream
         self.repositories = repositories
         """Store repositories (``host/ns/name``) the blob is linked into once stored."""
         self.partial: PartialBlob | None = None
@@ -134,6 +151,9 @@ class Download:
         self.blob: Blob | None = None
         self.error: BaseException | None = None
         self.task: asyncio.Task[None] | None = None
+        self.generation = 0
+        """How many times the partial file was started over (the upstream ignored a Range):
+        bytes read from it before a restart are not the blob's, whatever they hash to."""
         self._waiters: list[asyncio.Future[None]] = []
 
     @property
@@ -178,22 +198,45 @@ class Download:
         raise FileNotFoundError(str(candidates[-1]))
 
 
+class _WatchedPartial(PartialBlob):
+    """A partial file that tells its download when it is started over."""
+
+    def __init__(
+        self, store: BlobStore, digest: Digest, size: int, parts: int, rewound: Callable[[], None]
+    ) -> None:
+        super().__init__(store, digest, size, parts)
+        self._rewound = rewound
+
+    def restart(self) -> None:
+        self._rewound()  # first: a reader that finds the generation unchanged read old bytes
+        super().restart()
+
+
 class _Watched(BlobStore):
-    """The server's store, telling the download which partial file its bytes land in, and
-    when they hashed right (``seal`` is called only then, before the fsync)."""
+    """The server's store, telling the download which partial file its bytes land in, when
+    it is started over, and when they hashed right (``seal`` is called only then, before
+    the fsync). ``own_file``: the partial is named for the size too, for a second download
+    of the digest under another size (a manifest that lies about it) in this process."""
 
     def __init__(
         self,
         root: Path | str,
         seen: Callable[[PartialBlob], None],
+        rewound: Callable[[], None],
         verified: Callable[[], None],
+        own_file: bool,
     ) -> None:
         super().__init__(root)
         self._seen = seen
+        self._rewound = rewound
         self._verified = verified
+        self._own_file = own_file
 
     def partial(self, digest: Digest, size: int, parts: int = 1) -> PartialBlob:
-        made = super().partial(digest, size, parts)
+        made = _WatchedPartial(self, digest, size, parts, self._rewound)
+        if self._own_file:
+            made.path = self.tmp_dir / f"{digest.hex}-{size}.partial"
+            made.record = self.tmp_dir / f"{digest.hex}-{size}.partial.json"
         self._seen(made)
         return made
 
@@ -226,16 +269,27 @@ class Cache:
         self.registry = registry
         self.upstreams = upstreams
         self.ttl = ttl
-        self.downloads: dict[Digest, Download] = {}
+        self.downloads: dict[tuple[Digest, int], Download] = {}
+        """By digest and size: a manifest that gives a digest another size than the bytes
+        have gets a download of its own, which fails, and hurts no one else's."""
         self.pending: dict[tuple[str, str], Pending] = {}
-        """(repository, tag or digest), case-folded: manifests on their way into the store."""
+        """(repository, tag as spelled, or digest): manifests on their way into the store,
+        each with the task that writes it (and then forgets it)."""
         self.checked: dict[tuple[str, str], float] = {}
-        """(repository, tag), case-folded: when the upstream last confirmed the tag."""
+        """(repository, tag): when the upstream last confirmed the tag."""
+        self.failed: dict[tuple[str, str], float] = {}
+        """(repository, tag): when a check of the stored tag last failed."""
+        self.fetching: dict[tuple[str, str, Digest | None], asyncio.Task[_Found]] = {}
+        """Manifest requests to the upstreams in flight, each shared by every client asking
+        for the same (repository, reference) meanwhile."""
         self._clients: dict[Upstream, RegistryClient] = {}
 
     async def close(self) -> None:
-        tasks = [d.task for d in self.downloads.values() if d.task is not None]
+        tasks: list[asyncio.Task[Any]] = [
+            d.task for d in self.downloads.values() if d.task is not None
+        ]
         tasks += [p.task for p in self.pending.values() if p.task is not None]
+        tasks += list(self.fetching.values())
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -260,7 +314,8 @@ class Cache:
 
     async def manifest(self, name: str, reference: str, fetch_blobs: bool) -> bytes:
         """The manifest ``name:reference``: the store's, or the upstream's (newer, or one
-        the store lacks); ``fetch_blobs`` starts bringing its blobs in."""
+        the store lacks); ``fetch_blobs`` (a GET, not a HEAD) starts bringing its blobs in
+        and keeps the manifest until it is written."""
         registry = self.registry
         ref = registry.reference(name)
         if not self.cached(ref):
@@ -273,70 +328,136 @@ class Cache:
                 if exc.code != "MANIFEST_UNKNOWN":
                     raise
             digest = parse_digest(reference)
-            pending = self.pending.get((repository, str(digest)))
+            key = (repository, str(digest))
+            pending = self.pending.get(key)
             if pending is None:
                 try:
-                    found = await self._fetch(ref, reference, None)
+                    found = await self._shared_fetch(ref, reference, None)
                 except _Unreachable as exc:
                     raise _unavailable(f"manifest {name}@{digest}", exc) from None
                 if found is None:
                     raise OCIError("MANIFEST_UNKNOWN", f"manifest {reference} is not in {name}")
                 data, upstream = found
                 assert data is not None
-                by_digest = dataclasses.replace(ref, tag=None)
-                pending = self._keep(by_digest, (repository, str(digest)), digest, data, upstream)
+                pending = self.pending.get(key)  # kept by another request meanwhile?
+                if pending is None:
+                    if not fetch_blobs:
+                        return data
+                    by_digest = dataclasses.replace(ref, tag=None)
+                    pending = self._keep(by_digest, key, digest, data, upstream)
+                    if pending is None:
+                        return data
             if fetch_blobs:
                 self._complete(pending)
             return pending.data
-        stored = await asyncio.to_thread(_stored, registry, name, reference)
-        key = (repository, reference.casefold())
+        stored, twin = await asyncio.to_thread(_stored, registry, name, reference)
+        key = (repository, reference)  # tags are case-sensitive: "Latest" is not "latest"
         pending = self.pending.get(key)
-        if time.monotonic() - self.checked.get(key, -math.inf) < self.ttl:
+        now = time.monotonic()
+        if (
+            now - self.checked.get(key, -math.inf) < self.ttl
+            or now - self.failed.get(key, -math.inf) < CHECK_BACKOFF
+        ):
             if pending is not None:
-                if fetch_blobs:
-                    self._complete(pending)
-                return pending.data
+                return self._serve(pending, fetch_blobs)
             if stored is not None:
                 return stored
         known = Digest.of(stored) if stored is not None else None
         if pending is not None:
             known = pending.digest
         try:
-            found = await asyncio.wait_for(
-                self._fetch(ref, reference, known), CHECK_TIMEOUT if known else None
-            )
-        except (_Unreachable, TimeoutError) as exc:
+            found = await self._shared_fetch(ref, reference, known)
+            if found is not None and found[0] is None:  # unchanged: it is `known`
+                pending = self.pending.get(key)
+                if pending is not None and pending.digest == known:
+                    self._remember(self.checked, key)
+                    return self._serve(pending, fetch_blobs)
+                if stored is None:  # the pending one was written (or failed) meanwhile
+                    stored, twin = await asyncio.to_thread(_stored, registry, name, reference)
+                if stored is not None and Digest.of(stored) == known:
+                    self._remember(self.checked, key)
+                    return stored
+                found = await self._shared_fetch(ref, reference, None)
+        except _Unreachable as exc:
+            pending = self.pending.get(key)
             if pending is None and stored is None:
                 raise _unavailable(f"manifest {name}:{reference}", exc) from None
             said = f"upstream check of {name}:{reference} failed, serving the stored one: {exc}"
             warn.warning("%s", said)
-            return pending.data if pending is not None else stored  # type: ignore[return-value]
+            self._remember(self.failed, key)
+            if pending is not None:
+                return self._serve(pending, fetch_blobs)
+            assert stored is not None
+            return stored
+        self.failed.pop(key, None)
         if found is None:  # no upstream has it (any more): the store's own, if any
             if stored is None:
                 raise OCIError("MANIFEST_UNKNOWN", f"manifest {name}:{reference} is unknown")
-            self.checked[key] = time.monotonic()
+            self._remember(self.checked, key)
             return stored
         data, upstream = found
-        self.checked[key] = time.monotonic()
-        if data is None:  # unchanged
-            if pending is not None:
-                if fetch_blobs:
-                    self._complete(pending)
-                return pending.data
-            assert stored is not None
-            return stored
+        assert data is not None
         digest = Digest.of(data)
-        if stored is not None and digest == known and pending is None:
+        pending = self.pending.get(key)
+        if pending is not None and pending.digest == digest:
+            self._remember(self.checked, key)
+            return self._serve(pending, fetch_blobs)
+        if stored is not None and digest == Digest.of(stored):
+            self._remember(self.checked, key)
             return stored
-        tagged = ref.with_tag(_stored_tag(registry, name, reference))
-        pending = self._keep(tagged, key, digest, data, upstream)
+        if not fetch_blobs:  # a HEAD: answered, not kept (the GET that may follow asks again)
+            return data
+        # A tag whose case-folded twin is stored (the store's names ignore case, as
+        # Ollama's do) is served and its blobs cached, but the manifest is kept by digest
+        # only: writing the tag would replace the twin's.
+        target = dataclasses.replace(ref, tag=None) if twin else ref.with_tag(reference)
+        kept = self._keep(target, key, digest, data, upstream)
+        if kept is None:  # an index: served, not stored
+            return data
+        self._remember(self.checked, key)
+        self._complete(kept)
+        return kept.data
+
+    def _serve(self, pending: Pending, fetch_blobs: bool) -> bytes:
         if fetch_blobs:
             self._complete(pending)
         return pending.data
 
-    async def _fetch(
-        self, ref: Reference, reference: str, known: Digest | None
-    ) -> tuple[bytes | None, Upstream] | None:
+    def _remember(self, when: dict[tuple[str, str], float], key: tuple[str, str]) -> None:
+        """Note the time for the tag; the oldest are forgotten past ``REMEMBERED`` tags."""
+        when.pop(key, None)
+        when[key] = time.monotonic()
+        while len(when) > REMEMBERED:
+            del when[next(iter(when))]
+
+    async def _shared_fetch(self, ref: Reference, reference: str, known: Digest | None) -> _Found:
+        """``_fetch``, one in flight per (repository, reference) shared by every request,
+        within ``UPSTREAM_DEADLINE`` (then _Unreachable); a client that goes away leaves it
+        running for the others."""
+        key = (repository_of(ref).casefold(), reference, known)
+        task = self.fetching.get(key)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(
+                self._fetch_in_time(ref, reference, known)
+            )
+            self.fetching[key] = task
+
+            def done(finished: asyncio.Task[_Found]) -> None:
+                if self.fetching.get(key) is finished:
+                    del self.fetching[key]
+                if not finished.cancelled():
+                    finished.exception()  # retrieved: no "never retrieved" warning
+
+            task.add_done_callback(done)
+        return await asyncio.shield(task)
+
+    async def _fetch_in_time(self, ref: Reference, reference: str, known: Digest | None) -> _Found:
+        try:
+            return await asyncio.wait_for(self._fetch(ref, reference, known), UPSTREAM_DEADLINE)
+        except TimeoutError:
+            raise _Unreachable(f"no answer in {UPSTREAM_DEADLINE:.0f} s") from None
+
+    async def _fetch(self, ref: Reference, reference: str, known: Digest | None) -> _Found:
         """The manifest from the first upstream that has it (bytes None: it is ``known``);
         None when every upstream answered that it has none; _Unreachable when none had it
         and some failed."""
@@ -377,21 +498,24 @@ class Cache:
 
     def _keep(
         self, ref: Reference, key: tuple[str, str], digest: Digest, data: bytes, upstream: Upstream
-    ) -> Pending:
-        """Remember a manifest the upstream sent until it is written (replacing an older one)."""
+    ) -> Pending | None:
+        """Remember a manifest the upstream sent until it is written (replacing an older one),
+        and start writing it; None for an index (served, never kept)."""
         parsed = parse_manifest(data)
-        manifest = parsed if isinstance(parsed, Manifest) else None
-        pending = Pending(ref, key, digest, data, manifest, upstream)
-        if manifest is not None:
-            pending.sizes = {d.digest: d.size for d in manifest.blobs if not foreign(d, manifest)}
+        if not isinstance(parsed, Manifest):
+            return None
+        pending = Pending(ref, key, digest, data, parsed, upstream)
+        pending.sizes = {d.digest: d.size for d in parsed.blobs if not foreign(d, parsed)}
         old = self.pending.get(key)
         if old is not None and old.task is not None:
             old.task.cancel()
         self.pending[key] = pending
+        self._complete(pending)
         return pending
 
     def _complete(self, pending: Pending) -> None:
-        """Bring the pending manifest's blobs in and write it (once: a task)."""
+        """Bring the pending manifest's blobs in and write it (once: a task, which forgets
+        the pending manifest when it ends)."""
         if pending.task is None and pending.manifest is not None:
             pending.task = asyncio.get_running_loop().create_task(self._write_when_whole(pending))
 
@@ -421,12 +545,13 @@ class Cache:
                                 actual=blobs.size(digest),
                                 size=size,
                             )
-                    if pending.ref.tag is None:
-                        registry.models.tags.write_by_digest(
-                            pending.ref, pending.digest, pending.data
-                        )
+                    tags = registry.models.tags
+                    twin = tags.find(pending.ref) if pending.ref.tag is not None else None
+                    if pending.ref.tag is None or (twin and twin.name != pending.ref.tag):
+                        # (a tag whose twin in case was written meanwhile: by digest only)
+                        tags.write_by_digest(pending.ref, pending.digest, pending.data)
                     else:
-                        registry.models.tags.write(pending.ref, pending.data)
+                        tags.write(pending.ref, pending.data)
 
             await registry.write(save)
             registry.forget_usage()
@@ -442,19 +567,24 @@ class Cache:
     # -- blobs ---------------------------------------------------------------------
 
     def _download(self, digest: Digest, size: int, repository: str, upstream: Upstream) -> Download:
-        """The blob's download in flight, or a new one (``repository``: the store's)."""
-        download = self.downloads.get(digest)
+        """The blob's download of that size in flight, or a new one (``repository``: the
+        store's). Another size of the same digest (a manifest lying about it) gets its own
+        download, in a partial file of its own: it fails alone."""
+        download = self.downloads.get((digest, size))
         if download is not None:
             download.repositories.add(repository)
             return download
-        download = Download(digest, size, {repository})
-        self.downloads[digest] = download
+        own_file = any(key[0] == digest for key in self.downloads)
+        download = Download(digest, size, {repository}, upstream)
+        self.downloads[(digest, size)] = download
         download.task = asyncio.get_running_loop().create_task(
-            self._fetch_blob(download, upstream, repository.split("/", 1)[1])
+            self._fetch_blob(download, upstream, repository.split("/", 1)[1], own_file)
         )
         return download
 
-    async def _fetch_blob(self, download: Download, upstream: Upstream, remote: str) -> None:
+    async def _fetch_blob(
+        self, download: Download, upstream: Upstream, remote: str, own_file: bool
+    ) -> None:
         registry = self.registry
         loop = asyncio.get_running_loop()
 
@@ -475,7 +605,11 @@ class Cache:
 
             loop.call_soon_threadsafe(wake)
 
-        store = _Watched(registry.models.blobs.root, seen, verified)
+        def rewound() -> None:  # before the partial file is cut: readers see it after a read
+            download.generation += 1
+            loop.call_soon_threadsafe(download.wake)
+
+        store = _Watched(registry.models.blobs.root, seen, rewound, verified, own_file)
         store.blobs_dir.mkdir(parents=True, exist_ok=True)  # a fresh store has none yet
         descriptor = Descriptor("application/octet-stream", download.digest, download.size)
         try:
@@ -483,6 +617,14 @@ class Cache:
 
             def link() -> None:
                 with registry.models.blobs.writing():
+                    actual = registry.models.blobs.size(download.digest)
+                    if actual != download.size:  # stored by another download, at its size
+                        raise ManifestError(
+                            "blob {digest} is {actual} bytes, not {size}",
+                            digest=download.digest,
+                            actual=actual,
+                            size=download.size,
+                        )
                     for repository in download.repositories:
                         registry.models.blobs.link(download.digest, repository)
 
@@ -496,8 +638,8 @@ class Cache:
                     "fetching blob %s from %s failed: %s", download.digest, upstream.url, exc
                 )
         finally:
-            if self.downloads.get(download.digest) is download:
-                del self.downloads[download.digest]
+            if self.downloads.get((download.digest, download.size)) is download:
+                del self.downloads[(download.digest, download.size)]
             download.wake()
 
     def _known_size(self, ref: Reference, digest: Digest) -> tuple[int, Upstream] | None:
@@ -511,9 +653,16 @@ class Cache:
     async def _remote_size(self, ref: Reference, digest: Digest) -> tuple[int, Upstream] | None:
         repository = f"{ref.namespace}/{ref.name}"
         problems: list[str] = []
+        deadline = time.monotonic() + UPSTREAM_DEADLINE
         for upstream in self.upstreams:
             try:
-                size = await _blob_size(self.client(upstream), repository, digest)
+                size = await asyncio.wait_for(
+                    _blob_size(self.client(upstream), repository, digest),
+                    max(0.0, deadline - time.monotonic()),
+                )
+            except TimeoutError:
+                problems.append(f"{upstream.url}: no answer in {UPSTREAM_DEADLINE:.0f} s")
+                break
             except CairnError as exc:
                 problems.append(f"{upstream.url}: {exc}")
                 continue
@@ -532,11 +681,17 @@ class Cache:
         if not self.cached(ref):
             raise unknown
         repository = repository_of(ref)
-        download = self.downloads.get(digest)
-        if download is not None and repository in download.repositories:
-            found: tuple[int, Upstream] | None = (download.size, self.upstreams[0])
-        else:
-            found = self._known_size(ref, digest) or await self._remote_size(ref, digest)
+        found = self._known_size(ref, digest)
+        if found is None:
+            joined = [
+                d
+                for (d_digest, _), d in self.downloads.items()
+                if d_digest == digest and repository in d.repositories
+            ]
+            if joined:
+                found = (joined[0].size, joined[0].upstream)
+            else:
+                found = await self._remote_size(ref, digest)
         if found is None:
             raise unknown
         size, upstream = found
@@ -561,7 +716,12 @@ class Cache:
     async def _stream(
         self, request: web.Request, download: Download, headers: dict[str, str]
     ) -> web.StreamResponse:
-        """The blob (or the asked range) as it lands, the last byte once it is verified."""
+        """The blob (or the asked range) as it lands, the last byte once it is verified.
+
+        Only bytes of the partial file as it is in the end are sent: a client that got
+        bytes from before the file was started over (``generation``) is cut off. A 502
+        when, before its first byte, the download made no progress for
+        ``UPSTREAM_DEADLINE`` (the download goes on for others)."""
         size = download.size
         start, stop, ranged = _range(request, size)
         if ranged:
@@ -571,6 +731,9 @@ class Cache:
         response.content_length = stop - start
         blobs = self.registry.models.blobs
         position = start
+        sent: int | None = None
+        """The generation of the partial file the bytes sent so far came from."""
+        deadline, progress = time.monotonic() + UPSTREAM_DEADLINE, download.landed()
         fd = -1
         try:
             while position < stop or not (download.verified or download.blob):  # empty too
@@ -580,6 +743,10 @@ class Cache:
                         raise _failed(download)
                     _cut_off(request)
                     return response
+                generation = download.generation
+                if sent is not None and sent != generation:
+                    _cut_off(request)  # what it got is not (all) the blob's
+                    return response
                 whole = download.verified or download.blob is not None
                 limit = stop if whole else min(download.landed(), stop - 1)
                 if position < limit:
@@ -588,13 +755,27 @@ class Cache:
                     chunk = await asyncio.to_thread(
                         os.pread, fd, min(CHUNK, limit - position), position
                     )
+                    if download.generation != generation:
+                        continue  # started over while it was read: look again
                     if chunk:
                         if not response.prepared:
                             await response.prepare(request)
                         await response.write(chunk)
+                        sent = generation
                         position += len(chunk)
                         continue
-                await woken
+                if response.prepared:
+                    await woken
+                    continue
+                if download.landed() != progress:
+                    deadline, progress = time.monotonic() + UPSTREAM_DEADLINE, download.landed()
+                try:
+                    await asyncio.wait_for(woken, max(0.0, deadline - time.monotonic()))
+                except TimeoutError:
+                    raise _unavailable(
+                        f"blob {download.digest}",
+                        _Unreachable(f"no bytes in {UPSTREAM_DEADLINE:.0f} s"),
+                    ) from None
             if not response.prepared:
                 await response.prepare(request)
             await response.write_eof()
@@ -670,16 +851,16 @@ def _unavailable(what: str, exc: BaseException) -> OCIError:
     return OCIError("UNKNOWN", f"{what}: no upstream could be reached ({reason})", status=502)
 
 
-def _stored(registry: Registry, name: str, tag: str) -> bytes | None:
+def _stored(registry: Registry, name: str, tag: str) -> tuple[bytes | None, bool]:
+    """The stored manifest of the tag spelled exactly so; and whether a tag that differs
+    from it only in case (its twin: the store's names ignore case) is stored instead."""
     try:
-        return registry.find_manifest(name, tag)
+        data = registry.find_manifest(name, tag)
     except OCIError as exc:
         if exc.code == "MANIFEST_UNKNOWN":
-            return None
+            return None, False
         raise
-
-
-def _stored_tag(registry: Registry, name: str, tag: str) -> str:
-    """The tag as the store spells it (tags ignore case), or as asked."""
     path = registry.models.tags.find(registry.reference(name, tag))
-    return path.name if path is not None else tag
+    if path is not None and path.name != tag:
+        return None, True
+    return data, False
