@@ -11,8 +11,8 @@ with a busy timeout, so several cairn processes read and write it at once.
 It is only a hint: a location may have gone stale (the blob deleted there),
 and a mount that fails is :meth:`forget`-ten. Nothing here ever fails the
 caller: a file that is unreadable, unwritable or not a database degrades to
-"nothing known" (logged at debug level); a file that is not a database is
-replaced by an empty one.
+"nothing known" (logged at debug level); a file that is not a database, or
+one with a damaged page (``PRAGMA quick_check``), is replaced by an empty one.
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ TOTAL = 200_000
 """Locations kept in all; the least recently seen go first."""
 BUSY_TIMEOUT = 5.0
 """Seconds a write waits for another process's write before it gives up (and is dropped)."""
+TRIM_BATCH = 10_000
+"""The most rows one write deletes past ``TOTAL``, so that no write holds the lock long."""
 
 _NAME_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789._-")
 _SCHEMA = """
@@ -54,8 +56,28 @@ DELETE FROM locations WHERE host = ?1 AND digest = ?2 AND rowid NOT IN (
     SELECT rowid FROM locations WHERE host = ?1 AND digest = ?2 ORDER BY rowid DESC LIMIT ?3
 )
 """
-_TRIM_ALL = "DELETE FROM locations WHERE rowid <= (SELECT max(rowid) FROM locations) - ?"
-_CORRUPT = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB
+# The oldest rows past TOTAL, at most TRIM_BATCH of them a write: a planted file of
+# millions of rows shrinks over several writes, none holding the lock for long.
+_TRIM_ALL = """
+DELETE FROM locations WHERE rowid IN (
+    SELECT rowid FROM locations WHERE rowid <= (SELECT max(rowid) FROM locations) - ?1
+    ORDER BY rowid LIMIT ?2
+)
+"""
+# Errors of the moment or of the place, not of the file: it is never replaced for them.
+_NOT_THE_FILE = {
+    3,  # SQLITE_PERM
+    5,  # SQLITE_BUSY
+    6,  # SQLITE_LOCKED
+    7,  # SQLITE_NOMEM
+    8,  # SQLITE_READONLY
+    9,  # SQLITE_INTERRUPT
+    10,  # SQLITE_IOERR
+    13,  # SQLITE_FULL
+    14,  # SQLITE_CANTOPEN
+    15,  # SQLITE_PROTOCOL
+    23,  # SQLITE_AUTH
+}
 
 T = TypeVar("T")
 
@@ -88,7 +110,7 @@ class BlobLocations:
                         (host, digest, repository),
                     )
                     db.execute(_TRIM_BLOB, (host, digest, PER_BLOB))
-                db.execute(_TRIM_ALL, (TOTAL,))
+                db.execute(_TRIM_ALL, (TOTAL, TRIM_BATCH))
                 db.execute("COMMIT")
             except BaseException:
                 if db.in_transaction:
@@ -137,8 +159,11 @@ class BlobLocations:
                 finally:
                     db.close()
             except sqlite3.DatabaseError as exc:
+                # Not a database, or a damaged page (which a valid header hides until a
+                # query reads it): checked under the lock, replaced if broken indeed.
+                # Locked, read-only, full: the moment's or the place's, not the file's.
                 code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
-                if attempt == 0 and code in _CORRUPT and self._replace_broken():
+                if attempt == 0 and code not in _NOT_THE_FILE and self._replace_broken():
                     continue
                 log.debug("blob-location cache %s unusable: %s", self.path, exc)
             except (sqlite3.Error, OSError) as exc:
@@ -211,13 +236,16 @@ class BlobLocations:
                     try:
                         probe.execute("PRAGMA schema_version").fetchone()
                         probe.execute("SELECT count(*) FROM sqlite_master").fetchone()
-                        return True  # healthy again: someone replaced it
+                        # A valid header says little: a damaged page shows only here.
+                        found = probe.execute("PRAGMA quick_check(1)").fetchone()
+                        if found is not None and found[0] == "ok":
+                            return True  # healthy again: someone replaced it
                     finally:
                         probe.close()
                 except sqlite3.DatabaseError as exc:
-                    if getattr(exc, "sqlite_errorcode", 0) & 0xFF not in _CORRUPT:
+                    if getattr(exc, "sqlite_errorcode", 0) & 0xFF in _NOT_THE_FILE:
                         return False
-                log.debug("blob-location cache %s is not a database: starting afresh", self.path)
+                log.debug("blob-location cache %s is broken: starting afresh", self.path)
                 for suffix in ("-wal", "-shm", ""):
                     self.path.with_name(self.path.name + suffix).unlink(missing_ok=True)
                 return True

@@ -8,6 +8,7 @@ The evidence comes from the registry's side: docker-registry's access log
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import re
@@ -24,7 +25,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from cairn.blobstore import Digest
-from cairn.registry.locations import FILE_NAME, PER_BLOB, BlobLocations
+from cairn.registry.locations import FILE_NAME, PER_BLOB, TOTAL, TRIM_BATCH, BlobLocations
 from tests.conftest import Runner, free_port, stop, wait_until_serving
 from tests.registry.test_pull_push import login, make_model, other_store
 from tests.tokenserver import TokenServer
@@ -331,3 +332,50 @@ def test_a_mount_under_token_auth(
     theirs = other_store(tmp_path, cairn)
     theirs("pull", f"{host}/lab/b:1", "--insecure", "-q", env=env)
     assert "all intact" in theirs("verify").stdout
+
+
+def test_a_damaged_page_behind_a_valid_header_is_replaced(tmp_path: Path) -> None:
+    """The header still reads (the probe once passed it); a page inside does not: the
+    file is found broken (``quick_check``) and replaced, and the cache works again."""
+    path = tmp_path / "home" / FILE_NAME
+    cache = BlobLocations(path)
+    cache.remember("reg.example", "a/m", [digest(n) for n in range(5000)])
+    with open(path, "r+b") as f:
+        f.seek(4096 * 3)
+        f.write(b"\xa5" * 4096 * 6)
+    cache.remember("reg.example", "c/d", [digest(99_999)])
+    assert cache.where("reg.example", digest(99_999)) == ["c/d"]
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+def test_a_huge_planted_file_is_trimmed_a_batch_a_write(tmp_path: Path) -> None:
+    """No write deletes more than TRIM_BATCH rows (one that deleted 800,000 held the lock
+    past other writers' busy timeout); write after write, the file comes down to TOTAL."""
+    import sqlite3
+
+    path = tmp_path / "home" / FILE_NAME
+    cache = BlobLocations(path)
+    cache.remember("reg.example", "a/m", [digest(0)])
+    planted = TOTAL + 2 * TRIM_BATCH + 10
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.executemany(
+            "INSERT INTO locations VALUES (?, ?, ?)",
+            (("reg.example", f"sha256:{n:064x}", "p/m") for n in range(planted)),
+        )
+        db.commit()
+
+    def rows() -> int:
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            count: int = db.execute("SELECT count(*) FROM locations").fetchone()[0]
+            return count
+
+    before = rows()
+    cache.remember("reg.example", "b/m", [digest(1)])
+    assert rows() == before + 1 - TRIM_BATCH
+    cache.remember("reg.example", "b/m", [digest(2)])
+    cache.remember("reg.example", "b/m", [digest(3)])
+    assert rows() == TOTAL
+    assert cache.where("reg.example", digest(3)) == ["b/m"]  # the newest stay

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import shutil
@@ -10,16 +11,23 @@ import subprocess
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from aiohttp import web
 
+from cairn.blobstore import Digest
+from cairn.errors import RegistryError
 from cairn.registry.client import RegistryClient
-from cairn.registry.mirror.sync import list_tags
-from tests.conftest import Runner, free_port, serving, stop, wait_until_serving
+from cairn.registry.locations import FILE_NAME, BlobLocations
+from cairn.registry.mirror.sync import TAGS_LIMIT, TAGS_MAX, list_tags
+from cairn.registry.mirror.syncfile import backtracks_badly
+from tests.conftest import Runner, free_port, serving, start_registry, stop, wait_until_serving
 from tests.registry.hostile import HostileRegistry
 from tests.registry.hostile import digest as sha256
-from tests.registry.test_pull_push import make_model, other_store
+from tests.registry.test_pull_push import login, make_model, other_store
+from tests.tokenserver import TokenServer
 
 ACCEPT = ", ".join(
     [
@@ -454,3 +462,223 @@ def test_blobs_copied_once_per_run_and_mounted_into_the_next_repository(
         assert manifest_digest(dest.host, repository, tag) == manifest_digest(
             source, repository, tag
         )
+
+
+# -- attacked: mounts, stalls, endless lists, hostile patterns, duplicate keys -----------
+
+
+class DenyingTokenServer(TokenServer):
+    """Grants every scope asked for except those of ``secret/...`` repositories."""
+
+    asked: list[str]
+
+    def token(self, scopes: list[str]) -> str:
+        wanted = " ".join(scopes).split()
+        self.asked = [*getattr(self, "asked", []), *wanted]
+        return super().token([s for s in wanted if not s.startswith("repository:secret/")])
+
+
+def test_a_mount_from_a_repository_the_user_cannot_read_falls_back_to_an_upload(
+    cairn: Runner, tmp_path: Path, registry: str
+) -> None:
+    """The blob-location cache names secret/model, which this user may not read: the
+    mount is refused (401 on a real token-auth distribution), the blob is uploaded, and
+    the location is forgotten. Before: the image failed."""
+    make_model(cairn, tmp_path, "m:1", size_mb=1)
+    cairn("push", "m:1", f"{registry}/lab/m:1", "--insecure", "-q")
+    root = tmp_path / "token-dest"
+    root.mkdir()
+    server = DenyingTokenServer(root, "bob", "t0ken-pw")
+    host, proc = start_registry(root, auth=server.registry_auth())
+    try:
+        env = {
+            "CAIRN_HOME": str(tmp_path / "home"),
+            "DOCKER_CONFIG": str(tmp_path / "no-docker"),
+            "CAIRN_TOKEN_REALMS": f"http://{urlsplit(server.url).netloc}",
+        }
+        login(cairn, host, "bob", "t0ken-pw", env)
+        manifest = httpx.get(
+            f"http://{registry}/v2/lab/m/manifests/1", headers={"Accept": ACCEPT}
+        ).json()
+        digests = {d["digest"] for d in [manifest["config"], *manifest["layers"]]}
+        cache = BlobLocations(tmp_path / "home" / FILE_NAME)
+        cache.remember(host, "secret/model", [Digest.parse(d) for d in digests])
+        done = cairn(
+            "sync",
+            f"{registry}/lab/m:1",
+            host,
+            "--insecure",
+            "--dest-insecure",
+            "--json",
+            env=env,
+        )
+        summary = summary_of(done.stdout)
+        assert summary["copied"] == [f"{registry}/lab/m:1"] and summary["failed"] == []
+        assert summary["blobs"]["copied"] == len(digests)  # type: ignore[index]
+        # The mount was tried with the pull scope of the repository it names.
+        assert "repository:secret/model:pull" in server.asked
+        for each in digests:
+            assert cache.where(host, Digest.parse(each)) == ["lab/m"]
+        theirs = other_store(tmp_path, cairn)
+        theirs("pull", f"{host}/lab/m:1", "--insecure", "-q", env=env)
+        assert "all intact" in theirs("verify").stdout
+    finally:
+        stop(proc)
+        server.stop()
+
+
+def _dripping(fake: HostileRegistry, blob: str, where: str) -> None:
+    """Make ``fake`` send ``blob``'s answer a byte every 0.2 s: its headers or its body."""
+
+    async def hook(request: web.Request) -> web.StreamResponse | None:
+        if request.method != "GET" or not request.path.endswith(blob):
+            return None
+        data = fake.blobs[blob]
+        transport = request.transport
+        assert transport is not None
+        if where == "headers":
+            transport.write(b"HTTP/1.1 200 OK\r\n")
+            for _ in range(600):
+                await asyncio.sleep(0.2)
+                if transport.is_closing():
+                    break
+                transport.write(b"X: y\r\n")
+            transport.close()
+            return web.Response()
+        answer = web.StreamResponse(headers={"Content-Length": str(len(data))})
+        await answer.prepare(request)
+        with contextlib.suppress(Exception):
+            for i in range(min(600, len(data))):
+                await answer.write(data[i : i + 1])
+                await asyncio.sleep(0.2)
+        transport.close()
+        return answer
+
+    fake.hook(hook)
+
+
+@pytest.mark.parametrize("into", ["registry", "directory"])
+@pytest.mark.parametrize("where", ["body", "headers"])
+def test_a_dripping_source_fails_its_image_and_keep_going_goes_on(
+    cairn: Runner, tmp_path: Path, dest: LoggedRegistry, where: str, into: str
+) -> None:
+    """A byte every 0.2 s, each well inside any socket timeout, far under the floor:
+    the image fails as a stall (as a pull would), the next image is copied."""
+    fake = HostileRegistry()
+    try:
+        dripped = bytes(range(256)) * 1024
+        fine = bytes(reversed(range(256))) * 1024
+        fake.add_model("lab/drip", "1", [dripped])
+        fake.add_model("lab/fine", "1", [fine])
+        _dripping(fake, sha256(dripped), where)
+        config = sync_file(
+            tmp_path,
+            f"{fake.host}:\n  tls-verify: false\n  images:\n    lab/drip: ['1']\n"
+            "    lab/fine: ['1']\n",
+        )
+        target = dest.host if into == "registry" else str(tmp_path / "layout")
+        synced = cairn(
+            "sync",
+            str(config),
+            target,
+            "--dest-insecure",
+            "--keep-going",
+            "--json",
+            env={"CAIRN_STALL_SECONDS": "2", "CAIRN_HOME": str(tmp_path / "home")},
+            check=False,
+        )
+    finally:
+        fake.stop()
+    assert synced.returncode == 1
+    summary = summary_of(synced.stdout)
+    assert summary["copied"] == [f"{fake.host}/lab/fine:1"]
+    failed = summary["failed"]
+    assert isinstance(failed, list) and [f["image"] for f in failed] == [f"{fake.host}/lab/drip:1"]
+    assert "the source stalled" in failed[0]["error"] and sha256(dripped) in failed[0]["error"]
+    if into == "registry":
+        assert manifest_digest(dest.host, "lab/fine", "1") is not None
+        assert manifest_digest(dest.host, "lab/drip", "1") is None
+    else:
+        assert (tmp_path / "layout" / "blobs" / "sha256" / sha256(fine)[7:]).exists()
+        assert not (tmp_path / "layout" / "blobs" / "sha256" / sha256(dripped)[7:]).exists()
+
+
+def _endless_tags(fake: HostileRegistry, per_page: int, padding: int) -> None:
+    """Every ``/tags/list`` page leads to a next one, for ever."""
+
+    async def hook(request: web.Request) -> web.StreamResponse | None:
+        if not request.path.endswith("/tags/list"):
+            return None
+        page = int(request.query.get("page", "0"))
+        body = json.dumps({"tags": [f"t{page}-{i}" for i in range(per_page)]}) + " " * padding
+        link = f'</v2/lab/m/tags/list?n=1000&page={page + 1}>; rel="next"'
+        return web.Response(text=body, content_type="application/json", headers={"Link": link})
+
+    fake.hook(hook)
+
+
+@pytest.mark.parametrize("kind", ["tags", "bytes"])
+def test_a_tag_list_that_never_ends_fails_naming_the_repository(kind: str) -> None:
+    fake = HostileRegistry()
+    try:
+        if kind == "tags":
+            _endless_tags(fake, per_page=1000, padding=0)
+        else:
+            _endless_tags(fake, per_page=1, padding=1 << 20)
+
+        async def listed() -> list[str]:
+            async with RegistryClient(fake.host, insecure=True) as client:
+                return await list_tags(client, "lab/m")
+
+        with pytest.raises(RegistryError) as failed:
+            asyncio.run(listed())
+        pages = fake.main.count("GET", "/tags/list")
+    finally:
+        fake.stop()
+    assert "tags of lab/m" in str(failed.value)
+    if kind == "tags":
+        assert "more than 100000 tags" in str(failed.value)
+        assert pages == TAGS_MAX // 1000 + 1
+    else:
+        assert "larger than 16 MiB, all pages together" in str(failed.value)
+        assert pages <= TAGS_LIMIT >> 20
+
+
+def test_a_tag_regex_that_backtracks_badly_is_refused(
+    cairn: Runner, tmp_path: Path, dest: LoggedRegistry
+) -> None:
+    """Python's `re` backtracks: '^(\\d+\\.?)+$' took for ever on one 41-character tag."""
+    config = sync_file(
+        tmp_path,
+        "127.0.0.1:5000:\n  images-by-tag-regex:\n    lab/a: '^v[0-9]+(-rc[0-9]*)?$'\n"
+        "    lab/b: '^(\\d+\\.?)+$'\n",
+    )
+    failed = cairn("sync", str(config), dest.host, "--dry-run", check=False)
+    assert failed.returncode == 1
+    assert f"{config}:4: the tag regex '^(\\\\d+\\\\.?)+$' repeats a repeat" in failed.stderr
+    for fine in [r"^(\d+\.)+\d+$", r"^(?:[0-9]+[.-])+$", r"^v\d+$|^latest$", r"^rc"]:
+        assert not backtracks_badly(fine), fine
+    for bad in [r"(.+-)+", r"(a|a+)*", r"(\d+\d)+", r"(?i)(a+A)+x"]:
+        assert backtracks_badly(bad), bad
+
+
+def test_a_key_given_twice_is_refused_naming_both_lines(
+    cairn: Runner, tmp_path: Path, dest: LoggedRegistry
+) -> None:
+    """PyYAML keeps the last of two equal keys silently (YAML forbids them)."""
+    config = sync_file(
+        tmp_path,
+        "127.0.0.1:5000:\n  images:\n    lab/a: ['1']\n  images:\n    lab/b: ['2']\n",
+    )
+    failed = cairn("sync", str(config), dest.host, "--dry-run", check=False)
+    assert failed.returncode == 1
+    assert (
+        f"{config}:4: key 'images' of 127.0.0.1:5000 is given twice: on line 2 and here"
+        in failed.stderr
+    )
+    hosts = sync_file(
+        tmp_path,
+        "127.0.0.1:5000:\n  images: {lab/a: ['1']}\n127.0.0.1:5000:\n  tls-verify: false\n",
+    )
+    failed = cairn("sync", str(hosts), dest.host, "--dry-run", check=False)
+    assert f"{hosts}:3: key '127.0.0.1:5000' of the file is given twice" in failed.stderr

@@ -1,16 +1,27 @@
 """Blob bytes from one registry to another, streamed: read into a few recycled buffers on
-one thread, hashed and sent on another; never stored, never held whole."""
+one thread, hashed and sent on another; never stored, never held whole.
+
+A source slower than the policy's minimum rate for its stall window
+(``CAIRN_STALL_SECONDS``), headers or body, fails the copy, as it fails a pull:
+a watchdog thread shuts its socket (the reading thread, blocked in a read,
+never looks at the clock). Only time spent waiting on the source counts, not
+time the reader waits for the destination to take what it has.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import queue
+import socket
 import threading
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import httpx
 
+from cairn import threads
 from cairn.errors import (
     RegistryError,
     RemoteNotFoundError,
@@ -21,7 +32,9 @@ from cairn.manifests.manifest import Descriptor
 from cairn.registry.client import (
     REDIRECTS,
     USER_AGENT,
+    Pace,
     RegistryClient,
+    Stalled,
     ascii_digits,
     raw_chunks,
 )
@@ -29,6 +42,81 @@ from cairn.registry.fetch import connect, start_request
 
 _BUFFER = 1 << 20
 _BUFFERS = 6
+_READ = 64 << 10
+"""The most one read from the source asks for: the watchdog sees bytes as each returns."""
+
+
+# -- the source's pace ----------------------------------------------------------------
+
+
+class _Watchdog:
+    """Shuts the source's socket when waiting on it brings less than the floor.
+
+    The reading thread says when it waits on the source (:meth:`waiting`) and
+    what each read brought (:meth:`got`); every ``stall_seconds`` of such
+    waiting must bring ``min_rate`` bytes a second, or the socket is shut down
+    and ``stalled`` says why.
+    """
+
+    def __init__(self, client: RegistryClient) -> None:
+        self.window = client.retry.stall_seconds
+        self.floor = client.retry.min_rate
+        self.conn: http.client.HTTPConnection | None = None
+        self.stalled: str | None = None
+        self._lock = threading.Lock()
+        self._since: float | None = None
+        self._waited = 0.0
+        self._count = 0
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threads.start(threading.Thread(target=self._watch, daemon=True))
+
+    def stop(self) -> None:
+        self._done.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
+
+    @contextlib.contextmanager
+    def waiting(self) -> Iterator[None]:
+        with self._lock:
+            self._since = time.monotonic()
+        try:
+            yield
+        finally:
+            with self._lock:
+                if self._since is not None:
+                    self._waited += time.monotonic() - self._since
+                self._since = None
+
+    def got(self, count: int) -> None:
+        with self._lock:
+            self._count += count
+
+    def _watch(self) -> None:
+        while not self._done.wait(max(0.05, self.window / 4)):
+            with self._lock:
+                now = time.monotonic()
+                waited = self._waited + (now - self._since if self._since is not None else 0.0)
+                if waited < self.window:
+                    continue
+                if self._count >= self.floor * waited:  # a window at the floor: a fresh one
+                    self._waited, self._count = 0.0, 0
+                    self._since = now if self._since is not None else None
+                    continue
+                self.stalled = f"{self._count} bytes in {waited:.0f} s, under {self.floor} bytes/s"
+                sock = self.conn.sock if self.conn is not None else None
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+            return
+
+    def error(self, digest: object) -> TransferError:
+        return TransferError(
+            "blob {digest}: the source stalled: {problem}", digest=digest, problem=self.stalled
+        )
 
 
 # -- bytes from the source ------------------------------------------------------------
@@ -60,6 +148,7 @@ class SourceStream:
         self._conn: http.client.HTTPConnection | None = None
         self._fast_response: http.client.HTTPResponse | None = None
         self._response: httpx.Response | None = None
+        self._watchdog = _Watchdog(client)
 
     @property
     def scope(self) -> str:
@@ -74,6 +163,7 @@ class SourceStream:
         if self.fast and not self.client.known(self.scope):
             await self.client.blob_size(self.repository, str(self.descriptor.digest))
         if self.fast:
+            self._watchdog.start()
             self._conn, self._fast_response = await asyncio.to_thread(self._open_fast)
             return
         self._response = await self.client.request(
@@ -92,9 +182,16 @@ class SourceStream:
             conn, target = connect(
                 url, ssl_context, timeout=min(60.0, self.client.retry.stall_seconds)
             )
+            self._watchdog.conn = conn
             try:
-                conn.request("GET", target, headers=headers)
-                response = conn.getresponse()
+                try:
+                    with self._watchdog.waiting():  # a source may drip its headers too
+                        conn.request("GET", target, headers=headers)
+                        response = conn.getresponse()
+                except (OSError, http.client.HTTPException):
+                    if self._watchdog.stalled is not None:
+                        raise self._watchdog.error(self.descriptor.digest) from None
+                    raise
                 location = response.getheader("Location")
                 if response.status in REDIRECTS and location:
                     following = self.client.follow(url, location)
@@ -136,21 +233,41 @@ class SourceStream:
     def _read_into(self, pipe: Pipe) -> None:
         """The reading thread: fill buffers until the blob's size is in."""
         assert self._fast_response is not None
+        response = self._fast_response
+        watchdog = self._watchdog
         error: BaseException | None = None
         try:
             left = self.descriptor.size
             while left and not pipe.stop.is_set():
-                buffer = pipe.free.get()
-                count = self._fast_response.readinto(memoryview(buffer)[: min(_BUFFER, left)])
-                if not count:
+                buffer = pipe.free.get()  # waiting on the destination: no stall
+                view = memoryview(buffer)
+                filled = 0
+                want = min(_BUFFER, left)
+                try:
+                    while filled < want:
+                        with watchdog.waiting():
+                            count = response.readinto(view[filled : min(want, filled + _READ)])
+                        if not count:
+                            break
+                        watchdog.got(count)
+                        filled += count
+                except (OSError, http.client.HTTPException):
+                    if watchdog.stalled is None:
+                        raise
+                if watchdog.stalled is not None:
                     pipe.free.put(buffer)
+                    raise watchdog.error(self.descriptor.digest)
+                if filled:
+                    left -= filled
+                    pipe.full.put((buffer, filled))
+                if filled < want:
+                    if not filled:
+                        pipe.free.put(buffer)
                     raise TransferError(
                         "blob {digest}: the source's body ended {left} bytes early",
                         digest=self.descriptor.digest,
                         left=left,
                     )
-                left -= count
-                pipe.full.put((buffer, count))
         except BaseException as exc:
             error = exc
         finally:
@@ -179,12 +296,27 @@ class SourceStream:
     async def _chunks(self) -> AsyncIterator[bytes]:
         assert self._response is not None
         count = 0
+        pace = Pace(self.client.retry)
+        held = bytearray()
         try:
-            async for chunk in raw_chunks(self._response, _BUFFER):
+            async for chunk in raw_chunks(self._response):  # as received: paced
+                try:
+                    pace.add(len(chunk))
+                except Stalled as exc:
+                    raise TransferError(
+                        "blob {digest}: the source stalled: {problem}",
+                        digest=self.descriptor.digest,
+                        problem=str(exc),
+                    ) from None
                 count += len(chunk)
                 if count > self.descriptor.size:
                     break
-                yield chunk
+                held += chunk
+                if len(held) >= _BUFFER:
+                    yield bytes(held)
+                    held.clear()
+            if held and count <= self.descriptor.size:
+                yield bytes(held)
         finally:
             await self._response.aclose()
         if count != self.descriptor.size:
@@ -239,6 +371,7 @@ class SourceStream:
         return dest.follow(location, response.headers.get("Location", location))
 
     def close(self) -> None:
+        self._watchdog.stop()
         if self._conn is not None:
             self._conn.close()
             self._conn = None

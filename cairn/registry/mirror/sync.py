@@ -61,15 +61,18 @@ from cairn.registry.mirror.syncfile import (
     parse_target,
 )
 from cairn.registry.pull import Event, Report, _header_digest, _quiet
-from cairn.registry.push import _start, _with_digest
+from cairn.registry.push import MOUNT_TRIES, _start, _with_digest, mount_blob
 from cairn.sanitize import untrusted
 
 TAG_PAGE = 1000
 """Tags asked for per page of ``/tags/list``; the ``Link`` header leads to the next."""
 TAGS_LIMIT = 16 << 20
+"""The most bytes of tag lists read for one repository, all its pages together."""
+TAGS_MAX = 100_000
+"""The most tags one repository may list; past it, the listing fails (never cut short)."""
+TAG_PAGES_MAX = 10_000
 IMAGES_AT_ONCE = 4
 BLOBS_AT_ONCE = 3
-MOUNT_TRIES = 3
 _NEXT = re.compile(r'<([^>]*)>\s*;\s*rel="?next"?')
 
 
@@ -429,20 +432,22 @@ class Sync:
             return
         dest = self._dest
         assert dest is not None
-        scope = f"repository:{repository}:pull,push"
         if await dest.blob_size(repository, str(digest), push=True) is not None:
             self.summary.blobs_present += 1
             return done()
-        session: str | None = None
-        for origin in await self._mount_candidates(source, repository, digest, key):
-            if session:
-                await _cancel(dest, session, scope)
-            session = await _start(dest, repository, scope, str(digest), origin)
-            if session == "":
-                self.summary.blobs_mounted += 1
-                return done()
-            if self.locations is not None and origin != source.repository:
-                await asyncio.to_thread(self.locations.forget, dest.host, origin, digest)
+        # The one mount path push takes too: a refused or failed mount (a repository
+        # the user may not read, a blob gone there) is only a mount that did not
+        # happen; the blob is uploaded instead, and the location forgotten.
+        candidates = await self._mount_candidates(source, repository, digest, key)
+        stale: list[str] = []
+        session = await mount_blob(dest, repository, str(digest), candidates, stale.append)
+        if self.locations is not None:
+            for gone in stale:
+                if gone != source.repository:
+                    await asyncio.to_thread(self.locations.forget, dest.host, gone, digest)
+        if session == "":
+            self.summary.blobs_mounted += 1
+            return done()
         await self._copy(client, source, repository, descriptor, session, label)
 
     async def _mount_candidates(
@@ -466,7 +471,10 @@ class Sync:
                     if not job.exception():
                         found.append(other)
         if self.locations is not None:
-            found += await asyncio.to_thread(self.locations.where, self._dest.host, digest)
+            cached = await asyncio.to_thread(self.locations.where, self._dest.host, digest)
+            if repository in cached:  # the registry says it is not there (any more)
+                await asyncio.to_thread(self.locations.forget, self._dest.host, repository, digest)
+            found += cached
         unique = [r for r in dict.fromkeys(found) if r.lower() != repository.lower()]
         return unique[:MOUNT_TRIES]
 
@@ -631,35 +639,62 @@ async def _head_manifest(
 
 
 async def list_tags(client: RegistryClient, repository: str, page: int = TAG_PAGE) -> list[str]:
-    """Every tag of ``repository``, following ``Link: <...>; rel="next"`` page by page."""
+    """Every tag of ``repository``, following ``Link: <...>; rel="next"`` page by page.
+
+    Bounded whatever the registry sends: ``TAGS_MAX`` tags, ``TAGS_LIMIT`` bytes
+    and ``TAG_PAGES_MAX`` pages in all; past any of them the listing fails.
+    """
     url: str | None = f"/v2/{repository}/tags/list?n={page}"
     scope = f"repository:{repository}:pull"
-    tags: list[str] = []
+    tags: dict[str, None] = {}
     seen: set[str] = set()
+    listed_in_all = 0
+    read_in_all = 0
     what = Phrase("tags of {repository}", repository=repository)
-    while url is not None and url not in seen and len(seen) < 100_000:
+    while url is not None and url not in seen:
+        if len(seen) >= TAG_PAGES_MAX:
+            raise RegistryError(
+                "{what}: more than {pages} pages; cairn reads at most that many",
+                what=what,
+                pages=TAG_PAGES_MAX,
+            )
         seen.add(url)
+        read_in_all += len(url)
         response = await client.request("GET", url, scope=scope, stream=True)
         try:
             if response.status_code != 200:
                 await response.aread()
                 client.check(response, str(what))
             try:
-                body = await read_capped(response, TAGS_LIMIT, what, client.retry)
+                body = await read_capped(
+                    response, max(0, TAGS_LIMIT - read_in_all), what, client.retry
+                )
             except BodyTooLargeError:
-                raise RegistryError("{what}: the list is larger than 16 MiB", what=what) from None
+                raise RegistryError(
+                    "{what}: the list is larger than {size} MiB, all pages together",
+                    what=what,
+                    size=TAGS_LIMIT >> 20,
+                ) from None
         finally:
             await response.aclose()
+        read_in_all += len(body)
         try:
             listed = json.loads(body).get("tags") or []
         except (ValueError, AttributeError, RecursionError):
             listed = None
         if not isinstance(listed, list) or not all(isinstance(t, str) for t in listed):
             raise RegistryError("{what}: the answer is not a tag list", what=what)
-        tags += [t for t in listed if TAG.fullmatch(t)]
+        listed_in_all += len(listed)
+        if listed_in_all > TAGS_MAX:
+            raise RegistryError(
+                "{what}: more than {count} tags; cairn lists at most that many",
+                what=what,
+                count=TAGS_MAX,
+            )
+        tags.update((t, None) for t in listed if TAG.fullmatch(t))
         link = _NEXT.search(response.headers.get("Link", ""))
         url = client.follow(str(response.request.url), link.group(1)) if link else None
-    return list(dict.fromkeys(tags))
+    return list(tags)
 
 
 __all__ = [

@@ -112,10 +112,21 @@ def load_sync_file(path: Path, insecure: bool = False) -> list[Source]:
         if not isinstance(node, yaml.MappingNode):
             raise _fail(node, "{what} must be a mapping", what=what)
         pairs = []
+        lines: dict[str, int] = {}
         for key, value in node.value:
             if not isinstance(key, yaml.ScalarNode):
                 raise _fail(key, "a key of {what} must be a plain string", what=what)
-            pairs.append((str(key.value), key, value))
+            name = str(key.value)
+            if name in lines:  # YAML forbids it; PyYAML would keep the last silently
+                raise _fail(
+                    key,
+                    "key {key!r:.100} of {what} is given twice: on line {first} and here",
+                    key=name,
+                    what=what,
+                    first=lines[name],
+                )
+            lines[name] = key.start_mark.line + 1
+            pairs.append((name, key, value))
         return pairs
 
     if root is None:
@@ -187,10 +198,155 @@ def load_sync_file(path: Path, insecure: bool = False) -> list[Source]:
                         regex=spec.value,
                         exc=exc,
                     ) from None
+                if backtracks_badly(pattern.pattern):
+                    raise _fail(
+                        spec,
+                        "the tag regex {regex!r:.200} repeats a repeat (as (a+)+ does): with"
+                        " Python's backtracking regular expressions one hostile tag can take"
+                        " for ever; end each repetition at a fixed character, as"
+                        " ^(\\d+\\.)*\\d+$ does",
+                        regex=spec.value,
+                    )
                 sources.append(Source(host, repository, plain, None, pattern))
     if not sources:
         raise ConfigError("{path} names no repository", path=path)
     return sources
+
+
+def backtracks_badly(pattern: str) -> bool:
+    """Whether ``pattern`` repeats a part that holds a repeat of varying length, with no
+    fixed character in the part that the inner repeat cannot match: ``(\\d+\\.?)+``,
+    ``(a|a+)*``, ``(.+-)+``. Python's ``re`` backtracks: on such a pattern one tag of
+    forty characters can take hours, where Go's (skopeo's) is linear. ``(\\d+\\.)+``,
+    where each repetition must end at a dot no digit matches, passes."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import sre_parse
+
+    try:
+        parsed = sre_parse.parse(pattern)
+    except re.error:
+        return False  # compiled already: not reached
+    return _bad_loop(list(parsed.data))
+
+
+_Items = list[tuple[Any, Any]]
+
+
+def _repeats() -> tuple[Any, Any]:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import sre_constants
+
+    return sre_constants.MAX_REPEAT, sre_constants.MIN_REPEAT
+
+
+def _children(value: Any) -> list[_Items]:
+    """The sub-patterns inside one parsed item's argument, at any depth of tuples."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import sre_parse
+
+    if isinstance(value, sre_parse.SubPattern):
+        return [list(value.data)]
+    if isinstance(value, tuple | list):
+        return [child for each in value for child in _children(each)]
+    return []
+
+
+def _bad_loop(items: _Items) -> bool:
+    repeats = _repeats()
+    for op, value in items:
+        if op in repeats:
+            _low, high, body = value
+            if high > 1 and _ambiguous(list(body)):
+                return True
+        if any(_bad_loop(child) for child in _children(value)):
+            return True
+    return False
+
+
+def _ambiguous(body: _Items) -> bool:
+    """Whether a repeated ``body`` can split one string into repetitions in many ways."""
+    varying = _varying(body)
+    if not varying:
+        return False
+    for anchor in _anchors(body):
+        chars = {c for c in _TAG_CHARACTERS if _may_match(anchor, c)}
+        chars |= {c.swapcase() for c in chars}  # (?i) or not
+        if chars and not any(_may_match(inner, c) for inner in varying for c in chars):
+            return False  # each repetition holds a character no inner repeat takes
+    return True
+
+
+def _varying(items: _Items) -> list[_Items]:
+    """The bodies of the repeats of varying length (more than one) inside ``items``."""
+    found: list[_Items] = []
+    repeats = _repeats()
+    for op, value in items:
+        if op in repeats:
+            low, high, body = value
+            if high > low and high > 1:
+                found.append(list(body))
+        for child in _children(value):
+            found += _varying(child)
+    return found
+
+
+def _anchors(items: _Items) -> list[_Items]:
+    """The one-character parts every match of ``items`` holds, outside any repeat."""
+    found: list[_Items] = []
+    for op, value in items:
+        if str(op) in ("LITERAL", "NOT_LITERAL", "IN"):
+            found.append([(op, value)])
+        elif str(op) == "SUBPATTERN":
+            found += _anchors(list(value[-1]))
+    return found
+
+
+def _may_match(body: _Items, char: str) -> bool:
+    """Whether a one-character ``body`` may match ``char``; anything larger: yes."""
+    if len(body) != 1:
+        return True
+    op, value = body[0]
+    kind = str(op)
+    if kind == "LITERAL":
+        return chr(value) == char
+    if kind == "NOT_LITERAL":
+        return chr(value) != char
+    if kind != "IN":
+        return True
+    parts: list[str] = []
+    for item, argument in value:
+        what = str(item)
+        if what == "NEGATE":
+            parts.insert(0, "^")
+        elif what == "LITERAL":
+            parts.append(re.escape(chr(argument)))
+        elif what == "RANGE":
+            parts.append(f"{re.escape(chr(argument[0]))}-{re.escape(chr(argument[1]))}")
+        elif what == "CATEGORY" and str(argument) in _CATEGORIES:
+            parts.append(_CATEGORIES[str(argument)])
+        else:
+            return True
+    return re.fullmatch(f"[{''.join(parts)}]", char) is not None
+
+
+_TAG_CHARACTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-"
+_CATEGORIES = {
+    "CATEGORY_DIGIT": r"\d",
+    "CATEGORY_NOT_DIGIT": r"\D",
+    "CATEGORY_WORD": r"\w",
+    "CATEGORY_NOT_WORD": r"\W",
+    "CATEGORY_SPACE": r"\s",
+    "CATEGORY_NOT_SPACE": r"\S",
+}
 
 
 # -- where it goes ------------------------------------------------------------------
