@@ -275,6 +275,14 @@ class _Import:
     def settle(self) -> ImportReport:
         """Tag every model whose blobs are all in the store; store the referrers."""
         self.check_layout()
+        models, referrers = self._read_index()
+        saved = self._tag(models)
+        self._keep(referrers, saved)
+        return self.done
+
+    def _read_index(self) -> tuple[list[_Entry], list[tuple[Descriptor, Manifest | Index]]]:
+        """The index's models (named, resolved to a model manifest) and referrers; what is
+        neither is reported skipped or refused."""
         models: list[_Entry] = []
         referrers: list[tuple[Descriptor, Manifest | Index]] = []
         listed = self.entries()
@@ -306,6 +314,10 @@ class _Import:
                 models.append(_Entry(name, parsed))
             except (CairnError, OSError) as exc:
                 self.done.refused.append((untrusted(shown), _said(exc)))
+        return models, referrers
+
+    def _tag(self, models: list[_Entry]) -> dict[Digest, Reference]:
+        """Tag each model whose blobs are all in the store; the tags, by manifest digest."""
         saved: dict[Digest, Reference] = {}
         for entry in models:
             try:
@@ -326,6 +338,14 @@ class _Import:
                 raise
             except CairnError as exc:
                 self.done.refused.append((untrusted(entry.name), _said(exc)))
+        return saved
+
+    def _keep(
+        self,
+        referrers: list[tuple[Descriptor, Manifest | Index]],
+        saved: dict[Digest, Reference],
+    ) -> None:
+        """Keep each referrer of a model just tagged in that model's repository."""
         for descriptor, parsed in referrers:
             subject = parsed.subject
             assert subject is not None
@@ -342,7 +362,6 @@ class _Import:
                 raise
             except CairnError as exc:
                 self.done.refused.append((str(descriptor.digest), _said(exc)))
-        return self.done
 
     def _name_of(self, obj: dict[str, Any]) -> str:
         if self.name is not None:
