@@ -91,6 +91,13 @@ def registry() -> None:
     help="How long a tag checked against the upstream is served before it is checked again"
     " (30s, 5m, 1h; 0: every time).",
 )
+@click.option(
+    "--upstream-timeout",
+    default="30s",
+    show_default=True,
+    help="How long a client waits on an upstream that does not answer, before the stored"
+    " tag is served or the client gets a 502.",
+)
 def serve(
     addr: str,
     root: Path | None,
@@ -108,6 +115,7 @@ def serve(
     protect_upstream: bool,
     upstreams: tuple[str, ...],
     upstream_ttl: str,
+    upstream_timeout: str,
 ) -> None:
     """Serve the store over the OCI Distribution API (pull, push, tags, referrers)."""
     import logging
@@ -157,6 +165,7 @@ def serve(
         protect_upstream=protect_upstream,
         upstreams=upstreams,
         upstream_ttl=parse_duration(upstream_ttl),
+        upstream_timeout=_positive(parse_duration(upstream_timeout), "--upstream-timeout"),
     )
     context = None
     if tls_cert and tls_key:
@@ -221,3 +230,11 @@ def serve_api(insecure_no_auth: bool) -> None:
         handler_cancellation=True,  # a client gone stops its answer, streamed or not
         shutdown_timeout=5,
     )
+
+
+def _positive(seconds: float, option: str) -> float:
+    from cairn.errors import ConfigError
+
+    if seconds <= 0:
+        raise ConfigError("{option} must be more than 0 seconds", option=option)
+    return seconds

@@ -766,7 +766,9 @@ def test_a_hung_upstream_is_checked_once_for_everyone_then_left_alone_a_while(
     root = tmp_path / "cache"
     with ScriptedUpstream() as upstream:
         stored = upstream.add_model("lab/m", "1", [b"weights" * 1000])
-        with cache(root, "--upstream", upstream.url, "--upstream-ttl", "0") as host:
+        with cache(
+            root, "--upstream", upstream.url, "--upstream-ttl", "0", "--upstream-timeout", "5"
+        ) as host:
             assert get_manifest(host, "lab/m", "1").content == stored
             wait_for(served_tag(root, "lab/m", "1"))
             asked = upstream.count("manifests")
@@ -788,7 +790,7 @@ def test_a_black_holed_upstream_gets_the_client_a_502_within_the_deadline(
 ) -> None:
     """An upstream that never answers: a manifest and a blob the store lacks, and a blob
     whose size the upstream gave but whose bytes never come, each end in a 502 within the
-    deadline (30 s), long before the client's own timeout."""
+    deadline (``--upstream-timeout``, 5 s here), long before the client's own timeout."""
     quiet = b"never sent" * 1000
     with ScriptedUpstream() as upstream:
 
@@ -806,7 +808,8 @@ def test_a_black_holed_upstream_gets_the_client_a_502_within_the_deadline(
             f"{base}/blobs/{sha(b'unknown')}",
             f"{base}/blobs/{sha(quiet)}",
         ]
-        with cache(tmp_path / "cache", "--upstream", upstream.url) as host:
+        waiting = ("--upstream-timeout", "5")
+        with cache(tmp_path / "cache", "--upstream", upstream.url, *waiting) as host:
 
             def get(path: str) -> httpx.Response:
                 return httpx.get(f"http://{host}{path}", headers={"Accept": V2}, timeout=impatient)

@@ -173,7 +173,7 @@ def make_app(options: Options) -> web.Application:
         from cairn.registry.server.upstream import Cache, parse_upstream
 
         upstreams = tuple(parse_upstream(url) for url in options.upstreams)
-        registry.cache = Cache(registry, upstreams, options.upstream_ttl)
+        registry.cache = Cache(registry, upstreams, options.upstream_ttl, options.upstream_timeout)
     name = r"{name:[A-Za-z0-9._/-]+?}"
     routes = [
         web.get("/v2/", base),

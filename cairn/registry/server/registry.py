@@ -91,6 +91,8 @@ class Options:
     lacks is fetched from, the first that has it (``upstream.py``); writes are refused."""
     upstream_ttl: float = 300.0
     """Seconds a tag checked against the upstreams is served without asking again."""
+    upstream_timeout: float = 30.0
+    """Seconds an upstream request a client waits on may take (``--upstream-timeout``)."""
 
 
 _BCRYPT = re.compile(r"\$2[aby]\$(0[4-9]|1[0-6])\$[./A-Za-z0-9]{53}")

@@ -66,9 +66,9 @@ from cairn.registry.server.registry import (
 from cairn.sanitize import untrusted
 
 UPSTREAM_DEADLINE = 30.0
-"""Seconds an upstream request a client waits on may take, retries included (a check of a
-stored tag, a manifest or a blob's size the store lacks, a blob's first bytes): then the
-stored tag is served, or the client gets a 502."""
+"""Seconds an upstream request a client waits on may take by default (``--upstream-timeout``),
+retries included (a check of a stored tag, a manifest or a blob's size the store lacks, a
+blob's first bytes): then the stored tag is served, or the client gets a 502."""
 
 CHECK_BACKOFF = 30.0
 """Seconds a stored tag is served without asking the upstream again after a check failed."""
@@ -265,10 +265,18 @@ class Pending:
 class Cache:
     """What ``--upstream`` adds to a :class:`Registry`."""
 
-    def __init__(self, registry: Registry, upstreams: tuple[Upstream, ...], ttl: float) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        upstreams: tuple[Upstream, ...],
+        ttl: float,
+        timeout: float = UPSTREAM_DEADLINE,
+    ) -> None:
         self.registry = registry
         self.upstreams = upstreams
         self.ttl = ttl
+        self.timeout = timeout
+        """Seconds an upstream request a client waits on may take (``--upstream-timeout``)."""
         self.downloads: dict[tuple[Digest, int], Download] = {}
         """By digest and size: a manifest that gives a digest another size than the bytes
         have gets a download of its own, which fails, and hurts no one else's."""
@@ -432,7 +440,7 @@ class Cache:
 
     async def _shared_fetch(self, ref: Reference, reference: str, known: Digest | None) -> _Found:
         """``_fetch``, one in flight per (repository, reference) shared by every request,
-        within ``UPSTREAM_DEADLINE`` (then _Unreachable); a client that goes away leaves it
+        within the timeout (then _Unreachable); a client that goes away leaves it
         running for the others."""
         key = (repository_of(ref).casefold(), reference, known)
         task = self.fetching.get(key)
@@ -453,9 +461,9 @@ class Cache:
 
     async def _fetch_in_time(self, ref: Reference, reference: str, known: Digest | None) -> _Found:
         try:
-            return await asyncio.wait_for(self._fetch(ref, reference, known), UPSTREAM_DEADLINE)
+            return await asyncio.wait_for(self._fetch(ref, reference, known), self.timeout)
         except TimeoutError:
-            raise _Unreachable(f"no answer in {UPSTREAM_DEADLINE:.0f} s") from None
+            raise _Unreachable(f"no answer in {self.timeout:.0f} s") from None
 
     async def _fetch(self, ref: Reference, reference: str, known: Digest | None) -> _Found:
         """The manifest from the first upstream that has it (bytes None: it is ``known``);
@@ -653,7 +661,7 @@ class Cache:
     async def _remote_size(self, ref: Reference, digest: Digest) -> tuple[int, Upstream] | None:
         repository = f"{ref.namespace}/{ref.name}"
         problems: list[str] = []
-        deadline = time.monotonic() + UPSTREAM_DEADLINE
+        deadline = time.monotonic() + self.timeout
         for upstream in self.upstreams:
             try:
                 size = await asyncio.wait_for(
@@ -661,7 +669,7 @@ class Cache:
                     max(0.0, deadline - time.monotonic()),
                 )
             except TimeoutError:
-                problems.append(f"{upstream.url}: no answer in {UPSTREAM_DEADLINE:.0f} s")
+                problems.append(f"{upstream.url}: no answer in {self.timeout:.0f} s")
                 break
             except CairnError as exc:
                 problems.append(f"{upstream.url}: {exc}")
@@ -721,7 +729,7 @@ class Cache:
         Only bytes of the partial file as it is in the end are sent: a client that got
         bytes from before the file was started over (``generation``) is cut off. A 502
         when, before its first byte, the download made no progress for
-        ``UPSTREAM_DEADLINE`` (the download goes on for others)."""
+        the timeout (the download goes on for others)."""
         size = download.size
         start, stop, ranged = _range(request, size)
         if ranged:
@@ -733,7 +741,7 @@ class Cache:
         position = start
         sent: int | None = None
         """The generation of the partial file the bytes sent so far came from."""
-        deadline, progress = time.monotonic() + UPSTREAM_DEADLINE, download.landed()
+        deadline, progress = time.monotonic() + self.timeout, download.landed()
         fd = -1
         try:
             while position < stop or not (download.verified or download.blob):  # empty too
@@ -768,13 +776,13 @@ class Cache:
                     await woken
                     continue
                 if download.landed() != progress:
-                    deadline, progress = time.monotonic() + UPSTREAM_DEADLINE, download.landed()
+                    deadline, progress = time.monotonic() + self.timeout, download.landed()
                 try:
                     await asyncio.wait_for(woken, max(0.0, deadline - time.monotonic()))
                 except TimeoutError:
                     raise _unavailable(
                         f"blob {download.digest}",
-                        _Unreachable(f"no bytes in {UPSTREAM_DEADLINE:.0f} s"),
+                        _Unreachable(f"no bytes in {self.timeout:.0f} s"),
                     ) from None
             if not response.prepared:
                 await response.prepare(request)
