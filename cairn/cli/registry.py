@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import sys
 
 import click
 
 from cairn.cli.output import parse_size, say
 from cairn.cli.server import LOCAL_HELP, Use, connect
-from cairn.errors import AuthenticationError, ConfigError
+from cairn.errors import AuthenticationError, ConfigError, InvalidReferenceError
 from cairn.i18n import Phrase, _
 from cairn.manifests.models import Models
 from cairn.manifests.reference import parse_reference
@@ -17,6 +18,7 @@ from cairn.registry.clients import (  # httpx and the rest load when a command r
     make_client,
     pull_configured,
 )
+from cairn.sanitize import untrusted
 
 
 @click.command()
@@ -90,6 +92,15 @@ def push(
     from cairn.registry.push import push as do_push
 
     models = Models.from_environment()
+    if destination is not None and _bare_registry(destination):
+        # "127.0.0.1:5055" parses as the model 127.0.0.1, tag 5055, of registry.ollama.ai:
+        # a push there was never what the user meant.
+        raise InvalidReferenceError(
+            "{destination} is a registry, not a model name: push to a repository on it,"
+            " as in {destination}/library/{name}",
+            destination=untrusted(destination),
+            name=models.get(source).reference.display.rpartition("/")[2],
+        )
     dest = parse_reference(destination) if destination else models.get(source).reference
     reporter = Reporter(as_json, quiet)
 
@@ -157,3 +168,26 @@ def logout(host: str) -> None:
 
 
 COMMANDS = (pull, push, login, logout)
+
+
+_HOST_PORT = re.compile(r"(?P<host>[A-Za-z0-9.-]+|\[[0-9A-Fa-f:]+\])(?::(?P<port>[0-9]{1,5}))?")
+_IPV4 = re.compile(r"[0-9]{1,3}(\.[0-9]{1,3}){3}")
+
+
+def _bare_registry(text: str) -> bool:
+    """A destination that names only a registry (``127.0.0.1:5055``, ``localhost:5000``,
+    ``registry.example.com:443``), no model.
+
+    It reads as docker and skopeo read it: an IPv4 or IPv6 address, ``localhost``, or a
+    dotted name whose last label is a word (a domain), with a port unless it is
+    ``localhost``. ``qwen2.5:7`` or ``llama3.1:8`` stay model names.
+    """
+    text = text.removeprefix("http://").removeprefix("https://").rstrip("/")
+    found = _HOST_PORT.fullmatch(text)
+    if found is None:
+        return False
+    host, port = found.group("host"), found.group("port")
+    if host.casefold() == "localhost" or host.startswith("["):
+        return True
+    domain = "." in host and host.rpartition(".")[2].isalpha()
+    return port is not None and (_IPV4.fullmatch(host) is not None or domain)

@@ -555,3 +555,22 @@ def test_blob_size_is_what_the_registry_says(cairn: Runner, tmp_path: Path, regi
             return there, missing
 
     assert asyncio.run(sizes()) == (gguf.stat().st_size, None)
+
+
+def test_push_to_a_bare_registry_is_refused(cairn: Runner, tmp_path: Path, registry: str) -> None:
+    """``127.0.0.1:5055`` read as a model name was the model 127.0.0.1, tag 5055, of
+    registry.ollama.ai: the push went there, over plain HTTP with --insecure."""
+    make_model(cairn, tmp_path)
+    for destination in (registry, f"http://{registry}/", "localhost:5000"):
+        refused = cairn("push", "tiny:1", destination, "--insecure", check=False)
+        assert refused.returncode == 1
+        assert refused.stderr == (
+            f"Error: {destination} is a registry, not a model name: push to a repository"
+            f" on it, as in {destination}/library/tiny:1\n"
+        )
+    assert httpx.get(f"http://{registry}/v2/_catalog", timeout=30).json()["repositories"] == []
+    from cairn.cli.registry import _bare_registry
+
+    registries = ["127.0.0.1:5055", "[::1]:5000", "localhost", "registry.example.com:443"]
+    models = ["qwen2.5:7", "llama3.1:8", "my.model", "ghcr.io", "127.0.0.1:5055/lab/x:1"]
+    assert [_bare_registry(name) for name in registries + models] == [True] * 4 + [False] * 5
