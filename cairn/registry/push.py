@@ -82,7 +82,7 @@ def as_oci_artifact(manifest: Manifest) -> Manifest:
     return Manifest.build(config, layers, mt.OCI_MANIFEST, artifact_type=mt.CAIRN_ARTIFACT)
 
 
-def _with_digest(location: str, digest: str) -> str:
+def with_digest(location: str, digest: str) -> str:
     return location + ("&" if "?" in location else "?") + f"digest={digest}"
 
 
@@ -119,7 +119,6 @@ async def upload_blob(
     descriptor: Descriptor,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     progress: Callable[[int], None] = lambda n: None,
-    mount_from: str | None = None,
     session: str | None = None,
 ) -> None:
     """Upload one blob; after a failure, go on from where the registry says it got.
@@ -137,10 +136,7 @@ async def upload_blob(
     while True:
         try:
             if location is None:
-                location = await _start(client, repository, scope, digest, mount_from)
-                if location == "":
-                    progress(descriptor.size)
-                    return  # mounted
+                location = await start_upload(client, repository, scope, digest)
                 offset = 0
             await _send_from(
                 client, location, scope, store, descriptor, offset, chunk_size, progress
@@ -178,7 +174,7 @@ async def mount_blob(
     session: str | None = None
     for source in sources[:MOUNT_TRIES]:
         if session:
-            await _cancel(client, session, scope)
+            await cancel_upload(client, session, scope)
             session = None
         start = f"/v2/{repository}/blobs/uploads/?" + urlencode({"mount": digest, "from": source})
         try:
@@ -195,22 +191,16 @@ async def mount_blob(
     return session
 
 
-async def _cancel(client: RegistryClient, session: str, scope: str) -> None:
+async def cancel_upload(client: RegistryClient, session: str, scope: str) -> None:
     """End an upload session nobody will use (best effort: it expires anyway)."""
-    with contextlib.suppress(CairnError):
+    with contextlib.suppress(CairnError, httpx.HTTPError):
         await client.request("DELETE", session, scope=scope)
 
 
-async def _start(
-    client: RegistryClient, repository: str, scope: str, digest: str, mount_from: str | None
-) -> str:
-    """Open an upload session; its URL, or "" when the blob was mounted instead."""
+async def start_upload(client: RegistryClient, repository: str, scope: str, digest: str) -> str:
+    """Open an upload session for ``digest``; its URL (mounts are :func:`mount_blob`'s)."""
     start = f"/v2/{repository}/blobs/uploads/"
-    if mount_from:
-        start += "?" + urlencode({"mount": digest, "from": mount_from})
     response = await client.request("POST", start, scope=scope)
-    if response.status_code == 201:
-        return ""
     client.check(response, Phrase("starting the upload of {digest}", digest=digest), (202,))
     # The session may live on another origin (a storage front end): it is
     # followed, but the registry's credentials stay behind (client.request).
@@ -235,7 +225,7 @@ async def _send_from(
         response = await _send_body(
             client,
             "PUT",
-            _with_digest(location, digest),
+            with_digest(location, digest),
             scope,
             headers,
             store,
@@ -262,7 +252,7 @@ async def _send_from(
         offset = end
     response = await client.request(
         "PUT",
-        _with_digest(location, digest),
+        with_digest(location, digest),
         scope=scope,
         headers={"Content-Length": "0"},
         content=b"",

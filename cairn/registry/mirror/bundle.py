@@ -48,7 +48,7 @@ from cairn.manifests import mediatypes as mt
 from cairn.manifests.manifest import MAX_MANIFEST_SIZE, Descriptor, Index, Manifest, parse_manifest
 from cairn.manifests.models import LocalModel, Models
 from cairn.manifests.reference import Reference, parse_reference
-from cairn.registry.mirror.layout import LAYOUT_VERSION, REF_NAME, bundle_kind, open_writer
+from cairn.registry.mirror.layout import LAYOUT_VERSION, bundle_kind, open_writer, ref_name
 from cairn.registry.mirror.tarstream import (
     Entry,
     EntryReader,
@@ -286,7 +286,7 @@ class _Import:
         models: list[_Entry] = []
         referrers: list[tuple[Descriptor, Manifest | Index]] = []
         listed = self.entries()
-        if self.name is not None and len([e for e in listed if _entry_name(e)]) > 1:
+        if self.name is not None and len([e for e in listed if ref_name(e)]) > 1:
             raise BundleError(
                 "{path} holds several models: --name names one", path=untrusted(self.shown)
             )
@@ -296,13 +296,13 @@ class _Import:
             except ManifestError as exc:
                 self.done.refused.append((f"#{number}", str(exc)))
                 continue
-            shown = _entry_name(obj) or str(descriptor.digest)
+            shown = ref_name(obj) or str(descriptor.digest)
             if descriptor.media_type not in mt.MANIFEST_TYPES | mt.INDEX_TYPES:
                 self.done.skipped.append(untrusted(shown))
                 continue
             try:
                 parsed = self.manifest(descriptor)
-                if _entry_name(obj) is None and parsed.subject is not None:
+                if ref_name(obj) is None and parsed.subject is not None:
                     referrers.append((descriptor, parsed))
                     continue
                 name = self._name_of(obj)
@@ -366,7 +366,7 @@ class _Import:
     def _name_of(self, obj: dict[str, Any]) -> str:
         if self.name is not None:
             return self.name
-        name = _entry_name(obj)
+        name = ref_name(obj)
         if name is None:
             raise BundleError("the entry has no org.opencontainers.image.ref.name: give --name")
         if not any(mark in name for mark in "/:@"):
@@ -408,12 +408,6 @@ class _Import:
                     size=size,
                     declared=descriptor.size,
                 )
-
-
-def _entry_name(obj: dict[str, Any]) -> str | None:
-    annotations = obj.get("annotations")
-    name = annotations.get(REF_NAME) if isinstance(annotations, dict) else None
-    return name if isinstance(name, str) and name else None
 
 
 def _said(exc: BaseException) -> str:

@@ -155,8 +155,8 @@ class LayoutWriter:
             entry["artifactType"] = artifact_type
         if name is not None:
             entry["annotations"] = {REF_NAME: name}
-            self.entries = [e for e in self.entries if _ref_name(e) != name]
-        elif any(e.get("digest") == entry["digest"] and _ref_name(e) is None for e in self.entries):
+            self.entries = [e for e in self.entries if ref_name(e) != name]
+        elif any(e.get("digest") == entry["digest"] and ref_name(e) is None for e in self.entries):
             return descriptor
         self.entries.append(entry)
         return descriptor
@@ -184,10 +184,11 @@ class LayoutWriter:
             raise
 
 
-def _ref_name(entry: dict[str, Any]) -> str | None:
+def ref_name(entry: dict[str, Any]) -> str | None:
+    """The ``org.opencontainers.image.ref.name`` of an ``index.json`` entry, if it has one."""
     annotations = entry.get("annotations")
     name = annotations.get(REF_NAME) if isinstance(annotations, dict) else None
-    return name if isinstance(name, str) else None
+    return name if isinstance(name, str) and name else None
 
 
 # -- a directory ------------------------------------------------------------------

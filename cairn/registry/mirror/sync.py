@@ -50,7 +50,7 @@ from cairn.registry.client import (
 )
 from cairn.registry.fetch import use_fast_path
 from cairn.registry.locations import BlobLocations
-from cairn.registry.mirror.layout import LayoutWriter, open_writer
+from cairn.registry.mirror.layout import LayoutWriter, open_writer, ref_name
 from cairn.registry.mirror.streamcopy import SourceStream
 from cairn.registry.mirror.syncfile import (
     TAG,
@@ -61,7 +61,13 @@ from cairn.registry.mirror.syncfile import (
     parse_target,
 )
 from cairn.registry.pull import Event, Report, _header_digest, _quiet
-from cairn.registry.push import MOUNT_TRIES, _start, _with_digest, mount_blob
+from cairn.registry.push import (
+    MOUNT_TRIES,
+    cancel_upload,
+    mount_blob,
+    start_upload,
+    with_digest,
+)
 from cairn.sanitize import untrusted
 
 TAG_PAGE = 1000
@@ -240,8 +246,7 @@ class Sync:
             return await _head_manifest(self._dest, repository, reference, push=True)
         if self._writer is not None:
             for entry in self._writer.entries:
-                annotations = entry.get("annotations") or {}
-                if isinstance(annotations, dict) and annotations.get(_REF_NAME) == name:
+                if ref_name(entry) == name:
                     with contextlib.suppress(CairnError):
                         digest = Digest.parse(entry.get("digest"))  # type: ignore[arg-type]
                         if self._writer.has_blob(digest):
@@ -582,14 +587,14 @@ class Sync:
         try:
             await stream.open()
             if not session:
-                session = location = await _start(dest, repository, scope, digest, None)
+                session = location = await start_upload(dest, repository, scope, digest)
             location = await stream.upload(dest, session, scope, progress)
             actual = Digest(stream.hasher.hexdigest(), descriptor.digest.algorithm)
             if actual != descriptor.digest:
                 raise DigestMismatchError(digest, str(actual))
             response = await dest.request(
                 "PUT",
-                _with_digest(location, digest),
+                with_digest(location, digest),
                 scope=scope,
                 headers={"Content-Length": "0"},
                 content=b"",
@@ -601,16 +606,7 @@ class Sync:
         finally:
             stream.close()
             if location:
-                await _cancel(dest, location, scope)
-
-
-async def _cancel(client: RegistryClient, location: str, scope: str) -> None:
-    """Drop an upload session (best effort: the registry expires it anyway)."""
-    with contextlib.suppress(CairnError, httpx.HTTPError):
-        await client.request("DELETE", location, scope=scope)
-
-
-_REF_NAME = "org.opencontainers.image.ref.name"
+                await cancel_upload(dest, location, scope)
 
 
 async def _head_manifest(
