@@ -587,7 +587,7 @@ class BlobStore:
             path = self.tmp_dir / name
             try:
                 fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-            except (FileNotFoundError, OSError):
+            except OSError:  # gone, or a link (O_NOFOLLOW): not ours
                 continue
             try:
                 st = os.fstat(fd)
