@@ -784,4 +784,6 @@ def _collect(models: Models, digests: set[Digest]) -> None:
     with contextlib.suppress(CairnError), models.blobs.collecting(timeout=5.0):
         referenced = models.referenced(grace=0.0)
         for digest in digests - referenced:
+            if models.blobs.links(digest):
+                continue  # pushed into a repository of `cairn registry serve` meanwhile
             models.blobs.delete(digest)
