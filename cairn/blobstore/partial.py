@@ -220,6 +220,11 @@ class PartialBlob:
             tmp.write_text(json.dumps(record))
             os.replace(tmp, self.record)
 
+    def received(self) -> int:
+        """Bytes written so far, all ranges together."""
+        with self._lock:
+            return sum(span.done for span in self.spans)
+
     def landed(self) -> int:
         """Bytes from offset 0 that are all written."""
         with self._lock:

@@ -46,6 +46,19 @@ def cli() -> None:
     Models live in a content-addressed store in Ollama's layout at
     $CAIRN_MODELS (default ~/.cairn/models).
     """
+    if config.load().debug:
+        _log_to_stderr()
+
+
+def _log_to_stderr() -> None:
+    """``CAIRN_DEBUG=1``: cairn's own debug lines (why a download added streams) on stderr."""
+    import logging
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("cairn: %(relativeCreated)d ms: %(name)s: %(message)s"))
+    logger = logging.getLogger("cairn")
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
 
 
 def _register() -> None:

@@ -47,6 +47,7 @@ from cairn.registry.auth import Credentials, parse_challenges
 from cairn.registry.ollama_auth import OLLAMA_REALMS, OllamaKey, signed_token_request
 from cairn.registry.origins import Origin, origin_of, realm_allowed
 from cairn.registry.ratelimit import RateLimiter
+from cairn.registry.streams import ConnectionPool, StreamBudget, max_streams_from_environment
 from cairn.sanitize import untrusted
 
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
@@ -238,6 +239,7 @@ class RegistryClient:
         timeout: float = 30.0,
         limiter: RateLimiter | None = None,
         ollama_key: OllamaKey | None = None,
+        max_streams: int | None = None,
     ) -> None:
         self.host = host
         self.insecure = insecure
@@ -255,6 +257,11 @@ class RegistryClient:
         """Signs token requests to ollama.com, as Ollama does (registry.ollama.ai only)."""
         self.limiter = limiter
         """Shared by every byte stream of this client's transfers (``--limit-rate``)."""
+        cap = max_streams or max_streams_from_environment()
+        self.streams = StreamBudget(cap)
+        """The blob streams this client's downloads may have open, all blobs together."""
+        self.connections = ConnectionPool(cap)
+        """Idle HTTP/1.1 connections for blob ranges (the fast path)."""
         # --insecure is Ollama's: plain HTTP, and no TLS verification should a
         # redirect lead to https (it also spares loading the CA store, ~60 ms).
         verify: ssl.SSLContext | bool = not insecure
@@ -284,6 +291,8 @@ class RegistryClient:
 
     async def aclose(self) -> None:
         await self.http.aclose()
+        self.connections.close()
+        self.streams.close()
 
     def http1_ssl_context(self) -> ssl.SSLContext:
         """A TLS context for the ``http.client`` byte paths: same trust, HTTP/1.1 only.

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import http.client
+import logging
 import shutil
 import socket
 import ssl
@@ -63,18 +64,22 @@ from cairn.registry.client import (
     ascii_digits,
     raw_chunks,
 )
-from cairn.registry.origins import WEB_SCHEMES, origin_of
+from cairn.registry.origins import origin_of
+from cairn.registry.streams import Growth
 from cairn.sanitize import untrusted
 
 # A blob starts as one stream, which lets the hash follow the bytes as they
-# land. When that stream is slower than SPLIT_BELOW bytes/s after SPLIT_AFTER
-# seconds (a long, thin link, not loopback), what is left of a blob of at least
-# PARALLEL_THRESHOLD bytes is split into PARTS ranges on parallel connections.
+# land. After FIRST_LOOK seconds, then every TICK, the aggregate rate is looked at: a blob of at least
+# PARALLEL_THRESHOLD bytes whose streams are slow gets more (streams.Growth),
+# within the client's budget; a stream that finishes takes half of what is left
+# of the range with the most to go (work stealing), while that is at least
+# STEAL_AT_LEAST bytes, so that the last stream does not set the finish time.
 PARALLEL_THRESHOLD = 64 << 20
-PARTS = 4
 START_PARTS = 1
-SPLIT_AFTER = 0.5
-SPLIT_BELOW = 150 << 20
+FIRST_LOOK = 0.1
+TICK = 0.2
+STEAL_AT_LEAST = 8 << 20
+"""Half of this stays with the range stolen from: more than a read buffer (see write_at)."""
 _BUFFER = 1 << 20
 FREE_MARGIN = 64 << 20
 """Space a pull leaves free on the store's filesystem."""
@@ -82,6 +87,9 @@ KEEP_AT_LEAST = 1 << 20
 """A failed download keeps its partial for resuming only when this much had landed."""
 
 Progress = Callable[[int], None]
+Observe = Callable[[int, float], None]
+"""Told, every ``TICK`` seconds of a download, its streams and their rate in bytes/s."""
+log = logging.getLogger("cairn.fetch")
 
 
 class _RangeIgnored(Exception):
@@ -143,6 +151,7 @@ class _Context:
     partial: PartialBlob
     progress: Progress
     stop: threading.Event
+    observe: Observe | None = None
     may_split: bool = True
     failures: int = 0
     """Failures of this blob so far, all ranges together."""
@@ -213,23 +222,6 @@ def use_fast_path(client: RegistryClient) -> bool:
     return not (scheme in proxies and not urllib.request.proxy_bypass(host))
 
 
-def connect(
-    url: str, ssl_context: ssl.SSLContext | None, timeout: float = 60.0
-) -> tuple[http.client.HTTPConnection, str]:
-    """An ``http.client`` connection to ``url``'s host, and the request target on it."""
-    parts = urlsplit(url)
-    if parts.scheme not in WEB_SCHEMES:
-        origin_of(url)  # raises: no other scheme is ever spoken
-    conn: http.client.HTTPConnection
-    if parts.scheme == "https":
-        conn = http.client.HTTPSConnection(
-            parts.hostname or "", parts.port, timeout=timeout, context=ssl_context
-        )
-    else:
-        conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=timeout)
-    return conn, parts.path + (f"?{parts.query}" if parts.query else "")
-
-
 def start_request(
     conn: http.client.HTTPConnection, method: str, target: str, headers: dict[str, str]
 ) -> None:
@@ -241,18 +233,39 @@ def start_request(
     conn.endheaders()
 
 
+_STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
+"""What a reused connection the server closed while it was idle says on the next request."""
+
+
 def _fast_span(ctx: _Context, span: Span, ssl_context: ssl.SSLContext | None) -> None:
-    """Fetch the rest of ``span`` with http.client (runs in a thread)."""
+    """Fetch the rest of ``span`` with http.client (runs in a thread).
+
+    Connections come from the client's pool and go back to it when their
+    response was read to the end; one cut short (a span shortened by
+    stealing, an error) is closed.
+    """
     url = ctx.url
     headers = ctx.headers(span)
     policy = ctx.client.retry
+    pool = ctx.client.connections
+    timeout = min(60.0, policy.stall_seconds)
+    fresh = False
     for _ in range(10):
-        conn, target = connect(url, ssl_context, timeout=min(60.0, policy.stall_seconds))
+        conn, target, reused = pool.take(url, ssl_context, timeout, fresh)
+        conn_url = url
+        fresh = False
+        reusable = False
+        before = span.position
         try:
             # The watchdog covers the answer's headers too: a server may drip those.
             with _Watchdog(Pace(policy, ctx.client.limiter), span, conn) as watchdog:
                 try:
-                    following = _fast_read(ctx, span, conn, target, headers, url)
+                    following, reusable = _fast_read(ctx, span, conn, target, headers, url)
+                except _STALE:
+                    if not reused or span.position != before or watchdog.stalled is not None:
+                        raise
+                    fresh = True  # closed while idle: ask again on a new connection
+                    continue
                 except (OSError, http.client.HTTPException):
                     if watchdog.stalled is None:
                         raise
@@ -267,7 +280,10 @@ def _fast_span(ctx: _Context, span: Span, ssl_context: ssl.SSLContext | None) ->
                 headers.pop("Authorization", None)
             url = following
         finally:
-            conn.close()
+            if reusable:
+                pool.give(conn_url, conn)
+            else:
+                conn.close()
     raise RegistryError("too many redirects fetching blob {digest}", digest=ctx.partial.digest)
 
 
@@ -278,14 +294,15 @@ def _fast_read(
     target: str,
     headers: dict[str, str],
     url: str,
-) -> str | None:
-    """One request on ``conn``: the URL a redirect leads to, or None once the bytes are read."""
+) -> tuple[str | None, bool]:
+    """One request on ``conn``: the URL a redirect leads to (None once the bytes are read), and
+    whether the connection may serve another request (its answer was read to the end)."""
     conn.request("GET", target, headers=headers)
     response = conn.getresponse()
     location = response.getheader("Location")
     if response.status in REDIRECTS and location:
         response.read(64 << 10)
-        return ctx.client.follow(url, location)
+        return ctx.client.follow(url, location), _finished(response)
     ctx.accept_status(
         response.status,
         response.getheader("Content-Range"),
@@ -301,7 +318,12 @@ def _fast_read(
         ctx.progress(ctx.partial.write_at(span, view[:count]))
         if ctx.client.limiter is not None:
             ctx.client.limiter.consume(count)
-    return None
+    return None, _finished(response)
+
+
+def _finished(response: http.client.HTTPResponse) -> bool:
+    """Whether ``response`` was read to its end on a connection the server keeps open."""
+    return response.isclosed() and not response.will_close
 
 
 async def _httpx_span(ctx: _Context, span: Span) -> None:
@@ -346,7 +368,7 @@ async def _span_with_retries(ctx: _Context, span: Span, fast: bool) -> None:
         before = span.position
         try:
             if fast:
-                await asyncio.to_thread(_fast_span, ctx, span, ssl_context)
+                await client.streams.run(_fast_span, ctx, span, ssl_context)
             else:
                 await _httpx_span(ctx, span)
             continue
@@ -401,34 +423,19 @@ def _follow_and_hash(partial: PartialBlob, done: threading.Event) -> tuple[Any, 
         done.wait(0.01)
 
 
-async def _split_if_slow(
-    ctx: _Context, fast: bool, task: asyncio.Future[None]
-) -> list[asyncio.Future[None]]:
-    """Watch a lone stream; if it is slow, split what is left over parallel ranges."""
-    pending = [s for s in ctx.partial.spans if not s.complete]
-    if len(pending) != 1:
-        return []
-    span = pending[0]
-    loop = asyncio.get_running_loop()
-    started, before = loop.time(), span.position
-    done, _ = await asyncio.wait({task}, timeout=SPLIT_AFTER)
-    if done:
-        return []
-    rate = (span.position - before) / max(1e-6, loop.time() - started)
-    if rate >= SPLIT_BELOW or span.end - span.position < 2 * (8 << 20):
-        return []
-    added = ctx.partial.split(span, PARTS)
-    return [asyncio.ensure_future(_span_with_retries(ctx, new, fast)) for new in added]
-
-
 async def fetch_blob(
     client: RegistryClient,
     repository: str,
     descriptor: Descriptor,
     store: BlobStore,
     progress: Progress = lambda n: None,
+    observe: Observe | None = None,
 ) -> Blob:
-    """Download one blob into ``store`` (resuming what a previous run left)."""
+    """Download one blob into ``store`` (resuming what a previous run left).
+
+    ``progress`` is told each count of bytes that landed; ``observe``, every
+    ``TICK`` seconds, how many streams are open and their rate.
+    """
     parts = START_PARTS if descriptor.size >= PARALLEL_THRESHOLD else 1
     partial = store.partial(descriptor.digest, descriptor.size, parts)
     await asyncio.to_thread(partial.open)
@@ -438,7 +445,7 @@ async def fetch_blob(
             return Blob(descriptor.digest, descriptor.size)
         _check_space(store, partial)
         progress(partial.resumed)
-        return await _fetch_into(client, repository, descriptor, partial, progress)
+        return await _fetch_into(client, repository, descriptor, partial, progress, observe)
     except BaseException as exc:
         replacement = _kept_or_discarded(partial, exc)
         if replacement is exc:
@@ -454,12 +461,13 @@ async def _fetch_into(
     descriptor: Descriptor,
     partial: PartialBlob,
     progress: Progress,
+    observe: Observe | None,
 ) -> Blob:
     fast = use_fast_path(client)
     if fast and not client.known(f"repository:{repository}:pull"):
         # Let the async client meet any auth challenge before the threads start.
         await client.blob_size(repository, str(descriptor.digest))
-    ctx = _Context(client, repository, partial, progress, threading.Event())
+    ctx = _Context(client, repository, partial, progress, threading.Event(), observe)
     landed = threading.Event()
     hashing = asyncio.ensure_future(asyncio.to_thread(_follow_and_hash, partial, landed))
     try:
@@ -536,21 +544,103 @@ def _kept_or_discarded(partial: PartialBlob, exc: BaseException) -> BaseExceptio
     return exc
 
 
+class _Plan:
+    """Which range each stream of a blob fetches.
+
+    A stream claims a range nobody fetches (a resumed download has several),
+    else half of what is left of the busiest range: the one with the most
+    bytes to go, while that is at least ``STEAL_AT_LEAST``. The range stolen
+    from keeps the first half, so its stream goes on without a new request.
+    """
+
+    def __init__(self, partial: PartialBlob) -> None:
+        self.partial = partial
+        self.busy: list[Span] = []
+
+    def claim(self) -> Span | None:
+        for span in self.partial.spans:
+            if not span.complete and all(span is not b for b in self.busy):
+                self.busy.append(span)
+                return span
+        victim = max(self.busy, key=lambda s: s.end - s.position, default=None)
+        if victim is None or victim.end - victim.position < STEAL_AT_LEAST:
+            return None
+        added = self.partial.split(victim, 2)
+        if not added:
+            return None
+        self.busy.append(added[0])
+        return added[0]
+
+    def release(self, span: Span) -> None:
+        self.busy = [b for b in self.busy if b is not span]
+
+
 async def _run_spans(ctx: _Context, fast: bool) -> None:
-    tasks: list[asyncio.Future[None]] = [
-        asyncio.ensure_future(_span_with_retries(ctx, span, fast))
-        for span in ctx.partial.spans
-        if not span.complete
-    ]
+    """Fetch every range of the blob: one stream, then as many as the path rewards."""
+    plan = _Plan(ctx.partial)
+    budget = ctx.client.streams
+    loop = asyncio.get_running_loop()
+    streams: set[asyncio.Future[None]] = set()
+
+    async def stream(span: Span | None) -> None:
+        try:
+            while span is not None:
+                await _span_with_retries(ctx, span, fast)
+                plan.release(span)
+                span = None if ctx.stop.is_set() else plan.claim()
+        finally:
+            budget.give()
+
+    def add() -> bool:
+        if not budget.try_take():
+            return False
+        span = plan.claim()
+        if span is None:
+            budget.give()
+            return False
+        streams.add(asyncio.ensure_future(stream(span)))
+        return True
+
+    growth = (
+        Growth()
+        if ctx.may_split and ctx.partial.size >= PARALLEL_THRESHOLD and budget.cap > 1
+        else None
+    )
+    await budget.take()
+    first = plan.claim()
+    if first is None:
+        budget.give()
+        return
+    streams.add(asyncio.ensure_future(stream(first)))
+    received, since = ctx.partial.received(), loop.time()
     try:
-        if ctx.may_split and ctx.partial.size >= PARALLEL_THRESHOLD and len(tasks) == 1:
-            tasks += await _split_if_slow(ctx, fast, tasks[0])
-        await asyncio.gather(*tasks)
+        while streams:
+            done, _ = await asyncio.wait(streams, timeout=TICK, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                streams.discard(task)
+                task.result()  # a stream's failure ends the blob's download
+            now = loop.time()
+            if not streams or now - since < TICK:
+                continue
+            landed = ctx.partial.received()
+            rate = (landed - received) / (now - since)
+            received, since = landed, now
+            if ctx.observe is not None:
+                ctx.observe(len(streams), rate)
+            if growth is None or growth.done:
+                continue
+            want, why = growth.decide(rate, len(streams), budget.cap - budget.open)
+            added = 0
+            while added < want and add():
+                added += 1
+            if want:
+                why += f" ({added} added, {budget.open} of {budget.cap} streams in use)"
+            log.debug("blob %s: %s", ctx.partial.digest.short, why)
     except BaseException:
         ctx.stop.set()
-        for task in tasks:
+        for task in streams:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*streams, return_exceptions=True)
         raise
     finally:
         ctx.partial.save()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -44,6 +45,10 @@ class Event:
     digest: str | None = None
     total: int | None = None
     completed: int | None = None
+    streams: int | None = None
+    """Streams fetching the blob (cairn's own field; ``--json`` shows it)."""
+    rate: int | None = None
+    """Their rate in bytes/s over the last quarter second (cairn's own field)."""
 
     def to_json(self) -> dict[str, object]:
         return {k: v for k, v in vars(self).items() if v is not None}
@@ -164,20 +169,31 @@ async def pull(
         async def one(descriptor: Descriptor) -> None:
             async with limit:
                 done = 0
+                seen: tuple[int | None, int | None] = (None, None)
+                lock = threading.Lock()  # progress comes from the streams' threads
 
                 def progress(count: int) -> None:
                     nonlocal done
-                    done += count
+                    with lock:
+                        done += count
+                        completed = done
                     report(
                         Event(
                             Phrase("pulling {digest}", digest=descriptor.digest.short),
                             str(descriptor.digest),
                             descriptor.size,
-                            done,
+                            completed,
+                            *seen,
                         )
                     )
 
-                await fetch_blob(client, ref.repository, descriptor, models.blobs, progress)
+                def observe(streams: int, rate: float) -> None:
+                    nonlocal seen
+                    seen = (streams, int(rate))
+
+                await fetch_blob(
+                    client, ref.repository, descriptor, models.blobs, progress, observe
+                )
 
         await asyncio.gather(*(one(d) for d in missing))
         report(Event(Phrase("verifying sha256 digest")))

@@ -36,10 +36,11 @@ from cairn.registry.client import (
     ascii_digits,
     undecoded_headers,
 )
-from cairn.registry.fetch import connect, start_request, use_fast_path
+from cairn.registry.fetch import start_request, use_fast_path
 from cairn.registry.locations import BlobLocations
 from cairn.registry.pull import Event, Report, _quiet
 from cairn.registry.ratelimit import RateLimiter
+from cairn.registry.streams import connect
 
 DEFAULT_CHUNK_SIZE = 64 << 20
 # Up to this size a blob goes in one PUT. Larger ones go by PATCH: CNCF

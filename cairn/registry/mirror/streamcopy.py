@@ -38,7 +38,8 @@ from cairn.registry.client import (
     ascii_digits,
     raw_chunks,
 )
-from cairn.registry.fetch import connect, start_request
+from cairn.registry.fetch import start_request
+from cairn.registry.streams import connect
 
 _BUFFER = 1 << 20
 _BUFFERS = 6
