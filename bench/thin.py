@@ -41,6 +41,8 @@ from bench.registry import SKOPEO_HTTP, Registry, max_rss_kib
 from tests.conftest import free_port
 
 SHARED_PROXY = REPO.parent / "shared" / "tools" / "throttle_proxy.py"
+PUSH = ("--insecure", "--format", "oci", "-q")
+SKOPEO = ("skopeo", "copy", "-q", *SKOPEO_HTTP)
 OLLAMA_PARTS, OLLAMA_MIN_PART, OLLAMA_MAX_PART = 16, 100_000_000, 1_000_000_000
 
 
@@ -113,8 +115,7 @@ def main() -> None:
         try:
             port = int(origin.host.rpartition(":")[2])
             subprocess.run(
-                [*cairn, "push", "gemma3:270m", f"{origin.host}/library/gemma3:270m"]
-                + ["--insecure", "--format", "oci", "-q"],
+                [*cairn, "push", "gemma3:270m", f"{origin.host}/library/gemma3:270m", *PUSH],
                 env=env,
                 check=True,
             )
@@ -137,8 +138,7 @@ def main() -> None:
                         shutil.rmtree(skopeo_dir, ignore_errors=True)
                         skopeo_s.append(
                             timed(
-                                ["skopeo", "copy", "-q", *SKOPEO_HTTP]
-                                + [f"docker://{ref}", f"dir:{skopeo_dir}"],
+                                [*SKOPEO, f"docker://{ref}", f"dir:{skopeo_dir}"],
                                 env,
                             )
                         )

@@ -69,8 +69,9 @@ from cairn.registry.streams import Growth
 from cairn.sanitize import untrusted
 
 # A blob starts as one stream, which lets the hash follow the bytes as they
-# land. After FIRST_LOOK seconds, then every TICK, the aggregate rate is looked at: a blob of at least
-# PARALLEL_THRESHOLD bytes whose streams are slow gets more (streams.Growth),
+# land. After FIRST_LOOK seconds, then every TICK, the aggregate rate is looked
+# at: a blob of at least PARALLEL_THRESHOLD bytes whose streams are slow gets
+# more (streams.Growth),
 # within the client's budget; a stream that finishes takes half of what is left
 # of the range with the most to go (work stealing), while that is at least
 # STEAL_AT_LEAST bytes, so that the last stream does not set the finish time.
