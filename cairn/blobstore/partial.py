@@ -18,7 +18,7 @@ import json
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from cairn.blobstore.digest import Digest
@@ -43,6 +43,8 @@ class Span:
     start: int
     end: int
     done: int = 0
+    guard: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)
+    """Held while bytes of this span are written, and while it is split."""
 
     @property
     def position(self) -> int:
@@ -157,14 +159,19 @@ class PartialBlob:
         """Write the next bytes of ``span`` at ``span.position``; return how many.
 
         Bytes past the span's end are dropped: the span may have been split
-        while they were on their way (the rest now belongs to another span),
-        and at the blob's end the digest check judges what was kept.
+        while they were on their way (the rest now belongs to another span,
+        whose bytes no other stream may touch: the hasher may have read them).
         """
-        view = memoryview(data)[: max(0, span.end - span.position)]
-        count = len(view)
-        pwrite_all(
-            self._fd, view, span.position, Phrase("writing blob {digest}", digest=self.digest)
-        )
+        with span.guard:  # a split waits for this write, and this write sees the split
+            view = memoryview(data)[: max(0, span.end - span.position)]
+            count = len(view)
+            pwrite_all(
+                self._fd, view, span.position, Phrase("writing blob {digest}", digest=self.digest)
+            )
+            self._count(span, count)
+        return count
+
+    def _count(self, span: Span, count: int) -> None:
         with self._lock:
             span.done += count
             self._unsynced += count
@@ -174,7 +181,6 @@ class PartialBlob:
                 # written pages the final digest check fails and the partial goes.
                 self._unsaved = 0
                 self._save()
-        return count
 
     def flush_if_due(self) -> None:
         """``fdatasync`` once ``SYNC_EVERY`` bytes are unflushed.
@@ -192,20 +198,21 @@ class PartialBlob:
             except OSError as exc:
                 raise storage_error(exc, "writing blob {digest}", digest=self.digest) from exc
 
-    def split(self, span: Span, parts: int) -> list[Span]:
-        """Cut what is left of ``span`` into ``parts`` ranges; return the new ones.
+    def split_at(self, span: Span, at: int) -> Span | None:
+        """Give the bytes of ``span`` from ``at`` on to a new range, and return it.
 
-        ``span`` keeps the first piece (its download goes on and stops at
-        its new end); the others are added for new connections to fetch.
+        ``span`` keeps ``position:at`` (its download goes on and stops at its
+        new end). It waits for a write of ``span`` under way: after the
+        split, ``span``'s stream writes nothing past ``at``.
         """
-        with self._lock:
-            pieces = _cut(span.position, span.end, parts)
-            if not pieces:
-                return []
-            span.end = pieces[0].end
-            added = pieces[1:]
+        with span.guard, self._lock:
+            at = max(at, span.position)
+            if at >= span.end:
+                return None
+            added = Span(at, span.end)
+            span.end = at
             index = self.spans.index(span)
-            self.spans[index + 1 : index + 1] = added
+            self.spans.insert(index + 1, added)
             self._save()
             return added
 
@@ -214,7 +221,8 @@ class PartialBlob:
             self._save()
 
     def _save(self) -> None:
-        record = {"size": self.size, "spans": [vars(s) for s in self.spans]}
+        spans = [{"start": s.start, "end": s.end, "done": s.done} for s in self.spans]
+        record = {"size": self.size, "spans": spans}
         tmp = self.record.with_suffix(".tmp")
         with contextlib.suppress(OSError):
             tmp.write_text(json.dumps(record))

@@ -101,7 +101,11 @@ def _seconds(name: str, default: float) -> float:
 
 
 def retry_after(response: httpx.Response, cap: float = 30.0) -> float | None:
-    value = response.headers.get("Retry-After")
+    return retry_after_seconds(response.headers.get("Retry-After"), cap)
+
+
+def retry_after_seconds(value: str | None, cap: float = 30.0) -> float | None:
+    """A ``Retry-After`` header's wait in seconds (delta or HTTP date), at most ``cap``."""
     if not value:
         return None
     try:

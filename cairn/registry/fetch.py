@@ -31,13 +31,15 @@ import asyncio
 import contextlib
 import http.client
 import logging
+import math
 import shutil
 import socket
 import ssl
 import threading
+import time
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -63,6 +65,7 @@ from cairn.registry.client import (
     Stalled,
     ascii_digits,
     raw_chunks,
+    retry_after_seconds,
 )
 from cairn.registry.origins import origin_of
 from cairn.registry.streams import Growth
@@ -80,7 +83,9 @@ START_PARTS = 1
 FIRST_LOOK = 0.1
 TICK = 0.2
 STEAL_AT_LEAST = 8 << 20
-"""Half of this stays with the range stolen from: more than a read buffer (see write_at)."""
+STEAL_SLOWER_THAN = 1.0
+STEAL_MEASURE = 0.2
+"""A stream's rate is known (for stealing) once it has run this long."""
 _BUFFER = 1 << 20
 FREE_MARGIN = 64 << 20
 """Space a pull leaves free on the store's filesystem."""
@@ -99,6 +104,13 @@ class _RangeIgnored(Exception):
 
 class _Retryable(Exception):
     """A status worth asking again for (5xx and the like) in the middle of a blob."""
+
+    def __init__(self, message: str, wait: float | None = None, busy: bool = False) -> None:
+        super().__init__(message)
+        self.wait = wait
+        """What the server's ``Retry-After`` asked for, capped."""
+        self.busy = busy
+        """A 429: the registry has more requests than it wants."""
 
 
 class _Expired(Exception):
@@ -154,8 +166,21 @@ class _Context:
     stop: threading.Event
     observe: Observe | None = None
     may_split: bool = True
+    busy: bool = False
+    """The registry answered 429 to a range: no more streams for this blob."""
     failures: int = 0
     """Failures of this blob so far, all ranges together."""
+    reading: dict[int, http.client.HTTPConnection] = field(default_factory=dict)
+    """The connection each range (by id) is being read on, on the fast path."""
+
+    def cut(self, span: Span) -> None:
+        """Shut the connection ``span`` is read on (it was stolen to its end): a blocked read
+        returns at once instead of when its buffer is full, which on a crawling stream is long."""
+        conn = self.reading.get(id(span))
+        sock = None if conn is None else conn.sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
     @property
     def url(self) -> str:
@@ -175,7 +200,12 @@ class _Context:
         return headers
 
     def accept_status(
-        self, status: int, content_range: str | None, span: Span, encoding: str | None = None
+        self,
+        status: int,
+        content_range: str | None,
+        span: Span,
+        encoding: str | None = None,
+        retry_after: str | None = None,
     ) -> None:
         if status in (200, 206) and (encoding or "identity").strip().lower() != "identity":
             raise RegistryError(
@@ -210,7 +240,8 @@ class _Context:
             raise AuthenticationError(
                 "blob {digest}: access denied", digest=self.partial.digest, status=status
             )
-        raise _Retryable(f"blob {self.partial.digest}: HTTP {status}")
+        wait = retry_after_seconds(retry_after, self.client.retry.max_retry_after)
+        raise _Retryable(f"blob {self.partial.digest}: HTTP {status}", wait, busy=status == 429)
 
 
 def use_fast_path(client: RegistryClient) -> bool:
@@ -257,6 +288,7 @@ def _fast_span(ctx: _Context, span: Span, ssl_context: ssl.SSLContext | None) ->
         fresh = False
         reusable = False
         before = span.position
+        ctx.reading[id(span)] = conn
         try:
             # The watchdog covers the answer's headers too: a server may drip those.
             with _Watchdog(Pace(policy, ctx.client.limiter), span, conn) as watchdog:
@@ -281,6 +313,7 @@ def _fast_span(ctx: _Context, span: Span, ssl_context: ssl.SSLContext | None) ->
                 headers.pop("Authorization", None)
             url = following
         finally:
+            ctx.reading.pop(id(span), None)
             if reusable:
                 pool.give(conn_url, conn)
             else:
@@ -309,6 +342,7 @@ def _fast_read(
         response.getheader("Content-Range"),
         span,
         response.getheader("Content-Encoding"),
+        response.getheader("Retry-After"),
     )
     view = memoryview(bytearray(_BUFFER))
     while not span.complete and not ctx.stop.is_set():
@@ -340,6 +374,7 @@ async def _httpx_span(ctx: _Context, span: Span) -> None:
             response.headers.get("Content-Range"),
             span,
             response.headers.get("Content-Encoding"),
+            response.headers.get("Retry-After"),
         )
         pace = Pace(ctx.client.retry, ctx.client.limiter)
         async for chunk in raw_chunks(response):  # as received: no progress held back
@@ -386,7 +421,7 @@ async def _span_with_retries(ctx: _Context, span: Span, fast: bool) -> None:
             Stalled,
         ) as exc:
             problem = exc
-        if ctx.stop.is_set():
+        if ctx.stop.is_set() or span.complete:  # stolen to its end while it failed
             return
         if span.position - before >= real_progress:
             attempt = 0  # real progress was made: this is a fresh failure
@@ -405,7 +440,11 @@ async def _span_with_retries(ctx: _Context, span: Span, fast: bool) -> None:
                 problem=untrusted(str(problem))[:300],
                 failures=ctx.failures,
             ) from problem
-        await asyncio.sleep(policy.delay(attempt - 1))
+        wait = policy.delay(attempt - 1)
+        if isinstance(problem, _Retryable):
+            ctx.busy = ctx.busy or problem.busy
+            wait = max(wait, problem.wait or 0.0)
+        await asyncio.sleep(wait)
 
 
 def _follow_and_hash(partial: PartialBlob, done: threading.Event) -> tuple[Any, int]:
@@ -549,36 +588,86 @@ class _Plan:
     """Which range each stream of a blob fetches.
 
     A stream claims a range nobody fetches (a resumed download has several),
-    else half of what is left of the busiest range: the one with the most
-    bytes to go, while that is at least ``STEAL_AT_LEAST``. The range stolen
-    from keeps the first half, so its stream goes on without a new request.
+    else it steals from the range that will take longest to finish at its
+    stream's rate: a share of what is left of it, the larger the slower
+    that stream is than the others (half between equals). Stealing is worth
+    a new request when the range has ``STEAL_AT_LEAST`` bytes to go, or its
+    stream would need more than ``STEAL_SLOWER_THAN`` seconds for them.
     """
 
-    def __init__(self, partial: PartialBlob) -> None:
+    def __init__(
+        self,
+        partial: PartialBlob,
+        cut: Callable[[Span], None] = lambda span: None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.partial = partial
+        self.cut = cut
+        self.clock = clock
         self.busy: list[Span] = []
+        self._began: dict[int, tuple[float, int]] = {}  # id(span): when claimed, position then
 
-    def claim(self) -> Span | None:
+    def claim(self, done: Span | None = None) -> Span | None:
+        """The next range for a stream (``done``: the range it just finished), or None."""
+        now = self.clock()
+        thief = None if done is None else self._rate(done, now)
+        if done is not None:
+            self.release(done)
         for span in self.partial.spans:
             if not span.complete and all(span is not b for b in self.busy):
-                self.busy.append(span)
-                return span
-        victim = max(self.busy, key=lambda s: s.end - s.position, default=None)
-        if victim is None or victim.end - victim.position < STEAL_AT_LEAST:
+                return self._take(span)
+        rates = {id(s): self._rate(s, now) for s in self.busy}
+        known = sorted(r for r in rates.values() if r is not None)
+        typical = thief if thief else (known[len(known) // 2] if known else None)
+
+        def time_left(span: Span) -> float:
+            rate = rates[id(span)]
+            if rate is None:
+                rate = typical
+            if rate is None:
+                return 0.0  # nothing measured yet: the bytes left decide
+            return (span.end - span.position) / rate if rate > 0 else math.inf
+
+        candidates = [s for s in self.busy if s.end - s.position >= 2 * _BUFFER]
+        victim = max(candidates, key=lambda s: (time_left(s), s.end - s.position), default=None)
+        if victim is None:
             return None
-        added = self.partial.split(victim, 2)
-        if not added:
+        left = victim.end - victim.position
+        if left < STEAL_AT_LEAST and time_left(victim) < STEAL_SLOWER_THAN:
             return None
-        self.busy.append(added[0])
-        return added[0]
+        own = rates[id(victim)]
+        keep = int(left * (0.5 if own is None or not typical else own / (own + typical)))
+        if keep < _BUFFER:
+            keep = 0  # less than one read: all of it goes to the thief
+        added = self.partial.split_at(victim, victim.position + keep)
+        if added is None:
+            return None
+        if not keep:
+            # The victim's blocked read would go on until its buffer is full, at its crawl,
+            # for bytes it may no longer write: cut its connection instead.
+            self.cut(victim)
+        return self._take(added)
+
+    def _take(self, span: Span) -> Span:
+        self.busy.append(span)
+        self._began[id(span)] = (self.clock(), span.position)
+        return span
+
+    def _rate(self, span: Span, now: float) -> float | None:
+        """Bytes/s of ``span``'s stream since it was claimed; None while too soon to say."""
+        began, position = self._began[id(span)]
+        if now - began < STEAL_MEASURE:
+            return None
+        return (span.position - position) / (now - began)
 
     def release(self, span: Span) -> None:
         self.busy = [b for b in self.busy if b is not span]
+        self._began.pop(id(span), None)
 
 
 async def _run_spans(ctx: _Context, fast: bool) -> None:
     """Fetch every range of the blob: one stream, then as many as the path rewards."""
-    plan = _Plan(ctx.partial)
+    plan = _Plan(ctx.partial, ctx.cut)
     budget = ctx.client.streams
     loop = asyncio.get_running_loop()
     streams: set[asyncio.Future[None]] = set()
@@ -587,8 +676,7 @@ async def _run_spans(ctx: _Context, fast: bool) -> None:
         try:
             while span is not None:
                 await _span_with_retries(ctx, span, fast)
-                plan.release(span)
-                span = None if ctx.stop.is_set() else plan.claim()
+                span = None if ctx.stop.is_set() else plan.claim(span)
         finally:
             budget.give()
 
@@ -602,11 +690,16 @@ async def _run_spans(ctx: _Context, fast: bool) -> None:
         streams.add(asyncio.ensure_future(stream(span)))
         return True
 
+    # No growth under --limit-rate: the limit is shared, more streams bring nothing.
     growth = (
         Growth()
-        if ctx.may_split and ctx.partial.size >= PARALLEL_THRESHOLD and budget.cap > 1
+        if ctx.may_split
+        and ctx.partial.size >= PARALLEL_THRESHOLD
+        and budget.cap > 1
+        and ctx.client.limiter is None
         else None
     )
+    short = ctx.partial.digest.short
     await budget.take()
     first = plan.claim()
     if first is None:
@@ -626,17 +719,19 @@ async def _run_spans(ctx: _Context, fast: bool) -> None:
             landed = ctx.partial.received()
             rate = (landed - received) / (now - since)
             received, since = landed, now
+            if growth is not None and not growth.done and ctx.busy:
+                growth.done = True
+                log.debug("blob %s: the registry answered 429: no more streams", short)
+            elif growth is not None and not growth.done:
+                want, why = growth.decide(rate, len(streams), budget.cap - budget.open)
+                added = 0
+                while added < want and add():
+                    added += 1
+                if want:
+                    why += f" ({added} added, {budget.open} of {budget.cap} streams in use)"
+                log.debug("blob %s: %s", short, why)
             if ctx.observe is not None:
                 ctx.observe(len(streams), rate)
-            if growth is None or growth.done:
-                continue
-            want, why = growth.decide(rate, len(streams), budget.cap - budget.open)
-            added = 0
-            while added < want and add():
-                added += 1
-            if want:
-                why += f" ({added} added, {budget.open} of {budget.cap} streams in use)"
-            log.debug("blob %s: %s", ctx.partial.digest.short, why)
     except BaseException:
         ctx.stop.set()
         for task in streams:
