@@ -94,12 +94,15 @@ class Throttle:
         self.open += 1
         self.most_open = max(self.most_open, self.open)
         asked = asyncio.Event()
+        up = asyncio.ensure_future(self._up(client_r, target_w, asked))
+        down = asyncio.ensure_future(self._down(target_r, client_w, asked))
         try:
-            await asyncio.gather(
-                self._up(client_r, target_w, asked), self._down(target_r, client_w, asked)
-            )
+            # Open until either side hangs up (the client closing its socket ends it: a count
+            # that waited for the target to notice too would lag behind the client's).
+            await asyncio.wait({up, down}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             self.open -= 1
+        await asyncio.gather(up, down, return_exceptions=True)
 
     async def _up(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, asked: asyncio.Event

@@ -74,16 +74,16 @@ from cairn.sanitize import untrusted
 # A blob starts as one stream, which lets the hash follow the bytes as they
 # land. After FIRST_LOOK seconds, then every TICK, the aggregate rate is looked
 # at: a blob of at least PARALLEL_THRESHOLD bytes whose streams are slow gets
-# more (streams.Growth),
-# within the client's budget; a stream that finishes takes half of what is left
-# of the range with the most to go (work stealing), while that is at least
-# STEAL_AT_LEAST bytes, so that the last stream does not set the finish time.
+# more (streams.Growth), within the client's budget. A stream that finishes
+# its range steals part of the range that will take longest (see _Plan), so
+# that the slowest stream does not set the finish time.
 PARALLEL_THRESHOLD = 64 << 20
 START_PARTS = 1
 FIRST_LOOK = 0.1
-TICK = 0.2
+TICK = 0.15
 STEAL_AT_LEAST = 8 << 20
-STEAL_SLOWER_THAN = 1.0
+STEAL_GAIN = 0.1
+"""Seconds a steal must save (about what a new request costs on a long path)."""
 STEAL_MEASURE = 0.2
 """A stream's rate is known (for stealing) once it has run this long."""
 _BUFFER = 1 << 20
@@ -277,12 +277,16 @@ def _fast_span(ctx: _Context, span: Span, ssl_context: ssl.SSLContext | None) ->
     stealing, an error) is closed.
     """
     url = ctx.url
-    headers = ctx.headers(span)
     policy = ctx.client.retry
     pool = ctx.client.connections
     timeout = min(60.0, policy.stall_seconds)
     fresh = False
     for _ in range(10):
+        if span.complete or ctx.stop.is_set():  # stolen to its end, or the blob ended
+            return
+        headers = ctx.headers(span)  # the range as it is now (a thief may have cut it)
+        if origin_of(url) != ctx.client.origin:
+            headers.pop("Authorization", None)  # credentials go to the registry's origin only
         conn, target, reused = pool.take(url, ssl_context, timeout, fresh)
         conn_url = url
         fresh = False
@@ -309,8 +313,6 @@ def _fast_span(ctx: _Context, span: Span, ssl_context: ssl.SSLContext | None) ->
                 if not span.complete and not ctx.stop.is_set():
                     raise http.client.IncompleteRead(b"", span.end - span.position)
                 return
-            if origin_of(following) != origin_of(url):
-                headers.pop("Authorization", None)
             url = following
         finally:
             ctx.reading.pop(id(span), None)
@@ -540,7 +542,15 @@ async def _fetch_into(
     finally:
         landed.set()
         hasher, hashed = await hashing
-    return await asyncio.to_thread(partial.commit, hasher, hashed)
+    log.debug(
+        "blob %s: all bytes in; %d of %d hashed as they landed, the rest now",
+        descriptor.digest.short,
+        hashed,
+        descriptor.size,
+    )
+    blob = await asyncio.to_thread(partial.commit, hasher, hashed)
+    log.debug("blob %s: verified and stored", descriptor.digest.short)
+    return blob
 
 
 def _check_space(store: BlobStore, partial: PartialBlob) -> None:
@@ -589,10 +599,11 @@ class _Plan:
 
     A stream claims a range nobody fetches (a resumed download has several),
     else it steals from the range that will take longest to finish at its
-    stream's rate: a share of what is left of it, the larger the slower
-    that stream is than the others (half between equals). Stealing is worth
-    a new request when the range has ``STEAL_AT_LEAST`` bytes to go, or its
-    stream would need more than ``STEAL_SLOWER_THAN`` seconds for them.
+    stream's rate: the part of what is left that lets both streams end
+    together at their rates (half between equals, all of it from a stream
+    that crawls). Stealing is worth a new request when it brings the range's
+    end ``STEAL_GAIN`` seconds or more closer; before any rate is known,
+    when the range has ``STEAL_AT_LEAST`` bytes to go.
     """
 
     def __init__(
@@ -633,10 +644,19 @@ class _Plan:
         if victim is None:
             return None
         left = victim.end - victim.position
-        if left < STEAL_AT_LEAST and time_left(victim) < STEAL_SLOWER_THAN:
-            return None
         own = rates[id(victim)]
-        keep = int(left * (0.5 if own is None or not typical else own / (own + typical)))
+        if own is None:
+            own = typical
+        if own is None or not typical:
+            if left < STEAL_AT_LEAST:  # nothing measured yet: only a large range is worth it
+                return None
+            share = 0.5
+        else:
+            share = own / (own + typical)  # the victim's part: both streams end together
+            alone = left / own if own > 0 else math.inf
+            if alone - left / (own + typical) < STEAL_GAIN:
+                return None  # a new request would save less than it costs
+        keep = int(left * share)
         if keep < _BUFFER:
             keep = 0  # less than one read: all of it goes to the thief
         added = self.partial.split_at(victim, victim.position + keep)

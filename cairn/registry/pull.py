@@ -48,7 +48,7 @@ class Event:
     streams: int | None = None
     """Streams fetching the blob (cairn's own field; ``--json`` shows it)."""
     rate: int | None = None
-    """Their rate in bytes/s over the last quarter second (cairn's own field)."""
+    """Their rate in bytes/s since the last look (every 0.15 s; cairn's own field)."""
 
     def to_json(self) -> dict[str, object]:
         return {k: v for k, v in vars(self).items() if v is not None}
