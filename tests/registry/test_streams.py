@@ -585,3 +585,29 @@ def test_kill_9_with_many_streams_then_resume_every_range(
     assert counting.bytes_down < size - kept + MiB  # every range went on from where it was
     blob = store / "blobs" / f"sha256-{hexdigest}"
     assert hashlib.sha256(blob.read_bytes()).hexdigest() == hexdigest
+
+
+def test_the_pull_through_cache_grows_its_upstream_streams(
+    cairn: Runner, tmp_path: Path, registry: str
+) -> None:
+    from tests.registry.test_pull_through import cache
+
+    name, hexdigest, _ = big_model(cairn, tmp_path, registry)
+    throttle = Throttle(int(registry.rpartition(":")[2]), rate=6e6).start()
+    try:
+        with cache(tmp_path / "cache", "--upstream", f"http://{throttle.host}") as host:
+            result = subprocess.run(
+                [sys.executable, "-m", "cairn", "pull", "-q", "--insecure", f"{host}/{name}"],
+                env=cairn_env(tmp_path / "through"),
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert result.returncode == 0, result.stderr
+        # One upstream download, in many streams: more connections at once than one per blob
+        # of the model (three), never more than the budget and the control connection.
+        assert 4 < throttle.most_open <= 17
+    finally:
+        throttle.stop()
+    blob = tmp_path / "through" / "blobs" / f"sha256-{hexdigest}"
+    assert hashlib.sha256(blob.read_bytes()).hexdigest() == hexdigest
