@@ -311,6 +311,13 @@ def pull_from(
     return models, asyncio.run(go())
 
 
+def one_blob(hostile: HostileRegistry) -> bytes:
+    """lab/model:1 on ``hostile``, with 24 MiB of weights; the weights."""
+    weights = os.urandom(24 * MiB)
+    hostile.add_model("lab/model", "1", [weights])
+    return weights
+
+
 def the_blob(models: Models, data: bytes) -> bytes:
     return models.blobs.path(Digest.parse(digest(data))).read_bytes()
 
@@ -318,8 +325,7 @@ def the_blob(models: Models, data: bytes) -> bytes:
 def test_a_slow_path_grows_to_the_cap_and_keeps_the_bytes_right(
     hostile: HostileRegistry, store: Path, thin: Streams
 ) -> None:
-    weights = os.urandom(24 * MiB)
-    hostile.add_model("lab/model", "1", [weights])
+    weights = one_blob(hostile)
     drip = Drip(hostile, rate=4e6)
     hostile.hook(drip)
     events: list[Event] = []
@@ -346,8 +352,7 @@ def test_the_budget_is_per_pull_not_per_blob(
 
 @pytest.mark.usefixtures("thin")
 def test_a_lagging_stream_has_its_range_stolen(hostile: HostileRegistry, store: Path) -> None:
-    weights = os.urandom(24 * MiB)
-    hostile.add_model("lab/model", "1", [weights])
+    weights = one_blob(hostile)
     drip = Drip(hostile, rate=8e6)
 
     async def crawl(request: web.Request, data: bytes, start: int, end: int) -> object:
@@ -384,8 +389,7 @@ def too_many(request: web.Request, data: bytes, start: int, end: int) -> object:
 def test_corrupt_bytes_in_one_of_many_streams_store_nothing(
     hostile: HostileRegistry, store: Path
 ) -> None:
-    weights = os.urandom(24 * MiB)
-    hostile.add_model("lab/model", "1", [weights])
+    weights = one_blob(hostile)
     drip = Drip(hostile, rate=4e6, fault=flipped)
     hostile.hook(drip)
     with pytest.raises(DigestMismatchError):
@@ -401,8 +405,7 @@ def test_corrupt_bytes_in_one_of_many_streams_store_nothing(
 def test_a_stream_that_fails_among_many_resumes_its_own_range(
     fault: str, hostile: HostileRegistry, store: Path, thin: Streams
 ) -> None:
-    weights = os.urandom(24 * MiB)
-    hostile.add_model("lab/model", "1", [weights])
+    weights = one_blob(hostile)
     drip = Drip(hostile, rate=4e6)
     failed: list[tuple[int, int]] = []
 
@@ -436,8 +439,7 @@ def test_a_stream_that_fails_among_many_resumes_its_own_range(
 def test_a_server_that_stops_honouring_range_mid_pull(
     hostile: HostileRegistry, store: Path
 ) -> None:
-    weights = os.urandom(24 * MiB)
-    hostile.add_model("lab/model", "1", [weights])
+    weights = one_blob(hostile)
     drip = Drip(hostile, rate=4e6)
 
     def whole(request: web.Request, data: bytes, start: int, end: int) -> object:
@@ -456,8 +458,7 @@ def test_a_server_that_stops_honouring_range_mid_pull(
 def test_many_streams_redirected_to_another_host_take_no_credentials(
     hostile: HostileRegistry, store: Path, tmp_path: Path
 ) -> None:
-    weights = os.urandom(24 * MiB)
-    hostile.add_model("lab/model", "1", [weights])
+    weights = one_blob(hostile)
     hostile.basic = "alice:pw"
     storage = hostile.other
     drip = Drip(hostile, rate=4e6)
@@ -501,6 +502,19 @@ def big_model(cairn: Runner, tmp_path: Path, registry: str) -> tuple[str, str, i
     return "lab/big:1", hashlib.sha256(gguf.read_bytes()).hexdigest(), gguf.stat().st_size
 
 
+def pull_process(ref: str, store: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """``cairn pull ARGS --insecure REF`` into ``store`` as a whole process; it must succeed."""
+    result = subprocess.run(
+        [sys.executable, "-m", "cairn", "pull", *args, "--insecure", ref],
+        env=cairn_env(store, **env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    return result
+
+
 def test_a_throttled_pull_reports_its_streams_and_says_why(
     cairn: Runner, tmp_path: Path, registry: str
 ) -> None:
@@ -508,14 +522,7 @@ def test_a_throttled_pull_reports_its_streams_and_says_why(
     throttle = Throttle(int(registry.rpartition(":")[2]), rate=6e6).start()
     try:
         ref = f"{throttle.host}/{name}"
-        result = subprocess.run(
-            [sys.executable, "-m", "cairn", "pull", "--json", "--insecure", ref],
-            env=cairn_env(tmp_path / "a", CAIRN_DEBUG="1"),
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert result.returncode == 0, result.stderr
+        result = pull_process(ref, tmp_path / "a", "--json", CAIRN_DEBUG="1")
         events = [json.loads(line) for line in result.stdout.splitlines()]
         weights = [e for e in events if e.get("digest") == f"sha256:{hexdigest}"]
         assert max(e.get("streams", 0) for e in weights) == 16
@@ -524,14 +531,7 @@ def test_a_throttled_pull_reports_its_streams_and_says_why(
         # Sixteen blob streams, and the connection for manifests and the rest.
         assert 16 < throttle.most_open <= 18
 
-        limited = subprocess.run(
-            [sys.executable, "-m", "cairn", "pull", "--json", "--insecure", ref],
-            env=cairn_env(tmp_path / "b", CAIRN_MAX_STREAMS="3"),
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert limited.returncode == 0, limited.stderr
+        limited = pull_process(ref, tmp_path / "b", "--json", CAIRN_MAX_STREAMS="3")
         streams = [json.loads(line).get("streams", 0) for line in limited.stdout.splitlines()]
         assert max(streams) == 3
     finally:
@@ -572,16 +572,9 @@ def test_kill_9_with_many_streams_then_resume_every_range(
     kept = sum(s["done"] for s in saved)
     counting = Throttle(port, rate=0).start()  # no cap: it counts the bytes the resume takes
     try:
-        result = subprocess.run(
-            [sys.executable, "-m", "cairn", "pull", "-q", "--insecure", f"{counting.host}/{name}"],
-            env=cairn_env(store),
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        pull_process(f"{counting.host}/{name}", store, "-q")
     finally:
         counting.stop()
-    assert result.returncode == 0, result.stderr
     assert counting.bytes_down < size - kept + MiB  # every range went on from where it was
     blob = store / "blobs" / f"sha256-{hexdigest}"
     assert hashlib.sha256(blob.read_bytes()).hexdigest() == hexdigest
@@ -596,14 +589,7 @@ def test_the_pull_through_cache_grows_its_upstream_streams(
     throttle = Throttle(int(registry.rpartition(":")[2]), rate=6e6).start()
     try:
         with cache(tmp_path / "cache", "--upstream", f"http://{throttle.host}") as host:
-            result = subprocess.run(
-                [sys.executable, "-m", "cairn", "pull", "-q", "--insecure", f"{host}/{name}"],
-                env=cairn_env(tmp_path / "through"),
-                capture_output=True,
-                text=True,
-                timeout=120,
-            )
-            assert result.returncode == 0, result.stderr
+            pull_process(f"{host}/{name}", tmp_path / "through", "-q")
         # One upstream download, in many streams: more connections at once than one per blob
         # of the model (three), never more than the budget and the control connection.
         assert 4 < throttle.most_open <= 17
