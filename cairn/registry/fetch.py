@@ -693,12 +693,16 @@ async def _run_spans(ctx: _Context, fast: bool) -> None:
     streams: set[asyncio.Future[None]] = set()
 
     async def stream(span: Span | None) -> None:
-        try:
-            while span is not None:
-                await _span_with_retries(ctx, span, fast)
-                span = None if ctx.stop.is_set() else plan.claim(span)
-        finally:
-            budget.give()
+        while span is not None:
+            await _span_with_retries(ctx, span, fast)
+            span = None if ctx.stop.is_set() else plan.claim(span)
+
+    def start(span: Span) -> None:
+        task = asyncio.ensure_future(stream(span))
+        # Given back when the task ends in any way: also when it is cancelled before its
+        # first step, where a `finally` inside it would never run.
+        task.add_done_callback(lambda _: budget.give())
+        streams.add(task)
 
     def add() -> bool:
         if not budget.try_take():
@@ -707,7 +711,7 @@ async def _run_spans(ctx: _Context, fast: bool) -> None:
         if span is None:
             budget.give()
             return False
-        streams.add(asyncio.ensure_future(stream(span)))
+        start(span)
         return True
 
     # No growth under --limit-rate: the limit is shared, more streams bring nothing.
@@ -725,7 +729,7 @@ async def _run_spans(ctx: _Context, fast: bool) -> None:
     if first is None:
         budget.give()
         return
-    streams.add(asyncio.ensure_future(stream(first)))
+    start(first)
     received, since = ctx.partial.received(), loop.time()
     try:
         while streams:

@@ -28,6 +28,7 @@ from cairn.blobstore import Digest
 from cairn.blobstore.partial import Span
 from cairn.blobstore.store import BlobStore
 from cairn.errors import ConfigError, DigestMismatchError
+from cairn.manifests.manifest import Descriptor
 from cairn.manifests.models import Models
 from cairn.manifests.reference import parse_reference
 from cairn.registry import fetch
@@ -597,3 +598,36 @@ def test_the_pull_through_cache_grows_its_upstream_streams(
         throttle.stop()
     blob = tmp_path / "through" / "blobs" / f"sha256-{hexdigest}"
     assert hashlib.sha256(blob.read_bytes()).hexdigest() == hexdigest
+
+
+@pytest.mark.usefixtures("thin")
+def test_streams_cancelled_before_their_first_step_give_their_budget_back(
+    hostile: HostileRegistry, store: Path
+) -> None:
+    """The controller adds streams, then fails in the same step (here: the progress callback
+    raises): the new tasks are cancelled before they ever ran, and must still give back
+    their share of the budget, or every later blob of the pull waits for ever."""
+    weights = one_blob(hostile)
+    hostile.hook(Drip(hostile, rate=4e6))
+
+    class Broken(Exception):
+        pass
+
+    def observe(streams: int, rate: float) -> None:
+        if streams > 1:  # right after the first streams were added
+            raise Broken
+
+    async def go() -> int:
+        async with RegistryClient(hostile.host, insecure=True, retry=FAST) as client:
+            descriptor = Descriptor(
+                media_type="application/octet-stream",
+                digest=Digest.parse(digest(weights)),
+                size=len(weights),
+            )
+            with pytest.raises(Broken):
+                await fetch.fetch_blob(
+                    client, "lab/model", descriptor, BlobStore(store), observe=observe
+                )
+            return client.streams.open
+
+    assert asyncio.run(go()) == 0
