@@ -18,6 +18,7 @@ import json
 import os
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -146,12 +147,30 @@ class PartialBlob:
         return _cut(0, self.size, self._parts) or [Span(0, 0)]
 
     def restart(self) -> None:
-        """Forget all progress (the server ignored a Range request): one span from zero."""
-        with self._lock:
+        """Forget all progress (the server ignored a Range request): one span from zero.
+
+        Waits for writes under way; a stream of the old ranges writes nothing after it.
+        """
+        with self._detached():
             os.ftruncate(self._fd, 0)
             self.spans = [Span(0, self.size)]
             self.resumed = 0
             self._save()
+
+    @contextlib.contextmanager
+    def _detached(self) -> Iterator[None]:
+        """Hold every range's guard and the lock: no write is under way, none starts."""
+        with self._lock:
+            spans = list(self.spans)
+        with contextlib.ExitStack() as held:
+            for span in spans:
+                held.enter_context(span.guard)
+            with self._lock:
+                yield
+
+    def _current(self, span: Span) -> bool:
+        with self._lock:
+            return any(span is s for s in self.spans)
 
     # -- writing ------------------------------------------------------------
 
@@ -163,6 +182,8 @@ class PartialBlob:
         whose bytes no other stream may touch: the hasher may have read them).
         """
         with span.guard:  # a split waits for this write, and this write sees the split
+            if not self._current(span):
+                return 0  # a range of a round given up (restart, close): not this file's any more
             view = memoryview(data)[: max(0, span.end - span.position)]
             count = len(view)
             pwrite_all(
@@ -281,9 +302,12 @@ class PartialBlob:
                 os.unlink(path)
 
     def close(self) -> None:
-        if self._fd >= 0:
+        if self._fd < 0:
+            return
+        with self._detached():  # a stream left behind writes nothing into a closed (reused) fd
             with contextlib.suppress(OSError):
                 if os.path.exists(self.path):
                     self._save()
+            self.spans = []
             os.close(self._fd)
             self._fd = -1

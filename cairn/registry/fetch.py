@@ -39,7 +39,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -86,6 +86,13 @@ STEAL_GAIN = 0.1
 """Seconds a steal must save (about what a new request costs on a long path)."""
 STEAL_MEASURE = 0.2
 """A stream's rate is known (for stealing) once it has run this long."""
+JOIN_SECONDS = 2.0
+"""How long an abandoned round waits for its streams' threads (their reads are cut; one
+still connecting is left behind, and no longer writes)."""
+SMALL_READ, SLOW_READ = 16 << 10, 0.25
+"""A read that waits longer than SLOW_READ seconds to fill its buffer shrinks it (down to
+SMALL_READ): a watchdog sees progress only read by read, so a slow but honest stream must
+not wait for a whole megabyte per read."""
 _BUFFER = 1 << 20
 FREE_MARGIN = 64 << 20
 """Space a pull leaves free on the store's filesystem."""
@@ -172,6 +179,22 @@ class _Context:
     """Failures of this blob so far, all ranges together."""
     reading: dict[int, http.client.HTTPConnection] = field(default_factory=dict)
     """The connection each range (by id) is being read on, on the fast path."""
+    threads: list[threading.Thread] = field(default_factory=list)
+    """The threads of this round's streams (fast path)."""
+
+    def abandon(self) -> None:
+        """End this round: no stream writes another byte, and every blocked read returns."""
+        self.stop.set()
+        for span_id in list(self.reading):
+            conn = self.reading.get(span_id)
+            sock = None if conn is None else conn.sock
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def next_round(self) -> _Context:
+        """A context for starting over: its own stop and streams; the failures carry on."""
+        return replace(self, stop=threading.Event(), reading={}, threads=[], may_split=False)
 
     def cut(self, span: Span) -> None:
         """Shut the connection ``span`` is read on (it was stolen to its end): a blocked read
@@ -224,7 +247,9 @@ class _Context:
                 )
             return
         if status == 200:
-            if span.position == 0 and span.start == 0 and span.end == self.partial.size:
+            # The whole blob from byte 0: right for a range that starts there, however much
+            # of it is still this range's (a thief may have taken its end meanwhile).
+            if span.position == 0 and span.start == 0:
                 return
             raise _RangeIgnored()
         if status == 401:
@@ -347,11 +372,18 @@ def _fast_read(
         response.getheader("Retry-After"),
     )
     view = memoryview(bytearray(_BUFFER))
+    size = 1 << 16  # grows to _BUFFER while reads fill fast, shrinks when they crawl
     while not span.complete and not ctx.stop.is_set():
-        want = min(_BUFFER if ctx.client.limiter is None else 1 << 16, span.end - span.position)
+        want = min(size if ctx.client.limiter is None else 1 << 16, span.end - span.position)
+        began = time.monotonic()
         count = response.readinto(view[:want])
         if not count:
             break
+        took = time.monotonic() - began
+        if took > SLOW_READ:
+            size = max(SMALL_READ, size // 4)
+        elif took < SLOW_READ / 25 and count == want:
+            size = min(_BUFFER, size * 2)
         ctx.progress(ctx.partial.write_at(span, view[:count]))
         if ctx.client.limiter is not None:
             ctx.client.limiter.consume(count)
@@ -406,7 +438,7 @@ async def _span_with_retries(ctx: _Context, span: Span, fast: bool) -> None:
         before = span.position
         try:
             if fast:
-                await client.streams.run(_fast_span, ctx, span, ssl_context)
+                await client.streams.run(_fast_span, ctx, span, ssl_context, track=ctx.threads)
             else:
                 await _httpx_span(ctx, span)
             continue
@@ -536,8 +568,7 @@ async def _fetch_into(
                 hashing = asyncio.ensure_future(
                     asyncio.to_thread(_follow_and_hash, partial, landed)
                 )
-                ctx.stop = threading.Event()
-                ctx.may_split = False
+                ctx = ctx.next_round()  # the last round's threads keep their own stop, set
                 await asyncio.sleep(client.retry.delay(min(ctx.failures, 6)))
     finally:
         landed.set()
@@ -592,6 +623,12 @@ def _kept_or_discarded(partial: PartialBlob, exc: BaseException) -> BaseExceptio
             )
         )
     return exc
+
+
+def _join(threads: list[threading.Thread], seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
 
 
 class _Plan:
@@ -730,17 +767,25 @@ async def _run_spans(ctx: _Context, fast: bool) -> None:
         budget.give()
         return
     start(first)
-    received, since = ctx.partial.received(), loop.time()
+    received, since, tick = ctx.partial.received(), loop.time(), FIRST_LOOK
+    flowing = False
     try:
         while streams:
-            done, _ = await asyncio.wait(streams, timeout=TICK, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(streams, timeout=tick, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 streams.discard(task)
                 task.result()  # a stream's failure ends the blob's download
             now = loop.time()
-            if not streams or now - since < TICK:
-                continue
             landed = ctx.partial.received()
+            if not flowing:
+                # The clock starts with the first byte: an answer slow to come (a long round
+                # trip, a redirect to a CDN) says nothing about the path's rate.
+                flowing = landed > received
+                received, since = landed, now
+                continue
+            if not streams or now - since < tick:
+                continue
+            tick = TICK
             rate = (landed - received) / (now - since)
             received, since = landed, now
             if growth is not None and not growth.done and ctx.busy:
@@ -757,10 +802,13 @@ async def _run_spans(ctx: _Context, fast: bool) -> None:
             if ctx.observe is not None:
                 ctx.observe(len(streams), rate)
     except BaseException:
-        ctx.stop.set()
+        ctx.abandon()
         for task in streams:
             task.cancel()
         await asyncio.gather(*streams, return_exceptions=True)
+        # Their reads were cut: wait (a little) for the threads, so that none is still
+        # reading when the pull moves on, starts over or ends.
+        await asyncio.to_thread(_join, ctx.threads, JOIN_SECONDS)
         raise
     finally:
         ctx.partial.save()

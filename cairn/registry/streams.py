@@ -27,13 +27,14 @@ import http.client
 import os
 import ssl
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from cairn import threads
 from cairn.errors import ConfigError
 from cairn.registry.origins import WEB_SCHEMES, Origin, origin_of
 
@@ -47,6 +48,8 @@ RISING = 1.15
 """The aggregate rate must grow at least this much after streams were added to add more."""
 GROWTH = 4
 """Each addition multiplies the streams by this: 1, 4, 16 (a ramp of two looks)."""
+IDLE_SECONDS = 30.0
+"""An idle connection older than this is closed rather than used again."""
 
 
 def max_streams_from_environment() -> int:
@@ -75,19 +78,44 @@ class StreamBudget:
         self.cap = cap
         self.open = 0
         self._waiting: deque[asyncio.Future[None]] = deque()
-        self._threads: ThreadPoolExecutor | None = None
 
-    async def run(self, function: Callable[..., None], *args: Any) -> None:
-        """Run a stream's blocking reads in a thread of its own (one per stream the budget
-        allows: asyncio's default executor has far fewer on a small machine)."""
-        if self._threads is None:
-            self._threads = ThreadPoolExecutor(self.cap, thread_name_prefix="cairn-stream")
-        await asyncio.get_running_loop().run_in_executor(self._threads, function, *args)
+    @staticmethod
+    async def run(
+        function: Callable[..., None], *args: Any, track: list[threading.Thread] | None = None
+    ) -> None:
+        """Run a stream's blocking reads in a thread of its own (asyncio's default executor
+        has far fewer threads on a small machine); ``track`` is given the thread, so that
+        whoever abandons the stream can wait for it.
 
-    def close(self) -> None:
-        if self._threads is not None:
-            self._threads.shutdown(wait=False)
-            self._threads = None
+        A daemon thread that blocks SIGINT: a thread still in a read when the pull ends
+        (its connection is cut, but a connect may still be waiting) never holds the
+        process's exit, and Ctrl-C always reaches the main thread.
+        """
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+
+        def settle(failure: BaseException | None) -> None:
+            if done.done():
+                return
+            if failure is None:
+                done.set_result(None)
+            else:
+                done.set_exception(failure)
+
+        def work() -> None:
+            failure: BaseException | None = None
+            try:
+                function(*args)
+            except BaseException as exc:  # handed to the awaiting task
+                failure = exc
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits
+                loop.call_soon_threadsafe(settle, failure)
+
+        thread = threading.Thread(target=work, name="cairn-stream", daemon=True)
+        if track is not None:
+            track.append(thread)
+        threads.start(thread)
+        await done
 
     def try_take(self) -> bool:
         if self.open < self.cap and not self._waiting:
@@ -105,8 +133,9 @@ class StreamBudget:
         except asyncio.CancelledError:
             if future.done() and not future.cancelled():
                 self.give()  # handed a stream, then cancelled: pass it on
-            else:
-                self._waiting.remove(future)
+            else:  # give() may have dropped the cancelled future already
+                with contextlib.suppress(ValueError):
+                    self._waiting.remove(future)
             raise
 
     def give(self) -> None:
@@ -136,25 +165,37 @@ def connect(
 
 
 class ConnectionPool:
-    """Idle HTTP/1.1 connections per origin, for the next range request. Safe from threads."""
+    """Idle HTTP/1.1 connections per origin, for the next range request. Safe from threads.
+
+    At most ``keep`` idle connections in all (the oldest goes first), none
+    idle longer than ``IDLE_SECONDS`` (servers close theirs; a pull-through
+    cache's client lives as long as the server).
+    """
 
     def __init__(self, keep: int = MAX_STREAMS) -> None:
         self.keep = keep
         self.made = 0
-        """Connections opened in all (tests and ``CAIRN_DEBUG`` read it)."""
-        self._idle: dict[Origin, list[http.client.HTTPConnection]] = {}
+        """Connections opened in all (tests read it)."""
+        self._idle: deque[tuple[Origin, float, http.client.HTTPConnection]] = deque()
         self._lock = threading.Lock()
 
     def take(
         self, url: str, ssl_context: ssl.SSLContext | None, timeout: float, fresh: bool = False
     ) -> tuple[http.client.HTTPConnection, str, bool]:
         """A connection to ``url``'s origin, the request target, and whether it was used before."""
-        if not fresh:
-            with self._lock:
-                idle = self._idle.get(origin_of(url))
-                conn = idle.pop() if idle else None
-            if conn is not None:
-                return conn, connect(url, ssl_context)[1], True
+        origin = origin_of(url)
+        found = None
+        with self._lock:
+            stale = self._expire()
+            if not fresh:
+                for entry in reversed(self._idle):  # the most recently used first
+                    if entry[0] == origin:
+                        self._idle.remove(entry)
+                        found = entry[2]
+                        break
+        _close(stale)
+        if found is not None:
+            return found, connect(url, ssl_context)[1], True
         conn, target = connect(url, ssl_context, timeout)
         with self._lock:
             self.made += 1
@@ -163,19 +204,35 @@ class ConnectionPool:
     def give(self, url: str, conn: http.client.HTTPConnection) -> None:
         """Keep ``conn`` (its last response was read to the end) for the next request."""
         with self._lock:
-            idle = self._idle.setdefault(origin_of(url), [])
-            if len(idle) < self.keep:
-                idle.append(conn)
-                return
-        conn.close()
+            self._idle.append((origin_of(url), time.monotonic(), conn))
+            stale = self._expire()
+            while len(self._idle) > self.keep:
+                stale.append(self._idle.popleft()[2])
+        _close(stale)
+
+    def idle(self) -> int:
+        with self._lock:
+            return len(self._idle)
 
     def close(self) -> None:
         with self._lock:
-            idle = [conn for conns in self._idle.values() for conn in conns]
+            idle = [conn for _, _, conn in self._idle]
             self._idle.clear()
-        for conn in idle:
-            with contextlib.suppress(OSError):
-                conn.close()
+        _close(idle)
+
+    def _expire(self) -> list[http.client.HTTPConnection]:
+        """Take out the connections idle too long (the lock held); the caller closes them."""
+        oldest = time.monotonic() - IDLE_SECONDS
+        stale = []
+        while self._idle and self._idle[0][1] < oldest:
+            stale.append(self._idle.popleft()[2])
+        return stale
+
+
+def _close(conns: list[http.client.HTTPConnection]) -> None:
+    for conn in conns:
+        with contextlib.suppress(OSError):
+            conn.close()
 
 
 @dataclass
@@ -202,6 +259,10 @@ class Growth:
         shown = f"{streams} stream{'s' if streams != 1 else ''} at {_rate(rate)}"
         if self.done or streams <= 0:
             return 0, ""
+        if rate <= 0:
+            # Nothing came since the last look (answers still on their way, or a stall):
+            # no evidence either way, so nothing is decided.
+            return 0, f"{shown}: nothing came since the last look, waiting"
         if self.rate_before is None:
             if rate >= self.fast * streams:
                 self.done = True
