@@ -35,6 +35,8 @@ class Settings:
     """``DOCKER_CONFIG``/config.json: Docker's credentials, read as a fallback."""
     mirror_list: str
     """``CAIRN_MIRRORS`` as given (see :meth:`mirrors`)."""
+    models_given: bool = False
+    """Whether ``CAIRN_MODELS`` was set (not the default)."""
 
     def mirrors(self) -> dict[str, tuple[Mirror, ...]]:
         """Registries to try first, per host: ``CAIRN_MIRRORS`` over ``$CAIRN_HOME/mirrors.json``.
@@ -43,6 +45,28 @@ class Settings:
         not every command (nor the printing of its error).
         """
         return _mirrors(self.mirror_list, self.home / "mirrors.json")
+
+    def store_exists(self) -> bool:
+        """Whether the store at ``models`` is there; False for a default store never made.
+
+        A file there, or a ``CAIRN_MODELS`` naming a path that does not exist (a typo,
+        most often), is a :class:`ConfigError`: listing it as empty would hide the mistake.
+        Ollama makes a missing models directory on first use; so does a pull or create here.
+        """
+        if self.models.is_dir():
+            return True
+        if self.models.exists():
+            raise ConfigError(
+                "the store at {path} is a file, not a directory: set CAIRN_MODELS to the"
+                " store's directory",
+                path=self.models,
+            )
+        if self.models_given:
+            raise ConfigError(
+                "CAIRN_MODELS names {path}, which does not exist (a pull or create there makes it)",
+                path=self.models,
+            )
+        return False
 
 
 @dataclass(frozen=True)
@@ -68,6 +92,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
     return Settings(
         mirror_list=env.get("CAIRN_MIRRORS", ""),
         models=Path(models).expanduser(),
+        models_given=bool(env.get("CAIRN_MODELS")),
         debug=_truthy(env.get("CAIRN_DEBUG")),
         home=home,
         ca_bundle=Path(ca_bundle).expanduser() if ca_bundle else None,

@@ -249,7 +249,7 @@ def test_progress_in_korean_ndjson_in_english(
     assert "매니페스트 올리는 중" in pushed.stderr and "올렸습니다" in pushed.stdout
     cairn("rm", "tiny")
     pulled = cairn("pull", f"{registry}/lab/tiny:1", "--insecure", env=korean).stderr
-    assert "매니페스트 받는 중" in pulled and "바이트" in pulled and "pulling" not in pulled
+    assert "매니페스트 받는 중" in pulled and " B\n" in pulled and "pulling" not in pulled
     cairn("rm", f"{registry}/lab/tiny:1")
     lines = cairn("pull", f"{registry}/lab/tiny:1", "--insecure", "--json", env=korean).stdout
     statuses = [json.loads(line)["status"] for line in lines.splitlines()]

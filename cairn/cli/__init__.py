@@ -8,7 +8,7 @@ traceback.
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import Any, ClassVar
 
 import click
 
@@ -37,6 +37,12 @@ class CairnGroup(click.Group):
             say("Interrupted", err=True)
             ctx.exit(130)
 
+    ALIASES: ClassVar[dict[str, str]] = {"ls": "list"}
+    """Other names of a command, as Ollama's: they work, and ``--help`` lists the command once."""
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return super().get_command(ctx, self.ALIASES.get(cmd_name, cmd_name))
+
 
 @click.group(cls=CairnGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", "-v", prog_name="cairn")
@@ -62,12 +68,13 @@ def _log_to_stderr() -> None:
 
 
 def _register() -> None:
-    from cairn.cli import completion, mirror, models, registry, run, serve, server, sync
+    from cairn.cli import completion, mirror, models, registry, remote, run, serve, server, sync
 
     _localize_click()
     commands = (
         *models.COMMANDS,
         *registry.COMMANDS,
+        *remote.COMMANDS,
         *mirror.COMMANDS,
         *sync.COMMANDS,
         *run.COMMANDS,
@@ -77,7 +84,6 @@ def _register() -> None:
         cli.add_command(command)
     cli.add_command(serve.registry)
     cli.add_command(serve.serve_api)
-    cli.add_command(models.list_models, "ls")
     _translate(cli)
 
 

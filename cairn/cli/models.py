@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,7 +14,7 @@ from click.shell_completion import CompletionItem
 from cairn.cli.output import display_width, human_age, human_size, pad, say, table
 from cairn.cli.server import LOCAL_HELP, Use, connect
 from cairn.errors import CairnError, CorruptBlobError, ModelfileError
-from cairn.i18n import Phrase, _, localize
+from cairn.i18n import N_, Phrase, _, localize
 from cairn.manifests.models import Models
 from cairn.sanitize import untrusted, untrusted_json
 
@@ -102,6 +103,9 @@ def list_models(as_json: bool, local: bool) -> None:
         with client:
             list_on_server(client, as_json)
         return
+    from cairn import config
+
+    config.load().store_exists()  # a file, or a CAIRN_MODELS that names nothing: said so
     found, problems = _models().catalog()
     if as_json:
         _emit_json(
@@ -133,20 +137,53 @@ def list_models(as_json: bool, local: bool) -> None:
 
 @click.command()
 @click.argument("name", shell_complete=_complete_model)
-@click.option("--modelfile", "part", flag_value="modelfile", help="Print a Modelfile for it.")
-@click.option("--template", "part", flag_value="template", help="Print its template.")
-@click.option("--system", "part", flag_value="system", help="Print its system message.")
-@click.option("--parameters", "part", flag_value="parameters", help="Print its parameters.")
-@click.option("--license", "part", flag_value="license", help="Print its license.")
-@click.option("--json", "as_json", is_flag=True, help="Print everything as JSON.")
-def show(name: str, part: str | None, as_json: bool) -> None:
-    """Show what model NAME is: architecture, parameters, template, license."""
+@click.option("--modelfile", is_flag=True, help="Print a Modelfile for it.")
+@click.option("--template", is_flag=True, help="Print its template.")
+@click.option("--system", is_flag=True, help="Print its system message.")
+@click.option("--parameters", is_flag=True, help="Print its parameters.")
+@click.option("--license", "license_", is_flag=True, help="Print its license.")
+@click.option("-v", "--verbose", is_flag=True, help="Show all of its metadata, and its tensors.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print it as JSON, as Ollama's /api/show answers."
+)
+def show(
+    name: str,
+    modelfile: bool,
+    template: bool,
+    system: bool,
+    parameters: bool,
+    license_: bool,
+    verbose: bool,
+    as_json: bool,
+) -> None:
+    """Show what model NAME is: architecture, capabilities, parameters, template, license."""
     from cairn.manifests.show import show_model
 
+    parts = [
+        part
+        for part, wanted in (
+            ("license", license_),
+            ("modelfile", modelfile),
+            ("parameters", parameters),
+            ("system", system),
+            ("template", template),
+        )
+        if wanted
+    ]
+    if len(parts) > 1:
+        raise _OneAtATime(
+            _(
+                "only one of '--license', '--modelfile', '--parameters', '--system',"
+                " or '--template' can be specified"
+            )
+        )
     models = _models()
     details = show_model(models, name)
+    part = parts[0] if parts else None
     if as_json:
-        _emit_json(details.to_json())
+        from cairn.server.shown import show_response
+
+        _emit_json(show_response(models, details, verbose))
     elif part == "modelfile":
         _echo_model_text(details.modelfile(models), nl=False)
     elif part == "template":
@@ -156,30 +193,71 @@ def show(name: str, part: str | None, as_json: bool) -> None:
     elif part == "license":
         _echo_model_text("\n".join(details.licenses))
     elif part == "parameters":
-        _echo_model_text(_parameter_lines(details.parameters, indent=""))
+        from cairn.server.shown import parameters_text
+
+        _echo_model_text(parameters_text(details.parameters))
     else:
-        _echo_model_text(_describe(details))
+        _echo_model_text(_describe(models, details, verbose))
 
 
-def _parameter_lines(parameters: dict[str, Any], indent: str) -> str:
-    rows = []
-    for key, value in parameters.items():
-        for item in value if isinstance(value, list) else [value]:
-            shown = json.dumps(item) if isinstance(item, str | bool) else str(item)
-            rows.append((untrusted(key), untrusted(shown)))
-    width = max((len(key) for key, _value in rows), default=0)
-    return "\n".join(f"{indent}{k.ljust(width)}    {v}" for k, v in rows)
+class _OneAtATime(click.ClickException):
+    """A usage error said in one line (click's own add the usage text), exit status 2."""
+
+    exit_code = 2
 
 
-def _describe(details: ModelDetails) -> str:
+def _columns(rows: Sequence[Sequence[str]]) -> str:
+    """Rows as ``ollama show`` aligns them: indented four, columns four apart."""
+    if not rows:
+        return ""
+    widths = [max(display_width(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    return "\n".join(
+        "    " + "    ".join([*(pad(c, w) for c, w in zip(row, widths, strict=False)), row[-1]])
+        for row in rows
+    )
+
+
+def _describe(models: Models, details: ModelDetails, verbose: bool) -> str:
     """``ollama show``'s sections, headings and names in the user's language."""
+    from cairn.server import shown
+
     sections = []
-    summary = {_(key): untrusted(str(value)) for key, value in details.summary().items()}
-    width = max((display_width(key) for key in summary), default=0)
-    lines = [f"    {pad(key, width)}    {value}" for key, value in summary.items()]
-    sections.append(f"  {_('Model')}\n" + "\n".join(lines))
+    summary = [
+        (_(key), untrusted(str(value)))
+        for key, value in details.summary().items()
+        if key != "capabilities"  # a section of its own, as Ollama's
+    ]
+    sections.append(f"  {_('Model')}\n" + _columns(summary))
+    capabilities = shown.capabilities(details)
+    if capabilities:
+        listed = [(untrusted(c),) for c in capabilities]
+        sections.append(f"  {_('Capabilities')}\n" + _columns(listed))
+    projector = shown.projector_info(models, details, verbose=True)
+    if projector:
+        sections.append(f"  {_('Projector')}\n" + _columns(_projector_rows(projector)))
     if details.parameters:
-        sections.append(f"  {_('Parameters')}\n" + _parameter_lines(details.parameters, "    "))
+        lines = shown.parameters_text(details.parameters).split("\n")
+        pairs = (line.partition(" ") for line in lines)
+        rows: list[tuple[str, ...]] = [
+            (untrusted(key), untrusted(value.strip())) for key, _s, value in pairs
+        ]
+        sections.append(f"  {_('Parameters')}\n" + _columns(rows))
+    if verbose and details.gguf is not None:
+        metadata = details.gguf.metadata
+        rows = [
+            (untrusted(key), untrusted(_metadata_value(metadata[key])))
+            for key in sorted(metadata)
+            if key not in shown.NOT_INFO
+        ]
+        if rows:
+            sections.append(f"  {_('Metadata')}\n" + _columns(rows))
+        tensors = shown.tensors(models, details)
+        if tensors:
+            rows = [
+                (untrusted(t["name"]), t["type"], "[" + " ".join(map(str, t["shape"])) + "]")
+                for t in tensors
+            ]
+            sections.append(f"  {_('Tensors')}\n" + _columns(rows))
     if details.system:
         sections.append(f"  {_('System')}\n" + _indent_head(details.system))
     if details.licenses:
@@ -193,16 +271,56 @@ def _describe(details: ModelDetails) -> str:
             )
             for d in details.other_layers
         ]
-        widths = [max(display_width(row[i]) for row in rows) for i in range(2)]
-        lines = [f"    {pad(k, widths[0])}    {pad(n, widths[1])}    {z}" for k, n, z in rows]
-        sections.append(f"  {_('Layers')}\n" + "\n".join(lines))
+        sections.append(f"  {_('Layers')}\n" + _columns(rows))
     return "\n\n".join(sections) + "\n"
 
 
-def _indent_head(text: str, lines: int = 4) -> str:
-    head = [line for line in text.strip().splitlines() if line.strip()][:lines]
-    more = "    ..." if len(text.strip().splitlines()) > lines else ""
-    return "\n".join(f"    {line}" for line in head) + (f"\n{more}" if more else "")
+def _projector_rows(info: dict[str, Any]) -> list[tuple[str, ...]]:
+    """``ollama show``'s Projector section: architecture, embedding length, dimensions."""
+    from cairn.server.shown import go_plain
+
+    arch = info.get("general.architecture")
+    rows: list[tuple[str, ...]] = []
+    if isinstance(arch, str) and arch:
+        rows.append((_("architecture"), untrusted(arch)))
+    for suffix, label in (
+        ("embedding_length", N_("embedding length")),
+        ("projection_dim", N_("dimensions")),
+    ):
+        for modality in ("vision", "audio"):
+            value = info.get(f"{arch}.{modality}.{suffix}")
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                rows.append((_(label), go_plain(value)))
+                break
+    return rows or [(_("architecture"), "")]
+
+
+def _metadata_value(value: Any) -> str:
+    """A metadata value as ``ollama show -v`` prints it; a long array as its first items
+    and how many more (``[<pad> <eos> ...+262142 more]``)."""
+    from cairn.gguf import ArrayValue
+    from cairn.server.shown import go_plain, info_value
+
+    if not isinstance(value, ArrayValue):
+        return go_plain(info_value(value, verbose=True))
+    items = [_metadata_value(v) for v in value.values or ()]
+    shown, width = 0, 1
+    for i, item in enumerate(items):
+        more = display_width(item) + (2 if i else 0)
+        if width + more > 10 and i:
+            break
+        width += more
+        shown += 1
+    if shown < value.length:
+        return "[" + " ".join(items[:shown]) + f" ...+{value.length - shown} more]"
+    return "[" + " ".join(items) + "]"
+
+
+def _indent_head(text: str, lines: int = 2) -> str:
+    """The first non-blank lines, trimmed, and ``...`` when there are more (as Ollama's)."""
+    filled = [line.strip() for line in text.splitlines() if line.strip()]
+    head = [f"    {line}" for line in filled[:lines]]
+    return "\n".join(head + (["    ..."] if len(filled) > lines else []))
 
 
 @click.command()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -46,38 +47,96 @@ def say_error(exc: BaseException) -> None:
 
 
 def human_size(size: int) -> str:
-    """Decimal units, as ``ollama list`` prints them: ``253 MB``, ``4.7 GB``."""
-    value = float(size)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if value < 1000 or unit == "TB":
-            if unit == "B":
-                return f"{int(value)} B"
-            return f"{value:.1f} {unit}" if value < 10 else f"{value:.0f} {unit}"
-        value /= 1000
-    raise AssertionError("unreachable")
+    """Decimal units, as Ollama's ``format.HumanBytes``: ``253 MB``, ``4.7 GB``, ``1 GB``.
+
+    Ten units and more are cut to whole ones (253.9 MB is ``253 MB``), fewer
+    get one decimal unless they are whole.
+    """
+    for unit, scale in (("TB", 10**12), ("GB", 10**9), ("MB", 10**6), ("KB", 10**3)):
+        if size >= scale:
+            value = size / scale
+            if value >= 10 or value == int(value):
+                return f"{int(value)} {unit}"
+            return f"{value:.1f} {unit}"
+    return f"{size} B"
 
 
 def human_age(then: float, now: float | None = None) -> str:
-    """``2 hours ago``, ``About a minute ago``, in the manner of ``ollama list``."""
-    seconds = max(0.0, (time.time() if now is None else now) - then)
-    if seconds < 1:
-        return _("Less than a second ago")
-    for limit, unit, one, many in _AGES:
-        if seconds < limit:
-            count = int(seconds // unit)
-            return _(one) if count == 1 else _(many).format(count=count)
-    raise AssertionError("unreachable")
+    """``2 hours ago``, ``About a minute ago``, ``3 days from now``: Ollama's ``format.HumanTime``.
+
+    Its thresholds: seconds and minutes are cut to whole ones, hours are
+    rounded; under 48 hours counts hours, then days up to two weeks, weeks up
+    to 60 days, months (of 30 days) up to two years, then years. A time more
+    than 20 years ahead is ``Forever``.
+    """
+    delta = (time.time() if now is None else now) - then
+    if _toward_zero(int(delta / 3600), 24 * 365) < -20:
+        return _("Forever")
+    phrases = _FROM_NOW if delta < 0 else _AGO
+    key, count = _duration(abs(delta))
+    return _(phrases[key]).format(count=count)
 
 
-_AGES = (  # (below, unit, one of them, several): the last row is unbounded
-    (60, 1, N_("1 second ago"), N_("{count} seconds ago")),
-    (3600, 60, N_("About a minute ago"), N_("{count} minutes ago")),
-    (86400, 3600, N_("About an hour ago"), N_("{count} hours ago")),
-    (86400 * 7, 86400, N_("1 day ago"), N_("{count} days ago")),
-    (86400 * 30, 86400 * 7, N_("1 week ago"), N_("{count} weeks ago")),
-    (86400 * 365, 86400 * 30, N_("1 month ago"), N_("{count} months ago")),
-    (float("inf"), 86400 * 365, N_("1 year ago"), N_("{count} years ago")),
-)
+def _toward_zero(a: int, b: int) -> int:
+    """Go's integer division, which truncates toward zero (Python's floors)."""
+    quotient = abs(a) // b
+    return -quotient if a < 0 else quotient
+
+
+def _duration(seconds: float) -> tuple[str, int]:
+    """Ollama's ``humanDuration``: which phrase, and the count it takes."""
+    whole = int(seconds)
+    if whole < 1:
+        return "now", 0
+    if whole == 1:
+        return "second", 1
+    if whole < 60:
+        return "seconds", whole
+    minutes = int(seconds / 60)
+    if minutes == 1:
+        return "minute", 1
+    if minutes < 60:
+        return "minutes", minutes
+    hours = math.floor(seconds / 3600 + 0.5)  # Go's math.Round: halves away from zero
+    if hours == 1:
+        return "hour", 1
+    if hours < 48:
+        return "hours", hours
+    if hours < 24 * 7 * 2:
+        return "days", hours // 24
+    if hours < 24 * 30 * 2:
+        return "weeks", hours // (24 * 7)
+    if hours < 24 * 365 * 2:
+        return "months", hours // (24 * 30)
+    return "years", int(seconds / 3600) // (24 * 365)
+
+
+_AGO = {
+    "now": N_("Less than a second ago"),
+    "second": N_("1 second ago"),
+    "seconds": N_("{count} seconds ago"),
+    "minute": N_("About a minute ago"),
+    "minutes": N_("{count} minutes ago"),
+    "hour": N_("About an hour ago"),
+    "hours": N_("{count} hours ago"),
+    "days": N_("{count} days ago"),
+    "weeks": N_("{count} weeks ago"),
+    "months": N_("{count} months ago"),
+    "years": N_("{count} years ago"),
+}
+_FROM_NOW = {
+    "now": N_("Less than a second from now"),
+    "second": N_("1 second from now"),
+    "seconds": N_("{count} seconds from now"),
+    "minute": N_("About a minute from now"),
+    "minutes": N_("{count} minutes from now"),
+    "hour": N_("About an hour from now"),
+    "hours": N_("{count} hours from now"),
+    "days": N_("{count} days from now"),
+    "weeks": N_("{count} weeks from now"),
+    "months": N_("{count} months from now"),
+    "years": N_("{count} years from now"),
+}
 
 
 def display_width(text: str) -> int:

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import sys
 from typing import Any
 
 import click
 
-from cairn.i18n import Phrase, _, localize
+from cairn.cli.output import human_size
+from cairn.i18n import _, localize
 from cairn.registry.pull import Event
 from cairn.sanitize import untrusted
+
+BAR_FORMAT = "{desc} {percentage:3.0f}% ▕{bar}▏ {sizes}{speed}"
+"""Ollama's bar: ``pulling 735af2139dc6:  45% ▕████      ▏ 114 MB/253 MB  12 MB/s  11s``."""
 
 
 class Reporter:
@@ -34,10 +40,9 @@ class Reporter:
         elif event.digest and event.total is not None and self.tty:
             self._bar(event)
         else:
-            said = event.status  # NDJSON keeps the English
-            if event.digest:
-                said = Phrase("{label} {total} bytes", label=said, total=event.total)
-            line = untrusted(localize(said))
+            line = untrusted(localize(event.status))  # NDJSON keeps the English
+            if event.digest and event.total is not None:
+                line = f"{line} {human_size(event.total)}"
             if line != self._last and (not event.digest or event.completed == event.total):
                 if self._bars:
                     from tqdm import tqdm
@@ -48,30 +53,13 @@ class Reporter:
                 self._last = line
 
     def _bar(self, event: Event) -> None:
-        from tqdm import tqdm
-
         assert event.digest is not None and event.total is not None
         if self._overall is None:
-            self._overall = tqdm(
-                total=0,
-                desc=_("total"),
-                unit="B",
-                unit_scale=True,
-                unit_divisor=1024,
-                file=sys.stderr,
-                position=0,
-            )
+            self._overall = _new_bar(_("total"), 0, 0)
         bar = self._bars.get(event.digest)
         if bar is None:
-            bar = tqdm(
-                total=event.total,
-                desc=untrusted(localize(event.status)),
-                unit="B",
-                unit_scale=True,
-                unit_divisor=1024,
-                file=sys.stderr,
-                position=len(self._bars) + 1,
-            )
+            desc = untrusted(localize(event.status))
+            bar = _new_bar(desc, event.total, len(self._bars) + 1)
             self._bars[event.digest] = bar
             self._overall.total += event.total
             self._overall.refresh()
@@ -84,3 +72,74 @@ class Reporter:
             bar.close()
         if self._overall is not None:
             self._overall.close()
+
+
+def _new_bar(desc: str, total: int, position: int) -> Any:
+    columns, lines = _terminal_size()
+    return _bar_class()(
+        total=total,
+        desc=desc,
+        file=sys.stderr,
+        position=position,
+        bar_format=BAR_FORMAT,
+        ncols=columns,
+        nrows=lines,
+    )
+
+
+@functools.cache
+def _bar_class() -> type:
+    """tqdm, writing sizes as Ollama does (``253 MB``, decimal units), not tqdm's ``241MB``,
+    and sized afresh at each redraw by :func:`_terminal_size`.
+
+    (tqdm's own resizing takes a terminal that says it has 0 columns and 0
+    lines at its word: every bar hidden, a blank line left for each.)
+    """
+    from tqdm import tqdm
+
+    class Bar(tqdm):  # type: ignore[misc]
+        @property
+        def format_dict(self) -> dict[str, Any]:
+            self.ncols, self.nrows = _terminal_size()
+            shown: dict[str, Any] = super().format_dict
+            done, total = int(shown["n"]), int(shown["total"] or 0)
+            rate = shown.get("rate")
+            if total and done >= total:
+                shown.update(sizes=human_size(total), speed="")
+            else:
+                shown["sizes"] = f"{human_size(done)}/{human_size(total)}"
+                speed = ""
+                if rate:
+                    speed = f"  {human_size(int(rate))}/s  {_remaining((total - done) / rate)}"
+                shown["speed"] = speed
+            return shown
+
+    return Bar
+
+
+def _terminal_size() -> tuple[int, int]:
+    """Columns and lines for the bars: stderr's, less the last column (a line that fills
+    it wraps on some terminals); 80 and 24 where the terminal does not say (it says 0).
+
+    ``COLUMNS`` and ``LINES`` win, as with :func:`shutil.get_terminal_size`.
+    """
+    try:
+        columns, lines = os.get_terminal_size(sys.stderr.fileno())
+    except (OSError, ValueError, AttributeError):
+        columns, lines = 0, 0
+    told = [os.environ.get(name, "") for name in ("COLUMNS", "LINES")]
+    columns = int(told[0]) if told[0].isdigit() and int(told[0]) > 0 else columns
+    lines = int(told[1]) if told[1].isdigit() and int(told[1]) > 0 else lines
+    return (columns - 1 if columns > 1 else 80), (lines if lines > 0 else 24)
+
+
+def _remaining(seconds: float) -> str:
+    """Ollama's time left: ``59s``, ``12m5s``, ``2h30m``, ``99h+``."""
+    whole = int(seconds)
+    if whole >= 100 * 3600:
+        return "99h+"
+    if whole >= 3600:
+        return f"{whole // 3600}h{whole // 60 % 60}m"
+    if whole >= 60:
+        return f"{whole // 60}m{whole % 60}s"
+    return f"{whole}s"

@@ -26,7 +26,10 @@ from cairn.sanitize import untrusted
 @click.option("--insecure", is_flag=True, help="Use plain HTTP (no TLS), as Ollama's --insecure.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @click.option("--json", "as_json", is_flag=True, help="Print progress as NDJSON lines.")
-@click.option("--limit-rate", help="At most this many bytes per second (K, M, G suffixes).")
+@click.option(
+    "--limit-rate",
+    help="At most this many bytes per second (K, M, G suffixes; 0: no limit).",
+)
 @click.option("--local", is_flag=True, help=LOCAL_HELP)
 def pull(
     name: str, insecure: bool, quiet: bool, as_json: bool, limit_rate: str | None, local: bool
@@ -40,7 +43,7 @@ def pull(
         from cairn.cli.on_server import pull_on_server
 
         with client:
-            if limit_rate:
+            if rate(limit_rate):
                 raise ConfigError(
                     "--limit-rate applies to a pull cairn makes itself, not to one the"
                     " server at {url} makes (--local pulls into the store here)",
@@ -50,8 +53,9 @@ def pull(
         return
     reporter = Reporter(as_json, quiet)
 
+    limit = rate(limit_rate)  # a bad rate is an error before anything is shown
+
     async def run() -> None:
-        limit = parse_size(limit_rate) if limit_rate else None
         await pull_configured(Models.from_environment(), ref, insecure, reporter, limit)
 
     try:
@@ -76,7 +80,10 @@ def pull(
 @click.option("--chunk-size", default="64M", help="Upload large blobs in chunks of this size.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @click.option("--json", "as_json", is_flag=True, help="Print progress as NDJSON lines.")
-@click.option("--limit-rate", help="At most this many bytes per second (K, M, G suffixes).")
+@click.option(
+    "--limit-rate",
+    help="At most this many bytes per second (K, M, G suffixes; 0: no limit).",
+)
 def push(
     source: str,
     destination: str | None,
@@ -102,10 +109,10 @@ def push(
             name=models.get(source).reference.display.rpartition("/")[2],
         )
     dest = parse_reference(destination) if destination else models.get(source).reference
+    limit = rate(limit_rate)
     reporter = Reporter(as_json, quiet)
 
     async def run() -> str:
-        limit = parse_size(limit_rate) if limit_rate else None
         async with make_client(dest, insecure, limit) as client:
             return await do_push(
                 models, source, dest, client, fmt, parse_size(chunk_size), reporter
@@ -128,6 +135,14 @@ def push(
 @click.option("--insecure", is_flag=True, help="Check the credentials over plain HTTP.")
 def login(host: str, username: str | None, password_stdin: bool, insecure: bool) -> None:
     """Store credentials for HOST (in $CAIRN_HOME/auth.json, mode 0600), after checking them."""
+    if password_stdin and username is None:
+        raise ConfigError("--password-stdin needs the user name too: give it with -u USER")
+    if not password_stdin and not sys.stdin.isatty():
+        # click would read the answers from the pipe, or wait on it for ever.
+        raise ConfigError(
+            "no terminal to ask for the password on: pipe it in with --password-stdin"
+            " (and give the user with -u USER)"
+        )
     if username is None:
         username = click.prompt(_("Username"))
     if password_stdin:
@@ -168,6 +183,17 @@ def logout(host: str) -> None:
 
 
 COMMANDS = (pull, push, login, logout)
+
+
+_ZERO = re.compile(r"0+(\.0*)?\s*([kmg]i?)?b?", re.IGNORECASE)
+
+
+def rate(text: str | None) -> int | None:
+    """``--limit-rate``: bytes per second, or None for no limit (not given, or 0 as curl
+    and wget read it)."""
+    if text is None or _ZERO.fullmatch(text.strip()):
+        return None
+    return parse_size(text)
 
 
 _HOST_PORT = re.compile(r"(?P<host>[A-Za-z0-9.-]+|\[[0-9A-Fa-f:]+\])(?::(?P<port>[0-9]{1,5}))?")

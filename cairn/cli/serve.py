@@ -119,7 +119,6 @@ def serve(
 ) -> None:
     """Serve the store over the OCI Distribution API (pull, push, tags, referrers)."""
     import logging
-    import ssl
 
     from aiohttp import web
 
@@ -127,20 +126,25 @@ def serve(
     from cairn.errors import ConfigError
     from cairn.registry.origins import origin_of
     from cairn.registry.server.app import Options, load_htpasswd, make_app
+    from cairn.registry.server.listen import bind, split_address, tls_context, url_host
     from cairn.registry.server.tokens import load_keys
     from cairn.registry.server.upstream import parse_duration, parse_upstream
 
-    host, _, port = addr.rpartition(":")
-    if not host or not port.isdigit():
-        raise ConfigError("--addr {addr!r} is not HOST:PORT", addr=addr)
+    host, port = split_address(addr, "--addr")
     if bool(tls_cert) != bool(tls_key):
         raise ConfigError("--tls-cert and --tls-key go together")
+    if public_read and not (htpasswd or ollama_keys):
+        raise ConfigError(
+            "--public-read needs --htpasswd (or --ollama-keys): without a login anyone may"
+            " pull and push already (--read-only refuses every write)"
+        )
     scheme = "https" if tls_cert else "http"
     if not public_urls:
-        if host in ("127.0.0.1", "localhost", "::1", "[::1]"):
-            public_urls = (f"{scheme}://127.0.0.1:{port}", f"{scheme}://localhost:{port}")
-        elif host not in ("0.0.0.0", "::", "[::]"):
-            public_urls = (f"{scheme}://{addr}",)
+        if host in ("127.0.0.1", "localhost", "::1"):
+            loopback = ("127.0.0.1", "localhost") if host != "::1" else ("[::1]", "localhost")
+            public_urls = tuple(f"{scheme}://{name}:{port}" for name in loopback)
+        elif host not in ("", "0.0.0.0", "::"):
+            public_urls = (f"{scheme}://{url_host(host)}:{port}",)
         elif ollama_keys:
             raise ConfigError(
                 "--ollama-keys on every address ({addr}) needs --public-url: the URL Ollama"
@@ -167,26 +171,17 @@ def serve(
         upstream_ttl=parse_duration(upstream_ttl),
         upstream_timeout=_positive(parse_duration(upstream_timeout), "--upstream-timeout"),
     )
-    context = None
-    if tls_cert and tls_key:
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(tls_cert, tls_key)
+    context = tls_context(tls_cert, tls_key) if tls_cert and tls_key else None
+    sockets = bind(host, port, "--addr")  # a port in use is an error before "serving"
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # the upstream client's requests
-    url = f"{'https' if context else 'http'}://{addr}"
+    url = f"{scheme}://{url_host(host)}:{port}"
     say(Phrase("serving {root} on {url}", root=options.root, url=url), err=True)
     # No handler_cancellation here (unlike `cairn serve`): an upload's append runs in a
     # thread under its session's lock, and a cancelled request would release the lock
     # while that thread still writes.
-    web.run_app(
-        make_app(options),
-        host=host,
-        port=int(port),
-        ssl_context=context,
-        print=None,
-        access_log=None,
-    )
+    web.run_app(make_app(options), sock=sockets, ssl_context=context, print=None, access_log=None)
 
 
 @click.command("serve")
@@ -203,28 +198,25 @@ def serve_api(insecure_no_auth: bool) -> None:
 
     from aiohttp import web
 
-    from cairn.errors import ConfigError
     from cairn.manifests.models import Models
+    from cairn.registry.server.listen import bind, split_address, url_host
     from cairn.server.app import make_app, settings_from_environment
     from cairn.server.guard import check_exposure, is_loopback
 
     addr = os.environ.get("CAIRN_HOST") or "127.0.0.1:11434"
     addr = addr.removeprefix("http://")
-    host, _, port = addr.rpartition(":")
-    if not host or not port.isdigit():
-        raise ConfigError("CAIRN_HOST {addr!r} is not HOST:PORT", addr=addr)
+    host, port = split_address(addr, "CAIRN_HOST")
     settings = settings_from_environment(Models.from_environment())
     settings.insecure_no_auth = insecure_no_auth
     settings.loopback_only = is_loopback(host)
-    check_exposure(host, settings)  # no key on a non-loopback address: refused
+    check_exposure(host or "0.0.0.0", settings)  # no key on a non-loopback address: refused
+    sockets = bind(host, port, "CAIRN_HOST")  # a port in use is an error before "serving"
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    say(
-        Phrase("serving {root} on {url}", root=settings.models.root, url=f"http://{addr}"), err=True
-    )
+    url = f"http://{url_host(host)}:{port}"
+    say(Phrase("serving {root} on {url}", root=settings.models.root, url=url), err=True)
     web.run_app(
         make_app(settings),
-        host=host,
-        port=int(port),
+        sock=sockets,
         print=None,
         access_log=None,
         handler_cancellation=True,  # a client gone stops its answer, streamed or not

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import socket
 import ssl
 import time
 import zlib
@@ -296,7 +297,6 @@ class RegistryClient:
     async def aclose(self) -> None:
         await self.http.aclose()
         self.connections.close()
-        self.streams.close()
 
     def http1_ssl_context(self) -> ssl.SSLContext:
         """A TLS context for the ``http.client`` byte paths: same trust, HTTP/1.1 only.
@@ -380,6 +380,9 @@ class RegistryClient:
                 response = await self._send(method, url, sent, content, stream)
             except httpx.TransportError as exc:
                 if not replayable or attempt + 1 >= self.retry.attempts:
+                    problem = connection_problem(exc, url)
+                    if problem is not None:
+                        raise TransferError(problem) from exc
                     raise TransferError(
                         "{method} {url}: {reason}",
                         method=method,
@@ -560,6 +563,13 @@ class RegistryClient:
                 fail_when_larger=True,
             )
         except httpx.TransportError as exc:
+            problem = connection_problem(exc, url)
+            if problem is not None:
+                raise TransferError(
+                    "token request to {realm_host}: {problem}",
+                    realm_host=realm_host,
+                    problem=problem,
+                ) from exc
             raise TransferError(
                 "token request to {realm_host}: {reason}",
                 realm_host=realm_host,
@@ -604,6 +614,12 @@ class RegistryClient:
         status = response.status_code
         if status in ok:
             return
+        if status == 400 and _plain_to_tls(response):
+            raise RegistryError(
+                "{what}: the registry answers over HTTPS, not HTTP: leave out --insecure",
+                what=what,
+                status=status,
+            )
         message = Phrase(
             "{what}: {detail} (HTTP {status})",
             what=what,
@@ -635,6 +651,14 @@ class RegistryClient:
         try:
             if response.status_code != 200:
                 response = await _small(response, what, self.retry)
+            if response.status_code == 404:
+                raise RemoteNotFoundError(
+                    "model {model} not found on {host} ({detail})",
+                    model=f"{repository}{'@' if ':' in reference else ':'}{reference}",
+                    host=self.host,
+                    detail=_error_message(response),
+                    status=404,
+                )
             self.check(response, what)
             declared = response.headers.get("Content-Length")
             if declared and ascii_digits(declared) and int(declared) > MAX_MANIFEST_SIZE:
@@ -771,6 +795,64 @@ def _redact(url: str) -> str:
     """A URL without its query (upload state tokens, signed storage URLs)."""
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc}{parts.path}"
+
+
+_PLAIN_HTTP = frozenset({"WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG"})
+"""What OpenSSL says when the other side answers a TLS hello with plain HTTP."""
+
+
+def connection_problem(exc: BaseException, url: str) -> Phrase | None:
+    """What a failed connection to ``url`` means and what to do about it, for the
+    failures users meet most (a plain-HTTP registry, nothing listening, a name that does
+    not resolve, an untrusted certificate); None for the others."""
+    parts = urlsplit(url)
+    where = parts.netloc.rpartition("@")[2] or url
+    causes: list[BaseException] = []
+    seen: BaseException | None = exc
+    while seen is not None and len(causes) < 10:
+        causes.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    for cause in causes:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return Phrase(
+                "the certificate of {where} is not trusted ({reason}: {detail}): give its CA"
+                " in CAIRN_CA_BUNDLE",
+                where=where,
+                reason=cause.reason or "",
+                detail=untrusted(cause.verify_message or "")[:200],
+            )
+        if isinstance(cause, ssl.SSLError) and cause.reason in _PLAIN_HTTP:
+            return Phrase(
+                "the registry at {where} answered over HTTP, not HTTPS: use --insecure for a"
+                " registry without TLS",
+                where=where,
+            )
+        if isinstance(cause, socket.gaierror):
+            return Phrase(
+                "cannot resolve the host {host} ({reason}): check its name, and the network",
+                host=parts.hostname or where,
+                reason=cause.strerror or str(cause),
+            )
+        if isinstance(cause, ConnectionRefusedError):
+            return Phrase(
+                "nothing listens on {where} (connection refused): is the registry running,"
+                " and is the port right?",
+                where=where,
+            )
+    if isinstance(exc, httpx.ConnectTimeout):
+        return Phrase(
+            "{where} did not take the connection in time: is the host up, and the port right?",
+            where=where,
+        )
+    return None
+
+
+def _plain_to_tls(response: httpx.Response) -> bool:
+    """Whether a 400 is a TLS server's answer to plain HTTP (Go's net/http says so)."""
+    try:
+        return b"HTTP request to an HTTPS server" in response.content[:200]
+    except httpx.ResponseNotRead:
+        return False
 
 
 def _describe(exc: BaseException) -> str:

@@ -158,21 +158,12 @@ class Api:
 
     def entry(self, model: Any) -> dict[str, Any]:
         from cairn.manifests.show import show_model
+        from cairn.server.shown import details as details_of
 
         name = model.reference.display
         details: dict[str, Any] = {"format": "gguf", "parent_model": ""}
-        try:
-            shown = show_model(self.models, str(model.reference))
-            summary = shown.summary()
-            family = summary.get("architecture") or ""
-            details.update(
-                family=family,
-                families=[family] if family else None,
-                parameter_size=summary.get("parameters") or "",
-                quantization_level=summary.get("quantization") or "",
-            )
-        except CairnError:
-            pass
+        with contextlib.suppress(CairnError):
+            details = details_of(show_model(self.models, str(model.reference)))
         return {
             "name": name,
             "model": name,
@@ -189,31 +180,17 @@ class Api:
 
     async def show(self, request: web.Request) -> web.StreamResponse:
         from cairn.manifests.show import show_model
+        from cairn.server.shown import show_response
 
         data = await self.body(request)
         name = self.name_of(data)
+        verbose = flag(data, "verbose", False)
         self.local(name)
-        shown = await asyncio.to_thread(show_model, self.models, name)
-        entry = self.entry(shown.model)
-        info = dict(shown.gguf.metadata) if shown.gguf else {}
-        model_info = {k: v for k, v in info.items() if isinstance(v, (str, int, float, bool))}
-        parameters = "\n".join(
-            f"{key} {item}"
-            for key, value in shown.parameters.items()
-            for item in (value if isinstance(value, list) else [value])
-        )
-        return web.json_response(
-            {
-                "modelfile": shown.modelfile(self.models),
-                "parameters": parameters,
-                "template": shown.template or "",
-                "system": shown.system or "",
-                "details": entry["details"],
-                "model_info": model_info,
-                "capabilities": ["completion"],
-                "modified_at": entry["modified_at"],
-            }
-        )
+
+        def answer() -> dict[str, Any]:
+            return show_response(self.models, show_model(self.models, name), verbose)
+
+        return web.json_response(await asyncio.to_thread(answer))
 
     async def ps(self, request: web.Request) -> web.StreamResponse:
         now, wall = time.monotonic(), time.time()

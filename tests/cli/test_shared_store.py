@@ -416,7 +416,7 @@ def test_ollamas_other_layers_and_config_are_shown_and_inherited(
         ],
     )
     shown = cairn("show", "rich").stdout
-    for line in ("renderer", "parser", "requires", "0.12.0", "completion, vision"):
+    for line in ("renderer", "parser", "requires", "0.12.0", "  Capabilities\n    completion\n"):
         assert line in shown
     assert "tensor    blk.0.attn_q.weight" in shown and "draft" in shown and "embed" in shown
     assert cairn("show", "rich", "--template").stdout.strip() == "{{ .Prompt }} (old style)"

@@ -34,6 +34,7 @@ from cairn.registry.server.blobs import (
     start_upload,
     upload_status,
 )
+from cairn.registry.server.catalog import catalog
 from cairn.registry.server.errors import OCIError
 from cairn.registry.server.manifests import (
     delete_manifest,
@@ -177,6 +178,7 @@ def make_app(options: Options) -> web.Application:
     name = r"{name:[A-Za-z0-9._/-]+?}"
     routes = [
         web.get("/v2/", base),
+        web.get("/v2/_catalog", catalog),
         web.get("/token", token, name=TOKEN),
         web.get(f"/v2/{name}/manifests/{{reference}}", get_manifest),
         web.put(f"/v2/{name}/manifests/{{reference}}", put_manifest),
