@@ -64,6 +64,7 @@ from cairn.registry.client import (
     RegistryClient,
     Stalled,
     ascii_digits,
+    connection_problem,
     raw_chunks,
     retry_after_seconds,
 )
@@ -181,6 +182,8 @@ class _Context:
     """The connection each range (by id) is being read on, on the fast path."""
     threads: list[threading.Thread] = field(default_factory=list)
     """The threads of this round's streams (fast path)."""
+    asked: dict[int, str] = field(default_factory=dict)
+    """The URL each range (by id) was last asked at, on the fast path."""
 
     def abandon(self) -> None:
         """End this round: no stream writes another byte, and every blocked read returns."""
@@ -194,7 +197,9 @@ class _Context:
 
     def next_round(self) -> _Context:
         """A context for starting over: its own stop and streams; the failures carry on."""
-        return replace(self, stop=threading.Event(), reading={}, threads=[], may_split=False)
+        return replace(
+            self, stop=threading.Event(), reading={}, threads=[], asked={}, may_split=False
+        )
 
     def cut(self, span: Span) -> None:
         """Shut the connection ``span`` is read on (it was stolen to its end): a blocked read
@@ -312,6 +317,7 @@ def _fast_span(ctx: _Context, span: Span, ssl_context: ssl.SSLContext | None) ->
         headers = ctx.headers(span)  # the range as it is now (a thief may have cut it)
         if origin_of(url) != ctx.client.origin:
             headers.pop("Authorization", None)  # credentials go to the registry's origin only
+        ctx.asked[id(span)] = url
         conn, target, reused = pool.take(url, ssl_context, timeout, fresh)
         conn_url = url
         fresh = False
@@ -468,10 +474,13 @@ async def _span_with_retries(ctx: _Context, span: Span, fast: bool) -> None:
                     problem=problem,
                     failures=ctx.failures,
                 ) from problem
+            # What it means and what to do, named for where the range was asked (a redirect
+            # may have led elsewhere).
+            said = connection_problem(problem, ctx.asked.get(id(span), ctx.url))
             raise TransferError(
                 "blob {digest}: {problem} (after {failures} failures)",
                 digest=ctx.partial.digest,
-                problem=untrusted(str(problem))[:300],
+                problem=said if said is not None else untrusted(str(problem))[:300],
                 failures=ctx.failures,
             ) from problem
         wait = policy.delay(attempt - 1)

@@ -27,7 +27,7 @@ from aiohttp import web
 from cairn.blobstore import Digest
 from cairn.blobstore.partial import Span
 from cairn.blobstore.store import BlobStore
-from cairn.errors import ConfigError, DigestMismatchError
+from cairn.errors import ConfigError, DigestMismatchError, TransferError
 from cairn.manifests.manifest import Descriptor
 from cairn.manifests.models import Models
 from cairn.manifests.reference import parse_reference
@@ -35,7 +35,7 @@ from cairn.registry import fetch
 from cairn.registry.client import RegistryClient, RetryPolicy
 from cairn.registry.pull import Event, pull
 from cairn.registry.streams import Growth, StreamBudget, max_streams_from_environment
-from tests.conftest import Runner, cairn_env, modelfile
+from tests.conftest import Runner, cairn_env, free_port, modelfile
 from tests.ggufmaker import write_gguf
 from tests.registry.hostile import HostileRegistry, digest
 from tests.throttle import Throttle
@@ -631,3 +631,23 @@ def test_streams_cancelled_before_their_first_step_give_their_budget_back(
             return client.streams.open
 
     assert asyncio.run(go()) == 0
+
+
+def test_a_blob_redirected_to_where_nothing_listens_says_so(
+    hostile: HostileRegistry, store: Path
+) -> None:
+    weights = one_blob(hostile)
+    closed = free_port()
+
+    async def nowhere(request: web.Request) -> web.StreamResponse | None:
+        if request.method == "GET" and request.path.endswith(digest(weights)):
+            return web.Response(
+                status=307, headers={"Location": f"http://127.0.0.1:{closed}{request.path}"}
+            )
+        return None
+
+    hostile.hook(nowhere)
+    with pytest.raises(TransferError) as caught:
+        pull_from(hostile, store)
+    # Named for the storage host the redirect led to, not the registry, and what to do.
+    assert f"nothing listens on 127.0.0.1:{closed}" in str(caught.value)
