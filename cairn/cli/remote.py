@@ -14,7 +14,6 @@ from cairn.blobstore import Digest
 from cairn.cli.output import display_width, human_size, pad
 from cairn.errors import (
     DigestMismatchError,
-    InvalidDigestError,
     InvalidReferenceError,
     ManifestError,
     RegistryError,
@@ -63,16 +62,11 @@ def _checked(data: bytes, expected: Digest | None) -> None:
         raise DigestMismatchError(str(expected), str(Digest.of(data, expected.algorithm)))
 
 
-def _header_digest(value: str | None) -> Digest | None:
-    try:
-        return Digest.parse(value) if value else None
-    except InvalidDigestError:
-        return None  # an algorithm cairn does not keep: nothing to check against
-
-
 async def fetch_served(client: RegistryClient, ref: Reference) -> tuple[bytes, str | None]:
     """The manifest bytes ``ref`` names, exactly as served, and their Content-Type;
     checked against the digest ``ref`` names or the registry sent."""
+    from cairn.registry.pull import check_manifest, header_digest
+
     reference = str(ref.digest) if ref.digest else ref.tag_or_default
     try:
         served, served_type, header = await client.get_manifest(ref.repository, reference)
@@ -80,28 +74,22 @@ async def fetch_served(client: RegistryClient, ref: Reference) -> tuple[bytes, s
         raise RemoteNotFoundError(
             "model {model} not found on {host}", model=_model(ref), host=ref.host, status=404
         ) from None
-    _checked(served, ref.digest or _header_digest(header))
+    check_manifest(served, ref.digest or header_digest(header))
     return served, served_type
 
 
 async def fetch(client: RegistryClient, ref: Reference) -> Remote:
     """The model ``ref`` names (an index followed to its model, as ``pull`` does) and its
     config blob."""
-    from cairn.manifests.manifest import Index, Manifest, parse_manifest
-    from cairn.registry.pull import choose_from_index
+    from cairn.manifests.manifest import Index, parse_manifest
+    from cairn.registry.pull import follow_index
 
     served, served_type = await fetch_served(client, ref)
     parsed = parse_manifest(served, served_type)
     index = parsed if isinstance(parsed, Index) else None
-    if isinstance(parsed, Index):
-        entry = choose_from_index(parsed)
-        data, content_type, _header = await client.get_manifest(ref.repository, str(entry.digest))
-        _checked(data, entry.digest)
-        parsed = parse_manifest(data, content_type)
-        if not isinstance(parsed, Manifest):
-            raise ManifestError("an index inside an index is not a model")
-    config = await read_config(client, ref, parsed.config)
-    return Remote(ref, index, parsed, config)
+    model = await follow_index(client, ref.repository, parsed)
+    config = await read_config(client, ref, model.config)
+    return Remote(ref, index, model, config)
 
 
 async def read_config(client: RegistryClient, ref: Reference, descriptor: Descriptor) -> bytes:

@@ -61,13 +61,13 @@ def _quiet(_: Event) -> None:
     pass
 
 
-def _check_manifest(data: bytes, expected: Digest | None) -> None:
+def check_manifest(data: bytes, expected: Digest | None) -> None:
     actual = Digest.of(data, expected.algorithm if expected else "sha256")
     if expected is not None and actual != expected:
         raise DigestMismatchError(Phrase("manifest {expected}", expected=expected), str(actual))
 
 
-def _header_digest(value: str | None) -> Digest | None:
+def header_digest(value: str | None) -> Digest | None:
     if not value:
         return None
     try:
@@ -93,19 +93,28 @@ def choose_from_index(index: Index) -> Descriptor:
     raise ManifestError("the index holds no model manifest (its entries: {kinds})", kinds=kinds)
 
 
+async def follow_index(
+    client: RegistryClient, repository: str, parsed: Manifest | Index
+) -> Manifest:
+    """``parsed`` itself, or the model manifest the index ``parsed`` lists (checked against
+    the digest the index gives it)."""
+    if isinstance(parsed, Manifest):
+        return parsed
+    entry = choose_from_index(parsed)
+    data, content_type, _ = await client.get_manifest(repository, str(entry.digest))
+    check_manifest(data, entry.digest)
+    model = parse_manifest(data, content_type)
+    if not isinstance(model, Manifest):
+        raise ManifestError("an index inside an index is not a model")
+    return model
+
+
 async def resolve(client: RegistryClient, ref: Reference) -> Manifest:
     """Fetch and check the manifest ``ref`` names, following an index to its model."""
     reference = str(ref.digest) if ref.digest else ref.tag_or_default
     data, content_type, header = await client.get_manifest(ref.repository, reference)
-    _check_manifest(data, ref.digest or _header_digest(header))
-    parsed = parse_manifest(data, content_type)
-    if isinstance(parsed, Index):
-        entry = choose_from_index(parsed)
-        data, content_type, _ = await client.get_manifest(ref.repository, str(entry.digest))
-        _check_manifest(data, entry.digest)
-        parsed = parse_manifest(data, content_type)
-        if not isinstance(parsed, Manifest):
-            raise ManifestError("an index inside an index is not a model")
+    check_manifest(data, ref.digest or header_digest(header))
+    parsed = await follow_index(client, ref.repository, parse_manifest(data, content_type))
     sizes: dict[Digest, int] = {}
     for descriptor in parsed.blobs:
         if sizes.setdefault(descriptor.digest, descriptor.size) != descriptor.size:

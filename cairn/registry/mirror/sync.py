@@ -60,7 +60,7 @@ from cairn.registry.mirror.syncfile import (
     parse_source,
     parse_target,
 )
-from cairn.registry.pull import Event, Report, _header_digest, _quiet
+from cairn.registry.pull import Event, Report, _quiet, header_digest
 from cairn.registry.push import (
     MOUNT_TRIES,
     cancel_upload,
@@ -270,7 +270,7 @@ class Sync:
             raise ManifestError("manifests nest deeper than 4 levels under {name}", name=name)
         data, content_type, header = await client.get_manifest(source.repository, reference)
         digest = Digest.of(data, expected.algorithm if expected else "sha256")
-        expected = expected or _header_digest(header)
+        expected = expected or header_digest(header)
         if expected is not None and digest != expected:
             raise DigestMismatchError(
                 Phrase("manifest {image}", image=name or reference), str(digest)
@@ -318,7 +318,7 @@ class Sync:
     ) -> None:
         if self._dest is not None:
             stored = await self._dest.put_manifest(repository, tag or str(digest), data, media_type)
-            if stored and _header_digest(stored) not in (None, digest):
+            if stored and header_digest(stored) not in (None, digest):
                 raise RegistryError(
                     "{host} stored manifest {digest} as {stored}: it changed the bytes",
                     host=self._dest.host,
@@ -627,7 +627,7 @@ async def _head_manifest(
             Phrase("manifest {repository}:{reference}", repository=repository, reference=reference)
         ),
     )
-    digest = _header_digest(response.headers.get("Docker-Content-Digest"))
+    digest = header_digest(response.headers.get("Docker-Content-Digest"))
     if digest is None:  # no header: the bytes say
         data, _, _ = await client.get_manifest(repository, reference)
         digest = Digest.of(data)
