@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Callable, Mapping
 from urllib.parse import quote
 
 from aiohttp import web
@@ -43,27 +44,43 @@ def repositories(registry: Registry) -> list[str]:
     return sorted(name for name in names if name is not None)
 
 
-async def catalog(request: web.Request) -> web.StreamResponse:
-    registry: Registry = request.app["registry"]
-    names = await asyncio.to_thread(repositories, registry)
-    last = request.query.get("last")
+def page(
+    items: list[str],
+    query: Mapping[str, str],
+    link: Callable[[str, int], str],
+    invalid: Callable[[str], OCIError],
+) -> tuple[list[str], dict[str, str]]:
+    """One page of sorted ``items`` as ``n`` and ``last`` ask (the OCI spec's paging, as
+    distribution does it), and its headers: a ``Link`` to the next page when there is more.
+    ``link(last, n)`` spells that page's URL; ``invalid(n)`` is the error for an ``n`` that is
+    not a number."""
+    last = query.get("last")
     if last:
-        names = [name for name in names if name > last]
+        items = [item for item in items if item > last]
     headers: dict[str, str] = {}
-    count = request.query.get("n")
+    count = query.get("n")
     if count is not None:
         if not NUMBER.fullmatch(count):
-            raise OCIError(
-                "PAGINATION_NUMBER_INVALID",
-                "n must be a number of results",
-                detail={"n": count[:40]},
-                status=400,
-            )
+            raise invalid(count)
         limit = int(count)
-        if len(names) > limit:
-            names = names[:limit]
-            if names:
-                headers["Link"] = (
-                    f'</v2/_catalog?last={quote(names[-1], safe="")}&n={limit}>; rel="next"'
-                )
+        if len(items) > limit:
+            items = items[:limit]
+            if items:
+                headers["Link"] = f'<{link(items[-1], limit)}>; rel="next"'
+    return items, headers
+
+
+async def catalog(request: web.Request) -> web.StreamResponse:
+    registry: Registry = request.app["registry"]
+    names, headers = page(
+        await asyncio.to_thread(repositories, registry),
+        request.query,
+        lambda last, n: f"/v2/_catalog?last={quote(last, safe='')}&n={n}",
+        lambda n: OCIError(
+            "PAGINATION_NUMBER_INVALID",
+            "n must be a number of results",
+            detail={"n": n[:40]},
+            status=400,
+        ),
+    )
     return web.json_response({"repositories": names}, headers=headers)

@@ -23,9 +23,9 @@ from cairn.manifests.manifest import (
     parse_manifest,
 )
 from cairn.manifests.reference import is_tag
+from cairn.registry.server.catalog import page
 from cairn.registry.server.errors import OCIError
 from cairn.registry.server.registry import (
-    NUMBER,
     Registry,
     absolute_url,
     body_chunks,
@@ -230,22 +230,12 @@ async def list_tags(request: web.Request) -> web.StreamResponse:
     every = await asyncio.to_thread(registry.tags, ref)
     if not every:
         raise OCIError("NAME_UNKNOWN", f"repository {name} is unknown")
-    tags = list(every)
-    last = request.query.get("last")
-    if last:
-        tags = [t for t in tags if t > last]
-    headers: dict[str, str] = {}
-    count = request.query.get("n")
-    if count is not None:
-        if not NUMBER.fullmatch(count):
-            raise OCIError("UNSUPPORTED", "n must be a number", status=400)
-        limit = int(count)
-        if len(tags) > limit:
-            tags = tags[:limit]
-            if tags:
-                headers["Link"] = (
-                    f'</v2/{name}/tags/list?n={limit}&last={quote(tags[-1])}>; rel="next"'
-                )
+    tags, headers = page(
+        list(every),
+        request.query,
+        lambda last, n: f"/v2/{name}/tags/list?n={n}&last={quote(last)}",
+        lambda n: OCIError("UNSUPPORTED", "n must be a number", status=400),
+    )
     return web.json_response({"name": name, "tags": tags}, headers=headers)
 
 
