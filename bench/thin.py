@@ -12,7 +12,9 @@ and by ``skopeo copy docker://... dir:...``, interleaved, same run:
 - 20 MB/s through ``../shared/tools/throttle_proxy.py`` as well, the proxy
   the issue was measured with (no latency; its pace does not restart per
   request), where it is there;
-- loopback without a proxy (the pull issue's figure, which must not move).
+- loopback without a proxy (the pull issue's figure, which must not move);
+  with ``--baseline PATH`` (a checkout of older code) its ``cairn pull``
+  runs there too, interleaved, for a before-and-after in the same run.
 
 For each path it also gives what Ollama's fixed scheme would take: the
 blob cut into parts of ``max(100 MB, size / 16)`` (at most 1 GB, so
@@ -89,6 +91,11 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--loopback-runs", type=int, default=7)
     parser.add_argument("--only", help="run only the path of this name")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="a checkout of older code: on loopback its `cairn pull` runs too, interleaved",
+    )
     args = parser.parse_args()
     from bench.common import gemma_store
 
@@ -131,10 +138,19 @@ def main() -> None:
                 pull_env = {**env, "CAIRN_MODELS": str(store)}
                 cairn_s: list[float] = []
                 skopeo_s: list[float] = []
+                baseline_s: list[float] = []
+                baseline = None
+                if args.baseline is not None and proxy is None:
+                    baseline = {**pull_env, "PYTHONPATH": str(args.baseline)}
                 try:
                     for _ in range(args.loopback_runs if proxy is None else args.runs):
                         shutil.rmtree(store, ignore_errors=True)
                         cairn_s.append(timed([*cairn, "pull", "-q", "--insecure", ref], pull_env))
+                        if baseline is not None:
+                            shutil.rmtree(store, ignore_errors=True)
+                            baseline_s.append(
+                                timed([*cairn, "pull", "-q", "--insecure", ref], baseline)
+                            )
                         shutil.rmtree(skopeo_dir, ignore_errors=True)
                         skopeo_s.append(
                             timed(
@@ -156,6 +172,12 @@ def main() -> None:
                 results[f"{name}_skopeo_s"] = statistics.median(skopeo_s)
                 results[f"{name}_ratio"] = results[f"{name}_cairn_s"] / results[f"{name}_skopeo_s"]
                 results[f"{name}_most_streams"] = streams
+                if baseline_s:
+                    results[f"{name}_baseline_s"] = statistics.median(baseline_s)
+                    results[f"{name}_baseline_ratio"] = (
+                        results[f"{name}_baseline_s"] / results[f"{name}_skopeo_s"]
+                    )
+                    samples[f"{name}_baseline"] = baseline_s
                 if rate:
                     ollama = ollama_seconds(size, rate, first_byte)
                     results[f"{name}_ollama_computed_s"] = ollama

@@ -160,10 +160,27 @@ def convert_parameter(key: str, raw: str, line: int = 0) -> Any:
     """A PARAMETER value as the type Ollama stores it, in range; unknown names are errors."""
     where = Phrase("line {line}: ", line=line) if line else ""
     if key not in PARAMETER_TYPES:
+        if meant := _close_parameter(key):
+            raise ModelfileError(
+                "{where}unknown parameter {key!r}: did you mean {meant!r}?",
+                where=where,
+                key=key,
+                meant=meant,
+            )
         raise ModelfileError("{where}unknown parameter {key!r}", where=where, key=key)
     if not raw:
         raise ModelfileError("{where}parameter {key!r} needs a value", where=where, key=key)
     return parameter_value(key, raw, where)
+
+
+def _close_parameter(key: str) -> str | None:
+    """The parameter a misspelled name meant (``temprature``: ``temperature``), if one is
+    close (:mod:`difflib` ratio 0.75, case ignored)."""
+    import difflib
+
+    folded = {name.casefold(): name for name in PARAMETER_TYPES}
+    close = difflib.get_close_matches(key.casefold(), list(folded), n=1, cutoff=0.75)
+    return folded[close[0]] if close else None
 
 
 def parameter_value(key: str, value: Any, where: object = "") -> Any:

@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 import click
 
 from cairn import __version__, config
+from cairn.cli import examples
 from cairn.errors import CairnError
 
 
@@ -43,8 +44,61 @@ class CairnGroup(click.Group):
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         return super().get_command(ctx, self.ALIASES.get(cmd_name, cmd_name))
 
+    SYNONYMS: ClassVar[dict[str, str]] = {
+        "delete": "rm",
+        "remove": "rm",
+        "rmi": "rm",
+        "copy": "cp",
+        "images": "list",
+    }
+    """Other tools' words for a command: suggested for, never run as, the command."""
 
-@click.group(cls=CairnGroup, context_settings={"help_option_names": ["-h", "--help"]})
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        name = args[0] if args else ""
+        known = name[:1] in ("", "-") or self.get_command(ctx, name) is not None
+        if not known and not ctx.resilient_parsing:
+            raise click.exceptions.NoSuchCommand(name, self._no_such(name), ctx=ctx)
+        return super().resolve_command(ctx, args)
+
+    def _no_such(self, typed: str) -> str:
+        """Click's "No such command", with a suggestion only when one is close: a letter
+        missing (``lst``, ``pus``), a known command's start (``insp``), another tool's word
+        (``delete``), or one keystroke off in a name of four letters or more (``lsit``);
+        a two- or three-letter word is never changed into another verb (``rn`` is not ``rm``),
+        though its letters may be swapped (``rnu``).
+        """
+        from cairn.i18n import _
+        from cairn.manifests.suggest import one_keystroke
+
+        words = {**{n: n for n in self.commands}, **self.ALIASES, **self.SYNONYMS}
+        t = typed.casefold()
+        meant = {words[t]} if t in words else set()
+        meant |= {c for w, c in words.items() if len(w) == len(t) + 1 and one_keystroke(t, w)}
+        meant |= {c for w, c in words.items() if len(t) >= 3 and w.startswith(t)}
+        if not meant:
+            meant = {
+                c
+                for w, c in words.items()
+                if one_keystroke(t, w)
+                and (len(w) < len(t) or len(t) >= 4 or sorted(w) == sorted(t))
+            }
+        message = _("No such command {name!r}.").format(name=typed)
+        if not meant:
+            return message
+        said = ", ".join(repr(m) for m in sorted(meant))
+        if len(meant) == 1:
+            return f"{message} {_('Did you mean {possibility}?').format(possibility=said)}"
+        hint = _("(Did you mean one of: {possibilities}?)").format(possibilities=said)
+        return f"{message} {hint}"
+
+
+@click.group(
+    cls=CairnGroup,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog=examples.CAIRN,
+)
 @click.version_option(__version__, "--version", "-v", prog_name="cairn")
 def cli() -> None:
     """Pull, push, manage and run language models.
@@ -117,7 +171,8 @@ def _localize_click() -> None:
 
 
 def _translate(command: click.Command) -> None:
-    """Help texts in the user's language, for every command and option (English is the source).
+    """Help texts and examples (epilogs) in the user's language, for every command and option
+    (English is the source).
 
     ``--help``'s own text comes from click at run time, through its gettext hook.
     """
@@ -127,6 +182,8 @@ def _translate(command: click.Command) -> None:
         return
     if command.help:
         command.help = _(command.help)
+    if command.epilog:
+        command.epilog = _(command.epilog)
     for param in command.params:
         text = getattr(param, "help", None)
         if text:

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import click
 
+from cairn.cli import examples
 from cairn.cli.output import say
 from cairn.errors import BundleError
 from cairn.i18n import Phrase
 from cairn.sanitize import untrusted
 
 
-@click.command("export")
+@click.command("export", epilog=examples.EXPORT)
 @click.argument("names", nargs=-1, required=True)
 @click.option(
     "-o",
     "--output",
     required=True,
+    metavar="PATH",
     help="A directory, a .tar or .tar.zst file, or - for standard output.",
 )
 @click.option(
@@ -25,7 +27,9 @@ from cairn.sanitize import untrusted
     default="ollama",
     help="Keep Ollama's manifests (default) or convert them to OCI artifacts skopeo reads.",
 )
-@click.option("--level", type=click.IntRange(-7, 22), help="zstd's level for .tar.zst (3).")
+@click.option(
+    "--level", type=click.IntRange(-7, 22), metavar="LEVEL", help="zstd's level for .tar.zst (3)."
+)
 @click.option("--no-referrers", is_flag=True, help="Leave out signatures and other referrers.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @click.option("--json", "as_json", is_flag=True, help="Print progress as NDJSON lines.")
@@ -68,9 +72,13 @@ def export_models(
         )
 
 
-@click.command("import")
+@click.command("import", epilog=examples.IMPORT)
 @click.argument("path")
-@click.option("--name", help="The name for the one model of a layout whose entry has none.")
+@click.option(
+    "--name",
+    metavar="NAME",
+    help="The name for the one model of a layout whose entry has none.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @click.option("--json", "as_json", is_flag=True, help="Print progress as NDJSON lines.")
 def import_models(path: str, name: str | None, quiet: bool, as_json: bool) -> None:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import click
 from click.shell_completion import CompletionItem
 
+from cairn.cli import examples
 from cairn.cli.output import display_width, human_age, human_size, pad, say, table
 from cairn.cli.server import LOCAL_HELP, Use, connect
 from cairn.errors import CairnError, CorruptBlobError, ModelfileError
@@ -50,7 +51,7 @@ def _iso(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
 
 
-@click.command()
+@click.command(epilog=examples.CREATE)
 @click.argument("name", shell_complete=_complete_model)
 @click.option(
     "-f",
@@ -91,7 +92,7 @@ def create(name: str, modelfile_path: Path | None, quiet: bool) -> None:
     create_model(_models(), name, parse_modelfile(text), path.parent, progress)
 
 
-@click.command("list")
+@click.command("list", epilog=examples.LIST)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--local", is_flag=True, help=LOCAL_HELP)
 def list_models(as_json: bool, local: bool) -> None:
@@ -135,7 +136,7 @@ def list_models(as_json: bool, local: bool) -> None:
         )
 
 
-@click.command()
+@click.command(epilog=examples.SHOW)
 @click.argument("name", shell_complete=_complete_model)
 @click.option("--modelfile", is_flag=True, help="Print a Modelfile for it.")
 @click.option("--template", is_flag=True, help="Print its template.")
@@ -323,7 +324,7 @@ def _indent_head(text: str, lines: int = 2) -> str:
     return "\n".join(head + (["    ..."] if len(filled) > lines else []))
 
 
-@click.command()
+@click.command(epilog=examples.CP)
 @click.argument("source", shell_complete=_complete_model)
 @click.argument("destination")
 def cp(source: str, destination: str) -> None:
@@ -360,11 +361,19 @@ GRACE_HELP = (
     "Keep unused blobs that arrived less than this long ago (another tool may be"
     " about to write their manifest)."
 )
+grace_option = click.option(
+    "--grace",
+    default="1h",
+    show_default=True,
+    callback=_duration,
+    metavar="DURATION",
+    help=GRACE_HELP,
+)
 
 
-@click.command()
+@click.command(epilog=examples.RM)
 @click.argument("names", nargs=-1, required=True, shell_complete=_complete_model)
-@click.option("--grace", default="1h", show_default=True, callback=_duration, help=GRACE_HELP)
+@grace_option
 def rm(names: tuple[str, ...], grace: float) -> None:
     """Remove models; their blobs go when no other model uses them."""
     report = _models().remove(names, grace=grace)
@@ -383,9 +392,9 @@ def rm(names: tuple[str, ...], grace: float) -> None:
         )
 
 
-@click.command()
+@click.command(epilog=examples.PRUNE)
 @click.option("-n", "--dry-run", is_flag=True, help="Say what would go, remove nothing.")
-@click.option("--grace", default="1h", show_default=True, callback=_duration, help=GRACE_HELP)
+@grace_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def prune(dry_run: bool, grace: float, as_json: bool) -> None:
     """Remove blobs no model uses and temp files of transfers that died."""
@@ -438,7 +447,7 @@ def prune(dry_run: bool, grace: float, as_json: bool) -> None:
     say(summary, err=True)
 
 
-@click.command()
+@click.command(epilog=examples.VERIFY)
 @click.argument("names", nargs=-1, shell_complete=_complete_model)
 @click.option(
     "--repair", is_flag=True, help="Delete the corrupt blobs, so they can be fetched again."

@@ -7,6 +7,8 @@ import sys
 
 import click
 
+from cairn.cli import examples
+from cairn.cli.completion import complete_model
 from cairn.cli.output import parse_size, say
 from cairn.cli.server import LOCAL_HELP, Use, connect
 from cairn.errors import AuthenticationError, ConfigError, InvalidReferenceError
@@ -21,20 +23,25 @@ from cairn.registry.clients import (  # httpx and the rest load when a command r
 from cairn.sanitize import untrusted
 
 
-@click.command()
+@click.command(epilog=examples.PULL)
 @click.argument("name")
 @click.option("--insecure", is_flag=True, help="Use plain HTTP (no TLS), as Ollama's --insecure.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @click.option("--json", "as_json", is_flag=True, help="Print progress as NDJSON lines.")
 @click.option(
     "--limit-rate",
+    metavar="RATE",
     help="At most this many bytes per second (K, M, G suffixes; 0: no limit).",
 )
 @click.option("--local", is_flag=True, help=LOCAL_HELP)
 def pull(
     name: str, insecure: bool, quiet: bool, as_json: bool, limit_rate: str | None, local: bool
 ) -> None:
-    """Pull model NAME from its registry into the store."""
+    """Pull model NAME from its registry into the store.
+
+    NAME is [HOST[:PORT]/][NAMESPACE/]MODEL[:TAG], or MODEL@sha256:DIGEST for
+    exactly that manifest; without a host it comes from registry.ollama.ai.
+    """
     from cairn.cli.progress import Reporter
 
     ref = parse_reference(name)
@@ -66,8 +73,8 @@ def pull(
         reporter.close()
 
 
-@click.command()
-@click.argument("source")
+@click.command(epilog=examples.PUSH)
+@click.argument("source", shell_complete=complete_model)
 @click.argument("destination", required=False)
 @click.option("--insecure", is_flag=True, help="Use plain HTTP (no TLS), as Ollama's --insecure.")
 @click.option(
@@ -77,11 +84,17 @@ def pull(
     default="ollama",
     help="Ollama's manifest (default) or an OCI artifact that skopeo and oras read.",
 )
-@click.option("--chunk-size", default="64M", help="Upload large blobs in chunks of this size.")
+@click.option(
+    "--chunk-size",
+    default="64M",
+    metavar="SIZE",
+    help="Upload large blobs in chunks of this size.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @click.option("--json", "as_json", is_flag=True, help="Print progress as NDJSON lines.")
 @click.option(
     "--limit-rate",
+    metavar="RATE",
     help="At most this many bytes per second (K, M, G suffixes; 0: no limit).",
 )
 def push(
@@ -94,7 +107,11 @@ def push(
     as_json: bool,
     limit_rate: str | None,
 ) -> None:
-    """Push model SOURCE to a registry, as DESTINATION (default: SOURCE's own name)."""
+    """Push model SOURCE to a registry, as DESTINATION (default: SOURCE's own name).
+
+    DESTINATION needs a host: HOST[:PORT]/NAMESPACE/NAME[:TAG]. A name without
+    one means registry.ollama.ai.
+    """
     from cairn.cli.progress import Reporter
     from cairn.registry.push import push as do_push
 
@@ -128,9 +145,9 @@ def push(
         say(Phrase("pushed {model} {digest}", model=dest.display, digest=digest))
 
 
-@click.command()
+@click.command(epilog=examples.LOGIN)
 @click.argument("host")
-@click.option("-u", "--username", help="The user name (asked for when not given).")
+@click.option("-u", "--username", metavar="USER", help="The user name (asked for when not given).")
 @click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
 @click.option("--insecure", is_flag=True, help="Check the credentials over plain HTTP.")
 def login(host: str, username: str | None, password_stdin: bool, insecure: bool) -> None:
@@ -173,7 +190,7 @@ def login(host: str, username: str | None, password_stdin: bool, insecure: bool)
     say(Phrase("Login Succeeded"))
 
 
-@click.command()
+@click.command(epilog=examples.LOGOUT)
 @click.argument("host")
 def logout(host: str) -> None:
     """Forget the stored credentials for HOST."""

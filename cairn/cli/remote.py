@@ -181,10 +181,10 @@ def _emit_json(value: Any) -> None:
 
 INSPECT_EXAMPLES = """\b
 Examples:
-  cairn inspect 127.0.0.1:5000/lab/gemma3:270m --insecure
-  cairn inspect --json ghcr.io/lab/gemma3:270m
-  cairn inspect --raw ghcr.io/lab/gemma3:270m | jq .layers
-  cairn inspect --config ghcr.io/lab/gemma3@sha256:<digest>"""
+  $ cairn inspect 127.0.0.1:5000/lab/gemma3:270m --insecure
+  $ cairn inspect --json ghcr.io/lab/gemma3:270m
+  $ cairn inspect --raw ghcr.io/lab/gemma3:270m | jq .layers
+  $ cairn inspect --config ghcr.io/lab/gemma3@sha256:<digest>"""
 
 
 @click.command(epilog=INSPECT_EXAMPLES)
@@ -337,8 +337,8 @@ def _describe(remote: Remote) -> str:
 
 TAGS_EXAMPLES = """\b
 Examples:
-  cairn tags 127.0.0.1:5000/lab/gemma3 --insecure
-  cairn tags --json ghcr.io/lab/gemma3"""
+  $ cairn tags 127.0.0.1:5000/lab/gemma3 --insecure
+  $ cairn tags --json ghcr.io/lab/gemma3"""
 
 
 @click.command(epilog=TAGS_EXAMPLES)

@@ -8,17 +8,24 @@ from pathlib import Path
 import click
 
 from cairn import config
+from cairn.cli import examples
 from cairn.cli.output import say
 from cairn.i18n import Phrase
 
 
-@click.group()
+@click.group(epilog=examples.REGISTRY)
 def registry() -> None:
     """Run an OCI registry over the store."""
 
 
-@registry.command()
-@click.option("--addr", default="127.0.0.1:5000", show_default=True, help="HOST:PORT to listen on.")
+@registry.command(epilog=examples.REGISTRY_SERVE)
+@click.option(
+    "--addr",
+    default="127.0.0.1:5000",
+    show_default=True,
+    metavar="HOST:PORT",
+    help="HOST:PORT to listen on.",
+)
 @click.option(
     "--root",
     type=click.Path(file_okay=False, path_type=Path),
@@ -27,6 +34,7 @@ def registry() -> None:
 @click.option(
     "--default-host",
     default=config.DEFAULT_HOST,
+    metavar="HOST",
     show_default=True,
     help="The store host that ns/name repositories map to.",
 )
@@ -47,6 +55,7 @@ def registry() -> None:
     "--public-url",
     "public_urls",
     multiple=True,
+    metavar="URL",
     help="A URL clients reach this server by (repeatable; default: the --addr). With"
     " --ollama-keys, the only origins a signed login may name.",
 )
@@ -62,11 +71,14 @@ def registry() -> None:
 )
 @click.option("--json-logs", is_flag=True, help="One JSON access-log line per request.")
 @click.option(
-    "--quota", help="Most bytes of blobs to hold (K, M, G suffixes); uploads past it fail."
+    "--quota",
+    metavar="SIZE",
+    help="Most bytes of blobs to hold (K, M, G suffixes); uploads past it fail.",
 )
 @click.option(
     "--upload-expiry",
     type=float,
+    metavar="SECONDS",
     default=3600.0,
     show_default=True,
     help="Seconds after which an idle upload session and its file go.",
@@ -81,12 +93,14 @@ def registry() -> None:
     "--upstream",
     "upstreams",
     multiple=True,
+    metavar="URL",
     help="Fetch a model the store lacks from this registry (http(s)://HOST[:PORT]; repeatable,"
     " the first that has it wins) and keep it: a pull-through cache. Pushes are refused.",
 )
 @click.option(
     "--upstream-ttl",
     default="5m",
+    metavar="DURATION",
     show_default=True,
     help="How long a tag checked against the upstream is served before it is checked again"
     " (30s, 5m, 1h; 0: every time).",
@@ -94,6 +108,7 @@ def registry() -> None:
 @click.option(
     "--upstream-timeout",
     default="30s",
+    metavar="DURATION",
     show_default=True,
     help="How long a client waits on an upstream that does not answer, before the stored"
     " tag is served or the client gets a 502.",
@@ -184,7 +199,7 @@ def serve(
     web.run_app(make_app(options), sock=sockets, ssl_context=context, print=None, access_log=None)
 
 
-@click.command("serve")
+@click.command("serve", epilog=examples.SERVE)
 @click.option(
     "--insecure-no-auth",
     is_flag=True,

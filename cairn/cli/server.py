@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING
 import click
 
 from cairn import config
+from cairn.cli import examples
+from cairn.cli.completion import complete_model
 from cairn.cli.output import human_size, say, table
 from cairn.errors import CairnError, ModelNotFoundError, ServerError
 from cairn.i18n import N_, Phrase, _
@@ -85,7 +87,7 @@ def server_url() -> str:
     return address().url
 
 
-@click.command()
+@click.command(epilog=examples.PS)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def ps(as_json: bool) -> None:
     """List the models a running server holds loaded (NAME, ID, SIZE, PROCESSOR, CONTEXT, UNTIL)."""
@@ -178,8 +180,8 @@ _UNTIL = (  # (below, unit, one of them, several), as Ollama's format.HumanTime
 )
 
 
-@click.command()
-@click.argument("model")
+@click.command(epilog=examples.STOP)
+@click.argument("model", shell_complete=complete_model)
 def stop(model: str) -> None:
     """Unload MODEL from the running server now (as ollama stop does)."""
     client = connect(Use.SERVER)

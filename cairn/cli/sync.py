@@ -6,12 +6,13 @@ import json
 
 import click
 
+from cairn.cli import examples
 from cairn.cli.output import say
 from cairn.errors import RegistryError
 from cairn.i18n import Phrase
 
 
-@click.command()
+@click.command(epilog=examples.SYNC)
 @click.argument("source")
 @click.argument("destination")
 @click.option(
@@ -31,7 +32,10 @@ from cairn.i18n import Phrase
     help="Go on after an image fails; the exit status still says it failed.",
 )
 @click.option(
-    "--level", type=click.IntRange(1, 22), help="The zstd level of a .tar.zst destination."
+    "--level",
+    type=click.IntRange(1, 22),
+    metavar="LEVEL",
+    help="The zstd level of a .tar.zst destination.",
 )
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 @click.option(

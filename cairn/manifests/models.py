@@ -30,6 +30,7 @@ from cairn.errors import (
     ModelNotFoundError,
     StoreError,
 )
+from cairn.manifests import suggest
 from cairn.manifests.manifest import MAX_MANIFEST_SIZE, Manifest
 from cairn.manifests.reference import Reference, parse_reference
 from cairn.manifests.tagstore import TagStore
@@ -121,7 +122,16 @@ class Models:
         ref = parse_reference(name) if isinstance(name, str) else name
         if ref.tag is None and ref.digest is not None:
             return self._by_digest(ref, ref.digest)
-        path, data = self.tags.read(ref)
+        try:
+            path, data = self.tags.read(ref)
+        except ModelNotFoundError:
+            if names := suggest.close_names(ref, self.names()):
+                raise ModelNotFoundError(
+                    "model {display!r} not found: did you mean {names}?",
+                    display=ref.display,
+                    names=" or ".join(names),
+                ) from None
+            raise
         try:
             manifest = Manifest.from_bytes(data)
         except ManifestError as exc:
@@ -134,6 +144,20 @@ class Models:
             )
         stored = self._as_stored(ref, path)
         return LocalModel(stored, manifest, path.stat().st_mtime, path)
+
+    def names(self) -> list[Reference]:
+        """The reference of every tag in the store, as spelled on disk (no manifest read)."""
+        return [tagged.reference for tagged in self.tags]
+
+    def refuse_typo(self, name: str | Reference) -> None:
+        """Before a missing model is pulled: refuse a name one keystroke from a stored one."""
+        ref = parse_reference(name) if isinstance(name, str) else name
+        if names := suggest.typos(ref, self.names()):
+            raise ModelNotFoundError(
+                "model {display!r} not found, so not pulled: did you mean {names}?",
+                display=ref.display,
+                names=" or ".join(names),
+            )
 
     def _as_stored(self, ref: Reference, path: Path) -> Reference:
         """The reference spelled as the tag's path is spelled on disk."""

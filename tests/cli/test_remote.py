@@ -275,4 +275,4 @@ def test_every_remote_command_shows_an_example(cairn: Runner) -> None:
     for command in ("inspect", "tags"):
         shown = cairn(command, "--help").stdout
         assert "Examples:" in shown
-        assert f"  cairn {command} 127.0.0.1:5000/lab/gemma3" in shown
+        assert f"  $ cairn {command} 127.0.0.1:5000/lab/gemma3" in shown
