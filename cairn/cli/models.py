@@ -16,14 +16,16 @@ from cairn.cli.output import display_width, human_age, human_size, pad, say, tab
 from cairn.cli.server import LOCAL_HELP, Use, connect
 from cairn.errors import CairnError, CorruptBlobError, ModelfileError
 from cairn.i18n import N_, Phrase, _, localize
-from cairn.manifests.models import Models
 from cairn.sanitize import untrusted, untrusted_json
 
 if TYPE_CHECKING:
+    from cairn.manifests.models import Models
     from cairn.manifests.show import ModelDetails
 
 
 def _models() -> Models:
+    from cairn.manifests.models import Models  # the store loads when a command runs
+
     return Models.from_environment()
 
 

@@ -12,7 +12,7 @@ import click
 
 from cairn.cli.output import human_size
 from cairn.i18n import _, localize
-from cairn.registry.pull import Event
+from cairn.registry.events import Event
 from cairn.sanitize import untrusted
 
 BAR_FORMAT = "{desc} {percentage:3.0f}% ▕{bar}▏ {sizes}{speed}"

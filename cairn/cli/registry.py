@@ -13,7 +13,6 @@ from cairn.cli.output import parse_size, say
 from cairn.cli.server import LOCAL_HELP, Use, connect
 from cairn.errors import AuthenticationError, ConfigError, InvalidReferenceError
 from cairn.i18n import Phrase, _
-from cairn.manifests.models import Models
 from cairn.manifests.reference import parse_reference
 from cairn.registry.clients import (  # httpx and the rest load when a command runs
     credential_store,
@@ -63,6 +62,8 @@ def pull(
     limit = rate(limit_rate)  # a bad rate is an error before anything is shown
 
     async def run() -> None:
+        from cairn.manifests.models import Models
+
         await pull_configured(Models.from_environment(), ref, insecure, reporter, limit)
 
     try:
@@ -113,6 +114,7 @@ def push(
     one means registry.ollama.ai.
     """
     from cairn.cli.progress import Reporter
+    from cairn.manifests.models import Models
     from cairn.registry.push import push as do_push
 
     models = Models.from_environment()

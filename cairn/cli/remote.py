@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from cairn.blobstore import Digest
 from cairn.cli.output import display_width, human_size, pad
 from cairn.errors import (
     DigestMismatchError,
@@ -25,6 +24,7 @@ from cairn.manifests.reference import Reference, parse_reference
 from cairn.sanitize import untrusted, untrusted_json
 
 if TYPE_CHECKING:
+    from cairn.blobstore import Digest
     from cairn.manifests.manifest import Descriptor, Index, Manifest
     from cairn.registry.client import RegistryClient
 
@@ -58,6 +58,8 @@ def _model(ref: Reference) -> str:
 
 def _checked(data: bytes, expected: Digest | None) -> None:
     """Raise DigestMismatchError when ``data`` does not hash to ``expected``."""
+    from cairn.blobstore import Digest
+
     if expected is not None and Digest.of(data, expected.algorithm) != expected:
         raise DigestMismatchError(str(expected), str(Digest.of(data, expected.algorithm)))
 

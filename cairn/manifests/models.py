@@ -30,7 +30,6 @@ from cairn.errors import (
     ModelNotFoundError,
     StoreError,
 )
-from cairn.manifests import suggest
 from cairn.manifests.manifest import MAX_MANIFEST_SIZE, Manifest
 from cairn.manifests.reference import Reference, parse_reference
 from cairn.manifests.tagstore import TagStore
@@ -125,6 +124,8 @@ class Models:
         try:
             path, data = self.tags.read(ref)
         except ModelNotFoundError:
+            from cairn.manifests import suggest  # on a miss only: difflib is not free
+
             if names := suggest.close_names(ref, self.names()):
                 raise ModelNotFoundError(
                     "model {display!r} not found: did you mean {names}?",
@@ -151,6 +152,8 @@ class Models:
 
     def refuse_typo(self, name: str | Reference) -> None:
         """Before a missing model is pulled: refuse a name one keystroke from a stored one."""
+        from cairn.manifests import suggest
+
         ref = parse_reference(name) if isinstance(name, str) else name
         if names := suggest.typos(ref, self.names()):
             raise ModelNotFoundError(

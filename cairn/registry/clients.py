@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from cairn.manifests.reference import Reference
     from cairn.registry.auth import CredentialStore
     from cairn.registry.client import RegistryClient
-    from cairn.registry.pull import Report
+    from cairn.registry.events import Report
 
 
 def credential_store() -> CredentialStore:

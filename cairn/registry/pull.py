@@ -16,7 +16,6 @@ import asyncio
 import re
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from cairn.blobstore import Digest
 from cairn.config import Mirror
@@ -28,6 +27,7 @@ from cairn.manifests.models import LocalModel, Models
 from cairn.manifests.platform import architecture
 from cairn.manifests.reference import Reference
 from cairn.registry.client import RegistryClient
+from cairn.registry.events import Event, Report, quiet
 from cairn.registry.fetch import fetch_blob
 from cairn.registry.locations import BlobLocations
 from cairn.sanitize import untrusted
@@ -35,30 +35,6 @@ from cairn.sanitize import untrusted
 CONCURRENT_BLOBS = 3
 _PINNED_TAG = re.compile(r"sha256-([0-9a-f]{64})", re.IGNORECASE)  # tags match in any case
 """The tag a model pulled by digest is kept under: a remote tag of that form must match it."""
-
-
-@dataclass(frozen=True)
-class Event:
-    """One progress line, shaped like Ollama's ``/api/pull`` stream."""
-
-    status: str
-    digest: str | None = None
-    total: int | None = None
-    completed: int | None = None
-    streams: int | None = None
-    """Streams fetching the blob (cairn's own field; ``--json`` shows it)."""
-    rate: int | None = None
-    """Their rate in bytes/s since the last look (every 0.15 s; cairn's own field)."""
-
-    def to_json(self) -> dict[str, object]:
-        return {k: v for k, v in vars(self).items() if v is not None}
-
-
-Report = Callable[[Event], None]
-
-
-def _quiet(_: Event) -> None:
-    pass
 
 
 def check_manifest(data: bytes, expected: Digest | None) -> None:
@@ -131,7 +107,7 @@ async def pull(
     models: Models,
     ref: Reference,
     client: RegistryClient,
-    report: Report = _quiet,
+    report: Report = quiet,
     save_as: Reference | None = None,
     locations: BlobLocations | None = None,
 ) -> LocalModel:
@@ -221,7 +197,7 @@ async def pull_via_mirrors(
     ref: Reference,
     mirrors: tuple[Mirror, ...],
     connect: Callable[[str, bool], RegistryClient],
-    report: Report = _quiet,
+    report: Report = quiet,
 ) -> LocalModel | None:
     """Try each mirror of ``ref``'s registry in turn; None when none had it.
 

@@ -36,9 +36,9 @@ from cairn.registry.client import (
     ascii_digits,
     undecoded_headers,
 )
+from cairn.registry.events import Event, Report, quiet
 from cairn.registry.fetch import start_request, use_fast_path
 from cairn.registry.locations import BlobLocations
-from cairn.registry.pull import Event, Report, _quiet
 from cairn.registry.ratelimit import RateLimiter
 from cairn.registry.streams import connect
 
@@ -355,7 +355,7 @@ async def push(
     client: RegistryClient,
     fmt: str = "ollama",
     chunk_size: int = DEFAULT_CHUNK_SIZE,
-    report: Report = _quiet,
+    report: Report = quiet,
     locations: BlobLocations | None = None,
 ) -> str:
     """Push the local model ``source`` as ``dest``; return the manifest's digest.

@@ -35,7 +35,7 @@ from typing import Any
 import httpx
 
 from cairn.errors import ModelNotFoundError, ServerBusyError, ServerError
-from cairn.registry.pull import Event
+from cairn.registry.events import Event
 from cairn.runtime_plugins.prompt import Message
 from cairn.runtime_plugins.runtime import Chunk
 

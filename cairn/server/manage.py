@@ -38,7 +38,7 @@ from cairn.server.fields import BadRequest, flag
 
 if TYPE_CHECKING:
     from cairn.manifests.models import LocalModel, Models
-    from cairn.registry.pull import Event
+    from cairn.registry.events import Event
     from cairn.server.api import Api
 
 Line = dict[str, Any]

@@ -33,7 +33,8 @@ from cairn.manifests.models import Models
 from cairn.manifests.reference import parse_reference
 from cairn.registry import fetch
 from cairn.registry.client import RegistryClient, RetryPolicy
-from cairn.registry.pull import Event, pull
+from cairn.registry.events import Event
+from cairn.registry.pull import pull
 from cairn.registry.streams import Growth, StreamBudget, max_streams_from_environment
 from tests.conftest import Runner, cairn_env, free_port, modelfile
 from tests.ggufmaker import write_gguf

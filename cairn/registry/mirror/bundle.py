@@ -48,6 +48,7 @@ from cairn.manifests import mediatypes as mt
 from cairn.manifests.manifest import MAX_MANIFEST_SIZE, Descriptor, Index, Manifest, parse_manifest
 from cairn.manifests.models import LocalModel, Models
 from cairn.manifests.reference import Reference, parse_reference
+from cairn.registry.events import Event, Report, quiet
 from cairn.registry.mirror.layout import LAYOUT_VERSION, bundle_kind, open_writer, ref_name
 from cairn.registry.mirror.tarstream import (
     Entry,
@@ -57,7 +58,7 @@ from cairn.registry.mirror.tarstream import (
     TarDamaged,
     entries,
 )
-from cairn.registry.pull import Event, Report, _quiet, choose_from_index
+from cairn.registry.pull import choose_from_index
 from cairn.registry.push import as_oci_artifact
 from cairn.sanitize import untrusted
 
@@ -102,7 +103,7 @@ def export(
     fmt: str = "ollama",
     referrers: bool = True,
     level: int | None = None,
-    report: Report = _quiet,
+    report: Report = quiet,
 ) -> ExportReport:
     """Write the local models ``names`` to ``path`` (see ``layout.open_writer``)."""
     chosen = [models.get(name) for name in names]  # every name checked before a byte is written
@@ -750,7 +751,7 @@ def _open_stream(path: str) -> tuple[Any, Callable[[], None]]:
 
 
 def import_layout(
-    models: Models, path: str, name: str | None = None, report: Report = _quiet
+    models: Models, path: str, name: str | None = None, report: Report = quiet
 ) -> ImportReport:
     """Import every model of the layout at ``path`` (a directory, tar, tar.zst, or ``-``)."""
     if name is not None:

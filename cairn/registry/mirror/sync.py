@@ -48,6 +48,7 @@ from cairn.registry.client import (
     RegistryClient,
     read_capped,
 )
+from cairn.registry.events import Event, Report, quiet
 from cairn.registry.fetch import use_fast_path
 from cairn.registry.locations import BlobLocations
 from cairn.registry.mirror.layout import LayoutWriter, open_writer, ref_name
@@ -60,7 +61,7 @@ from cairn.registry.mirror.syncfile import (
     parse_source,
     parse_target,
 )
-from cairn.registry.pull import Event, Report, _quiet, header_digest
+from cairn.registry.pull import header_digest
 from cairn.registry.push import (
     MOUNT_TRIES,
     cancel_upload,
@@ -123,7 +124,7 @@ class Sync:
         self,
         target: Target,
         connect: Connect,
-        report: Report = _quiet,
+        report: Report = quiet,
         dry_run: bool = False,
         keep_going: bool = False,
         locations: BlobLocations | None = None,
