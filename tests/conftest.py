@@ -437,8 +437,9 @@ class Terminal:
         return os.waitstatus_to_exitcode(status) if pid else None
 
 
-def run_in_pty(argv: list[str], env: dict[str, str], columns: int = 100) -> tuple[int, str]:
-    """Run a command on a pseudo-terminal of ``columns`` columns; its exit code and output."""
+def run_in_pty(argv: list[str], env: dict[str, str], columns: int | None = 100) -> tuple[int, str]:
+    """Run a command on a pseudo-terminal of ``columns`` columns (None: a terminal with no
+    size, as CI runners' are); its exit code and output."""
     import fcntl
     import pty
     import select
@@ -448,11 +449,12 @@ def run_in_pty(argv: list[str], env: dict[str, str], columns: int = 100) -> tupl
     pid, fd = pty.fork()
     if pid == 0:  # the child: size the terminal, then become the command
         foreground()
-        fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 30, columns, 0, 0))
+        if columns is not None:
+            fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 30, columns, 0, 0))
         os.execve(argv[0], argv, env)
     output = b""
     while True:
-        ready, _, _ = select.select([fd], [], [], 60)
+        ready, _, _ = select.select([fd], [], [], 120)
         if not ready:
             break
         try:

@@ -14,7 +14,7 @@ import pytest
 
 from cairn.cli.output import human_age, human_size
 from cairn.server.shown import go_float, go_quote, parameters_text, template_names
-from tests.conftest import Runner, cairn_env, foreground, modelfile
+from tests.conftest import Runner, cairn_env, modelfile, run_in_pty
 from tests.ggufmaker import write_gguf
 
 NOW = 1_700_000_000.0
@@ -305,28 +305,12 @@ def test_a_terminal_without_a_size_still_gets_bars(
     store: Path, tmp_path: Path, cairn: Runner, registry: str
 ) -> None:
     """A pseudo-terminal of 0 x 0 (a CI runner's) and no COLUMNS: bars, not blank lines."""
-    import pty
-    import select
 
     ref = _pushed(cairn, tmp_path, registry)
     env = {k: v for k, v in cairn_env(store).items() if k not in ("COLUMNS", "LINES")}
-    pid, fd = pty.fork()
-    if pid == 0:  # the child: a new terminal, which has no size until someone gives it one
-        foreground()
-        argv = [sys.executable, "-m", "cairn", "pull", ref, "--insecure"]
-        os.execve(argv[0], argv, env)
-    output = b""
-    while select.select([fd], [], [], 120)[0]:
-        try:
-            chunk = os.read(fd, 65536)
-        except OSError:
-            break
-        if not chunk:
-            break
-        output += chunk
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
-    text = output.decode(errors="replace")
+    # A new terminal, which has no size until someone gives it one.
+    code, text = run_in_pty([sys.executable, "-m", "cairn", "pull", ref, "--insecure"], env, None)
+    assert code == 0
     assert "Traceback" not in text
     screen = _screen(text)
     assert any(re.match(r"total 100% ▕█+▏ 1\.0 KB$", line) for line in screen), screen
