@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
-from click.shell_completion import CompletionItem
 
 from cairn.cli import examples
+from cairn.cli.completion import complete_model
 from cairn.cli.output import display_width, human_age, human_size, pad, say, table
 from cairn.cli.server import LOCAL_HELP, Use, connect
-from cairn.errors import CairnError, CorruptBlobError, ModelfileError
+from cairn.errors import CorruptBlobError, ModelfileError
 from cairn.i18n import N_, Phrase, _, localize
 from cairn.sanitize import untrusted, untrusted_json
 
@@ -27,15 +27,6 @@ def _models() -> Models:
     from cairn.manifests.models import Models  # the store loads when a command runs
 
     return Models.from_environment()
-
-
-def _complete_model(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
-    try:
-        found, _problems = _models().catalog()
-    except (CairnError, OSError):
-        return []
-    names = sorted({m.reference.display for m in found})
-    return [CompletionItem(n) for n in names if n.startswith(incomplete)]
 
 
 def _emit_json(value: Any) -> None:
@@ -54,7 +45,7 @@ def _iso(timestamp: float) -> str:
 
 
 @click.command(epilog=examples.CREATE)
-@click.argument("name", shell_complete=_complete_model)
+@click.argument("name", shell_complete=complete_model)
 @click.option(
     "-f",
     "--file",
@@ -139,7 +130,7 @@ def list_models(as_json: bool, local: bool) -> None:
 
 
 @click.command(epilog=examples.SHOW)
-@click.argument("name", shell_complete=_complete_model)
+@click.argument("name", shell_complete=complete_model)
 @click.option("--modelfile", is_flag=True, help="Print a Modelfile for it.")
 @click.option("--template", is_flag=True, help="Print its template.")
 @click.option("--system", is_flag=True, help="Print its system message.")
@@ -327,7 +318,7 @@ def _indent_head(text: str, lines: int = 2) -> str:
 
 
 @click.command(epilog=examples.CP)
-@click.argument("source", shell_complete=_complete_model)
+@click.argument("source", shell_complete=complete_model)
 @click.argument("destination")
 def cp(source: str, destination: str) -> None:
     """Copy SOURCE to DESTINATION: a new name for the same model, no data copied."""
@@ -374,7 +365,7 @@ grace_option = click.option(
 
 
 @click.command(epilog=examples.RM)
-@click.argument("names", nargs=-1, required=True, shell_complete=_complete_model)
+@click.argument("names", nargs=-1, required=True, shell_complete=complete_model)
 @grace_option
 def rm(names: tuple[str, ...], grace: float) -> None:
     """Remove models; their blobs go when no other model uses them."""
@@ -450,7 +441,7 @@ def prune(dry_run: bool, grace: float, as_json: bool) -> None:
 
 
 @click.command(epilog=examples.VERIFY)
-@click.argument("names", nargs=-1, shell_complete=_complete_model)
+@click.argument("names", nargs=-1, shell_complete=complete_model)
 @click.option(
     "--repair", is_flag=True, help="Delete the corrupt blobs, so they can be fetched again."
 )

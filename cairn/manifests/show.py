@@ -87,45 +87,6 @@ class ModelDetails:
             header=header,
         )
 
-    def to_json(self) -> dict[str, Any]:
-        """Shaped like Ollama's ``/api/show`` answer."""
-        details = self.summary()
-        return {
-            "name": self.model.reference.display,
-            "model": str(self.model.reference),
-            "digest": str(self.model.manifest.digest),
-            "size": self.model.size,
-            "details": {
-                "format": self.config.get("model_format"),
-                "family": self.config.get("model_family"),
-                "families": self.config.get("model_families"),
-                "parameter_size": details.get("parameters"),
-                "quantization_level": details.get("quantization"),
-            },
-            "model_info": {
-                "general.architecture": details.get("architecture"),
-                "general.parameter_count": self.gguf.parameter_count if self.gguf else None,
-                "context_length": details.get("context length"),
-                "embedding_length": details.get("embedding length"),
-            },
-            "template": self.template,
-            "capabilities": self.config.get("capabilities"),
-            "renderer": self.config.get("renderer"),
-            "parser": self.config.get("parser"),
-            "requires": self.config.get("requires"),
-            "remote_model": self.config.get("remote_model"),
-            "remote_host": self.config.get("remote_host"),
-            "layers": [
-                {"mediaType": d.media_type, "digest": str(d.digest), "size": d.size}
-                | ({"name": d.name} if d.name else {})
-                for d in self.other_layers
-            ],
-            "system": self.system,
-            "parameters": self.parameters,
-            "license": "\n".join(self.licenses) or None,
-            "messages": [{"role": m.role, "content": m.content} for m in self.messages],
-        }
-
 
 def _listed(value: Any) -> str | None:
     """A config's list (``capabilities``), or whatever a config from anyone put there."""
