@@ -34,6 +34,7 @@ from cairn.registry.client import (
     SMALL_BODY,
     RegistryClient,
     ascii_digits,
+    connection_problem,
     undecoded_headers,
 )
 from cairn.registry.events import Event, Report, quiet
@@ -295,6 +296,14 @@ async def _send_body(
             _sendfile_request, method, url, sent, path, start, end - start, ssl_context
         )
     except (OSError, http.client.HTTPException) as exc:
+        problem = connection_problem(exc, url)
+        if problem is not None:
+            raise TransferError(
+                "{method} of blob {digest}: {problem}",
+                method=method,
+                digest=descriptor.digest,
+                problem=problem,
+            ) from exc
         raise TransferError(
             "{method} of blob {digest}: {exc!r:.200}",
             method=method,
