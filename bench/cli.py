@@ -54,7 +54,7 @@ def main() -> None:
         env.pop("CAIRN_DEBUG", None)
         gguf = write_gguf(work / "tiny.gguf", fill=b"tiny")
         (work / "Modelfile").write_text(f"FROM {gguf}\n")
-        make = [*cairn, "create", "tiny:0", "-q", "-f", str(work / "Modelfile")]
+        make = [*cairn, "create", "tiny:0", "--quiet", "-f", str(work / "Modelfile")]
         subprocess.run(make, env=env, check=True)
         for number in range(1, 100):
             subprocess.run([*cairn, "cp", "tiny:0", f"tiny:{number}"], env=env, check=True)

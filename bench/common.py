@@ -27,7 +27,7 @@ def gemma_store(work: Path) -> tuple[Path, dict[str, str], str]:
     store = work / "store"
     env = {**os.environ, "CAIRN_MODELS": str(store), "CAIRN_HOME": str(work / "home")}
     (work / "Modelfile").write_text(f"FROM {assemble()}\n")
-    create = [str(BIN / "cairn"), "create", "gemma3:270m", "-q", "-f", str(work / "Modelfile")]
+    create = [str(BIN / "cairn"), "create", "gemma3:270m", "--quiet", "-f", str(work / "Modelfile")]
     subprocess.run(create, env=env, check=True)
     tag = store / "manifests/registry.ollama.ai/library/gemma3/270m"
     layers = json.loads(tag.read_bytes())["layers"]

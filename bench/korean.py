@@ -51,7 +51,9 @@ def main() -> None:
         base.update(CAIRN_MODELS=str(store), PYTHONPATH=str(REPO))
         english, korean = {**base, "LANG": "C.UTF-8"}, {**base, "LANG": "ko_KR.UTF-8"}
         (work / "Modelfile").write_text(f"FROM {write_gguf(work / 'tiny.gguf')}\n")
-        subprocess.run([CAIRN, "create", "tiny", "-q", "-f", str(work / "Modelfile")], env=base)
+        subprocess.run(
+            [CAIRN, "create", "tiny", "--quiet", "-f", str(work / "Modelfile")], env=base
+        )
         models = Models(store)
         source = models.get("tiny")
         for i in range(99):

@@ -77,7 +77,7 @@ def main() -> None:
         env = {**os.environ, "CAIRN_MODELS": str(source_store), "CAIRN_HOME": str(home)}
         (work / "Modelfile").write_text(f"FROM {assemble()}\n")
         subprocess.run(
-            [*cairn, "create", "gemma3:270m", "-q", "-f", str(work / "Modelfile")],
+            [*cairn, "create", "gemma3:270m", "--quiet", "-f", str(work / "Modelfile")],
             env=env,
             check=True,
         )
@@ -174,7 +174,7 @@ def main() -> None:
                 )
                 (work / "Modelfile.big").write_text(f"FROM {big}\n")
                 subprocess.run(
-                    [*cairn, "create", "big:1", "-q", "-f", str(work / "Modelfile.big")],
+                    [*cairn, "create", "big:1", "--quiet", "-f", str(work / "Modelfile.big")],
                     env=env,
                     check=True,
                 )

@@ -76,13 +76,13 @@ def bench_create(work: Path, runs: int) -> dict[str, float]:
 
     # Warm the page cache and the interpreter's bytecode cache once.
     fresh()
-    timed([*CAIRN, "create", "warm", "-q", "-f", str(modelfile)], env_for(store))
+    timed([*CAIRN, "create", "warm", "--quiet", "-f", str(modelfile)], env_for(store))
     # Interleaved, so drift in the disk's speed falls on all three alike.
     samples: dict[str, list[float]] = {"cairn": [], "sync": [], "nosync": []}
     for _ in range(runs):
         fresh()
         samples["cairn"].append(
-            timed([*CAIRN, "create", "bench", "-q", "-f", str(modelfile)], env_for(store))
+            timed([*CAIRN, "create", "bench", "--quiet", "-f", str(modelfile)], env_for(store))
         )
         for kind, flag in (("sync", "1"), ("nosync", "0")):
             fresh()
@@ -112,7 +112,7 @@ def bench_cp_and_list(work: Path, runs: int) -> dict[str, float]:
     tiny = write_gguf(work / "tiny.gguf")
     for name, path in (("small", tiny), ("big", gemma())):
         (work / f"Modelfile.{name}").write_text(f"FROM {path}\n")
-        timed([*CAIRN, "create", name, "-q", "-f", str(work / f"Modelfile.{name}")], env)
+        timed([*CAIRN, "create", name, "--quiet", "-f", str(work / f"Modelfile.{name}")], env)
     counter = iter(range(10**6))
 
     def cp(source: str) -> float:

@@ -58,7 +58,7 @@ def main() -> None:
             f'FROM {assemble()}\nTEMPLATE """{GEMMA_TEMPLATE}"""\nPARAMETER temperature 0\n'
         )
         subprocess.run(
-            [sys.executable, "-m", "cairn", "create", "g:1", "-f", str(modelfile), "-q"],
+            [sys.executable, "-m", "cairn", "create", "g:1", "-f", str(modelfile), "--quiet"],
             env=env,
             check=True,
         )

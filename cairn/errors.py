@@ -14,6 +14,7 @@ missing", name=n)``: ``str(error)`` is English (what an HTTP API sends) and
     ├── ManifestError               a manifest that is not valid JSON or breaks the spec
     ├── ModelfileError              a Modelfile that cannot be understood
     ├── ModelFormatError            a model file that is not what it claims (not GGUF, truncated)
+    ├── QuantizeError               create --quantize: an unknown type, or llama.cpp failed
     ├── RuntimeUnavailableError     no runtime can run this model here (or the one asked for can't)
     ├── RunnerError                 the runner process failed or died (a crash, out of memory)
     │   └── RunnerRequestError      it failed one request and lives on (a plugin's exception)
@@ -21,6 +22,7 @@ missing", name=n)``: ``str(error)`` is English (what an HTTP API sends) and
     ├── ServerError                 a running server failed a request, or none is running
     ├── TemplateError               a prompt template that cannot be parsed or executed
     ├── BundleError                 an OCI layout or bundle to import that is broken or unsafe
+    ├── SignatureError              a model signature that is malformed or fails, or an unusable key
     ├── RegistryError               a registry answered with an error or broke the protocol
     │   ├── AuthenticationError     credentials missing or refused (401/403)
     │   ├── RemoteNotFoundError     the registry has no such repository, tag or blob (404)
@@ -85,6 +87,10 @@ class ModelFormatError(CairnError):
     """A model file that is not of the format it must be, or is cut short."""
 
 
+class QuantizeError(CairnError):
+    """``create --quantize``: an unknown type, or llama.cpp could not quantize the model."""
+
+
 class RuntimeUnavailableError(CairnError):
     """No installed runtime can run the model here, or the chosen one cannot."""
 
@@ -112,6 +118,15 @@ class TemplateError(CairnError):
 
 class BundleError(CairnError):
     """An OCI layout or bundle (``cairn import``) that is broken, unsafe or not one at all."""
+
+
+class SignatureError(CairnError):
+    """A model signature (an OMS bundle) that is malformed or does not verify, or a key or
+    certificate that cannot sign or verify one."""
+
+
+class PolicyError(SignatureError):
+    """The trust policy (``$CAIRN_HOME/policy.json``) is malformed, or refuses a model."""
 
 
 class RegistryError(CairnError):

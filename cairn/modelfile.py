@@ -142,7 +142,9 @@ class Modelfile:
                 continue
             key, _, raw = command.args.partition(" ")
             key = key.lower()
-            value = convert_parameter(key, _unquote(raw.strip()), command.line)
+            if key != "stop":  # a stop sequence is taken as written: spaces and quotes too
+                raw = _unquote(raw.strip())
+            value = convert_parameter(key, raw, command.line)
             if key == "stop":
                 values.setdefault("stop", []).extend(value)
                 if len(values["stop"]) > MAX_STOPS:
@@ -318,18 +320,27 @@ def parse_modelfile(text: str) -> Modelfile:
                     instruction=word.upper(),
                 )
         if rest.startswith('"""'):
-            # Line by line, each looked at once: linear however long the block.
-            pieces = [rest[3:]]
-            while '"""' not in pieces[-1]:
+            # As Ollama's parser reads it: the text ends at the first line that ends with
+            # """ (spaces after it aside), and is all before those three quotes, so it may
+            # hold """ and end with ". Line by line, each looked at once: linear however
+            # long the block. The first line keeps its trailing spaces: they are the text's.
+            first = lines[number - 1]
+            pieces = [rest[3:] + first[len(first.rstrip()) :]]
+            after = None  # the first line with text after a """: what was probably meant
+            while not pieces[-1].rstrip().endswith('"""'):
+                if after is None and '"""' in pieces[-1]:
+                    after = number + len(pieces) - 1
                 if index >= len(lines):
+                    if after is not None:
+                        raise ModelfileError(
+                            'line {number}: text after the closing """', number=after
+                        )
                     raise ModelfileError(
                         'line {number}: a """ quote is never closed', number=number
                     )
                 pieces.append(lines[index])
                 index += 1
-            value, _, trailing = "\n".join(pieces).partition('"""')
-            if trailing.strip():
-                raise ModelfileError('line {number}: text after the closing """', number=number)
+            value = "\n".join(pieces).rstrip()[:-3]
         else:
             value = _unquote(rest)
         if name == "message":
@@ -356,8 +367,57 @@ def parse_modelfile(text: str) -> Modelfile:
     return modelfile
 
 
-def _quoted(value: str) -> str:
-    return f'"""{value}"""' if ("\n" in value or '"' in value or value != value.strip()) else value
+def _ollama_keeps(text: str) -> str:
+    """What Ollama's parser keeps of ``text``: it drops what Go does not count as printable
+    (escape codes, zero-width joiners, non-ASCII spaces), but spaces, tabs and line ends."""
+    return "".join(c for c in text if c.isprintable() or c in " \t\r\n")
+
+
+def _bare(text: str) -> bool:
+    """``text`` reads back as itself written bare, to the end of its line, by cairn's
+    parser and by Ollama's: one line, no spaces at either end, no quote first."""
+    kept = _ollama_keeps(text).strip()
+    return (
+        bool(text)
+        and "\n" not in text
+        and "\r" not in text
+        and not text[0].isspace()
+        and not text[-1].isspace()
+        and not text.startswith('"')
+        and not kept.startswith('"')
+    )
+
+
+def _unquotable(text: str) -> Phrase | None:
+    """Why ``text`` cannot be written in \"\"\"triple quotes\"\"\" so that cairn's parser and
+    Ollama's read it back as it is; None when it can.
+
+    Both end the text at the first line that ends with \"\"\" (spaces after it aside), so
+    only a line ending so with more lines after it cannot be written (Modelfiles have no
+    escapes); and cairn reads a Windows line end as a newline.
+    """
+    if "\r\n" in text:
+        return Phrase("a Windows line end (\\r\\n) would be read back as a newline")
+    # Each line on its own: a line that is blank once stripped leaves the end where an
+    # earlier line, looked at already, put it.
+    *lines, _last = text.replace("\r", "\n").split("\n")
+    for line in lines:
+        if line.rstrip().endswith('"""') or _ollama_keeps(line).rstrip().endswith('"""'):
+            return Phrase('a line ends with """ and more lines follow it')
+    return None
+
+
+def _written(text: str, what: str, strict: bool, bare: bool = True) -> str:
+    """``text`` as a Modelfile value: bare where that reads back (and ``bare``), else in
+    triple quotes; ``strict``: a :class:`ModelfileError` for a text that cannot be
+    written so that it reads back, rather than a file that says something else."""
+    if bare and _bare(text):
+        return text
+    if strict and (reason := _unquotable(text)) is not None:
+        raise ModelfileError(
+            "{what}: the text cannot be written in a Modelfile: {reason}", what=what, reason=reason
+        )
+    return f'"""{text}"""'
 
 
 def render_modelfile(
@@ -369,22 +429,31 @@ def render_modelfile(
     messages: list[Message] | None = None,
     adapters: list[str] | None = None,
     header: str = "",
+    strict: bool = False,
 ) -> str:
-    """Write a Modelfile that recreates a model, as ``ollama show --modelfile`` does."""
+    """Write a Modelfile that recreates a model, as ``ollama show --modelfile`` does.
+
+    Every text reads back as it is, by cairn's parser and by Ollama's, but one with a
+    line ending in \"\"\" and more lines after it (Modelfiles have no escapes) or with a
+    Windows line end: ``strict`` refuses such a text with a :class:`ModelfileError`
+    (what ``/save`` wants: a model that says what the session said); otherwise it is
+    written as it is, for reading (what ``show`` wants).
+    """
     out = [header] if header else []
     out.append(f"FROM {from_}")
     for adapter in adapters or []:
         out.append(f"ADAPTER {adapter}")
     if template is not None:
-        out.append(f'TEMPLATE """{template}"""')
+        out.append(f"TEMPLATE {_written(template, 'TEMPLATE', strict, bare=False)}")
     if system is not None:
-        out.append(f'SYSTEM """{system}"""')
+        out.append(f"SYSTEM {_written(system, 'SYSTEM', strict, bare=False)}")
     for key, value in (parameters or {}).items():
         for item in value if isinstance(value, list) else [value]:
             text = json.dumps(item) if isinstance(item, bool) else str(item)
-            out.append(f"PARAMETER {key} {_quoted(text)}")
+            out.append(f"PARAMETER {key} {_written(text, f'PARAMETER {key}', strict)}")
     for license_text in licenses or []:
-        out.append(f'LICENSE """{license_text}"""')
+        out.append(f"LICENSE {_written(license_text, 'LICENSE', strict, bare=False)}")
     for message in messages or []:
-        out.append(f"MESSAGE {message.role} {_quoted(message.content)}")
+        said = _written(message.content, f"MESSAGE {message.role}", strict)
+        out.append(f"MESSAGE {message.role} {said}")
     return "\n".join(out) + "\n"

@@ -59,8 +59,10 @@ def plan(
     from cairn.runtime_plugins.manager import plugins
     from cairn.runtime_plugins.prompt import Message
     from cairn.runtime_plugins.runtime import ModelSpec
+    from cairn.signing.policy import require_trusted
 
     details = show_model(models, name)
+    require_trusted(models, models.get(name))
     weights = check_runnable(name, details)
     options = check_parameters(details.parameters, Phrase("{model}'s parameters: ", model=name))
     for key, value in overrides.items():

@@ -46,13 +46,18 @@ _INVISIBLE = [
 ]
 
 
+_SURROGATES = [*range(0xD800, 0xE000)]
+"""Legal in JSON (``"\\ud800"``) and so in a config, but no UTF-8 can hold one alone:
+printed raw, it is a UnicodeEncodeError, a traceback."""
+
+
 def _escaped(code: int) -> str:
     if code < 0x100:
         return f"\\x{code:02x}"
     return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
-_ONE_LINE = {code: _escaped(code) for code in (*_CONTROLS, *_BIDI, *_INVISIBLE)}
+_ONE_LINE = {code: _escaped(code) for code in (*_CONTROLS, *_BIDI, *_INVISIBLE, *_SURROGATES)}
 _MULTI_LINE = {k: v for k, v in _ONE_LINE.items() if k not in (0x0A, 0x09)}
 
 
@@ -68,5 +73,5 @@ def untrusted_json(text: str) -> str:
 
 _JSON = {
     code: f"\\u{code:04x}" if code < 0x10000 else json.dumps(chr(code))[1:-1]
-    for code in (0x7F, *range(0x80, 0xA0), *_BIDI, *_INVISIBLE)
+    for code in (0x7F, *range(0x80, 0xA0), *_BIDI, *_INVISIBLE, *_SURROGATES)
 }

@@ -57,6 +57,43 @@ echo "==> cairn run gemma3:270m (the base model: expect fluent nonsense, determi
 CAIRN_MODELS="$workdir/empty-store" cairn run "127.0.0.1:$port/library/gemma3:270m" \
     "Write one sentence about mountains." -p num_predict=48 --verbose
 
+echo "==> cairn create -q q8_0: llama.cpp requantizes the weights (a warning: from Q4_K_M)"
+cairn create gemma3:270m-q8 -q q8_0 -f "$workdir/Modelfile"
+cairn list
+
+echo "==> signed models: cairn sign, a push carries the signature, a pull under a trust policy"
+python - "$workdir" <<'PY'
+import sys
+from pathlib import Path
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+for name in ("team", "stranger"):
+    key = ec.generate_private_key(ec.SECP256R1())
+    Path(sys.argv[1], f"{name}.pem").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    Path(sys.argv[1], f"{name}.pub").write_bytes(key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+PY
+cairn sign gemma3:270m --key "$workdir/team.pem"
+cairn push gemma3:270m "127.0.0.1:$port/team/gemma3:270m" --insecure
+for who in team stranger; do
+    mkdir -p "$workdir/home-$who"
+    printf '{"default": [{"type": "signedBy", "keyPath": "%s"}]}\n' "$workdir/$who.pub" \
+        > "$workdir/home-$who/policy.json"
+done
+echo "    a policy that trusts the team's key: pulled, and verify names the key"
+CAIRN_HOME="$workdir/home-team" CAIRN_MODELS="$workdir/signed-store" \
+    cairn pull "127.0.0.1:$port/team/gemma3:270m" --insecure
+CAIRN_HOME="$workdir/home-team" CAIRN_MODELS="$workdir/signed-store" \
+    cairn verify "127.0.0.1:$port/team/gemma3:270m" --key "$workdir/team.pub"
+echo "    a policy that trusts another key: refused, and the model is not tagged"
+if CAIRN_HOME="$workdir/home-stranger" CAIRN_MODELS="$workdir/refusing-store" \
+    cairn pull "127.0.0.1:$port/team/gemma3:270m" --insecure; then
+    echo "the policy did not hold" >&2
+    exit 1
+fi
+
 echo "==> cairn serve: Ollama's, OpenAI's and Anthropic's APIs over the store"
 serve_port=$(python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 export CAIRN_HOST="127.0.0.1:$serve_port"

@@ -75,6 +75,10 @@ def test_render_round_trips() -> None:
         ("FROM x\nPARAMETER temperature", "needs a value"),
         ("FROM x\nMESSAGE robot hi", "role 'robot'"),
         ('FROM x\nSYSTEM """never closed', "never closed"),
+        (
+            'FROM x\nSYSTEM """closed""" and more\nPARAMETER seed 1',
+            'line 2: text after the closing """',
+        ),
         ("FROM", "needs a value"),
     ],
 )
@@ -125,3 +129,192 @@ def test_modelfile_like_text_raises_only_modelfile_errors(pieces: list[str]) -> 
     with contextlib.suppress(ModelfileError):
         modelfile = parse_modelfile("".join(pieces))
         assert modelfile.from_
+
+
+# -- writing a Modelfile back: every text reads back as it was (issue 15) ------------------
+
+AWKWARD = st.lists(
+    st.sampled_from(
+        ['"', '"""', "\\", '\\"', "\\\\", "\n", "\r", " ", "\t", "x", "#", "é", "\x1b"]
+    ),
+    max_size=12,
+).map("".join)
+
+
+def ollama_parse(text: str) -> list[tuple[str, str]]:
+    """The commands Ollama's parser (parser/parser.go, ``ParseFile``) reads from ``text``:
+    its state machine, transcribed, as ``(name, args)``; a ValueError where it fails."""
+    nil, name_, value, param, message, comment = range(6)
+
+    def unquote(s: str) -> tuple[str, bool]:
+        if s.startswith('"""'):
+            return (s[3:-3], True) if len(s) >= 6 and s.endswith('"""') else ("", False)
+        if s.startswith('"'):
+            return (s[1:-1], True) if len(s) >= 2 and s.endswith('"') else ("", False)
+        return s, True
+
+    def step(r: str, state: int) -> tuple[int, str]:
+        space, newline = r in " \t", r in "\r\n"
+        alpha = r.isascii() and r.isalpha()
+        if state == nil:
+            return (comment, "") if r == "#" else (nil, "") if space or newline else (name_, r)
+        if state in (name_, message):
+            if alpha:
+                return state, r
+            if space:
+                return value, ""
+            raise ValueError("invalid command")
+        if state == param:
+            if alpha or (r.isascii() and r.isdigit()) or r == "_":
+                return param, r
+            if space:
+                return value, ""
+            raise ValueError("unexpected EOF")
+        if state == value:
+            return (nil, r) if space or newline else (value, r)
+        return (nil, "") if newline else (comment, "")
+
+    commands: list[tuple[str, str]] = []
+    state, buffer, name, role = nil, "", "", ""
+    for r in text:
+        after, r = step(r, state)
+        if after != state:
+            if state == name_:
+                word = buffer.lower()
+                name = {"from": "model"}.get(word, word)
+                after = {"parameter": param, "message": message}.get(word, after)
+            elif state == param:
+                name = buffer
+            elif state == message:
+                if buffer not in ("system", "user", "assistant"):
+                    raise ValueError("invalid role")
+                role = buffer
+            elif state == value:
+                unquoted, ok = unquote(buffer.strip())
+                if not ok or r in " \t":
+                    buffer += r
+                    continue
+                commands.append((name, f"{role}: {unquoted}" if role else unquoted))
+                role = ""
+            buffer, state = "", after
+        if r.isprintable() and r:
+            buffer += r
+    if state == value:
+        unquoted, ok = unquote(buffer.strip())
+        if not ok:
+            raise ValueError("unexpected EOF")
+        commands.append((name, f"{role}: {unquoted}" if role else unquoted))
+    elif state not in (nil, comment):
+        raise ValueError("unexpected EOF")
+    return commands
+
+
+def ollama_keeps(text: str) -> str:
+    """What Ollama's parser keeps of a text: Go's printable characters, spaces, tabs and
+    line ends."""
+    return "".join(c for c in text if c.isprintable() or c in " \t\r\n")
+
+
+def refused_as_documented(text: str, caught: ModelfileError) -> None:
+    """A text refused is one the docs say no Modelfile can hold."""
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")[:-1]
+    if "\r\n" in text:
+        assert "a Windows line end" in str(caught)
+    else:
+        assert 'a line ends with """ and more lines follow it' in str(caught)
+        assert any(ollama_keeps(line).rstrip().endswith('"""') for line in lines) or any(
+            line.rstrip().endswith('"""') for line in lines
+        )
+
+
+@given(system=AWKWARD, said=AWKWARD, stop=AWKWARD.filter(bool), license_text=AWKWARD)
+def test_every_text_reads_back_as_it_was_or_is_refused(
+    system: str, said: str, stop: str, license_text: str
+) -> None:
+    """SYSTEM, MESSAGE, a stop PARAMETER and LICENSE written by ``render_modelfile`` read
+    back the same by cairn's parser and by Ollama's (which drops unprintable characters):
+    ending with ", holding \"\"\", backslashes, new lines, empty, only quotes."""
+    try:
+        text = render_modelfile(
+            "gemma3:270m",
+            system=system,
+            parameters={"stop": [stop]},
+            licenses=[license_text],
+            messages=[Message("assistant", said)],
+            strict=True,
+        )
+    except ModelfileError as caught:
+        refused_as_documented(
+            next(t for t in (system, stop, license_text, said) if _cannot(t)), caught
+        )
+        return
+    again = parse_modelfile(text)
+    assert again.system == system
+    assert again.messages == [Message("assistant", said)]
+    assert again.parameters == {"stop": [stop]}
+    assert again.licenses == [license_text]
+    assert ollama_parse(text) == [
+        ("model", "gemma3:270m"),
+        ("system", ollama_keeps(system)),
+        ("stop", ollama_keeps(stop)),
+        ("license", ollama_keeps(license_text)),
+        ("message", f"assistant: {ollama_keeps(said)}"),
+    ]
+
+
+def _cannot(text: str) -> bool:
+    try:
+        render_modelfile("x", system=text, strict=True)
+    except ModelfileError:
+        return True
+    return False
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        'He said "hi"',
+        'one line\nsay "hi"',
+        '"quoted"',
+        '""',
+        '"',
+        '""""""',
+        'a """ in the middle\nand more',
+        'ends with """',
+        'back\\slash \\" and \\\\',
+        "",
+        "  spaces at both ends  ",
+        "first line ends in spaces   \nsecond",
+        "\n\nnew lines first",
+        "# not a comment",
+    ],
+)
+def test_awkward_texts_read_back(text: str) -> None:
+    written = render_modelfile("m", system=text, messages=[Message("user", text)], strict=True)
+    again = parse_modelfile(written)
+    assert (again.system, again.messages) == (text, [Message("user", text)])
+    assert ollama_parse(written)[1:] == [("system", text), ("message", f"user: {text}")]
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ('a docstring """\nthen more', 'a line ends with """ and more lines follow it'),
+        ('"""   \n', 'a line ends with """ and more lines follow it'),
+        ("windows\r\nline ends", "a Windows line end (\\r\\n) would be read back as a newline"),
+    ],
+)
+def test_a_text_no_modelfile_can_hold_is_refused(text: str, reason: str) -> None:
+    with pytest.raises(ModelfileError) as caught:
+        render_modelfile("m", messages=[Message("assistant", text)], strict=True)
+    assert (
+        str(caught.value)
+        == f"MESSAGE assistant: the text cannot be written in a Modelfile: {reason}"
+    )
+    render_modelfile("m", messages=[Message("assistant", text)])  # shown: written as it is
+
+
+def test_a_stop_sequence_is_read_as_written() -> None:
+    written = 'FROM m\nPARAMETER stop """ User: """\nPARAMETER stop ""x""\n'
+    assert parse_modelfile(written).parameters == {"stop": [" User: ", '"x"']}
+    assert ollama_parse(written)[1:] == [("stop", " User: "), ("stop", '"x"')]

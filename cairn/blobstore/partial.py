@@ -245,9 +245,12 @@ class PartialBlob:
         spans = [{"start": s.start, "end": s.end, "done": s.done} for s in self.spans]
         record = {"size": self.size, "spans": spans}
         tmp = self.record.with_suffix(".tmp")
-        with contextlib.suppress(OSError):
+        try:
             tmp.write_text(json.dumps(record))
             os.replace(tmp, self.record)
+        except OSError:  # a full disk: no empty record left behind
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
 
     def received(self) -> int:
         """Bytes written so far, all ranges together."""
@@ -297,7 +300,7 @@ class PartialBlob:
         return Blob(self.digest, size)
 
     def discard(self) -> None:
-        for path in (self.path, self.record):
+        for path in (self.path, self.record, self.record.with_suffix(".tmp")):
             with contextlib.suppress(OSError):
                 os.unlink(path)
 

@@ -80,6 +80,7 @@ class Partial:
 
     path: Path
     size: int
+    """Bytes it takes on disk (what removing it frees), not its length."""
     in_use: bool
 
 
@@ -89,6 +90,30 @@ def storage_error(exc: OSError, what: str, **params: Any) -> StoreError:
     if exc.errno in _FULL:
         return StorageFullError("no space left on device while {doing}", doing=doing)
     return StoreError("{doing} failed: {reason}", doing=doing, reason=exc.strerror or str(exc))
+
+
+def short_of_space(digest: Digest, need: int, where: Path, spare: int = 0) -> StorageFullError:
+    """The error for blob ``digest`` needing ``need`` more bytes on ``where``'s filesystem
+    (``spare``: what cairn keeps free besides, when a check refused it before writing):
+    both sizes as the CLI shows sizes, and the command that makes room."""
+    from cairn.cli.output import human_size  # one size style everywhere ("253 MB")
+
+    try:
+        free = shutil.disk_usage(where).free
+    except OSError:
+        free = 0
+    return StorageFullError(
+        "not enough space for blob {digest}: it needs {need} and cairn keeps {spare} free,"
+        " but {path} has {free} left; `cairn prune` removes unused blobs and partial downloads"
+        if spare
+        else "no space left on device for blob {digest}: it needs {need}, {path} has {free}"
+        " left; `cairn prune` removes unused blobs and partial downloads",
+        digest=digest,
+        need=human_size(need),
+        spare=human_size(spare),
+        path=where,
+        free=human_size(free),
+    )
 
 
 class _Writer:
@@ -599,9 +624,11 @@ class BlobStore:
                     in_use = False
                 except BlockingIOError:
                     in_use = True
-                size = st.st_size
+                # What removing it frees: the blocks it holds, not its length (a download
+                # in ranges writes near its end early, leaving holes).
+                size = st.st_blocks * 512
                 if folder:
-                    size = sum(e.stat().st_size for e in os.scandir(path) if e.is_file())
+                    size = sum(e.stat().st_blocks * 512 for e in os.scandir(path) if e.is_file())
                 yield Partial(path, size, in_use)
             finally:
                 os.close(fd)
@@ -613,9 +640,13 @@ class BlobStore:
         return PartialBlob(self, digest, size, parts)
 
     def stale_records(self) -> Iterator[Path]:
-        """Download records (``.partial.json``) whose ``.partial`` is gone."""
+        """Download records (``.partial.json``, and ``.partial.tmp``: one a full disk cut
+        short) whose ``.partial`` is gone."""
         for name in _names(self.tmp_dir):
-            if name.endswith(".partial.json") and not (self.tmp_dir / name[:-5]).exists():
+            if (
+                name.endswith((".partial.json", ".partial.tmp"))
+                and not (self.tmp_dir / name.rsplit(".", 1)[0]).exists()
+            ):
                 yield self.tmp_dir / name
 
     def stale_stamps(self) -> Iterator[Path]:

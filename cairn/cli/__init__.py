@@ -17,12 +17,79 @@ from cairn.cli import examples
 from cairn.errors import CairnError
 
 
+class OneLineUsageError(click.ClickException):
+    """A usage error in one line, exit status 2: ``Error: <what>`` and click's "Try 'cairn X
+    --help' for help." on the same line, instead of click's usage text above it. A
+    suggestion ("Did you mean 'list'?") stands alone: it already says what to type."""
+
+    exit_code = 2
+
+    @classmethod
+    def of(cls, exc: click.UsageError) -> OneLineUsageError:
+        from cairn.i18n import _  # click's own words too
+
+        message = exc.format_message()
+        suggested = getattr(exc, "suggested", False)
+        if isinstance(exc, click.NoSuchOption):
+            message, suggested = cls._no_such_option(exc)
+        if exc.ctx is not None and not suggested:
+            hint = _("Try '{command} {option}' for help.").format(
+                command=exc.ctx.command_path, option=max(exc.ctx.help_option_names, key=len)
+            )
+            message = f"{message} {hint}"
+        return cls(message)
+
+    @staticmethod
+    def _no_such_option(exc: click.NoSuchOption) -> tuple[str, bool]:
+        """Click's message, its difflib guesses (``--bogus`` → ``--verbose``) kept only when
+        one keystroke off or the option's start, as unknown commands are judged."""
+        from cairn.i18n import _
+        from cairn.manifests.suggest import one_keystroke
+
+        typed = exc.option_name
+        close = [
+            option
+            for option in exc.possibilities or ()
+            if one_keystroke(typed, option) or (len(typed) >= 5 and option.startswith(typed))
+        ]
+        message = _("No such option {name!r}.").format(name=typed)
+        if len(close) == 1:
+            return (
+                f"{message} {_('Did you mean {possibility}?').format(possibility=close[0])}",
+                True,
+            )
+        if close:
+            possible = _("(Possible options: {possibilities})").format(
+                possibilities=", ".join(close)
+            )
+            return f"{message} {possible}", True
+        return message, False
+
+
 class CairnGroup(click.Group):
-    """A group that reports cairn's errors as one line and exit code 1."""
+    """A group that reports cairn's errors as one line and exit code 1 (usage errors: 2)."""
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as exc:
+            raise OneLineUsageError.of(exc) from None
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as exc:
+            raise OneLineUsageError.of(exc) from None
         except CairnError as exc:
             if config.load().debug:
                 import traceback
@@ -59,10 +126,13 @@ class CairnGroup(click.Group):
         name = args[0] if args else ""
         known = name[:1] in ("", "-") or self.get_command(ctx, name) is not None
         if not known and not ctx.resilient_parsing:
-            raise click.exceptions.NoSuchCommand(name, self._no_such(name), ctx=ctx)
+            message, suggested = self._no_such(name)
+            error = click.exceptions.NoSuchCommand(name, message, ctx=ctx)
+            error.suggested = suggested  # type: ignore[attr-defined]
+            raise error
         return super().resolve_command(ctx, args)
 
-    def _no_such(self, typed: str) -> str:
+    def _no_such(self, typed: str) -> tuple[str, bool]:
         """Click's "No such command", with a suggestion only when one is close: a letter
         missing (``lst``, ``pus``), a known command's start (``insp``), another tool's word
         (``delete``), or one keystroke off in a name of four letters or more (``lsit``);
@@ -86,12 +156,12 @@ class CairnGroup(click.Group):
             }
         message = _("No such command {name!r}.").format(name=typed)
         if not meant:
-            return message
+            return message, False
         said = ", ".join(repr(m) for m in sorted(meant))
         if len(meant) == 1:
-            return f"{message} {_('Did you mean {possibility}?').format(possibility=said)}"
+            return f"{message} {_('Did you mean {possibility}?').format(possibility=said)}", True
         hint = _("(Did you mean one of: {possibilities}?)").format(possibilities=said)
-        return f"{message} {hint}"
+        return f"{message} {hint}", True
 
 
 @click.group(
@@ -122,11 +192,23 @@ def _log_to_stderr() -> None:
 
 
 def _register() -> None:
-    from cairn.cli import completion, mirror, models, registry, remote, run, serve, server, sync
+    from cairn.cli import (
+        completion,
+        mirror,
+        models,
+        registry,
+        remote,
+        run,
+        serve,
+        server,
+        signing,
+        sync,
+    )
 
     _localize_click()
     commands = (
         *models.COMMANDS,
+        *signing.COMMANDS,
         *registry.COMMANDS,
         *remote.COMMANDS,
         *mirror.COMMANDS,

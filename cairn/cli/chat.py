@@ -124,24 +124,34 @@ class LocalSession:
 
 
 class ServerSession:
-    """Answers from a running server's ``/api/chat`` (it keeps the model loaded)."""
+    """Answers from a running server's ``/api/chat`` (it keeps the model loaded for
+    ``keep_alive``, sent with every request as Ollama's CLI sends it; None: the server's
+    default)."""
 
     def __init__(
-        self, client: ServerClient, model: str, options: dict[str, Any], output_format: str | None
+        self,
+        client: ServerClient,
+        model: str,
+        options: dict[str, Any],
+        output_format: str | None,
+        keep_alive: float | None = None,
     ) -> None:
         self.client = client
         self.model = model
         self.options = options
         self.output_format = output_format
+        self.keep_alive = keep_alive
 
     def start(self) -> None:
-        self.client.load(self.model, self.options)
+        self.client.load(self.model, self.options, self.keep_alive)
 
     def answer(
         self, conversation: list[Message], options: dict[str, Any]
     ) -> Generator[Chunk, None, None]:
         # Closing this closes the connection, and the server stops the answer.
-        yield from self.client.chat(self.model, conversation, options, self.output_format)
+        yield from self.client.chat(
+            self.model, conversation, options, self.output_format, self.keep_alive
+        )
 
     def interrupt(self) -> None:
         pass  # the closed stream was enough
@@ -232,19 +242,20 @@ def _set_format(session: Session, state: ChatState, value: str | None) -> None:
 
 
 def _show(
-    command: str, state: ChatState, describe: Callable[[], str], model: ModelCommands | None
+    command: str, state: ChatState, describe: Callable[[], str], model: ModelCommands
 ) -> None:
     """``/show`` and its subcommands; a wrong one is answered with the list."""
     parts = command.split()
     what = parts[1] if len(parts) == 2 else ("" if len(parts) == 1 else None)
     if what == "":
         click.echo(describe())
-    elif what in ("info", "modelfile") and model is None:
-        click.echo(_("/show {what} is not available through a server").format(what=what))
-    elif what == "info" and model is not None:
+    elif what == "info":
         click.echo(model.info())
-    elif what == "modelfile" and model is not None:
-        click.echo(model.modelfile(state), nl=False)
+    elif what == "modelfile":
+        try:
+            click.echo(model.modelfile(state), nl=False)
+        except CairnError as exc:
+            say(exc, label="Error")
     elif what == "parameters":
         lines = [f"  {k}: {v}" for k, v in sorted(state.options.items())]
         click.echo("\n".join([_("Parameters:"), *lines]))
@@ -270,7 +281,7 @@ def chat(
     describe: Callable[[], str],
     raw: bool = False,
     *,
-    model: ModelCommands | None = None,
+    model: ModelCommands,
     system: str | None = None,
     verbose: bool = False,
     wrap: bool = True,
@@ -331,10 +342,6 @@ def chat(
                     parts = command.split()
                     if len(parts) != 2:
                         click.echo(_("Usage: {command} NAME").format(command=word))
-                    elif model is None:
-                        click.echo(
-                            _("{command} is not available through a server").format(command=word)
-                        )
                     elif word == "/save":
                         try:
                             model.save(parts[1], state)

@@ -18,7 +18,8 @@ Examples:
 CREATE = """\b
 Examples:
   $ cairn create mymodel                     (reads ./Modelfile)
-  $ cairn create mymodel -f path/to/Modelfile"""
+  $ cairn create mymodel -f path/to/Modelfile
+  $ cairn create mymodel-q8 -q q8_0          (quantized by llama.cpp)"""
 
 LIST = """\b
 Examples:
@@ -49,7 +50,15 @@ Examples:
 VERIFY = """\b
 Examples:
   $ cairn verify
-  $ cairn verify gemma3:270m --repair"""
+  $ cairn verify gemma3:270m --repair
+  $ cairn verify mymodel --key pub.pem --rehash
+  $ cairn verify mymodel --key pub.pem --signature model.sig"""
+
+SIGN = """\b
+Examples:
+  $ cairn sign mymodel --key key.pem
+  $ cairn sign mymodel --key key.pem --cert signer.pem --chain ca.pem
+  $ cairn sign mymodel --key key.pem -o model.sig"""
 
 PULL = """\b
 Examples:

@@ -19,7 +19,9 @@ from cairn.i18n import N_, Phrase, _, localize
 from cairn.sanitize import untrusted, untrusted_json
 
 if TYPE_CHECKING:
+    from cairn.blobstore import Digest
     from cairn.manifests.models import Models
+    from cairn.manifests.reference import Reference
     from cairn.manifests.show import ModelDetails
 
 
@@ -44,6 +46,22 @@ def _iso(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
 
 
+def _quantize_type(value: str | None) -> str | None:
+    """``-q`` takes a type: ``-q -f MF`` (the old ``-q`` for quiet) is told so, not
+    answered with an "unexpected extra argument"."""
+    if value is not None and value.startswith("-"):
+        raise click.BadParameter(
+            localize(
+                Phrase(
+                    "{value!r} is not a type: -q is --quantize TYPE, as in Ollama"
+                    " (--quiet is spelled out)",
+                    value=value,
+                )
+            )
+        )
+    return value
+
+
 @click.command(epilog=examples.CREATE)
 @click.argument("name", shell_complete=complete_model)
 @click.option(
@@ -53,8 +71,15 @@ def _iso(timestamp: float) -> str:
     type=click.Path(dir_okay=False, path_type=Path),
     help="The Modelfile (default: ./Modelfile).",
 )
-@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
-def create(name: str, modelfile_path: Path | None, quiet: bool) -> None:
+@click.option(
+    "-q",
+    "--quantize",
+    metavar="TYPE",
+    callback=lambda _ctx, _param, value: _quantize_type(value),
+    help="Quantize the weights to TYPE (q8_0, q4_K_M, ...), as Ollama's create -q does.",
+)
+@click.option("--quiet", is_flag=True, help="Print nothing but errors and warnings.")
+def create(name: str, modelfile_path: Path | None, quantize: str | None, quiet: bool) -> None:
     """Create model NAME from a Modelfile.
 
     FROM names a GGUF file (relative to the Modelfile) or a model in the
@@ -64,8 +89,11 @@ def create(name: str, modelfile_path: Path | None, quiet: bool) -> None:
     from cairn.manifests.create import create_model
     from cairn.manifests.reference import parse_reference
     from cairn.modelfile import parse_modelfile
+    from cairn.quantize import parse_type
 
     parse_reference(name)  # a bad name fails before any file is read
+    if quantize is not None:
+        parse_type(quantize)  # and so does an unknown type
     path = modelfile_path or Path("Modelfile")
     try:
         text = path.read_text(encoding="utf-8")
@@ -82,7 +110,10 @@ def create(name: str, modelfile_path: Path | None, quiet: bool) -> None:
         if not quiet:
             say(status, err=True)
 
-    create_model(_models(), name, parse_modelfile(text), path.parent, progress)
+    def warn(said: str) -> None:
+        say(said, err=True, label="warning")
+
+    create_model(_models(), name, parse_modelfile(text), path.parent, progress, quantize, warn)
 
 
 @click.command("list", epilog=examples.LIST)
@@ -100,7 +131,9 @@ def list_models(as_json: bool, local: bool) -> None:
     from cairn import config
 
     config.load().store_exists()  # a file, or a CAIRN_MODELS that names nothing: said so
-    found, problems = _models().catalog()
+    models = _models()
+    found, problems = models.catalog()
+    lacking = {m.path: models.missing_blobs(m) for m in found}  # a stat per blob
     if as_json:
         _emit_json(
             {
@@ -112,6 +145,8 @@ def list_models(as_json: bool, local: bool) -> None:
                         "digest": str(m.manifest.digest),
                         "size": m.size,
                         "modified_at": _iso(m.modified),
+                        "broken": bool(lacking[m.path]),
+                        "missing_blobs": [str(d) for d in lacking[m.path]],
                     }
                     for m in found
                 ],
@@ -119,8 +154,19 @@ def list_models(as_json: bool, local: bool) -> None:
             }
         )
         return
-    rows = [(m.reference.display, m.id, human_size(m.size), human_age(m.modified)) for m in found]
+    rows = [
+        (
+            m.reference.display + (" " + _("(broken)") if lacking[m.path] else ""),
+            m.id,
+            human_size(m.size),
+            human_age(m.modified),
+        )
+        for m in found
+    ]
     click.echo(table((_("NAME"), _("ID"), _("SIZE"), _("MODIFIED")), rows))
+    for m in found:
+        if lacking[m.path]:
+            say(_broken(m.reference, lacking[m.path]), err=True, label="warning")
     for problem in problems:
         say(
             Phrase("{model}: {error}", model=problem.reference.display, error=problem.error),
@@ -266,7 +312,22 @@ def _describe(models: Models, details: ModelDetails, verbose: bool) -> str:
             for d in details.other_layers
         ]
         sections.append(f"  {_('Layers')}\n" + _columns(rows))
+    signed = shown.signatures(models, details)
+    if signed:
+        rows = [(s["digest"][:19] + "…", s["created"], _signer(s)) for s in signed]
+        sections.append(f"  {_('Signatures')}\n" + _columns(rows))
     return "\n\n".join(sections) + "\n"
+
+
+def _signer(listed: dict[str, str]) -> str:
+    """Who a signature says signed it, as ``show`` lists it (unverified: ``verify --key``)."""
+    if "problem" in listed:
+        return _("damaged: {problem}").format(problem=untrusted(listed["problem"])[:120])
+    if "certificate" in listed:
+        return _("certificate {subject}").format(subject=untrusted(listed["certificate"]))
+    if "key_hint" in listed:
+        return _("key {hint}").format(hint=untrusted(listed["key_hint"])[:16] + "…")
+    return _("key (no hint)")
 
 
 def _projector_rows(info: dict[str, Any]) -> list[tuple[str, ...]]:
@@ -446,8 +507,45 @@ def prune(dry_run: bool, grace: float, as_json: bool) -> None:
     "--repair", is_flag=True, help="Delete the corrupt blobs, so they can be fetched again."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def verify(names: tuple[str, ...], repair: bool, as_json: bool) -> None:
-    """Rehash the blobs of the named models (every blob when none is named)."""
+@click.option(
+    "--key",
+    "key_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Check the models' signatures instead: signed by this public key (PEM).",
+)
+@click.option(
+    "--ca",
+    "ca_paths",
+    type=click.Path(dir_okay=False, path_type=Path),
+    multiple=True,
+    help="Check the models' signatures instead: by a certificate this CA (PEM) issued.",
+)
+@click.option(
+    "--signature",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Check this signature file (an OMS bundle) rather than the stored signatures.",
+)
+@click.option(
+    "--rehash", is_flag=True, help="With --key or --ca: rehash the signed files' blobs too."
+)
+def verify(
+    names: tuple[str, ...],
+    repair: bool,
+    as_json: bool,
+    key_path: Path | None,
+    ca_paths: tuple[Path, ...],
+    signature: Path | None,
+    rehash: bool,
+) -> None:
+    """Rehash the blobs of the named models (every blob when none is named).
+
+    With --key or --ca, check the models' signatures against their files instead.
+    """
+    if key_path is not None or ca_paths or signature is not None or rehash:
+        from cairn.cli.signing import verify_signatures
+
+        verify_signatures(names, key_path, ca_paths, signature, rehash, as_json)
+        return
     report = _models().verify(names, repair=repair)
     if as_json:
         _emit_json(
@@ -459,6 +557,10 @@ def verify(names: tuple[str, ...], repair: bool, as_json: bool) -> None:
                 "missing": [{"model": str(r), "digest": str(d)} for r, d in report.missing],
                 "damaged_manifests": [
                     {"model": str(p.reference), "error": p.error} for p in report.bad_manifests
+                ],
+                "broken": [
+                    {"model": str(r), "missing_blobs": [str(d) for d in lacking]}
+                    for r, lacking in report.broken
                 ],
             }
         )
@@ -480,6 +582,8 @@ def verify(names: tuple[str, ...], repair: bool, as_json: bool) -> None:
                     error=problem.error,
                 )
             )
+        for ref, lacking in report.broken:
+            say(_broken(ref, lacking))
         if report.ok:
             say(Phrase("{count} blobs checked, all intact", count=report.checked))
     if not report.ok:
@@ -492,9 +596,20 @@ def verify(names: tuple[str, ...], repair: bool, as_json: bool) -> None:
             missing=len(report.missing),
             manifests=len(report.bad_manifests),
             advice=Phrase(
-                "pull or create the affected models again" if repair else "run with --repair"
+                "run with --repair"
+                if report.corrupt and not repair
+                else "pull or create the affected models again"
             ),
         )
+
+
+def _broken(ref: Reference, lacking: Sequence[Digest]) -> Phrase:
+    """The line that says a model lacks blobs, and the command that brings them back."""
+    return Phrase(
+        "{model} is broken ({count} blob(s) missing): pull it again with `cairn pull {model}`",
+        model=ref.display,
+        count=len(lacking),
+    )
 
 
 COMMANDS = (create, list_models, show, cp, rm, prune, verify)

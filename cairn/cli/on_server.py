@@ -1,7 +1,9 @@
 """``run``, ``list`` and ``pull`` through a running server (see :func:`cairn.cli.server.connect`).
 
 The output is what the same command prints when it does the work itself: the
-answer streamed, ``--verbose``'s lines, the pull's bars, the list's table.
+answer streamed, ``--verbose``'s lines, the pull's bars, the list's table, and the
+chat's commands (``/show info``, ``/show modelfile``, ``/save``, ``/load``) through
+the server's API, as Ollama's CLI asks them of its server.
 """
 
 from __future__ import annotations
@@ -19,7 +21,11 @@ from cairn.i18n import _
 from cairn.sanitize import untrusted, untrusted_json
 
 if TYPE_CHECKING:
-    from cairn.server.client import ServerClient
+    from collections.abc import Callable
+
+    from cairn.cli.chat import ChatState, ServerSession, Session
+    from cairn.runtime_plugins.prompt import Message
+    from cairn.server.client import ServerClient, ShownModel
 
 
 def run_on_server(
@@ -31,11 +37,16 @@ def run_on_server(
     insecure: bool,
     verbose: bool,
     raw: bool,
+    *,
+    keep_alive: str | None = None,
+    wrap: bool = True,
 ) -> None:
     """``cairn run`` through the server: pulled there first if it lacks the model, then
-    a chat (``/api/chat``) on a terminal, else one answer (``/api/generate``)."""
+    a chat (``/api/chat``) on a terminal, else one answer (``/api/generate``).
+    ``keep_alive`` (``--keepalive``) goes with every request, as Ollama's CLI sends it."""
     from cairn.cli.run import _verbose, _write
 
+    alive = keep_alive_value(keep_alive)
     try:
         shown = client.show(model)
     except ModelNotFoundError:
@@ -47,18 +58,24 @@ def run_on_server(
     if prompt is None and sys.stdin.isatty():
         from cairn.cli.chat import ServerSession, chat
 
-        def describe() -> str:
-            lines = [f"  {line}" for line in shown.parameters.splitlines()]
-            lines += [f"  {k}: {v}" for k, v in sorted(options.items())]
-            return "\n".join([_("Parameters:"), *lines, _("Template:"), shown.template])
-
-        chat(ServerSession(client, model, options, output_format), options, describe, raw)
+        session = ServerSession(client, model, options, output_format, alive)
+        commands = ServerModel(session, shown)
+        chat(
+            session,
+            options,
+            commands.describe,
+            raw,
+            model=commands,
+            system=shown.system or None,
+            verbose=verbose,
+            wrap=wrap,
+        )
         return
     if prompt is None:
         prompt = sys.stdin.read()
     stats: dict[str, Any] = {}
     printed = False
-    chunks = client.generate(model, prompt, options, output_format)
+    chunks = client.generate(model, prompt, options, output_format, alive)
     try:
         with contextlib.closing(chunks):  # closed: the server stops the answer
             for chunk in chunks:
@@ -74,6 +91,122 @@ def run_on_server(
     click.echo()
     if verbose:
         _verbose(float(stats.get("load_duration", 0.0)), stats)
+
+
+def keep_alive_value(text: str | None) -> float | None:
+    """``--keepalive`` (Go's duration syntax, checked already) as the API's ``keep_alive``:
+    seconds, -1 (for ever) when negative. A number, which Ollama and ``cairn serve`` both
+    read, where the text (``1h30m``) is not read by every server."""
+    from cairn.durations import go_duration
+
+    if text is None:
+        return None
+    seconds = go_duration(text) or 0.0
+    if seconds < 0:
+        return -1
+    return int(seconds) if seconds.is_integer() else seconds
+
+
+class ServerModel:
+    """The chat's ``/show``, ``/show info``, ``/show modelfile``, ``/save`` and ``/load``
+    through the server: what ``/api/show`` says, ``/api/create`` as Ollama's ``/save``
+    sends it (``from``, ``system``, ``parameters``, ``messages``)."""
+
+    def __init__(self, session: ServerSession, shown: ShownModel) -> None:
+        self.session = session
+        self.shown = shown
+
+    def describe(self) -> str:
+        """``/show``: the model's parameters and the session's, then the template."""
+        lines = [f"  {line}" for line in self.shown.parameters.splitlines()]
+        lines += [f"  {k}: {v}" for k, v in sorted(self.session.options.items())]
+        return "\n".join([_("Parameters:"), *lines, _("Template:"), self.shown.template])
+
+    def info(self) -> str:
+        """``/show info``: the sections ``cairn show`` prints, from ``/api/show``."""
+        from cairn.cli.models import _columns, _indent_head, _projector_rows
+
+        shown = self.shown
+        summary = [(_(key), untrusted(value)) for key, value in shown.summary]
+        sections = [f"  {_('Model')}\n" + _columns(summary)]
+        if shown.capabilities:
+            listed = [(untrusted(c),) for c in shown.capabilities]
+            sections.append(f"  {_('Capabilities')}\n" + _columns(listed))
+        if shown.projector:
+            rows = _projector_rows(dict(shown.projector))
+            sections.append(f"  {_('Projector')}\n" + _columns(rows))
+        if shown.parameters:
+            pairs = (line.partition(" ") for line in shown.parameters.splitlines())
+            rows = [(untrusted(key), untrusted(value.strip())) for key, _s, value in pairs]
+            sections.append(f"  {_('Parameters')}\n" + _columns(rows))
+        if shown.system:
+            sections.append(f"  {_('System')}\n" + _indent_head(shown.system))
+        if shown.license:
+            sections.append(f"  {_('License')}\n" + _indent_head(shown.license))
+        if shown.layers:
+            rows = [
+                (
+                    untrusted(d.media_type.rpartition(".")[2]),
+                    untrusted(d.name or d.digest.removeprefix("sha256:")[:12]),
+                    human_size(d.size),
+                )
+                for d in shown.layers
+            ]
+            sections.append(f"  {_('Layers')}\n" + _columns(rows))
+        return "\n\n".join(sections) + "\n"
+
+    def modelfile(self, state: ChatState) -> str:
+        """``/show modelfile``: FROM the session's model, its parameters and those set,
+        the system message, its messages and the conversation."""
+        from cairn.modelfile import Message as Said
+        from cairn.modelfile import render_modelfile
+
+        return render_modelfile(
+            self.session.model,
+            system=state.system,
+            parameters={**self._parameters(), **state.changed},
+            messages=[Said(m.role, m.content) for m in self._messages(state)],
+            strict=True,
+        )
+
+    def save(self, name: str, state: ChatState) -> None:
+        self.session.client.create(
+            name, self.session.model, state.system, state.changed, self._messages(state)
+        )
+
+    def load(self, name: str) -> tuple[Session, dict[str, Any], Callable[[], str]]:
+        from cairn.cli.chat import ServerSession
+
+        old = self.session
+        shown = old.client.show(name)  # a model the server lacks: an error, nothing changed
+        self.session = ServerSession(old.client, name, {}, old.output_format, old.keep_alive)
+        self.shown = shown
+        return self.session, self.session.options, self.describe
+
+    def _messages(self, state: ChatState) -> list[Message]:
+        return [*self.shown.messages, *state.conversation]
+
+    def _parameters(self) -> dict[str, Any]:
+        """The model's parameters, typed, from ``/api/show``'s text (one a line, strings
+        quoted); a name cairn does not know (from Ollama) is left out."""
+        from cairn.errors import CairnError
+        from cairn.modelfile import PARAMETER_TYPES, convert_parameter
+
+        def typed(key: str, value: str) -> Any:
+            with contextlib.suppress(ValueError, OverflowError):
+                number = float(value)  # Go writes a float64: 1e+06 for num_ctx 1000000
+                if number.is_integer() and PARAMETER_TYPES.get(key) is int:
+                    value = str(int(number))
+            return convert_parameter(key, value)
+
+        values: dict[str, Any] = {}
+        keys = dict.fromkeys(line.split(" ", 1)[0] for line in self.shown.parameters.splitlines())
+        for key in keys:
+            for value in self.shown.parameter(key):
+                with contextlib.suppress(CairnError):
+                    found = typed(key, value)
+                    values[key] = [*values.get(key, []), *found] if key == "stop" else found
+        return values
 
 
 def pull_on_server(

@@ -170,6 +170,22 @@ def _refuse_registry(text: str) -> None:
         )
 
 
+def _in_url(ref: Reference) -> Reference:
+    """``ref``, once its host is known to go in a URL: a host such as ``xn--zz`` passes the
+    name's grammar, but is no punycode, and httpx would fail on it with a traceback."""
+    import httpx
+
+    try:
+        _ = httpx.URL(f"https://{ref.host}/").host  # reading .host decodes it
+    except (httpx.InvalidURL, UnicodeError) as exc:
+        raise InvalidReferenceError(
+            "host {host!r} cannot go in a URL: {reason}",
+            host=ref.host,
+            reason=untrusted(str(exc))[:200],
+        ) from None
+    return ref
+
+
 def _run(work: Any) -> Any:
     import asyncio
 
@@ -178,7 +194,14 @@ def _run(work: Any) -> Any:
 
 def _emit_json(value: Any) -> None:
     """JSON as skopeo prints it: four spaces of indent, UTF-8 kept, controls escaped."""
-    click.echo(untrusted_json(json.dumps(value, indent=4, ensure_ascii=False)))
+    click.echo(_writable(untrusted_json(json.dumps(value, indent=4, ensure_ascii=False))))
+
+
+def _writable(text: str) -> str:
+    """``text`` with each lone surrogate (which JSON's ``"\\ud800"`` decodes to, and UTF-8
+    cannot encode) written as its escape, ``\\ud800``: in a JSON string that is the same
+    JSON, and in text it shows as the other escapes do."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 INSPECT_EXAMPLES = """\b
@@ -205,7 +228,7 @@ def inspect(ref: str, insecure: bool, as_json: bool, raw: bool, config_only: boo
     if as_json and (raw or config_only):
         raise click.UsageError(_("--json prints the summary: leave out --raw and --config"))
     _refuse_registry(ref)
-    parsed = parse_reference(ref)
+    parsed = _in_url(parse_reference(ref))
 
     async def served() -> bytes:
         async with make_client(parsed, insecure) as client:
@@ -225,11 +248,19 @@ def inspect(ref: str, insecure: bool, as_json: bool, raw: bool, config_only: boo
     elif as_json:
         _emit_json(_summary(remote))
     else:
-        click.echo(_describe(remote), nl=False)
+        click.echo(_writable(_describe(remote)), nl=False)
 
 
 def _write_bytes(data: bytes) -> None:
-    """Bytes exactly as the registry sent them (as skopeo's ``--raw``: no newline added)."""
+    """Bytes exactly as the registry sent them (as skopeo's ``--raw``: no newline added).
+
+    On a terminal, control characters are shown escaped (``\\x1b``), as in all other text
+    from a registry: a terminal would obey them (retitle the window, write the clipboard,
+    erase lines). A pipe or a file gets the bytes themselves."""
+    if sys.stdout.isatty():
+        text = data.decode("utf-8", errors="backslashreplace")
+        click.echo(untrusted(text, multiline=True), nl=False)
+        return
     sys.stdout.flush()
     sys.stdout.buffer.write(data)
     sys.stdout.buffer.flush()
@@ -363,7 +394,7 @@ def tags(repository: str, insecure: bool, as_json: bool) -> None:
             repository=untrusted(repository),
             bare=untrusted(head + slash + last.partition(":")[0]),
         )
-    ref = parse_reference(repository)
+    ref = _in_url(parse_reference(repository))
 
     async def run() -> list[str]:
         async with make_client(ref, insecure) as client:

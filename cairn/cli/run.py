@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -199,7 +198,18 @@ def run(
         from cairn.cli.on_server import run_on_server
 
         with client:
-            run_on_server(client, model, text_in, overrides, schema, insecure, verbose, raw)
+            run_on_server(
+                client,
+                model,
+                text_in,
+                overrides,
+                schema,
+                insecure,
+                verbose,
+                raw,
+                keep_alive=keepalive,
+                wrap=not nowordwrap,
+            )
         return
     models = Models.from_environment()
     try:
@@ -323,6 +333,7 @@ class _LocalModel:
                 *details.messages,
                 *(Said(m.role, m.content) for m in state.conversation),
             ],
+            strict=True,  # /save: refused rather than a model that says something else
         )
 
     def save(self, name: str, state: ChatState) -> None:
@@ -367,13 +378,11 @@ def _warn_thinking(ready: Plan, flag: str) -> None:
     say(warning, err=True, label="warning")
 
 
-GO_DURATION = re.compile(r"^([0-9]*(\.[0-9]*)?(ns|us|µs|ms|s|m|h))+$")
-
-
 def _check_duration(text: str) -> None:
     """``--keepalive``: Go's ``time.ParseDuration`` syntax, as Ollama reads it."""
-    body = text[1:] if text[:1] in ("+", "-") else text
-    if body != "0" and (not GO_DURATION.match(body) or not re.search(r"[0-9]", body)):
+    from cairn.durations import go_duration
+
+    if go_duration(text) is None:
         raise ConfigError(
             "--keepalive {value!r} is not a duration (5m, 1h30m, 0, -1s)", value=text[:40]
         )

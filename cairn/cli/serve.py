@@ -218,9 +218,7 @@ def serve_api(insecure_no_auth: bool) -> None:
     from cairn.server.app import make_app, settings_from_environment
     from cairn.server.guard import check_exposure, is_loopback
 
-    addr = os.environ.get("CAIRN_HOST") or "127.0.0.1:11434"
-    addr = addr.removeprefix("http://")
-    host, port = split_address(addr, "CAIRN_HOST")
+    host, port = split_address(serve_address(os.environ.get("CAIRN_HOST")), "CAIRN_HOST")
     settings = settings_from_environment(Models.from_environment())
     settings.insecure_no_auth = insecure_no_auth
     settings.loopback_only = is_loopback(host)
@@ -245,3 +243,21 @@ def _positive(seconds: float, option: str) -> float:
     if seconds <= 0:
         raise ConfigError("{option} must be more than 0 seconds", option=option)
     return seconds
+
+
+def serve_address(setting: str | None) -> str:
+    """``CAIRN_HOST`` as ``HOST:PORT``, read as Ollama reads ``OLLAMA_HOST``: a scheme is
+    dropped and a missing port is 11434 (``0.0.0.0``, ``[::1]``, ``http://example:80``);
+    nothing at all is 127.0.0.1:11434, and ``:8080`` every interface, as ``--addr`` reads it."""
+    text = (setting or "").strip()
+    for scheme in ("http://", "https://"):
+        if text.lower().startswith(scheme):
+            text = text[len(scheme) :]
+    text = text.rstrip("/")
+    if not text:
+        return "127.0.0.1:11434"
+    bracketed = text.startswith("[")
+    has_port = text.rpartition("]")[2].startswith(":") if bracketed else ":" in text
+    if not has_port:
+        text += ":11434"
+    return text

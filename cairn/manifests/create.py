@@ -20,12 +20,14 @@ from typing import Any
 
 from cairn import threads
 from cairn.blobstore import Blob, BlobStore
+from cairn.blobstore.digest import from_filename
 from cairn.errors import (
     InvalidReferenceError,
     ManifestError,
     ModelfileError,
     ModelFormatError,
     ModelNotFoundError,
+    QuantizeError,
     TemplateError,
 )
 from cairn.gguf import MAGIC, GGUFInfo, check_tensors, human_parameters, read_gguf
@@ -191,8 +193,18 @@ def create_model(
     modelfile: Modelfile,
     base_dir: Path | str = ".",
     progress: Progress = _quiet,
+    quantize: str | None = None,
+    warn: Progress = _quiet,
 ) -> LocalModel:
-    """Build ``name`` from ``modelfile`` (paths in it relative to ``base_dir``)."""
+    """Build ``name`` from ``modelfile`` (paths in it relative to ``base_dir``).
+
+    With ``quantize`` (a type such as ``q4_K_M``), the weights are quantized
+    to it by llama.cpp (:mod:`cairn.quantize`); ``warn`` hears what the user
+    should know (quantized weights quantized again).
+    """
+    from cairn.quantize import parse_type, quantize_file
+
+    target = parse_type(quantize) if quantize is not None else None
     ref = parse_reference(name)
     if ref.tag is None:
         raise InvalidReferenceError(
@@ -224,8 +236,12 @@ def create_model(
         inherited: list[Descriptor] = []
         base_params: dict[str, Any] = {}
         if isinstance(source, Path):
-            progress(Phrase("copying file {source}", source=source))
-            blob, info = import_gguf(blobs, source)
+            done = quantize_file(blobs, source, target, progress, warn) if target else None
+            if done:  # the file FROM names is read where it lies, not copied in first
+                blob, info = done
+            else:
+                progress(Phrase("copying file {source}", source=source))
+                blob, info = import_gguf(blobs, source)
             parameters = human_parameters(info.parameter_count)
             progress(
                 Phrase(
@@ -234,7 +250,12 @@ def create_model(
                     parameters=parameters,
                 )
             )
-            layers = [Descriptor(mt.OLLAMA_MODEL, blob.digest, blob.size)]
+            # The file's name as its title (as oras records one), so a signature names the
+            # layer as model_signing names the file; not when quantized (other bytes), nor
+            # for a store's blob (`show --modelfile`'s FROM): a digest is no file name.
+            named = not done and from_filename(source.name) is None
+            title = {mt.OCI_TITLE_ANNOTATION: source.name} if named else {}
+            layers = [Descriptor(mt.OLLAMA_MODEL, blob.digest, blob.size, title)]
         else:
             progress(Phrase("using model {model}", model=source.reference.display))
             base_config = _read_json(blobs, source.manifest.config, dict)
@@ -245,6 +266,8 @@ def create_model(
                 d for d in source.manifest.layers if d.media_type in mt.OLLAMA_OTHER_LAYERS
             ]
             inherited = list(source.manifest.layers)
+            if target is not None:
+                info, layers = _quantize_layers(blobs, source, layers, target, progress, warn)
             params_layer = source.manifest.layer_of(mt.OLLAMA_PARAMS)
             if params_layer is not None:
                 base_params = _read_json(blobs, params_layer, dict)
@@ -287,6 +310,34 @@ def create_model(
         model = models.save(ref, manifest)
     progress(Phrase("success"))
     return model
+
+
+def _quantize_layers(
+    blobs: BlobStore,
+    source: LocalModel,
+    layers: list[Descriptor],
+    target: str,
+    progress: Progress,
+    warn: Progress,
+) -> tuple[GGUFInfo | None, list[Descriptor]]:
+    """The layers with the model's weights quantized to ``target``, and the new weights'
+    header (None when they were of that type already and are kept)."""
+    from cairn.quantize import quantize_file
+
+    weights = [d for d in layers if d.media_type == mt.OLLAMA_MODEL]
+    if len(weights) != 1:
+        raise QuantizeError(
+            "{model} has {count} model layers: cairn quantizes a model of one",
+            model=source.reference.display,
+            count=len(weights),
+        )
+    blobs.check_quick(weights[0].digest)  # llama.cpp reads the blob where it lies
+    done = quantize_file(blobs, blobs.path(weights[0].digest), target, progress, warn)
+    if not done:
+        return None, layers
+    blob, info = done
+    new = Descriptor(mt.OLLAMA_MODEL, blob.digest, blob.size)
+    return info, [new if d is weights[0] else d for d in layers]
 
 
 def _read_json(blobs: BlobStore, descriptor: Descriptor, kind: type) -> Any:

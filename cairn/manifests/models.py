@@ -97,6 +97,9 @@ class VerifyReport:
     corrupt: list[Digest] = field(default_factory=list)
     missing: list[tuple[Reference, Digest]] = field(default_factory=list)
     bad_manifests: list[Problem] = field(default_factory=list)
+    broken: list[tuple[Reference, list[Digest]]] = field(default_factory=list)
+    """The models that lack blobs once the check is done (a repair removed them, or
+    they were missing before), each with the blobs it lacks: pull them again."""
 
     @property
     def ok(self) -> bool:
@@ -146,6 +149,11 @@ class Models:
         stored = self._as_stored(ref, path)
         return LocalModel(stored, manifest, path.stat().st_mtime, path)
 
+    def missing_blobs(self, model: LocalModel) -> list[Digest]:
+        """The blobs ``model`` names that are not in the store (a stat each, no hashing):
+        a model that lacks any is broken until it is pulled or created again."""
+        return [d.digest for d in model.manifest.blobs if not self.blobs.has(d.digest)]
+
     def names(self) -> list[Reference]:
         """The reference of every tag in the store, as spelled on disk (no manifest read)."""
         return [tagged.reference for tagged in self.tags]
@@ -164,9 +172,9 @@ class Models:
 
     def _as_stored(self, ref: Reference, path: Path) -> Reference:
         """The reference spelled as the tag's path is spelled on disk."""
-        tag_path = path.relative_to(self.tags.dir).parts
+        tag_path = path.relative_to(self.tags.dir).parts  # host/…/name/tag, deep names too
         try:
-            return parse_reference(f"{tag_path[0]}/{tag_path[1]}/{tag_path[2]}:{tag_path[3]}")
+            return parse_reference("/".join(tag_path[:-1]) + ":" + tag_path[-1])
         except (CairnError, IndexError):
             return ref
 
@@ -269,11 +277,30 @@ class Models:
         return LocalModel(self._as_stored(ref, path), manifest, path.stat().st_mtime, path)
 
     def copy(self, source: str | Reference, destination: str | Reference) -> LocalModel:
-        """A new tag for the same manifest: no blob is copied."""
+        """A new tag for the same manifest: no blob is copied. The manifest's referrers
+        (its signatures) are kept in the new name's repository too, so a push of the
+        new name sends them."""
         src = self.get(source)
         dst = parse_reference(destination) if isinstance(destination, str) else destination
         with self.blobs.writing():
-            return self.save(dst, src.manifest)
+            copied = self.save(dst, src.manifest)
+            if not src.reference.same_model(dst):
+                for digest, data in self._referrers(src):
+                    self.tags.write_by_digest(dst, digest, data)
+            return copied
+
+    def _referrers(self, model: LocalModel) -> list[tuple[Digest, bytes]]:
+        """The manifests kept by digest in the model's repository whose subject it is."""
+        found: list[tuple[Digest, bytes]] = []
+        for path in self.tags.kept_by_digest(model.reference):
+            try:
+                data = path.read_bytes()
+                subject = Manifest.from_bytes(data).subject
+            except (OSError, CairnError):
+                continue
+            if subject is not None and subject.digest == model.manifest.digest:
+                found.append((Digest.of(data), data))
+        return found
 
     def remove(self, names: Iterable[str | Reference], grace: float = GRACE) -> RemoveReport:
         """Remove tags; then the blobs of theirs that no remaining manifest mentions.
@@ -329,7 +356,15 @@ class Models:
         and temp files no live process holds."""
         report = PruneReport()
         with self.blobs.collecting():
-            referenced = self.referenced(grace)
+            # Referrers (signatures) of manifests no longer here go first: their blobs free.
+            from cairn.signing.store import orphaned_referrers
+
+            orphans = set(orphaned_referrers(self.tags, grace))
+            mentions = self._mentions(grace)
+            referenced = set().union(*(d for p, d in mentions.items() if p not in orphans))
+            for orphan in orphans if not dry_run else ():
+                with contextlib.suppress(FileNotFoundError):
+                    orphan.unlink()
             now = time.time()
             for digest in self.blobs:
                 if digest not in referenced:
@@ -385,6 +420,9 @@ class Models:
         lock = self.blobs.collecting() if repair else contextlib.nullcontext()
         with lock:
             report.corrupt = self.blobs.check(list(digests), repair=repair)
+        for model in models:
+            if lacking := self.missing_blobs(model):
+                report.broken.append((model.reference, lacking))
         return report
 
 

@@ -8,8 +8,13 @@ a safe relative path under the store: no part can be empty, ``.`` or
 
 Two components are ``namespace/name``, unless the first looks like a host
 (holds a ``.`` or a ``:``, or is ``localhost``), as Docker reads them; three
-are ``host/namespace/name``. Letters may be upper or lower case; the store
-looks names up ignoring case, as Ollama does.
+are ``host/namespace/name``. Four or more are an OCI repository of any depth
+on a registry other than registry.ollama.ai (``ghcr.io/org/team/model``): the
+first must look like a host, the namespace holds the middle components
+joined by ``/`` (``org/team``), so :attr:`Reference.repository` is the
+registry's path unchanged, and each component obeys the OCI grammar alone.
+Letters may be upper or lower case; the store looks names up ignoring case,
+as Ollama does.
 
 A store is shared with Ollama, so a namespace or name Ollama accepts is
 read too, where it breaks the OCI grammar: a part that starts with a
@@ -66,6 +71,17 @@ class Reference:
     def repository(self) -> str:
         """``namespace/name``: the repository on the registry."""
         return f"{self.namespace}/{self.name}"
+
+    @property
+    def deep(self) -> bool:
+        """Whether the namespace has more than one component (``org/team``): an OCI name
+        Ollama's layout of exactly ``host/namespace/name`` never sees."""
+        return "/" in self.namespace
+
+    @property
+    def components(self) -> tuple[str, ...]:
+        """``host``, each namespace component, ``name``: the repository's folders in the store."""
+        return (self.host, *self.namespace.split("/"), self.name)
 
     @property
     def tag_or_default(self) -> str:
@@ -170,8 +186,14 @@ def parse_reference(text: str) -> Reference:
             host, namespace, name = DEFAULT_HOST, parts[0], parts[1]
     elif len(parts) == 3:
         host, namespace, name = parts
+    elif _looks_like_host(parts[0]):
+        host, namespace, name = parts[0], "/".join(parts[1:-1]), parts[-1]
     else:
-        raise _fail(text, "a model name has at most three parts: host/namespace/name")
+        raise _fail(
+            text,
+            "a name of more than three parts needs a registry host first"
+            " (host[:port]/org/team/name); registry.ollama.ai takes only namespace/name",
+        )
 
     if not host or len(host) > _MAX_HOST or not _HOST.fullmatch(host):
         raise _fail(
@@ -179,6 +201,9 @@ def parse_reference(text: str) -> Reference:
         )
     if ":" in host and not 0 < int(host.rpartition(":")[2]) < 65536:
         raise _fail(text, "host {host!r} has a port outside 1-65535", host=host)
+    if "/" in namespace:
+        _check_deep(text, host, [*namespace.split("/"), name])
+        return Reference(host, namespace, name, tag, digest, insecure)
     for part, value in ((Phrase("namespace"), namespace), (Phrase("name"), name)):
         if not value:
             raise _fail(text, "the {label} is empty", label=part)
@@ -200,9 +225,37 @@ def parse_reference(text: str) -> Reference:
     return Reference(host, namespace, name, tag, digest, insecure)
 
 
+def _check_deep(text: str, host: str, components: list[str]) -> None:
+    """The components of a name deeper than ``host/namespace/name``: OCI's grammar alone."""
+    if host.casefold() == DEFAULT_HOST:
+        raise _fail(
+            text,
+            "{host} takes only namespace/name, not a deeper repository",
+            host=DEFAULT_HOST,
+        )
+    for value in components:
+        if not value:
+            raise _fail(text, "a part of the repository path is empty")
+        if len(value) > _MAX_COMPONENT:
+            raise _fail(
+                text,
+                "repository part {value!r:.40} is longer than {limit} characters",
+                value=value,
+                limit=_MAX_COMPONENT,
+            )
+        if not _COMPONENT.fullmatch(value):
+            raise _fail(
+                text,
+                "repository part {value!r} must be letters and digits separated by single"
+                " '.', '_' or '__', or by dashes (a name deeper than host/namespace/name is"
+                " an OCI name)",
+                value=value,
+            )
+
+
 def is_oci(ref: Reference) -> bool:
     """Whether every part also obeys the OCI distribution grammar (what a registry takes)."""
-    return all(_COMPONENT.fullmatch(part) for part in (ref.namespace, ref.name))
+    return all(_COMPONENT.fullmatch(part) for part in ref.components[1:])
 
 
 def require_oci(ref: Reference) -> None:
@@ -217,8 +270,11 @@ def require_oci(ref: Reference) -> None:
 
 
 def require_ollama_readable(ref: Reference) -> None:
-    """Refuse to store a tag Ollama, which reads the same layout, would skip as corrupt."""
-    if "." in ref.namespace:
+    """Refuse to store a tag Ollama, which reads the same layout, would skip as corrupt.
+
+    A deep name (``host/org/team/name``) is one Ollama never reads (see docs/store.md),
+    so only the tag's length is checked for it."""
+    if "." in ref.namespace and not ref.deep:
         raise InvalidReferenceError(
             "cannot store {display}: Ollama, which shares this store's layout, skips a"
             " namespace with a '.' in it ({namespace!r})",

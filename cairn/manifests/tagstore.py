@@ -1,8 +1,15 @@
 """The local tag store: ``manifests/<host>/<namespace>/<name>/<tag>`` holds manifest bytes.
 
 This is Ollama's layout, so a store either one filled is readable by the
-other. Lookups ignore case, as Ollama's do; a write keeps the case of a tag
-that already exists rather than adding a second file that differs in case.
+other. Lookups ignore case, as Ollama's do, one folder at a time; a write
+keeps the case of a tag and of folders that already exist rather than adding
+a second file or folder that differs in case.
+
+A deeper OCI repository (``ghcr.io/org/team/model``) nests as distribution
+stores repositories: ``manifests/ghcr.io/org/team/model/<tag>``. A tag is a
+file; a folder where tags are files is a deeper repository (or ``.by-digest``).
+Ollama's walk reads files exactly four levels down, so it never sees a deep
+name (docs/store.md).
 """
 
 from __future__ import annotations
@@ -16,8 +23,13 @@ from pathlib import Path
 
 from cairn.blobstore import Digest
 from cairn.blobstore.store import storage_error
-from cairn.errors import CairnError, ModelNotFoundError
-from cairn.manifests.reference import Reference, parse_reference, require_ollama_readable
+from cairn.errors import CairnError, ModelNotFoundError, StoreError
+from cairn.manifests.reference import (
+    MAX_LENGTH,
+    Reference,
+    parse_reference,
+    require_ollama_readable,
+)
 
 BY_DIGEST = ".by-digest"
 """Under a repository's folder: manifests kept by digest alone. A folder where tags are
@@ -34,12 +46,12 @@ class Tagged:
     modified: float
 
 
-def _parts(ref: Reference) -> tuple[str, str, str, str]:
+def _parts(ref: Reference) -> tuple[str, ...]:
     if ref.tag is None:
         raise ModelNotFoundError(
             "{display}: a digest alone does not name a local tag", display=ref.display
         )
-    return ref.host, ref.namespace, ref.name, ref.tag
+    return (*ref.components, ref.tag)
 
 
 def _child(parent: Path, name: str) -> Path | None:
@@ -93,8 +105,30 @@ class TagStore:
         """Write a tag atomically (temp file, fsync, rename); only a name Ollama can read."""
         require_ollama_readable(ref)
         existing = self.find(ref)
-        target = existing if existing is not None else self.dir.joinpath(*_parts(ref))
+        target = existing if existing is not None else self.repository_dir(ref) / _parts(ref)[-1]
+        self._refuse_overlap(ref, target)
         return self._write(target, data, ref)
+
+    def _refuse_overlap(self, ref: Reference, target: Path) -> None:
+        """A tag is a file and a deeper repository a folder at a tag's depth: refuse a name
+        whose path one of them already holds the other way (``h/a/b:c`` beside ``h/a/b/c``)."""
+        if target.is_dir():
+            raise StoreError(
+                "cannot store {display}: the store holds a deeper repository {path}, the"
+                " folder this tag's file would be; give the tag another name",
+                display=ref.display,
+                path=target.relative_to(self.dir).as_posix(),
+            )
+        folder = target.parent
+        while folder != self.dir and len(folder.relative_to(self.dir).parts) > 3:
+            if folder.is_file():
+                raise StoreError(
+                    "cannot store {display}: the store holds a tag {path}, the file where"
+                    " this name needs a folder; remove or rename that tag first",
+                    display=ref.display,
+                    path=_as_name(folder.relative_to(self.dir).parts),
+                )
+            folder = folder.parent
 
     # -- manifests kept by digest alone ----------------------------------------
 
@@ -104,9 +138,9 @@ class TagStore:
         return found is not None and found.is_dir()
 
     def repository_dir(self, ref: Reference) -> Path:
-        """The folder of ``ref``'s repository, as spelled on disk when it exists."""
+        """The folder of ``ref``'s repository, each folder as spelled on disk where it exists."""
         path = self.dir
-        for part in (ref.host, ref.namespace, ref.name):
+        for part in ref.components:
             found = _child(path, part)
             path = found if found is not None else path / part
         return path
@@ -167,7 +201,11 @@ class TagStore:
         return target
 
     def delete(self, ref: Reference) -> bool:
-        """Remove a tag and any directories it leaves empty; False when absent."""
+        """Remove a tag and the folders it leaves empty, up to its host's; False when absent.
+
+        A folder that holds anything else (a tag, a deeper repository, ``.by-digest``)
+        stays, and none is removed when the tag was reached through a link: ``rmdir``
+        through a linked folder would remove one outside the store."""
         path = self.find(ref)
         if path is None:
             return False
@@ -175,41 +213,63 @@ class TagStore:
             path.unlink()
         except FileNotFoundError:
             return False
-        parent = path.parent
-        for _ in range(3):
+        folders = list(path.parents)
+        folders = folders[: folders.index(self.dir)] if self.dir in folders else []
+        if any(folder.is_symlink() for folder in folders):
+            return True
+        for folder in folders:  # the tag's own first, its host's last
             try:
-                parent.rmdir()
+                folder.rmdir()
             except OSError:
                 break
-            parent = parent.parent
         return True
 
     def __iter__(self) -> Iterator[Tagged]:
-        """Every tag file whose path is a valid reference, in path order."""
-        return self._walk(None)
+        """Every tag file whose path is a valid reference, deep names too, in path order."""
+        return self._walk()
 
     def tags_of(self, ref: Reference) -> Iterator[Tagged]:
-        """Every tag of the repository ``ref`` names (its directories only, ignoring case)."""
-        return self._walk((ref.host, ref.namespace, ref.name))
+        """Every tag of the repository ``ref`` names (its folders only, ignoring case;
+        not the tags of deeper repositories inside it)."""
+        folders = [self.dir]
+        for part in ref.components:
+            wanted = part.casefold()
+            folders = [p for f in folders for p in _subdirs(f) if p.name.casefold() == wanted]
+        for folder in folders:
+            yield from _tags_in(_files(folder), folder.relative_to(self.dir).parts)
 
-    def _walk(self, repository: tuple[str, str, str] | None) -> Iterator[Tagged]:
-        def level(parent: Path, depth: int) -> list[Path]:
-            found = _subdirs(parent)
-            if repository is None:
-                return found
-            wanted = repository[depth].casefold()
-            return [p for p in found if p.name.casefold() == wanted]
+    def _walk(self) -> Iterator[Tagged]:
+        """Every folder two levels below a host or deeper (symbolic links to folders not
+        followed, so no loop), its files read as tags."""
+        stack: list[tuple[Path, tuple[str, ...]]] = [
+            (host, (host.name,)) for host in reversed(_subdirs(self.dir))
+        ]
+        while stack:
+            folder, parts = stack.pop()
+            files, subdirs = _listing(folder)  # one scandir a folder
+            if len(parts) >= 3:
+                yield from _tags_in(files, parts)
+            if sum(len(p) + 1 for p in parts) >= MAX_LENGTH:
+                continue  # nothing deeper can be a name
+            stack.extend(
+                (sub, (*parts, sub.name)) for sub in reversed(subdirs) if sub.name != BY_DIGEST
+            )
 
-        for host in level(self.dir, 0):
-            for namespace in level(host, 1):
-                for name in level(namespace, 2):
-                    for entry in _files(name):
-                        text = f"{host.name}/{namespace.name}/{name.name}:{entry.name}"
-                        try:
-                            ref = parse_reference(text)
-                        except CairnError:
-                            continue
-                        yield Tagged(ref, Path(entry.path), entry.stat().st_mtime)
+
+def _as_name(parts: tuple[str, ...]) -> str:
+    """``host/…/name:tag`` for the parts of a tag file's path below ``manifests/``."""
+    return "/".join(parts[:-1]) + ":" + parts[-1]
+
+
+def _tags_in(files: list[os.DirEntry[str]], parts: tuple[str, ...]) -> Iterator[Tagged]:
+    """The tag files among ``files`` of the repository folder ``parts`` below ``manifests/``
+    whose paths are valid references."""
+    for entry in files:
+        try:
+            ref = parse_reference(_as_name((*parts, entry.name)))
+        except CairnError:
+            continue
+        yield Tagged(ref, Path(entry.path), entry.stat().st_mtime)
 
 
 def _subdirs(path: Path) -> list[Path]:
@@ -218,6 +278,19 @@ def _subdirs(path: Path) -> list[Path]:
             return sorted(Path(e.path) for e in entries if e.is_dir(follow_symlinks=False))
     except (FileNotFoundError, NotADirectoryError):
         return []
+
+
+def _listing(path: Path) -> tuple[list[os.DirEntry[str]], list[Path]]:
+    """The files (links followed, by name) and folders (links not followed, sorted) in
+    ``path``; nothing when it is gone or not a folder."""
+    try:
+        with os.scandir(path) as scanned:
+            entries = list(scanned)
+    except (FileNotFoundError, NotADirectoryError):
+        return [], []
+    files = sorted((e for e in entries if e.is_file()), key=lambda e: e.name)
+    folders = sorted(Path(e.path) for e in entries if e.is_dir(follow_symlinks=False))
+    return files, folders
 
 
 def _files(path: Path) -> list[os.DirEntry[str]]:

@@ -36,6 +36,7 @@ import httpx
 from cairn import __version__
 from cairn.errors import (
     AuthenticationError,
+    InvalidReferenceError,
     ManifestError,
     RegistryError,
     RemoteNotFoundError,
@@ -249,6 +250,15 @@ class RegistryClient:
         self.host = host
         self.insecure = insecure
         self.base_url = f"{'http' if insecure else 'https'}://{host}"
+        try:
+            _ = httpx.URL(self.base_url).host  # reading it decodes an IDNA name
+        except (httpx.InvalidURL, UnicodeError) as exc:
+            # A host such as ``xn--zz`` passes a name's grammar but is no punycode.
+            raise InvalidReferenceError(
+                "host {host!r} cannot go in a URL: {reason}",
+                host=host,
+                reason=untrusted(str(exc))[:200],
+            ) from None
         self.origin = origin_of(self.base_url)
         """The only place credentials go (token realms aside)."""
         self.credentials = credentials

@@ -48,6 +48,7 @@ import httpx
 from cairn import threads
 from cairn.blobstore import Blob, BlobStore
 from cairn.blobstore.partial import PartialBlob, Span
+from cairn.blobstore.store import short_of_space
 from cairn.errors import (
     AuthenticationError,
     RegistryError,
@@ -521,7 +522,7 @@ async def fetch_blob(
     """
     parts = START_PARTS if descriptor.size >= PARALLEL_THRESHOLD else 1
     partial = store.partial(descriptor.digest, descriptor.size, parts)
-    await asyncio.to_thread(partial.open)
+    await _open(partial)
     try:
         if store.has(descriptor.digest):  # another process fetched it while we waited
             partial.discard()  # the empty partial this process just made
@@ -536,6 +537,38 @@ async def fetch_blob(
         raise replacement from exc
     finally:
         await asyncio.to_thread(partial.close)
+
+
+async def _open(partial: PartialBlob) -> None:
+    """Open (and lock) the partial in a thread.
+
+    Cancelled meanwhile (a sibling blob of the pull failed; the pull ends), the thread
+    still makes the file: whichever of the two sees the other done closes it and takes
+    away the empty partial, so that none is left behind.
+    """
+    lock = threading.Lock()
+    state = {"abandoned": False, "opened": False}
+
+    def forget() -> None:
+        _kept_or_discarded(partial, asyncio.CancelledError())
+        partial.close()
+
+    def open_it() -> None:
+        partial.open()
+        with lock:
+            state["opened"] = not state["abandoned"]
+        if not state["opened"]:
+            forget()
+
+    try:
+        await asyncio.to_thread(open_it)
+    except asyncio.CancelledError:
+        with lock:
+            state["abandoned"] = True
+            opened = state["opened"]
+        if opened:
+            forget()
+        raise
 
 
 async def _fetch_into(
@@ -601,15 +634,7 @@ def _check_space(store: BlobStore, partial: PartialBlob) -> None:
     except OSError:
         return
     if need > free - FREE_MARGIN:
-        raise StorageFullError(
-            "blob {digest} needs {need} bytes, but {path} has {free} bytes free"
-            " (and cairn keeps {margin} spare)",
-            digest=partial.digest,
-            need=need,
-            path=store.tmp_dir,
-            free=free,
-            margin=FREE_MARGIN,
-        )
+        raise short_of_space(partial.digest, need, store.root, spare=FREE_MARGIN)
 
 
 def _kept_or_discarded(partial: PartialBlob, exc: BaseException) -> BaseException:
@@ -620,6 +645,10 @@ def _kept_or_discarded(partial: PartialBlob, exc: BaseException) -> BaseExceptio
     )
     if landed < KEEP_AT_LEAST or not resumable:
         partial.discard()
+        if isinstance(exc, StorageFullError) and isinstance(exc.__cause__, OSError):
+            # The disk filled mid-way (not the check before the first byte): say what the
+            # blob needs and what is left once its partial is gone.
+            return short_of_space(partial.digest, partial.size, partial.store.root)
         return exc
     if isinstance(exc, TransferError):
         return TransferError(

@@ -16,10 +16,17 @@ import asyncio
 import re
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from cairn.blobstore import Digest
 from cairn.config import Mirror
-from cairn.errors import CairnError, DigestMismatchError, InvalidDigestError, ManifestError
+from cairn.errors import (
+    CairnError,
+    DigestMismatchError,
+    InvalidDigestError,
+    ManifestError,
+    PolicyError,
+)
 from cairn.i18n import Phrase
 from cairn.manifests import mediatypes as mt
 from cairn.manifests.manifest import Descriptor, Index, Manifest, parse_manifest
@@ -31,6 +38,9 @@ from cairn.registry.events import Event, Report, quiet
 from cairn.registry.fetch import fetch_blob
 from cairn.registry.locations import BlobLocations
 from cairn.sanitize import untrusted
+
+if TYPE_CHECKING:
+    from cairn.signing.policy import Policy
 
 CONCURRENT_BLOBS = 3
 _PINNED_TAG = re.compile(r"sha256-([0-9a-f]{64})", re.IGNORECASE)  # tags match in any case
@@ -110,10 +120,13 @@ async def pull(
     report: Report = quiet,
     save_as: Reference | None = None,
     locations: BlobLocations | None = None,
+    policy: Policy | None = None,
 ) -> LocalModel:
     """Pull ``ref`` into ``models`` (under ``save_as``, for a mirror); return the model.
 
     ``locations``: where the blobs are remembered to be (default: the user's cache).
+    ``policy``: the trust policy the model must meet before it is tagged (default:
+    ``$CAIRN_HOME/policy.json``); its signatures are fetched either way.
     """
     report(Event(Phrase("pulling manifest")))
     if client.notice is None:
@@ -185,11 +198,69 @@ async def pull(
         report(Event(Phrase("writing manifest")))
         target = save_as or ref
         tag = target.tag or f"sha256-{manifest.digest.hex}"
+        await _signatures(client, models, ref, manifest, target.with_tag(tag), policy, report)
         model = models.save(target.with_tag(tag), manifest)
     where = locations or BlobLocations.from_environment()
     await asyncio.to_thread(where.remember, ref.host, ref.repository, [d.digest for d in unique])
     report(Event(Phrase("success")))
     return model
+
+
+async def _signatures(
+    client: RegistryClient,
+    models: Models,
+    ref: Reference,
+    manifest: Manifest,
+    target: Reference,
+    policy: Policy | None,
+    report: Report,
+) -> None:
+    """Fetch the model's signatures (OCI referrers) into the store beside it; where the
+    trust policy asks for signatures, check them before the model is tagged.
+
+    Under a policy that accepts the model anyway, a registry that cannot list referrers
+    is passed over in silence (most registries of models have none), and a listed
+    signature that cannot be fetched is a warning.
+    """
+    from cairn import config
+    from cairn.registry.referrers import fetch_referrers, list_referrers
+    from cairn.signing import policy as trust
+    from cairn.signing.oms import BUNDLE_MEDIA_TYPES
+
+    chosen = policy if policy is not None else trust.load_policy(config.load().home)
+    _, requirements = chosen.applying_to(target)
+    strict = any(r.kind != "accept" for r in requirements)
+    types = tuple(BUNDLE_MEDIA_TYPES)
+    listed: list[Descriptor] = []
+    try:
+        listed, _ = await list_referrers(client, ref.repository, manifest.digest, types)
+        await fetch_referrers(client, models, ref, manifest.digest, listed, target)
+    except CairnError as exc:
+        if strict:
+            raise PolicyError(
+                "cannot fetch the signatures of {display}, which the trust policy asks for:"
+                " {reason}",
+                display=target.display,
+                reason=exc,
+            ) from exc
+        if listed:
+            report(
+                Event(
+                    Phrase(
+                        "warning: a signature of {display} could not be fetched: {reason}",
+                        display=target.display,
+                        reason=untrusted(str(exc))[:300],
+                    )
+                )
+            )
+    if strict:
+        import time
+        from pathlib import Path
+
+        candidate = LocalModel(target, manifest, time.time(), Path())
+        verdict = trust.enforce(models, candidate, chosen)
+        if not verdict.ok:
+            raise trust.refusal(target, verdict)
 
 
 async def pull_via_mirrors(

@@ -28,8 +28,9 @@ from cairn.errors import CairnError, RegistryError, TransferError
 from cairn.i18n import Phrase
 from cairn.manifests import mediatypes as mt
 from cairn.manifests.manifest import Descriptor, Manifest
-from cairn.manifests.models import Models
+from cairn.manifests.models import LocalModel, Models
 from cairn.manifests.reference import Reference, require_oci
+from cairn.manifests.titles import layer_titles
 from cairn.registry.client import (
     SMALL_BODY,
     RegistryClient,
@@ -52,32 +53,20 @@ _PIECE = 1 << 20
 MOUNT_TRIES = 3
 """Repositories a push tries to mount one blob from before it uploads the blob."""
 
-_TITLES = {
-    mt.OLLAMA_MODEL: "model.gguf",
-    mt.OLLAMA_TEMPLATE: "template.txt",
-    mt.OLLAMA_SYSTEM: "system.txt",
-    mt.OLLAMA_PARAMS: "params.json",
-    mt.OLLAMA_LICENSE: "license.txt",
-    mt.OLLAMA_MESSAGES: "messages.json",
-    mt.OLLAMA_ADAPTER: "adapter.gguf",
-    mt.OLLAMA_PROJECTOR: "projector.gguf",
-}
 CAIRN_CONFIG = "application/vnd.cairn.model.config.v1+json"
 
 
 def as_oci_artifact(manifest: Manifest) -> Manifest:
     """The same blobs as an OCI artifact: artifactType set, every layer titled."""
-    layers = []
-    seen: dict[str, int] = {}
-    for layer in manifest.layers:
-        title = layer.title or _TITLES.get(layer.media_type, f"{layer.digest.hex[:12]}.bin")
-        count = seen.get(title, 0)
-        seen[title] = count + 1
-        if count:
-            stem, dot, ext = title.rpartition(".")
-            title = f"{stem}-{count}.{ext}" if dot else f"{title}-{count}"
-        annotations = {**layer.annotations, mt.OCI_TITLE_ANNOTATION: title}
-        layers.append(Descriptor(layer.media_type, layer.digest, layer.size, annotations))
+    layers = [
+        Descriptor(
+            layer.media_type,
+            layer.digest,
+            layer.size,
+            {**layer.annotations, mt.OCI_TITLE_ANNOTATION: title},
+        )
+        for title, layer in layer_titles(manifest.layers)
+    ]
     config = manifest.config
     if config.media_type == mt.DOCKER_CONFIG:
         config = Descriptor(CAIRN_CONFIG, config.digest, config.size)
@@ -357,6 +346,28 @@ async def _upload_offset(client: RegistryClient, location: str, scope: str) -> i
     return int(end) + 1 if ascii_digits(end) else 0
 
 
+async def _push_signatures(
+    client: RegistryClient,
+    models: Models,
+    model: LocalModel,
+    repository: str,
+    pushed: Manifest,
+    size: int,
+    report: Report,
+) -> None:
+    """The model's stored signatures after it, as referrers of the manifest pushed (an
+    OCI artifact's too: the bundle lists the layers, which the formats share)."""
+    from cairn.registry.referrers import push_referrers
+    from cairn.signing.store import signatures
+
+    stored = [s.manifest for s in signatures(models, model) if s.bundle is not None]
+    if not stored:
+        return
+    report(Event(Phrase("pushing {count} signature(s)", count=len(stored))))
+    subject = Descriptor(pushed.content_type, pushed.digest, size)
+    await push_referrers(client, models, repository, subject, stored)
+
+
 async def push(
     models: Models,
     source: str,
@@ -415,9 +426,9 @@ async def push(
             client, repository, models.blobs, descriptor, chunk_size, progress, session=session
         )
     report(Event(Phrase("pushing manifest")))
-    await client.put_manifest(
-        repository, dest.tag_or_default, manifest.to_bytes(), manifest.content_type
-    )
+    data = manifest.to_bytes()
+    await client.put_manifest(repository, dest.tag_or_default, data, manifest.content_type)
+    await _push_signatures(client, models, model, repository, manifest, len(data), report)
     digests = [d.digest for d in unique]
     await asyncio.to_thread(locations.remember, dest.host, repository, digests)
     report(Event(Phrase("success")))

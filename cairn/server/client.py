@@ -26,7 +26,7 @@ import json
 import os
 import socket
 from collections.abc import Generator, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
@@ -147,6 +147,16 @@ class ServerModel:
 
 
 @dataclass(frozen=True)
+class ShownLayer:
+    """A layer ``/api/show`` lists besides the weights, template, system and parameters."""
+
+    media_type: str
+    digest: str
+    size: int
+    name: str
+
+
+@dataclass(frozen=True)
 class ShownModel:
     """What ``/api/show`` says of a model that the CLI uses."""
 
@@ -154,6 +164,67 @@ class ShownModel:
     system: str
     parameters: str
     """Ollama's ``parameters`` text: one ``name value`` line per value."""
+    license: str = ""
+    messages: tuple[Message, ...] = ()
+    capabilities: tuple[str, ...] = ()
+    summary: tuple[tuple[str, str], ...] = ()
+    """``cairn show``'s "Model" section from ``details`` and ``model_info``: architecture,
+    parameters, context length, embedding length, quantization, ... (those given)."""
+    projector: Mapping[str, Any] = field(default_factory=dict)
+    """``projector_info``: the vision projector's metadata, when the model has one."""
+    layers: tuple[ShownLayer, ...] = ()
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ShownModel:
+        def text(value: Any) -> str:
+            return value if isinstance(value, str) else ""
+
+        def mapping(value: Any) -> Mapping[str, Any]:
+            return value if isinstance(value, dict) else {}
+
+        details, info = mapping(data.get("details")), mapping(data.get("model_info"))
+        arch = text(info.get("general.architecture")) or text(details.get("family"))
+        remote = text(data.get("remote_model"))
+        if remote and text(data.get("remote_host")):
+            remote = f"{remote} ({text(data.get('remote_host'))})"
+        summary = [
+            ("architecture", arch),
+            ("parameters", text(details.get("parameter_size"))),
+            ("context length", _plain(info.get(f"{arch}.context_length"))),
+            ("embedding length", _plain(info.get(f"{arch}.embedding_length"))),
+            ("quantization", text(details.get("quantization_level"))),
+            ("renderer", text(data.get("renderer"))),
+            ("parser", text(data.get("parser"))),
+            ("requires", text(data.get("requires"))),
+            ("remote model", remote),
+        ]
+        messages = [
+            Message(m["role"], m["content"])
+            for m in data.get("messages") or []
+            if isinstance(m, dict) and isinstance(m.get("role"), str)
+            if isinstance(m.get("content"), str)
+        ]
+        layers = [
+            ShownLayer(
+                text(d.get("mediaType")),
+                text(d.get("digest")),
+                _int(d.get("size")),
+                text(d.get("name")),
+            )
+            for d in data.get("layers") or []
+            if isinstance(d, dict)
+        ]
+        return cls(
+            text(data.get("template")),
+            text(data.get("system")),
+            text(data.get("parameters")),
+            license=text(data.get("license")),
+            messages=tuple(messages),
+            capabilities=tuple(c for c in data.get("capabilities") or [] if isinstance(c, str)),
+            summary=tuple((key, value) for key, value in summary if value),
+            projector=mapping(data.get("projector_info")),
+            layers=tuple(layers),
+        )
 
     def parameter(self, name: str) -> list[str]:
         """The values of one parameter (``stop`` may have several)."""
@@ -176,6 +247,13 @@ class ServerVersion:
     """cairn's own version; None from Ollama itself."""
     store: str | None
     """:func:`store_identity` of the store the server serves; None when it does not say."""
+
+
+def _plain(value: Any) -> str:
+    """A number of ``model_info`` as text (``32768``); anything else, nothing."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return ""
+    return str(int(value)) if float(value).is_integer() else str(value)
 
 
 def _int(value: Any) -> int:
@@ -350,13 +428,27 @@ class ServerClient:
         return [ServerModel.from_json(m) for m in data.get("models") or [] if isinstance(m, dict)]
 
     def show(self, name: str) -> ShownModel:
-        data = self._request("POST", "/api/show", {"model": name}) or {}
+        data = self._request("POST", "/api/show", {"model": name})
+        return ShownModel.from_json(data if isinstance(data, dict) else {})
 
-        def text(key: str) -> str:
-            value = data.get(key)
-            return value if isinstance(value, str) else ""
-
-        return ShownModel(text("template"), text("system"), text("parameters"))
+    def create(
+        self,
+        name: str,
+        source: str,
+        system: str | None = None,
+        parameters: Mapping[str, Any] | None = None,
+        messages: list[Message] | None = None,
+    ) -> None:
+        """``/api/create`` of ``name`` from the model ``source``, with a system message,
+        parameters and messages as given (what ``ollama run``'s ``/save`` sends)."""
+        body: dict[str, Any] = {"model": name, "from": source, "stream": False}
+        if system is not None:
+            body["system"] = system
+        if parameters:
+            body["parameters"] = dict(parameters)
+        if messages:
+            body["messages"] = [{"role": m.role, "content": m.content} for m in messages]
+        self._request("POST", "/api/create", body)
 
     def load(
         self, name: str, options: Mapping[str, Any] | None = None, keep_alive: Any = None

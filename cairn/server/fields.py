@@ -51,19 +51,16 @@ def _duration(text: Any, default: float) -> float:
         raise BadRequest(f"keep_alive {text!r} is not a duration")
     if isinstance(text, (int, float)):
         return float(text) if text >= 0 else FOREVER
-    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+    from cairn.durations import go_duration
+
     value = str(text).strip()
-    for unit in sorted(units, key=len, reverse=True):
-        if value.endswith(unit):
-            try:
-                number = float(value[: -len(unit)])
-            except ValueError:
-                break
-            return number * units[unit] if number >= 0 else FOREVER
     try:
-        number = float(value)
+        number = float(value)  # a number as a string: seconds
     except ValueError:
-        raise BadRequest(f"keep_alive {text!r:.40} is not a duration") from None
+        seconds = go_duration(value)
+        if seconds is None:
+            raise BadRequest(f"keep_alive {text!r:.40} is not a duration") from None
+        number = seconds
     return number if number >= 0 else FOREVER
 
 

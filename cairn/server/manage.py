@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from cairn.blobstore import Digest
-from cairn.errors import DigestMismatchError, InvalidDigestError
+from cairn.errors import CairnError, DigestMismatchError, InvalidDigestError
 from cairn.modelfile import ROLES, Command, Modelfile, parameter_value
 from cairn.server.fields import BadRequest, flag
 
@@ -126,6 +126,8 @@ class _Requested(Modelfile):
     """A create request as the Modelfile it stands for, its parameters typed already."""
 
     typed: dict[str, Any] = field(default_factory=dict)
+    quantize: str | None = None
+    """The type to quantize the weights to (Ollama's ``quantize`` field), checked."""
 
     @property
     def parameters(self) -> dict[str, Any]:
@@ -248,11 +250,16 @@ class Manage:
         for key in ("draft_files", "draft_quantize", "remote_host"):
             if data.get(key):
                 raise BadRequest(f"{key} is not supported by cairn")
-        if data.get("quantize") or data.get("quantization"):
-            raise BadRequest(
-                "quantize is not supported: cairn stores a model's weights as they are"
-                " (quantize the GGUF with llama.cpp's llama-quantize, then create from it)"
-            )
+        quantize = data.get("quantize") or data.get("quantization")
+        if quantize is not None and not isinstance(quantize, str):
+            raise BadRequest("quantize must be a string, such as q4_K_M")
+        if quantize:
+            from cairn.quantize import parse_type
+
+            try:
+                quantize = parse_type(quantize)
+            except CairnError as exc:
+                raise BadRequest(str(exc)) from None
         source = _text(data, "from")
         files = self._files(data, "files")
         if source and files:
@@ -295,7 +302,9 @@ class Manage:
                     "each message needs a role (system, user or assistant) and a content string"
                 )
             commands.append(Command("message", f"{message['role']} {message.get('content')}", 0))
-        return _Requested(tuple(commands), self._parameters(data.get("parameters")))
+        return _Requested(
+            tuple(commands), self._parameters(data.get("parameters")), quantize or None
+        )
 
     @staticmethod
     def _parameters(values: Any) -> dict[str, Any]:
@@ -355,15 +364,20 @@ class Manage:
         from cairn.manifests.create import create_model
 
         def progress(status: str) -> None:
-            if getattr(status, "template", status) in (
-                "copying file {source}",
-                "copying adapter {adapter}",
-            ):
+            template = getattr(status, "template", status)
+            if template in ("copying file {source}", "copying adapter {adapter}"):
                 report({"status": "parsing GGUF"})
+            elif template == "quantizing {current} model to {target}":
+                report({"status": str(status)})  # Ollama's line, in English as its API is
+
+        def warn(said: str) -> None:
+            report({"status": f"warning: {said}"})
 
         existing = set(self.models.blobs)
         with tempfile.TemporaryDirectory() as nowhere:  # FROM names no file on the server
-            model = create_model(self.models, name, modelfile, nowhere, progress)
+            model = create_model(
+                self.models, name, modelfile, nowhere, progress, modelfile.quantize, warn
+            )
         for layer in model.manifest.layers:
             kind = "using existing layer" if layer.digest in existing else "creating new layer"
             report({"status": f"{kind} {layer.digest}"})

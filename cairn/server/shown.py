@@ -53,6 +53,7 @@ OMIT_EMPTY = (
     "capabilities",
     "requires",
     "layers",
+    "signatures",
 )
 
 
@@ -87,8 +88,35 @@ def show_response(models: Models, shown: ModelDetails, verbose: bool = False) ->
             | ({"name": d.name} if d.name else {})
             for d in shown.other_layers
         ],
+        "signatures": signatures(models, shown),
     }
     return {k: v for k, v in answer.items() if v or k not in OMIT_EMPTY}
+
+
+def signatures(models: Models, shown: ModelDetails) -> list[dict[str, str]]:
+    """The model's stored signatures as listed, not verified (``cairn verify --key`` does):
+    the referrer's digest, when it was made, and who it says signed it (a key's hint or
+    a certificate's subject)."""
+    from cairn.errors import CairnError
+    from cairn.signing.oms import Bundle
+    from cairn.signing.store import signatures as stored
+
+    listed: list[dict[str, str]] = []
+    for signature in stored(models, shown.model):
+        entry = {"digest": str(signature.digest), "created": signature.created or ""}
+        try:
+            if signature.bundle is None:
+                entry["problem"] = "the bundle blob is missing"
+            else:
+                bundle = Bundle.from_bytes(signature.bundle)
+                if bundle.certificates:
+                    entry["certificate"] = bundle.certificates[0].subject.rfc4514_string()
+                elif bundle.hint:
+                    entry["key_hint"] = bundle.hint
+        except CairnError as exc:
+            entry["problem"] = str(exc)
+        listed.append(entry)
+    return listed
 
 
 def details(shown: ModelDetails) -> dict[str, Any]:

@@ -210,4 +210,5 @@ def test_an_unknown_command_gets_a_suggestion_only_when_close(
     result = cairn(typed, check=False)
     last = one_error_line(result, code=2)
     said = f"Error: No such command '{typed}'."
-    assert last == (f"{said} Did you mean {suggested}?" if suggested else said)
+    hint = "Try 'cairn --help' for help."
+    assert last == (f"{said} Did you mean {suggested}?" if suggested else f"{said} {hint}")

@@ -117,7 +117,7 @@ def test_template_names_are_what_ollamas_vars_finds() -> None:
 def _create(cairn: Runner, tmp_path: Path, name: str, text: str, **metadata: object) -> None:
     gguf = write_gguf(tmp_path / f"{name}.gguf", metadata=dict(metadata))
     source = modelfile(tmp_path, f"FROM {gguf}\n{text}", f"Modelfile.{name}")
-    cairn("create", name, "-q", "-f", str(source))
+    cairn("create", name, "--quiet", "-f", str(source))
 
 
 def test_list_says_ages_as_ollama_does(cairn: Runner, store: Path, tmp_path: Path) -> None:

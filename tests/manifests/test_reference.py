@@ -93,7 +93,7 @@ def test_case_is_kept_but_compared_loosely() -> None:
         ("gemma3:..", "tag '..'"),
         ("gemma3:-x", "tag"),
         ("gemma3:" + "x" * 129, "tag"),
-        ("a/b/c/d", "at most three parts"),
+        ("a/b/c/d", "needs a registry host first"),
         ("gemma3@sha256:abc", "digest"),
         ("gemma3@md5:" + HEX, "digest"),
         ("-gemma", "name '-gemma'"),
@@ -137,7 +137,8 @@ def test_no_input_raises_anything_but_a_cairn_error(text: str) -> None:
     except CairnError:
         return
     # Whatever parses is a safe relative path: no empty, '.' or '..' parts.
-    parts = [ref.host, ref.namespace, ref.name, ref.tag or "latest"]
+    parts = [*ref.components, ref.tag or "latest"]
+    assert "/".join(parts[:-1]) == f"{ref.host}/{ref.repository}"
     for part in parts:
         assert part not in ("", ".", "..")
         assert "/" not in part and "\\" not in part and "\x00" not in part
@@ -156,6 +157,99 @@ def test_reference_like_inputs(pieces: list[str]) -> None:
     except CairnError:
         return
     assert parse_reference(str(ref)) == ref
-    for part in (ref.host, ref.namespace, ref.name):
+    for part in ref.components:
         # "a..b" is a name Ollama accepts (and a safe folder name); "..", ".x" are refused.
         assert not part.startswith(".") and part not in ("", ".", "..")
+
+
+# -- OCI repository names of any depth ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "host", "namespace", "name", "tag", "display"),
+    [
+        (
+            "ghcr.io/org/team/model:tag",
+            "ghcr.io",
+            "org/team",
+            "model",
+            "tag",
+            "ghcr.io/org/team/model:tag",
+        ),
+        ("127.0.0.1:5000/a/b/c/d:1", "127.0.0.1:5000", "a/b/c", "d", "1", None),
+        ("localhost/x/y/z", "localhost", "x/y", "z", "latest", "localhost/x/y/z:latest"),
+        ("quay.io/my.org/team/Model", "quay.io", "my.org/team", "Model", "latest", None),
+        # Two and three parts read as before.
+        ("a/b/c", "a", "b", "c", "latest", "a/b/c:latest"),
+        ("team/model", "registry.ollama.ai", "team", "model", "latest", "team/model:latest"),
+    ],
+)
+def test_deep_names(
+    text: str, host: str, namespace: str, name: str, tag: str, display: str | None
+) -> None:
+    ref = parse_reference(text)
+    assert (ref.host, ref.namespace, ref.name, ref.tag) == (host, namespace, name, tag)
+    assert ref.repository == f"{namespace}/{name}"  # the registry's path, unchanged
+    assert ref.components == (host, *namespace.split("/"), name)
+    assert ref.deep == (namespace.count("/") > 0)
+    assert ref.display == (display or f"{host}/{namespace}/{name}:{tag}")
+    assert parse_reference(str(ref)) == ref
+    assert parse_reference(ref.display) == ref
+    assert is_oci(ref)
+    require_ollama_readable(ref)  # a '.' in a deep namespace: Ollama never reads it
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("a/b/c/d", "needs a registry host first"),
+        ("org/team/sub/model:1", "needs a registry host first"),
+        ("registry.ollama.ai/a/b/c", "registry.ollama.ai takes only namespace/name"),
+        ("REGISTRY.OLLAMA.AI/a/b/c", "registry.ollama.ai takes only namespace/name"),
+        # Ollama's relaxed grammar is for namespace/name only: a deep name is OCI's.
+        ("ghcr.io/org/team/my_model_", "repository part 'my_model_'"),
+        ("ghcr.io/_org/team/model", "repository part '_org'"),
+        ("ghcr.io/org/a..b/model", "repository part 'a..b'"),
+        ("ghcr.io/org/" + "x" * 81 + "/model", "longer than 80 characters"),
+        ("ghcr.io/" + "/".join(["abcdefgh"] * 60), "longer than 512 characters"),
+    ],
+)
+def test_deep_names_refused(text: str, why: str) -> None:
+    with pytest.raises(InvalidReferenceError) as caught:
+        parse_reference(text)
+    assert why in str(caught.value)
+
+
+def _depths() -> list[str]:
+    """Every unsafe part at every depth of a name of 3 to 6 parts, with and without a host."""
+    texts: list[str] = []
+    for bad in ("..", ".", "", "../../etc", "a/../b", "a//b", "./x"):
+        for count in range(3, 7):
+            for host in ("ghcr.io/", ""):
+                for at in range(count):
+                    parts = [f"p{i}" for i in range(count)]
+                    parts[at] = bad
+                    texts.append(host + "/".join(parts) + ":1")
+        texts.append(bad)
+        texts.append(f"ghcr.io/{bad}")
+    return texts
+
+
+@pytest.mark.parametrize("text", _depths())
+def test_no_deep_name_escapes_the_store(text: str) -> None:
+    """``..``, ``.`` and empty parts anywhere, at any depth: refused, or (where the
+    unsafe text is split into safe parts, as ``a//b`` is not) a path with no such part."""
+    try:
+        ref = parse_reference(text)
+    except InvalidReferenceError:
+        return
+    for part in (*ref.components, ref.tag or "latest"):
+        assert part not in ("", ".", "..")
+        assert "/" not in part and not part.startswith(".")
+    raise AssertionError(f"{text!r} parsed as {ref}")  # every text above is unsafe
+
+
+def test_deep_names_are_pushable_only_in_oci_grammar() -> None:
+    ref = parse_reference("ghcr.io/org/team/model:1")
+    require_oci(ref)
+    assert not ref.deep or ref.host != "registry.ollama.ai"

@@ -27,7 +27,7 @@ def test_air_gap_walk_through(cairn: Runner, tmp_path: Path, gemma_gguf: Path) -
         "PARAMETER seed 42\nPARAMETER stop <end_of_turn>\n",
         "MF",
     )
-    cairn("create", "gemma3:270m", "-f", str(tmp_path / "MF"), "-q")
+    cairn("create", "gemma3:270m", "-f", str(tmp_path / "MF"), "--quiet")
     (tmp_path / "internet").mkdir()
     internet, registry_proc = start_registry(tmp_path / "internet")
     try:

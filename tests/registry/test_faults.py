@@ -120,7 +120,7 @@ def test_5xx_then_success(store: Path) -> None:
 
     registry.hooks.append(flaky)
     run_pull(registry, store)
-    assert registry.count("GET", "/manifests/") == 4
+    assert registry.count("GET", "/manifests/1") == 4  # three failures, then the answer
 
 
 def test_5xx_storm_gives_up_with_a_clear_error(store: Path) -> None:

@@ -609,6 +609,16 @@ def test_what_a_registry_or_a_model_says_reaches_the_terminal_escaped(
         assert "\x1b" not in shown.stdout and "\x9b" not in shown.stdout, args
     assert "\\x1b]52;c;ZXZpbA==" in cairn("show", f"{hostile.host}/lab/shown:1").stdout
 
+    # A lone surrogate is legal JSON, so a config may hold one; no UTF-8 can print it.
+    lone = {"model_format": "gguf", "model_family": "a\ud800b", "renderer": "r\udfffs"}
+    hostile.add_model("lab/lone", "1", [os.urandom(1000)], config=lone)
+    cairn("pull", f"{hostile.host}/lab/lone:1", "--insecure", "-q")
+    for args in ([], ["--json"], ["--modelfile"], ["-v"]):
+        shown = cairn("show", f"{hostile.host}/lab/lone:1", *args)
+        assert "Traceback" not in shown.stderr, (args, shown.stderr)
+    as_json = json.loads(cairn("show", "--json", f"{hostile.host}/lab/lone:1").stdout)
+    assert as_json["renderer"] == "r\udfffs"  # escaped in JSON, the same once read
+
 
 def test_the_sanitizer() -> None:
     assert untrusted("a\x1b[2Kb\x07\x9b\u202e") == "a\\x1b[2Kb\\x07\\x9b\\u202e"
@@ -621,6 +631,7 @@ def test_the_sanitizer() -> None:
     text = json.dumps({"k": "\x9b\x1b"}, ensure_ascii=False)
     assert json.loads(untrusted_json(text)) == {"k": "\x9b\x1b"}
     assert "\x9b" not in untrusted_json(text)
+    assert untrusted("a\ud800b") == "a\\ud800b"
 
 
 # -- 4. integrity details ---------------------------------------------------------

@@ -150,7 +150,8 @@ def test_oci_push_is_read_by_skopeo_and_oras(
     client = oras.client.OrasClient(hostname=registry, insecure=True)
     files = client.pull(target=f"{registry}/oci/tiny:1", outdir=str(tmp_path / "oras-out"))
     by_name = {Path(f).name: Path(f) for f in files}
-    assert by_name["model.gguf"].read_bytes() == gguf.read_bytes()
+    # the weights under the name of the file `cairn create` read (its layer's title)
+    assert by_name[gguf.name].read_bytes() == gguf.read_bytes()
     assert by_name["system.txt"].read_text() == "short answers"
 
 

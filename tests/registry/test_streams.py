@@ -499,7 +499,7 @@ def big_model(cairn: Runner, tmp_path: Path, registry: str) -> tuple[str, str, i
         tmp_path / "big.gguf", tensors=[("w", (1024, 1024, 18))], fill=os.urandom(1 << 16)
     )
     modelfile(tmp_path, f"FROM {gguf}\n", "MF")
-    cairn("create", "big:1", "-f", str(tmp_path / "MF"), "-q")
+    cairn("create", "big:1", "-f", str(tmp_path / "MF"), "--quiet")
     cairn("push", "big:1", f"{registry}/lab/big:1", "--insecure", "-q")
     return "lab/big:1", hashlib.sha256(gguf.read_bytes()).hexdigest(), gguf.stat().st_size
 

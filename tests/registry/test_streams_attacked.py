@@ -167,7 +167,7 @@ def test_a_real_registry_behind_a_long_round_trip_sends_the_blob_once(
         tmp_path / "big.gguf", tensors=[("w", (1024, 1024, 18))], fill=os.urandom(1 << 16)
     )
     modelfile(tmp_path, f"FROM {gguf}\n", "MF")
-    cairn("create", "big:1", "-f", str(tmp_path / "MF"), "-q")
+    cairn("create", "big:1", "-f", str(tmp_path / "MF"), "--quiet")
     cairn("push", "big:1", f"{registry}/lab/big:1", "--insecure", "-q")
     size = gguf.stat().st_size
     link = Throttle(int(registry.rpartition(":")[2]), rate=20e6, first_byte=1.0).start()

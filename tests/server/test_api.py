@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -229,3 +230,22 @@ def test_a_runner_dead_mid_answer_is_an_error_inside_the_stream(served: str, sto
 
 
 STORY = [{"role": "user", "content": "Tell a long story."}]
+
+
+def test_keep_alive_takes_gos_durations_as_ollamas_cli_sends_them(served: str) -> None:
+    """Ollama's CLI sends ``--keepalive 5m`` as ``5m0s``; any Go duration is read."""
+    model = {"model": "gemma3:270m"}
+    for sent, minutes in (("5m0s", 5), ("1h30m", 90), ("1h30m0s", 90), ("2us", 0)):
+        loaded = httpx.post(f"{served}/api/generate", json={**model, "keep_alive": sent})
+        assert loaded.status_code == 200, (sent, loaded.text)
+        if minutes:
+            (running,) = httpx.get(f"{served}/api/ps").json()["models"]
+            until = datetime.fromisoformat(running["expires_at"])
+            left = (until - datetime.now(UTC)).total_seconds() / 60
+            assert minutes - 2 < left <= minutes, (sent, left)
+    for wrong in ("5", "m", "1h-2m", "soon"):
+        refused = httpx.post(f"{served}/api/generate", json={**model, "keep_alive": wrong})
+        if wrong == "5":  # a number in a string is seconds, as before
+            assert refused.status_code == 200
+            continue
+        assert refused.status_code == 400 and "not a duration" in refused.json()["error"]

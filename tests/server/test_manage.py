@@ -146,8 +146,17 @@ def test_create_from_an_uploaded_gguf_and_from_a_model(
     )
     assert chat.done and chat.message.content
 
+    # Ollama's quantize field: llama.cpp requantizes, the lines say so as Ollama's do
+    quantized = list(client.create(model="q8:1", from_="fromfile:1", quantize="q8_0", stream=True))
+    lines = [p.status or "" for p in quantized]
+    assert "quantizing Q4_K_M model to Q8_0" in lines, lines
+    assert any(line.startswith("warning: requantizing Q4_K_M") for line in lines), lines
+    assert lines[-1] == "success"
+    details = client.show("q8:1").details
+    assert details is not None and details.quantization_level == "Q8_0"
+
     for asked, status, said in (
-        ({"from_": "fromfile:1", "quantize": "q4_K_M"}, 400, "quantize"),
+        ({"from_": "fromfile:1", "quantize": "q9_z"}, 400, "unknown quantization type 'q9_z'"),
         ({}, 400, "neither 'from' or 'files'"),
         ({"from_": "no-such-model:1"}, 404, "not found"),
         ({"files": {"x.gguf": "sha256:" + "0" * 64}}, 400, "/api/blobs/"),

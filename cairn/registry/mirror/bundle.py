@@ -25,11 +25,13 @@ import json
 import os
 import stat
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from cairn import config
 from cairn.blobstore import Digest
 from cairn.blobstore.digest import from_hex
 from cairn.blobstore.store import storage_error
@@ -61,6 +63,7 @@ from cairn.registry.mirror.tarstream import (
 from cairn.registry.pull import choose_from_index
 from cairn.registry.push import as_oci_artifact
 from cairn.sanitize import untrusted
+from cairn.signing.policy import enforce, load_policy, refusal
 
 MAX_INDEX_SIZE = 16 << 20
 MAX_ENTRIES = 1000
@@ -200,6 +203,7 @@ class _Import:
         self.index: bytes | None = None
         self.parsed: dict[Digest, Manifest | Index] = {}
         self.tagged_bytes = 0
+        self.policy = load_policy(config.load().home)
 
     # What the two kinds of layout provide.
     def read_small(self, descriptor: Descriptor) -> bytes:
@@ -274,12 +278,22 @@ class _Import:
         return parsed
 
     def settle(self) -> ImportReport:
-        """Tag every model whose blobs are all in the store; store the referrers."""
+        """Tag every model whose blobs are all in the store and that the trust policy
+        takes; store the referrers (a model's signatures before the policy reads them)."""
         self.check_layout()
         models, referrers = self._read_index()
-        saved = self._tag(models)
-        self._keep(referrers, saved)
+        self._keep(referrers, self._owners(models))
+        self._tag(models)
         return self.done
+
+    def _owners(self, models: list[_Entry]) -> dict[Digest, Reference]:
+        """The name each model will be tagged as, by manifest digest (names that do not
+        parse are refused when tagged)."""
+        owners: dict[Digest, Reference] = {}
+        for entry in models:
+            with contextlib.suppress(CairnError):
+                owners.setdefault(entry.manifest.digest, parse_reference(entry.name))
+        return owners
 
     def _read_index(self) -> tuple[list[_Entry], list[tuple[Descriptor, Manifest | Index]]]:
         """The index's models (named, resolved to a model manifest) and referrers; what is
@@ -331,6 +345,7 @@ class _Import:
                     )
                 with self.models.blobs.writing():
                     self._land_all(entry.manifest.blobs)
+                    self._trusted(ref, entry.manifest)
                     model = self.models.save(ref, entry.manifest)
                 saved[entry.manifest.digest] = model.reference
                 self.done.imported.append(model.reference.display)
@@ -340,6 +355,15 @@ class _Import:
             except CairnError as exc:
                 self.done.refused.append((untrusted(entry.name), _said(exc)))
         return saved
+
+    def _trusted(self, ref: Reference, manifest: Manifest) -> None:
+        """Refuse a model the trust policy does not take (its signatures are stored)."""
+        if self.policy.accepts_everything:
+            return
+        candidate = LocalModel(ref, manifest, time.time(), Path())
+        verdict = enforce(self.models, candidate, self.policy)
+        if not verdict.ok:
+            raise refusal(ref, verdict)
 
     def _keep(
         self,

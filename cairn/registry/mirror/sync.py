@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -69,6 +70,7 @@ from cairn.registry.push import (
     start_upload,
     with_digest,
 )
+from cairn.registry.referrers import add_to_fallback, list_referrers
 from cairn.sanitize import untrusted
 
 TAG_PAGE = 1000
@@ -345,34 +347,17 @@ class Sync:
     async def _referrers(
         self, client: RegistryClient, source: Source, repository: str, digest: Digest, depth: int
     ) -> None:
-        """Copy what refers to ``digest`` (signatures, SBOMs), when the source says."""
-        if source.host.lower() in self._no_referrers or depth > 3:
+        """Copy what refers to ``digest`` (signatures, SBOMs): as the source's referrers
+        API lists them, or its fallback tag (``sha256-<hex>``) where it has no API; a
+        destination registry without the API gets the fallback tag too."""
+        if depth > 3:
             return
-        response = await client.request(
-            "GET",
-            f"/v2/{source.repository}/referrers/{digest}",
-            scope=f"repository:{source.repository}:pull",
-            headers={"Accept": mt.OCI_INDEX},
-            stream=True,
-        )
-        what = Phrase("referrers of {digest}", digest=digest)
-        try:
-            if response.status_code != 200:
-                # A registry with the API never answers 404 (the spec); distribution 2.8 does.
-                if response.status_code in (404, 405, 501):
-                    self._no_referrers.add(source.host.lower())
-                    return
-                await response.aread()
-                client.check(response, str(what))
-            try:
-                body = await read_capped(response, 4 << 20, what, client.retry)
-            except BodyTooLargeError:
-                raise ManifestError("{what}: larger than 4 MiB", what=what) from None
-        finally:
-            await response.aclose()
-        for entry in Index.from_bytes(body).manifests:
+        entries = await self._listed_referrers(client, source, digest)
+        copied: list[Descriptor] = []
+        for entry in entries:
             if entry.media_type not in mt.MANIFEST_TYPES | mt.INDEX_TYPES:
                 continue
+            copied.append(entry)
             if await self._dest_has_manifest(repository, entry.digest):
                 continue
             await self._manifest(
@@ -386,6 +371,20 @@ class Sync:
                 digest,
                 depth + 1,
             )
+        if copied and self._dest is not None:
+            _, has_api = await list_referrers(self._dest, repository, digest, ())
+            if not has_api:
+                await add_to_fallback(self._dest, repository, digest, copied)
+
+    async def _listed_referrers(
+        self, client: RegistryClient, source: Source, digest: Digest
+    ) -> list[Descriptor]:
+        host = source.host.lower()
+        api = host not in self._no_referrers
+        listed, has_api = await list_referrers(client, source.repository, digest, api=api)
+        if not has_api:
+            self._no_referrers.add(host)
+        return listed
 
     # -- blobs ------------------------------------------------------------------------
 
@@ -690,8 +689,18 @@ async def list_tags(client: RegistryClient, repository: str, page: int = TAG_PAG
             )
         tags.update((t, None) for t in listed if TAG.fullmatch(t))
         link = _NEXT.search(response.headers.get("Link", ""))
-        url = client.follow(str(response.request.url), link.group(1)) if link else None
+        url = _next_page(client, str(response.request.url), link.group(1)) if link else None
     return list(tags)
+
+
+def _next_page(client: RegistryClient, current: str, link: str) -> str:
+    """The next page's URL: at the registry's own origin always, as skopeo reads a Link
+    (only its path and query): another host's tags never join the list."""
+    followed = client.follow(current, link)
+    if client.at_origin(followed):
+        return followed
+    parts = urlsplit(followed)
+    return parts.path + (f"?{parts.query}" if parts.query else "")
 
 
 __all__ = [

@@ -1,8 +1,9 @@
 """``cairn registry serve``: an OCI Distribution registry over the local store.
 
 Repositories map onto the store's ``<host>/<namespace>/<name>``: a name
-whose first component is a host the store holds maps there; ``ns/name``
-maps to ``--default-host``. Blobs are the store's blobs (one pool for all
+whose first component is a host the store holds maps there (the rest is
+``ns/name``, or a deeper OCI path ``org/team/name``); ``ns/name`` maps to
+``--default-host``. Blobs are the store's blobs (one pool for all
 repositories); manifests are tags in Ollama's layout, and a manifest pushed
 by digest alone is kept beside the tags, in the repository's ``.by-digest``
 folder, never as a tag. A manifest fetched by digest always hashes to it.

@@ -3,7 +3,9 @@ lists them (sorted, paged with ``n`` and ``last``, a ``Link`` to the next page).
 
 A repository is listed under the name that reaches it (``app.py``'s mapping run
 backwards): ``namespace/name`` for the default host, ``host/namespace/name`` for
-another host the store holds. A repository with no tags is not listed (its
+another host the store holds, and ``host/org/team/name`` for a deeper OCI repository
+(on any host: a name of three parts or more starts with its host). A repository with
+no tags is not listed (its
 ``tags/list`` answers NAME_UNKNOWN), nor one whose name no OCI client can send
 (a host with a port, a part only Ollama's grammar allows). Who may read the
 catalog is decided as for every other read (``Registry.authorized``): credentials
@@ -13,7 +15,10 @@ read every repository, so they see every one.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import re
+import time
+import weakref
 from collections.abc import Callable, Mapping
 from urllib.parse import quote
 
@@ -29,8 +34,8 @@ _COMPONENT = re.compile(r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*")
 
 def served_name(ref: Reference, default_host: str) -> str | None:
     """The repository name a client reaches ``ref``'s repository by; None if it has none."""
-    parts = [ref.namespace.lower(), ref.name.lower()]
-    if ref.host.lower() != default_host.lower():
+    parts = [part.lower() for part in ref.components[1:]]
+    if ref.host.lower() != default_host.lower() or ref.deep:
         parts.insert(0, ref.host.lower())
     if not all(_COMPONENT.fullmatch(part) for part in parts):
         return None
@@ -56,7 +61,7 @@ def page(
     not a number."""
     last = query.get("last")
     if last:
-        items = [item for item in items if item > last]
+        items = items[bisect.bisect_right(items, last) :]  # sorted: no scan of every name
     headers: dict[str, str] = {}
     count = query.get("n")
     if count is not None:
@@ -70,10 +75,33 @@ def page(
     return items, headers
 
 
+SNAPSHOT_SECONDS = 60.0
+"""How long the listing a first page walked serves the pages that follow it."""
+
+_snapshots: weakref.WeakKeyDictionary[Registry, tuple[float, list[str]]] = (
+    weakref.WeakKeyDictionary()
+)
+"""Per served store: when its repositories were last walked, and what was found."""
+
+
+async def listing(registry: Registry, continued: bool) -> list[str]:
+    """The store's repositories: walked afresh for a first page (no ``last``); for a page
+    that continues one (``last`` given), the listing walked at most :data:`SNAPSHOT_SECONDS`
+    ago. A walk reads every repository's folder, so a walk per page would make reading a
+    catalog of N repositories n at a time cost N*N/n (2 s a page at 20,000 repositories)."""
+    if continued:
+        taken = _snapshots.get(registry)
+        if taken is not None and time.monotonic() - taken[0] < SNAPSHOT_SECONDS:
+            return taken[1]
+    names = await asyncio.to_thread(repositories, registry)
+    _snapshots[registry] = (time.monotonic(), names)
+    return names
+
+
 async def catalog(request: web.Request) -> web.StreamResponse:
     registry: Registry = request.app["registry"]
     names, headers = page(
-        await asyncio.to_thread(repositories, registry),
+        await listing(registry, bool(request.query.get("last"))),
         request.query,
         lambda last, n: f"/v2/_catalog?last={quote(last, safe='')}&n={n}",
         lambda n: OCIError(

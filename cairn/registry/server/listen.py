@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import re
 import socket
 import ssl
 from pathlib import Path
@@ -22,6 +23,13 @@ from cairn.errors import ConfigError
 
 BACKLOG = 128
 """aiohttp's own default for a site it binds itself."""
+
+_HOST = re.compile(
+    r"(?=.{1,253}\.?$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+    r"(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?"
+)
+"""A host name as resolvers take it (labels of letters, digits, ``-`` and ``_``, at most 63
+characters each); an IPv4 address is one too."""
 
 
 def split_address(text: str, what: str) -> tuple[str, int]:
@@ -39,7 +47,7 @@ def split_address(text: str, what: str) -> tuple[str, int]:
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
         try:
-            ipaddress.IPv6Address(host)
+            mapped = ipaddress.IPv6Address(host).ipv4_mapped
         except ValueError:
             raise ConfigError(
                 "{what} {text!r}: {host!r} in brackets is not an IPv6 address",
@@ -47,11 +55,28 @@ def split_address(text: str, what: str) -> tuple[str, int]:
                 text=text,
                 host=host,
             ) from None
+        if mapped is not None:  # an IPv6 socket here takes IPv6 only (as Go's does)
+            raise ConfigError(
+                "{what} {text!r}: {host!r} is an IPv4 address written as IPv6; write"
+                " {mapped}:{port}",
+                what=what,
+                text=text,
+                host=host,
+                mapped=str(mapped),
+                port=port,
+            )
     elif ":" in host or "[" in host or "]" in host:
         raise ConfigError(
             "{what} {text!r}: write an IPv6 address in brackets, as in [::1]:5000",
             what=what,
             text=text,
+        )
+    elif host and not _HOST.fullmatch(host):
+        raise ConfigError(
+            "{what} {text!r}: {host!r} is not a host name or an IP address",
+            what=what,
+            text=text,
+            host=host,
         )
     number = int(port)
     if not 0 < number < 65536:
@@ -138,7 +163,8 @@ def _listen(family: int, sockaddr: tuple[object, ...], what: str) -> socket.sock
 
 def tls_context(cert: Path, key: Path) -> ssl.SSLContext:
     """A server TLS context from PEM files, or one line naming the file that is wrong."""
-    if b"-----BEGIN CERTIFICATE-----" not in _read(cert, "--tls-cert"):
+    certificate = _read(cert, "--tls-cert")
+    if b"-----BEGIN CERTIFICATE-----" not in certificate:
         raise ConfigError(
             "--tls-cert {path} is not a PEM certificate (text that begins with"
             " -----BEGIN CERTIFICATE-----)",
@@ -166,6 +192,16 @@ def tls_context(cert: Path, key: Path) -> ssl.SSLContext:
                 key=key,
                 cert=cert,
             ) from None
+        if not _certificates_readable(certificate):
+            raise ConfigError(
+                "--tls-cert {path}: its certificate cannot be read (a damaged PEM block?)",
+                path=cert,
+            ) from None
+        if exc.reason in (None, "PEM_LIB") or "PEM lib" in str(exc):
+            raise ConfigError(
+                "--tls-key {path}: its private key cannot be read (a damaged PEM block?)",
+                path=key,
+            ) from None
         raise ConfigError(
             "cannot serve TLS with --tls-cert {cert} and --tls-key {key}: {reason}",
             cert=cert,
@@ -175,10 +211,35 @@ def tls_context(cert: Path, key: Path) -> ssl.SSLContext:
     return context
 
 
+def _certificates_readable(pem: bytes) -> bool:
+    """Whether OpenSSL reads every certificate in ``pem`` (and finds one)."""
+    try:
+        ssl.create_default_context().load_verify_locations(
+            cadata=pem.decode("ascii", errors="replace")
+        )
+    except (ssl.SSLError, ValueError):
+        return False
+    return True
+
+
+PEM_LIMIT = 1 << 20
+"""The most read of a TLS file: a certificate chain and a key are a few KB (and
+``--tls-cert /dev/zero`` would otherwise be read until memory runs out)."""
+
+
 def _read(path: Path, option: str) -> bytes:
     try:
-        return path.read_bytes()
+        with path.open("rb") as file:
+            data = file.read(PEM_LIMIT + 1)
     except OSError as exc:
         raise ConfigError(
             "{option} {path}: {reason}", option=option, path=path, reason=exc.strerror or str(exc)
         ) from None
+    if len(data) > PEM_LIMIT:
+        raise ConfigError(
+            "{option} {path} is larger than {limit} bytes: not a PEM file",
+            option=option,
+            path=path,
+            limit=PEM_LIMIT,
+        )
+    return data

@@ -196,23 +196,23 @@ class Registry:
                 f" ignore case, as Ollama's do, so {name.lower()!r} would be the same one)",
             )
         parts = name.split("/")
-        if len(parts) == 3:
+        if len(parts) >= 3:
             host = parts[0]
             if host != self.options.default_host.lower() and not self.models.tags.holds_host(host):
-                # Three parts name a host this store holds (as the CLI reads host/ns/name);
-                # a push cannot make one up, so nobody serves a model as if pulled from it.
+                # Three parts or more name a host this store holds (as the CLI reads
+                # host/ns/name, and host/org/team/name for a deeper OCI repository); a push
+                # cannot make one up, so nobody serves a model as if pulled from it.
                 raise OCIError(
                     "NAME_UNKNOWN",
-                    f"this store holds no models of {host!r}: a three-part name names a host"
-                    f" it holds; two parts (ns/name) map to {self.options.default_host}",
+                    f"this store holds no models of {host!r}: a name of three parts or more"
+                    f" starts with a host it holds; two parts (ns/name) map to"
+                    f" {self.options.default_host}",
                 )
-            text = f"{parts[0]}/{parts[1]}/{parts[2]}:{tag}"
+            text = f"{name}:{tag}"
         elif len(parts) == 2:
             text = f"{self.options.default_host}/{parts[0]}/{parts[1]}:{tag}"
-        elif len(parts) == 1:
-            text = f"{self.options.default_host}/library/{parts[0]}:{tag}"
         else:
-            raise OCIError("NAME_INVALID", f"repository {name!r} has more than three parts")
+            text = f"{self.options.default_host}/library/{parts[0]}:{tag}"
         try:
             return parse_reference(text)
         except CairnError as exc:
@@ -425,8 +425,10 @@ def _checkpw(secret: bytes, hashed: bytes) -> bool:
 
 
 def repository_of(ref: Reference) -> str:
-    """The repository's name in the store's links: ``host/namespace/name``."""
-    return f"{ref.host}/{ref.namespace}/{ref.name}"
+    """The repository's name in the store's links: ``host/namespace/name``, three parts
+    always. A deep namespace's ``/`` is written ``%2F`` (``ghcr.io/org%2Fteam/model``), which
+    no name can hold, so a repository's link never lies inside a deeper one's folder."""
+    return f"{ref.host}/{ref.namespace.replace('/', '%2F')}/{ref.name}"
 
 
 def parse_digest(text: str) -> Digest:

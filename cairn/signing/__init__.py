@@ -1,0 +1,1 @@
+"""Signed models: OpenSSF Model Signing (OMS) bundles, kept beside models as OCI referrers."""
