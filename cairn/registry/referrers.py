@@ -158,6 +158,19 @@ async def fetch_referrers(
     return kept
 
 
+def for_subject(referrer: Manifest, subject: Descriptor) -> Manifest:
+    """``referrer`` pointing at ``subject``: a signature of a model goes with the model
+    converted to an OCI artifact (the bundle lists layers, which the formats share)."""
+    return Manifest(
+        referrer.config,
+        referrer.layers,
+        referrer.media_type,
+        referrer.artifact_type,
+        subject,
+        referrer.annotations,
+    )
+
+
 async def push_referrers(
     client: RegistryClient,
     models: Models,
@@ -174,14 +187,7 @@ async def push_referrers(
         return 0
     pushed: list[tuple[Manifest, bytes]] = []
     for referrer in referrers:
-        moved = Manifest(
-            referrer.config,
-            referrer.layers,
-            referrer.media_type,
-            referrer.artifact_type,
-            subject,
-            referrer.annotations,
-        )
+        moved = for_subject(referrer, subject)
         for blob in {d.digest: d for d in moved.blobs}.values():
             if await client.blob_size(repository, str(blob.digest), push=True) is None:
                 await upload_blob(client, repository, models.blobs, blob)

@@ -332,3 +332,19 @@ def test_a_policy_by_ca_takes_its_chain_and_refuses_another_or_an_expired_leaf(
     assert "expired" in refused.stderr.lower() or "not valid" in refused.stderr.lower(), (
         refused.stderr
     )
+
+
+def test_an_oci_format_export_points_the_signature_at_the_converted_manifest(
+    cairn: Runner, tmp_path: Path, signed: tuple[Path, Path]
+) -> None:
+    _, public = signed
+    layout = tmp_path / "layout"
+    cairn("export", "tiny", "-o", str(layout), "--format", "oci")
+    index = json.loads((layout / "index.json").read_text())
+    (model,) = [m for m in index["manifests"] if m["artifactType"] != BUNDLE_TYPE]
+    (signature,) = [m for m in index["manifests"] if m["artifactType"] == BUNDLE_TYPE]
+    blob = layout / "blobs" / "sha256" / signature["digest"].removeprefix("sha256:")
+    assert json.loads(blob.read_bytes())["subject"]["digest"] == model["digest"]
+    taken = elsewhere(tmp_path / "a", signed_by(public))
+    taken("import", str(layout))
+    assert "signature sha256:" in taken("verify", "tiny", "--key", str(public)).stdout

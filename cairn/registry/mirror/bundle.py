@@ -114,8 +114,11 @@ def export(
     plan: list[tuple[LocalModel, Manifest, list[tuple[bytes, Manifest | Index]]]] = []
     for model in chosen:
         manifest = model.manifest if fmt == "ollama" else as_oci_artifact(model.manifest)
-        # A converted manifest has another digest: its referrers point at the original.
-        extra = list(referrers_of(models, model)) if referrers and fmt == "ollama" else []
+        extra = list(referrers_of(models, model)) if referrers else []
+        if fmt != "ollama":
+            # A converted manifest has another digest: its signatures are pointed at it
+            # (a bundle lists layers, which the formats share); other referrers stay out.
+            extra = _signatures_for(extra, manifest)
         for descriptor in manifest.blobs:
             models.blobs.check_quick(descriptor.digest)
         for _, parsed in extra:
@@ -159,6 +162,21 @@ def export(
         report(Event(Phrase("writing index")))
     report(Event(Phrase("success")))
     return done
+
+
+def _signatures_for(
+    found: list[tuple[bytes, Manifest | Index]], converted: Manifest
+) -> list[tuple[bytes, Manifest | Index]]:
+    from cairn.registry.referrers import for_subject
+    from cairn.signing.oms import BUNDLE_MEDIA_TYPES
+
+    subject = Descriptor(converted.content_type, converted.digest, len(converted.to_bytes()))
+    moved: list[tuple[bytes, Manifest | Index]] = []
+    for _, parsed in found:
+        if isinstance(parsed, Manifest) and parsed.artifact_type in BUNDLE_MEDIA_TYPES:
+            signature = for_subject(parsed, subject)
+            moved.append((signature.to_bytes(), signature))
+    return moved
 
 
 def _blobs_of(parsed: Manifest | Index) -> tuple[Descriptor, ...]:
