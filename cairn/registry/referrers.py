@@ -11,13 +11,15 @@ blobs by theirs, and it must name the model's manifest as its subject.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import random
 from collections.abc import Sequence
 
 import httpx
 
 from cairn.blobstore import Digest
-from cairn.errors import CairnError, ManifestError, RemoteNotFoundError
+from cairn.errors import CairnError, ManifestError, RegistryError, RemoteNotFoundError
 from cairn.i18n import Phrase
 from cairn.manifests import mediatypes as mt
 from cairn.manifests.manifest import (
@@ -35,6 +37,16 @@ from cairn.registry.pull import check_manifest
 
 MAX_REFERRERS = 64
 """Referrers fetched for one model at most: a registry cannot make a pull fetch without end."""
+MAX_REFERRER_BYTES = 17 << 20
+"""The blobs of one referrer together, at most: a signature bundle (16 MiB at most) and
+its config. Refused by the sizes the referrer declares, before a byte is fetched: a
+"signature" must not make a pull download gigabytes."""
+MAX_REFERRERS_BYTES = 64 << 20
+"""The blobs of all the referrers fetched for one model, at most."""
+FALLBACK_TRIES = 5
+FALLBACK_SETTLE = 0.2
+"""Seconds (and up to as many again, at random) to wait after writing the fallback index
+before reading it back: long enough for another push's write to land first."""
 
 
 def fallback_tag(subject: Digest) -> str:
@@ -132,6 +144,7 @@ async def fetch_referrers(
     """Fetch the ``listed`` referrers of ``subject`` (manifests and blobs, each checked)
     and keep them by digest in ``save_as``'s repository; their digests."""
     kept: list[Digest] = []
+    fetched = 0
     for descriptor in listed:
         data, content_type, _ = await client.get_manifest(
             ref.repository, str(descriptor.digest), accept=(mt.OCI_MANIFEST,)
@@ -149,8 +162,25 @@ async def fetch_referrers(
                 other=manifest.subject.digest,
                 subject=subject,
             )
+        blobs = {d.digest: d for d in manifest.blobs}.values()
+        size = sum(max(blob.size, 0) for blob in blobs)
+        if size > MAX_REFERRER_BYTES:
+            raise ManifestError(
+                "referrer {digest}: its blobs come to {size} bytes, larger than the {limit}"
+                " byte limit of a referrer",
+                digest=descriptor.digest,
+                size=size,
+                limit=MAX_REFERRER_BYTES,
+            )
+        fetched += size
+        if fetched > MAX_REFERRERS_BYTES:
+            raise ManifestError(
+                "the referrers of {subject}: their blobs come to more than the {limit} byte limit",
+                subject=subject,
+                limit=MAX_REFERRERS_BYTES,
+            )
         with models.blobs.writing():
-            for blob in {d.digest: d for d in manifest.blobs}.values():
+            for blob in blobs:
                 if not models.blobs.has(blob.digest):
                     await fetch_blob(client, ref.repository, blob, models.blobs)
             models.tags.write_by_digest(save_as, descriptor.digest, data)
@@ -213,12 +243,31 @@ async def push_referrers(
 async def add_to_fallback(
     client: RegistryClient, repository: str, subject: Digest, added: Sequence[Descriptor]
 ) -> None:
-    """The fallback index of ``subject`` with ``added`` in it (what it listed stays)."""
-    index = await fallback_index(client, repository, subject)
-    listed = list(index.manifests) if index is not None else []
-    have = {d.digest for d in listed}
-    new = [d for d in added if d.digest not in have]
-    if not new:
-        return
-    updated = Index((*listed, *new), mt.OCI_INDEX)
-    await client.put_manifest(repository, fallback_tag(subject), updated.to_bytes(), mt.OCI_INDEX)
+    """The fallback index of ``subject`` with ``added`` in it (what it listed stays).
+
+    A registry has no compare-and-swap for a tag: two pushes that read the index before
+    either writes it would each write back their own referrer alone, and one would be
+    lost. So the index is read back after a short wait, and written again while what was
+    added is missing from it (another push wrote over it); the other push does the same.
+    """
+    for tried in range(FALLBACK_TRIES + 1):
+        index = await fallback_index(client, repository, subject)
+        listed = list(index.manifests) if index is not None else []
+        have = {d.digest for d in listed}
+        new = [d for d in added if d.digest not in have]
+        if not new:
+            return
+        if tried == FALLBACK_TRIES:
+            break
+        updated = Index((*listed, *new), mt.OCI_INDEX)
+        await client.put_manifest(
+            repository, fallback_tag(subject), updated.to_bytes(), mt.OCI_INDEX
+        )
+        await asyncio.sleep(FALLBACK_SETTLE * (1 + random.random()))
+    raise RegistryError(
+        "the referrers tag {tag} of {repository} lost what this push added {count} times:"
+        " another push writes it at the same time; push again",
+        tag=fallback_tag(subject),
+        repository=repository,
+        count=FALLBACK_TRIES,
+    )

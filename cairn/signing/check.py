@@ -63,10 +63,6 @@ def attach(models: Models, model: LocalModel, bundle: bytes) -> tuple[Digest, in
     return store.save_signature(models, model, bundle), count
 
 
-def _ignored(name: str, ignore: Sequence[str]) -> bool:
-    return any(name == path or name.startswith(path.rstrip("/") + "/") for path in ignore)
-
-
 def _listed(found: Sequence[str]) -> str:
     shown = ", ".join(found[:5])
     return shown + (f" (+{len(found) - 5})" if len(found) > 5 else "")
@@ -78,9 +74,10 @@ def check_files(
     """Raise :class:`SignatureError` naming the files unless the model's layers are
     exactly the signed files (and, with ``rehash``, their blobs hash right); the count."""
     display = model.reference.display
-    have = {
-        name: layer for name, layer in files_of(model) if not _ignored(name, statement.ignore_paths)
-    }
+    # Every layer counts, even one named like a path the statement ignores (``.git/...``):
+    # model_signing leaves such files of a directory out, but a model's layers are all
+    # read by the runner, and one left out of the comparison would ride unsigned.
+    have = dict(files_of(model))
     signed = {resource.name: resource.digest for resource in statement.resources}
     changed = sorted(
         name for name in have.keys() & signed.keys() if have[name].digest.hex != signed[name]

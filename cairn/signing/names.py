@@ -35,5 +35,19 @@ def checked_path(name: str) -> str:
 
 
 def file_names(layers: Iterable[Descriptor]) -> list[tuple[str, Descriptor]]:
-    """Every layer with its file name, in manifest order."""
-    return [(checked_path(name), layer) for name, layer in layer_titles(layers)]
+    """Every layer with its file name, in manifest order; two layers may not share one.
+
+    Numbering keeps generated names apart, but a title can be the very name a layer
+    before it was numbered to (``license.txt`` twice, then ``license-1.txt``): one
+    name for two layers, and a signature of that name would vouch for only one of them.
+    """
+    named = [(checked_path(name), layer) for name, layer in layer_titles(layers)]
+    seen: set[str] = set()
+    for name, _ in named:
+        if name in seen:
+            raise SignatureError(
+                "two layers have the file name {name!r:.200}: a signature cannot tell them apart",
+                name=name,
+            )
+        seen.add(name)
+    return named

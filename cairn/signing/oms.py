@@ -47,6 +47,8 @@ GIT_PATHS = (".git", ".github", ".gitattributes", ".gitignore")
 """What ``model_signing sign`` leaves out of a directory by default, and writes in
 ``ignore_paths``; cairn writes the same, so both tools' bundles read alike."""
 MAX_BUNDLE_SIZE = 16 << 20
+MAX_CERTIFICATES = 10
+"""Certificates a bundle's chain may carry: the leaf and a few intermediates."""
 
 _CURVES: dict[str, hashes.HashAlgorithm] = {
     "secp256r1": hashes.SHA256(),
@@ -140,6 +142,7 @@ class Statement:
         if not isinstance(raw, list):
             raise SignatureError("the signed statement lists no resources")
         resources = []
+        named: set[str] = set()
         for entry in raw:
             if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
                 raise SignatureError("a resource of the signed statement has no name")
@@ -155,6 +158,12 @@ class Statement:
                 raise SignatureError(
                     "file {name!r:.200} has no valid sha256 digest in the signature", name=name
                 )
+            if name in named:
+                # Two digests vouched for under one name: which one was meant?
+                raise SignatureError(
+                    "the signed statement lists file {name!r:.200} twice", name=name
+                )
+            named.add(name)
             resources.append(Resource(name, digest.lower()))
         subject = subjects[0]
         name = subject.get("name") if isinstance(subject, dict) else None
@@ -336,6 +345,14 @@ class Bundle:
         raw_sigs = envelope.get("signatures")
         if not isinstance(raw_sigs, list) or not raw_sigs:
             raise SignatureError("the signature's DSSE envelope holds no signature")
+        if len(raw_sigs) != 1:
+            # As sigstore has it; each would cost an ECDSA verification, and 16 MiB of
+            # them minutes of CPU for every key a policy lists.
+            raise SignatureError(
+                "the signature's DSSE envelope holds {count} signatures; a Sigstore bundle"
+                " holds exactly one",
+                count=len(raw_sigs),
+            )
         signatures = tuple(
             _base64(s.get("sig") if isinstance(s, dict) else None, "dsseEnvelope.signatures.sig")
             for s in raw_sigs
@@ -350,7 +367,14 @@ class Bundle:
         certificates: list[x509.Certificate] = []
         chain = material.get("x509CertificateChain")
         if isinstance(chain, dict):
-            for entry in chain.get("certificates") or []:
+            listed = chain.get("certificates") or []
+            if not isinstance(listed, list) or len(listed) > MAX_CERTIFICATES:
+                raise SignatureError(
+                    "the signature's certificate chain is not a list of at most {limit}"
+                    " certificates",
+                    limit=MAX_CERTIFICATES,
+                )
+            for entry in listed:
                 der = _base64(
                     entry.get("rawBytes") if isinstance(entry, dict) else None,
                     "x509CertificateChain.certificates.rawBytes",

@@ -138,7 +138,14 @@ def parse_policy(data: bytes, path: Path) -> Policy:
     scopes: dict[tuple[str, ...], tuple[Requirement, ...]] = {}
     for scope, listed in registries.items():
         parts = tuple(part.casefold() for part in scope.split("/"))
-        if not scope or any(not part or part in (".", "..") for part in parts):
+        if (
+            not scope
+            or any(not part or part in (".", "..") for part in parts)
+            # a tag or digest (``name:1``, ``name@sha256:...``) never matches a name's
+            # components: the model meant would fall to the default unguarded
+            or any(mark in part for part in parts[1:] for mark in ":@")
+            or "@" in parts[0]
+        ):
             raise PolicyError(
                 "the trust policy {path}: {scope!r:.120} is not a scope"
                 " (HOST, HOST/NAMESPACE or HOST/NAMESPACE/NAME)",
@@ -166,7 +173,7 @@ def _requirements(listed: Any, path: Path, scope: str) -> tuple[Requirement, ...
 
 
 def _requirement(item: Any, path: Path, scope: str) -> Requirement:
-    def fail(why: str, **params: Any) -> PolicyError:
+    def _fail(why: str, **params: Any) -> PolicyError:
         return PolicyError(
             "the trust policy {path}, {scope!r:.120}: {why}",
             path=path,
@@ -175,52 +182,52 @@ def _requirement(item: Any, path: Path, scope: str) -> Requirement:
         )
 
     if not isinstance(item, dict):
-        raise fail("a requirement must be an object with a type")
+        raise _fail("a requirement must be an object with a type")
     kind = item.get("type")
     if kind not in _KINDS:
-        raise fail("unknown requirement type {kind!r:.60} (accept, reject or signedBy)", kind=kind)
+        raise _fail("unknown requirement type {kind!r:.60} (accept, reject or signedBy)", kind=kind)
     allowed = _SIGNED_BY_KEYS if kind == "signedBy" else frozenset({"type"})
     for key in item:
         if key not in allowed:
-            raise fail("{kind} has an unknown key {key!r:.60}", kind=kind, key=key)
+            raise _fail("{kind} has an unknown key {key!r:.60}", kind=kind, key=key)
     if kind != "signedBy":
         return Requirement(kind)
     given = [key for key in ("keyPath", "keyPaths", "caPath") if key in item]
     if len(given) != 1:
-        raise fail("signedBy needs exactly one of keyPath, keyPaths or caPath")
+        raise _fail("signedBy needs exactly one of keyPath, keyPaths or caPath")
     if given[0] == "caPath":
-        ca = _path(item["caPath"], path, fail)
-        return Requirement(kind, roots=tuple(_certificates(ca, fail)), ca_path=ca)
+        ca = _path(item["caPath"], path, _fail)
+        return Requirement(kind, roots=tuple(_certificates(ca, _fail)), ca_path=ca)
     paths = [item["keyPath"]] if given[0] == "keyPath" else item["keyPaths"]
     if not isinstance(paths, list) or not paths:
-        raise fail("keyPaths must be a non-empty list of file names")
-    return Requirement(kind, keys=tuple(_public_key(_path(p, path, fail), fail) for p in paths))
+        raise _fail("keyPaths must be a non-empty list of file names")
+    return Requirement(kind, keys=tuple(_public_key(_path(p, path, _fail), _fail) for p in paths))
 
 
-def _path(value: Any, policy: Path, fail: Fail) -> Path:
+def _path(value: Any, policy: Path, _fail: Fail) -> Path:
     if not isinstance(value, str) or not value:
-        raise fail("a key or CA path must be a file name")
+        raise _fail("a key or CA path must be a file name")
     return policy.parent / Path(value).expanduser()
 
 
-def _public_key(path: Path, fail: Fail) -> Key:
+def _public_key(path: Path, _fail: Fail) -> Key:
     from cairn.signing.oms import load_public_key
 
     try:
         return path, load_public_key(path)
     except SignatureError as exc:
-        raise fail("{reason}", reason=exc) from None
+        raise _fail("{reason}", reason=exc) from None
 
 
-def _certificates(path: Path, fail: Fail) -> Sequence[x509.Certificate]:
+def _certificates(path: Path, _fail: Fail) -> Sequence[x509.Certificate]:
     from cairn.signing.oms import load_certificates
 
     try:
         found = load_certificates([path])
     except SignatureError as exc:
-        raise fail("{reason}", reason=exc) from None
+        raise _fail("{reason}", reason=exc) from None
     if not found:
-        raise fail("{ca} holds no certificate", ca=path)
+        raise _fail("{ca} holds no certificate", ca=path)
     return found
 
 
