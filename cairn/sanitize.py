@@ -14,6 +14,7 @@ Newlines and tabs stay only in text meant to be multi-line.
 from __future__ import annotations
 
 import json
+import re
 
 _CONTROLS = [*range(0x00, 0x20), 0x7F, *range(0x80, 0xA0)]
 _BIDI = [0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)]
@@ -46,9 +47,16 @@ _INVISIBLE = [
 ]
 
 
-_SURROGATES = [*range(0xD800, 0xE000)]
+_SURROGATE = re.compile("[\ud800-\udfff]")
 """Legal in JSON (``"\\ud800"``) and so in a config, but no UTF-8 can hold one alone:
-printed raw, it is a UnicodeEncodeError, a traceback."""
+printed raw, it is a UnicodeEncodeError, a traceback. Escaped by a pattern, not in the
+tables: 2,048 more entries there cost each command's start-up."""
+
+
+def _surrogates(text: str) -> str:
+    if not _SURROGATE.search(text):
+        return text
+    return _SURROGATE.sub(lambda found: f"\\u{ord(found.group()):04x}", text)
 
 
 def _escaped(code: int) -> str:
@@ -57,21 +65,21 @@ def _escaped(code: int) -> str:
     return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
-_ONE_LINE = {code: _escaped(code) for code in (*_CONTROLS, *_BIDI, *_INVISIBLE, *_SURROGATES)}
+_ONE_LINE = {code: _escaped(code) for code in (*_CONTROLS, *_BIDI, *_INVISIBLE)}
 _MULTI_LINE = {k: v for k, v in _ONE_LINE.items() if k not in (0x0A, 0x09)}
 
 
 def untrusted(text: str, multiline: bool = False) -> str:
     """``text`` with control characters shown escaped (``\\n`` and ``\\t`` kept if multiline)."""
-    return text.translate(_MULTI_LINE if multiline else _ONE_LINE)
+    return _surrogates(text.translate(_MULTI_LINE if multiline else _ONE_LINE))
 
 
 def untrusted_json(text: str) -> str:
     """JSON text with the C1 controls and bidi overrides that ``ensure_ascii=False`` leaves raw."""
-    return text.translate(_JSON)
+    return _surrogates(text.translate(_JSON))
 
 
 _JSON = {
     code: f"\\u{code:04x}" if code < 0x10000 else json.dumps(chr(code))[1:-1]
-    for code in (0x7F, *range(0x80, 0xA0), *_BIDI, *_INVISIBLE, *_SURROGATES)
+    for code in (0x7F, *range(0x80, 0xA0), *_BIDI, *_INVISIBLE)
 }

@@ -79,3 +79,9 @@ ACCEPT = (DOCKER_MANIFEST, OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST_LIST)
 
 # The layer types that hold model weights, whatever the format.
 WEIGHT_TYPES = frozenset({OLLAMA_MODEL, DOCKER_AI_GGUF, MODELPACK_WEIGHT_RAW})
+
+SIGSTORE_BUNDLE = "application/vnd.dev.sigstore.bundle.v0.3+json"
+"""A model's signature (an OpenSSF Model Signing bundle), as a referrer's artifactType."""
+SIGSTORE_BUNDLES = frozenset(
+    {SIGSTORE_BUNDLE, "application/vnd.dev.sigstore.bundle+json;version=0.3"}
+)

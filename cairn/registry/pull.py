@@ -223,9 +223,9 @@ async def _signatures(
     signature that cannot be fetched is a warning.
     """
     from cairn import config
+    from cairn.manifests.mediatypes import SIGSTORE_BUNDLES as BUNDLE_MEDIA_TYPES
     from cairn.registry.referrers import fetch_referrers, list_referrers
     from cairn.signing import policy as trust
-    from cairn.signing.oms import BUNDLE_MEDIA_TYPES
 
     chosen = policy if policy is not None else trust.load_policy(config.load().home)
     _, requirements = chosen.applying_to(target)

@@ -98,11 +98,15 @@ def signatures(models: Models, shown: ModelDetails) -> list[dict[str, str]]:
     the referrer's digest, when it was made, and who it says signed it (a key's hint or
     a certificate's subject)."""
     from cairn.errors import CairnError
-    from cairn.signing.oms import Bundle
     from cairn.signing.store import signatures as stored
 
+    found = stored(models, shown.model)
+    if not found:
+        return []
+    from cairn.signing.oms import Bundle  # cryptography: only for a signed model
+
     listed: list[dict[str, str]] = []
-    for signature in stored(models, shown.model):
+    for signature in found:
         entry = {"digest": str(signature.digest), "created": signature.created or ""}
         try:
             if signature.bundle is None:

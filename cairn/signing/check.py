@@ -10,15 +10,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec
+from typing import TYPE_CHECKING
 
 from cairn.blobstore import Digest
 from cairn.errors import CairnError, SignatureError
 from cairn.manifests.manifest import Descriptor
 from cairn.manifests.models import LocalModel, Models
 from cairn.signing import names, oms, store
+
+if TYPE_CHECKING:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
 
 
 def files_of(model: LocalModel) -> list[tuple[str, Descriptor]]:

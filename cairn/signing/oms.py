@@ -25,28 +25,28 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509 import verification
 
 from cairn.errors import SignatureError
 from cairn.i18n import Phrase
+from cairn.manifests.mediatypes import SIGSTORE_BUNDLE, SIGSTORE_BUNDLES
+from cairn.signing import MAX_BUNDLE_SIZE
 
-BUNDLE_MEDIA_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
-BUNDLE_MEDIA_TYPES = frozenset(
-    {BUNDLE_MEDIA_TYPE, "application/vnd.dev.sigstore.bundle+json;version=0.3"}
-)
+if TYPE_CHECKING:  # x509 costs 50 ms to import: only where a certificate is read
+    from cryptography import x509
+
+BUNDLE_MEDIA_TYPE = SIGSTORE_BUNDLE
+BUNDLE_MEDIA_TYPES = SIGSTORE_BUNDLES
 PAYLOAD_TYPE = "application/vnd.in-toto+json"
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://model_signing/signature/v1.0"
 GIT_PATHS = (".git", ".github", ".gitattributes", ".gitignore")
 """What ``model_signing sign`` leaves out of a directory by default, and writes in
 ``ignore_paths``; cairn writes the same, so both tools' bundles read alike."""
-MAX_BUNDLE_SIZE = 16 << 20
 MAX_CERTIFICATES = 10
 """Certificates a bundle's chain may carry: the leaf and a few intermediates."""
 
@@ -265,6 +265,8 @@ def load_public_key(path: Path) -> ec.EllipticCurvePublicKey:
 
 
 def load_certificates(paths: Sequence[Path]) -> list[x509.Certificate]:
+    from cryptography import x509
+
     found: list[x509.Certificate] = []
     for path in paths:
         try:
@@ -380,6 +382,8 @@ class Bundle:
                     "x509CertificateChain.certificates.rawBytes",
                 )
                 try:
+                    from cryptography import x509
+
                     certificates.append(x509.load_der_x509_certificate(der))
                 except ValueError:
                     raise SignatureError("a certificate in the signature is damaged") from None
@@ -416,6 +420,8 @@ class Bundle:
     ) -> tuple[Statement, str]:
         """The statement and the signer (the leaf's subject), once the certificate chain is
         found to lead to one of ``roots`` and the leaf's key made the signature."""
+        from cryptography.x509 import verification
+
         if not self.certificates:
             raise SignatureError(
                 "the signature carries no certificate (it was made with a bare key: use --key)"
@@ -451,6 +457,8 @@ class Bundle:
 
 def _may_sign(certificate: x509.Certificate) -> bool:
     """As model_signing asks: key usage digitalSignature, or extended key usage codeSigning."""
+    from cryptography import x509
+
     try:
         if certificate.extensions.get_extension_for_class(x509.KeyUsage).value.digital_signature:
             return True

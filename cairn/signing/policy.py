@@ -25,19 +25,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec
-
 from cairn.errors import CairnError, PolicyError, SignatureError
 from cairn.i18n import Phrase
 from cairn.manifests.reference import Reference
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # cryptography's x509 costs 50 ms to import: only where a policy needs it
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     from cairn.manifests.models import LocalModel, Models
 
-Key = tuple[Path, ec.EllipticCurvePublicKey]
-Check = Callable[[Key | None, Sequence[x509.Certificate]], tuple[str | None, str]]
-"""Verifies a model's signatures with one key (or CA roots): the signer, or None and why."""
+    Key = tuple[Path, ec.EllipticCurvePublicKey]
+    Check = Callable[[Key | None, Sequence[x509.Certificate]], tuple[str | None, str]]
+    """Verifies a model's signatures with one key (or CA roots): the signer, or None and
+    why."""
+
 Fail = Callable[..., PolicyError]
 
 POLICY_FILE = "policy.json"

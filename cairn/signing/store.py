@@ -25,8 +25,10 @@ from cairn.manifests import mediatypes as mt
 from cairn.manifests.manifest import Descriptor, Manifest, parse_manifest
 from cairn.manifests.models import LocalModel, Models
 from cairn.manifests.tagstore import BY_DIGEST, TagStore
-from cairn.signing import oms
-from cairn.signing.oms import BUNDLE_MEDIA_TYPE, BUNDLE_MEDIA_TYPES
+from cairn.signing import MAX_BUNDLE_SIZE
+
+BUNDLE_MEDIA_TYPE = mt.SIGSTORE_BUNDLE
+BUNDLE_MEDIA_TYPES = mt.SIGSTORE_BUNDLES
 
 CREATED = "org.opencontainers.image.created"
 
@@ -93,7 +95,7 @@ def signatures(models: Models, model: LocalModel) -> list[StoredSignature]:
             contextlib.suppress(OSError, CairnError),
             models.blobs.open(manifest.layers[0].digest) as f,
         ):
-            bundle = f.read(oms.MAX_BUNDLE_SIZE + 1)
+            bundle = f.read(MAX_BUNDLE_SIZE + 1)
         digest = from_filename(path.name) or Digest.of(data)
         found.append((modified, StoredSignature(digest, manifest, bundle)))
     found.sort(key=lambda item: item[0])

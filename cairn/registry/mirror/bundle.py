@@ -167,8 +167,8 @@ def export(
 def _signatures_for(
     found: list[tuple[bytes, Manifest | Index]], converted: Manifest
 ) -> list[tuple[bytes, Manifest | Index]]:
+    from cairn.manifests.mediatypes import SIGSTORE_BUNDLES as BUNDLE_MEDIA_TYPES
     from cairn.registry.referrers import for_subject
-    from cairn.signing.oms import BUNDLE_MEDIA_TYPES
 
     subject = Descriptor(converted.content_type, converted.digest, len(converted.to_bytes()))
     moved: list[tuple[bytes, Manifest | Index]] = []
