@@ -30,7 +30,7 @@ from cairn.errors import (
     ModelNotFoundError,
     StoreError,
 )
-from cairn.manifests.manifest import MAX_MANIFEST_SIZE, Manifest
+from cairn.manifests.manifest import MAX_MANIFEST_SIZE, Index, Manifest, parse_manifest
 from cairn.manifests.reference import Reference, parse_reference
 from cairn.manifests.tagstore import TagStore
 
@@ -52,6 +52,15 @@ class LocalModel:
     @property
     def size(self) -> int:
         return self.manifest.size
+
+
+@dataclass(frozen=True)
+class Referrer:
+    """A manifest the store keeps by digest that names a model's manifest as its subject."""
+
+    path: Path
+    data: bytes
+    manifest: Manifest | Index
 
 
 @dataclass(frozen=True)
@@ -285,21 +294,22 @@ class Models:
         with self.blobs.writing():
             copied = self.save(dst, src.manifest)
             if not src.reference.same_model(dst):
-                for digest, data in self._referrers(src):
-                    self.tags.write_by_digest(dst, digest, data)
+                for referrer in self.referrers(src):
+                    self.tags.write_by_digest(dst, Digest.of(referrer.data), referrer.data)
             return copied
 
-    def _referrers(self, model: LocalModel) -> list[tuple[Digest, bytes]]:
-        """The manifests kept by digest in the model's repository whose subject it is."""
-        found: list[tuple[Digest, bytes]] = []
+    def referrers(self, model: LocalModel) -> list[Referrer]:
+        """The manifests kept by digest in the model's repository whose subject is the
+        model's manifest (its signatures); one that cannot be read is passed over."""
+        found: list[Referrer] = []
         for path in self.tags.kept_by_digest(model.reference):
             try:
                 data = path.read_bytes()
-                subject = Manifest.from_bytes(data).subject
+                parsed = parse_manifest(data)
             except (OSError, CairnError):
                 continue
-            if subject is not None and subject.digest == model.manifest.digest:
-                found.append((Digest.of(data), data))
+            if parsed.subject is not None and parsed.subject.digest == model.manifest.digest:
+                found.append(Referrer(path, data, parsed))
         return found
 
     def remove(self, names: Iterable[str | Reference], grace: float = GRACE) -> RemoveReport:

@@ -253,14 +253,7 @@ async def _signatures(
                     )
                 )
             )
-    if strict:
-        import time
-        from pathlib import Path
-
-        candidate = LocalModel(target, manifest, time.time(), Path())
-        verdict = trust.enforce(models, candidate, chosen)
-        if not verdict.ok:
-            raise trust.refusal(target, verdict)
+    trust.hold(models, target, manifest, chosen)
 
 
 async def pull_via_mirrors(

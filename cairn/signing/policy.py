@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # cryptography's x509 costs 50 ms to import: only where a pol
     from cryptography import x509
     from cryptography.hazmat.primitives.asymmetric import ec
 
+    from cairn.manifests.manifest import Manifest
     from cairn.manifests.models import LocalModel, Models
 
     Key = tuple[Path, ec.EllipticCurvePublicKey]
@@ -318,6 +319,20 @@ def enforce(models: Models, model: LocalModel, policy: Policy) -> Verdict:
     return judge(requirements, scope, check)
 
 
+def hold(models: Models, ref: Reference, manifest: Manifest, policy: Policy) -> None:
+    """Refuse the model ``manifest`` under the name ``ref`` (tagged already, or about to
+    be) unless ``policy`` takes it, judged by the signatures stored beside it."""
+    if policy.accepts_everything:
+        return
+    import time
+
+    from cairn.manifests.models import LocalModel
+
+    verdict = enforce(models, LocalModel(ref, manifest, time.time(), Path()), policy)
+    if not verdict.ok:
+        raise refusal(ref, verdict)
+
+
 def require_trusted(models: Models, model: LocalModel, home: Path | None = None) -> None:
     """Refuse to run a model whose stored signatures do not meet the policy for its name
     (``home``: where policy.json is; default ``$CAIRN_HOME``)."""
@@ -325,9 +340,4 @@ def require_trusted(models: Models, model: LocalModel, home: Path | None = None)
         from cairn import config
 
         home = config.load().home
-    policy = load_policy(home)
-    if policy.accepts_everything:
-        return
-    verdict = enforce(models, model, policy)
-    if not verdict.ok:
-        raise refusal(model.reference, verdict)
+    hold(models, model.reference, model.manifest, load_policy(home))

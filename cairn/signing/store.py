@@ -77,18 +77,16 @@ def save_signature(models: Models, model: LocalModel, bundle: bytes) -> Digest:
 
 def signatures(models: Models, model: LocalModel) -> list[StoredSignature]:
     """The signatures kept for ``model``'s manifest in its repository, oldest first."""
-    subject = model.manifest.digest
     found: list[tuple[float, StoredSignature]] = []
-    for path in models.tags.kept_by_digest(model.reference):
+    for referrer in models.referrers(model):
+        manifest = referrer.manifest
+        if not isinstance(manifest, Manifest) or manifest.artifact_type not in BUNDLE_MEDIA_TYPES:
+            continue
+        if len(manifest.layers) != 1:
+            continue
         try:
-            data = path.read_bytes()
-            manifest = Manifest.from_bytes(data)
-            modified = path.stat().st_mtime
-        except (OSError, CairnError):
-            continue
-        if manifest.subject is None or manifest.subject.digest != subject:
-            continue
-        if manifest.artifact_type not in BUNDLE_MEDIA_TYPES or len(manifest.layers) != 1:
+            modified = referrer.path.stat().st_mtime
+        except OSError:
             continue
         bundle = None
         with (
@@ -96,7 +94,7 @@ def signatures(models: Models, model: LocalModel) -> list[StoredSignature]:
             models.blobs.open(manifest.layers[0].digest) as f,
         ):
             bundle = f.read(MAX_BUNDLE_SIZE + 1)
-        digest = from_filename(path.name) or Digest.of(data)
+        digest = from_filename(referrer.path.name) or Digest.of(referrer.data)
         found.append((modified, StoredSignature(digest, manifest, bundle)))
     found.sort(key=lambda item: item[0])
     return [signature for _, signature in found]

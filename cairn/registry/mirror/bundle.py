@@ -25,8 +25,7 @@ import json
 import os
 import stat
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -63,7 +62,7 @@ from cairn.registry.mirror.tarstream import (
 from cairn.registry.pull import choose_from_index
 from cairn.registry.push import as_oci_artifact
 from cairn.sanitize import untrusted
-from cairn.signing.policy import enforce, load_policy, refusal
+from cairn.signing.policy import hold, load_policy
 
 MAX_INDEX_SIZE = 16 << 20
 MAX_ENTRIES = 1000
@@ -87,18 +86,6 @@ class ExportReport:
     referrers: int = 0
 
 
-def referrers_of(models: Models, model: LocalModel) -> Iterator[tuple[bytes, Manifest | Index]]:
-    """The manifests the store keeps by digest in the model's repository whose subject it is."""
-    for path in models.tags.kept_by_digest(model.reference):
-        try:
-            data = path.read_bytes()
-            parsed = parse_manifest(data)
-        except (OSError, ManifestError):
-            continue
-        if parsed.subject is not None and parsed.subject.digest == model.manifest.digest:
-            yield data, parsed
-
-
 def export(
     models: Models,
     names: list[str],
@@ -114,7 +101,7 @@ def export(
     plan: list[tuple[LocalModel, Manifest, list[tuple[bytes, Manifest | Index]]]] = []
     for model in chosen:
         manifest = model.manifest if fmt == "ollama" else as_oci_artifact(model.manifest)
-        extra = list(referrers_of(models, model)) if referrers else []
+        extra = [(r.data, r.manifest) for r in models.referrers(model)] if referrers else []
         if fmt != "ollama":
             # A converted manifest has another digest: its signatures are pointed at it
             # (a bundle lists layers, which the formats share); other referrers stay out.
@@ -363,7 +350,7 @@ class _Import:
                     )
                 with self.models.blobs.writing():
                     self._land_all(entry.manifest.blobs)
-                    self._trusted(ref, entry.manifest)
+                    hold(self.models, ref, entry.manifest, self.policy)
                     model = self.models.save(ref, entry.manifest)
                 saved[entry.manifest.digest] = model.reference
                 self.done.imported.append(model.reference.display)
@@ -373,15 +360,6 @@ class _Import:
             except CairnError as exc:
                 self.done.refused.append((untrusted(entry.name), _said(exc)))
         return saved
-
-    def _trusted(self, ref: Reference, manifest: Manifest) -> None:
-        """Refuse a model the trust policy does not take (its signatures are stored)."""
-        if self.policy.accepts_everything:
-            return
-        candidate = LocalModel(ref, manifest, time.time(), Path())
-        verdict = enforce(self.models, candidate, self.policy)
-        if not verdict.ok:
-            raise refusal(ref, verdict)
 
     def _keep(
         self,
