@@ -261,61 +261,85 @@ def _describe(models: Models, details: ModelDetails, verbose: bool) -> str:
     """``ollama show``'s sections, headings and names in the user's language."""
     from cairn.server import shown
 
-    sections = []
     summary = [
-        (_(key), untrusted(str(value)))
+        (key, str(value))
         for key, value in details.summary().items()
         if key != "capabilities"  # a section of its own, as Ollama's
     ]
-    sections.append(f"  {_('Model')}\n" + _columns(summary))
-    capabilities = shown.capabilities(details)
-    if capabilities:
-        listed = [(untrusted(c),) for c in capabilities]
-        sections.append(f"  {_('Capabilities')}\n" + _columns(listed))
-    projector = shown.projector_info(models, details, verbose=True)
-    if projector:
-        sections.append(f"  {_('Projector')}\n" + _columns(_projector_rows(projector)))
-    if details.parameters:
-        lines = shown.parameters_text(details.parameters).split("\n")
-        pairs = (line.partition(" ") for line in lines)
-        rows: list[tuple[str, ...]] = [
-            (untrusted(key), untrusted(value.strip())) for key, _s, value in pairs
-        ]
-        sections.append(f"  {_('Parameters')}\n" + _columns(rows))
+    middle: list[str] = []
     if verbose and details.gguf is not None:
         metadata = details.gguf.metadata
-        rows = [
+        rows: list[tuple[str, ...]] = [
             (untrusted(key), untrusted(_metadata_value(metadata[key])))
             for key in sorted(metadata)
             if key not in shown.NOT_INFO
         ]
         if rows:
-            sections.append(f"  {_('Metadata')}\n" + _columns(rows))
+            middle.append(f"  {_('Metadata')}\n" + _columns(rows))
         tensors = shown.tensors(models, details)
         if tensors:
             rows = [
                 (untrusted(t["name"]), t["type"], "[" + " ".join(map(str, t["shape"])) + "]")
                 for t in tensors
             ]
-            sections.append(f"  {_('Tensors')}\n" + _columns(rows))
-    if details.system:
-        sections.append(f"  {_('System')}\n" + _indent_head(details.system))
-    if details.licenses:
-        sections.append(f"  {_('License')}\n" + _indent_head("\n".join(details.licenses)))
-    if details.other_layers:
-        rows = [
-            (
-                untrusted(d.media_type.rpartition(".")[2]),
-                untrusted(d.name or d.digest.short),
-                human_size(d.size),
-            )
-            for d in details.other_layers
-        ]
-        sections.append(f"  {_('Layers')}\n" + _columns(rows))
+            middle.append(f"  {_('Tensors')}\n" + _columns(rows))
+    tail: list[str] = []
     signed = shown.signatures(models, details)
     if signed:
         rows = [(s["digest"][:19] + "…", s["created"], _signer(s)) for s in signed]
-        sections.append(f"  {_('Signatures')}\n" + _columns(rows))
+        tail.append(f"  {_('Signatures')}\n" + _columns(rows))
+    return show_sections(
+        summary,
+        shown.capabilities(details),
+        shown.projector_info(models, details, verbose=True),
+        shown.parameters_text(details.parameters) if details.parameters else "",
+        details.system or "",
+        "\n".join(details.licenses),
+        [(d.media_type, d.name or d.digest.short, d.size) for d in details.other_layers],
+        middle,
+        tail,
+    )
+
+
+def show_sections(
+    summary: Sequence[tuple[str, str]],
+    capabilities: Sequence[str],
+    projector: dict[str, Any] | None,
+    parameters: str,
+    system: str,
+    license_text: str,
+    layers: Sequence[tuple[str, str, int]],
+    middle: Sequence[str] = (),
+    tail: Sequence[str] = (),
+) -> str:
+    """``cairn show``'s text, the same for a model here and one a server describes
+    (``/show info`` in a chat through ``cairn serve``): Model, Capabilities, Projector,
+    Parameters, then ``middle`` (``-v``'s Metadata and Tensors), System, License, Layers
+    (media type, name, size), then ``tail`` (Signatures)."""
+    sections = [f"  {_('Model')}\n" + _columns([(_(k), untrusted(v)) for k, v in summary])]
+    if capabilities:
+        listed = [(untrusted(c),) for c in capabilities]
+        sections.append(f"  {_('Capabilities')}\n" + _columns(listed))
+    if projector:
+        sections.append(f"  {_('Projector')}\n" + _columns(_projector_rows(projector)))
+    if parameters:
+        pairs = (line.partition(" ") for line in parameters.split("\n"))
+        rows: list[tuple[str, ...]] = [
+            (untrusted(key), untrusted(value.strip())) for key, _s, value in pairs
+        ]
+        sections.append(f"  {_('Parameters')}\n" + _columns(rows))
+    sections += middle
+    if system:
+        sections.append(f"  {_('System')}\n" + _indent_head(system))
+    if license_text:
+        sections.append(f"  {_('License')}\n" + _indent_head(license_text))
+    if layers:
+        rows = [
+            (untrusted(media_type.rpartition(".")[2]), untrusted(name), human_size(size))
+            for media_type, name, size in layers
+        ]
+        sections.append(f"  {_('Layers')}\n" + _columns(rows))
+    sections += tail
     return "\n\n".join(sections) + "\n"
 
 

@@ -124,36 +124,21 @@ class ServerModel:
 
     def info(self) -> str:
         """``/show info``: the sections ``cairn show`` prints, from ``/api/show``."""
-        from cairn.cli.models import _columns, _indent_head, _projector_rows
+        from cairn.cli.models import show_sections
 
         shown = self.shown
-        summary = [(_(key), untrusted(value)) for key, value in shown.summary]
-        sections = [f"  {_('Model')}\n" + _columns(summary)]
-        if shown.capabilities:
-            listed = [(untrusted(c),) for c in shown.capabilities]
-            sections.append(f"  {_('Capabilities')}\n" + _columns(listed))
-        if shown.projector:
-            rows = _projector_rows(dict(shown.projector))
-            sections.append(f"  {_('Projector')}\n" + _columns(rows))
-        if shown.parameters:
-            pairs = (line.partition(" ") for line in shown.parameters.splitlines())
-            rows = [(untrusted(key), untrusted(value.strip())) for key, _s, value in pairs]
-            sections.append(f"  {_('Parameters')}\n" + _columns(rows))
-        if shown.system:
-            sections.append(f"  {_('System')}\n" + _indent_head(shown.system))
-        if shown.license:
-            sections.append(f"  {_('License')}\n" + _indent_head(shown.license))
-        if shown.layers:
-            rows = [
-                (
-                    untrusted(d.media_type.rpartition(".")[2]),
-                    untrusted(d.name or d.digest.removeprefix("sha256:")[:12]),
-                    human_size(d.size),
-                )
+        return show_sections(
+            [(key, value) for key, value in shown.summary],
+            shown.capabilities,
+            dict(shown.projector) if shown.projector else None,
+            shown.parameters,
+            shown.system,
+            shown.license,
+            [
+                (d.media_type, d.name or d.digest.removeprefix("sha256:")[:12], d.size)
                 for d in shown.layers
-            ]
-            sections.append(f"  {_('Layers')}\n" + _columns(rows))
-        return "\n\n".join(sections) + "\n"
+            ],
+        )
 
     def modelfile(self, state: ChatState) -> str:
         """``/show modelfile``: FROM the session's model, its parameters and those set,
