@@ -18,7 +18,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,7 +94,10 @@ class PartialBlob:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def open(self, timeout: float = 3600.0) -> None:
+    def open(self, timeout: float = 3600.0, stop: Callable[[], bool] | None = None) -> None:
+        """Open and lock the partial, waiting up to ``timeout`` for another process that
+        holds it; ``stop()`` true ends the wait (the pull was cancelled: Ctrl-C must not
+        wait out another process's download) with :class:`StoreBusyError`."""
         try:
             self.store.tmp_dir.mkdir(parents=True, exist_ok=True)
             self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -106,8 +109,9 @@ class PartialBlob:
                 fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
-                if time.monotonic() > deadline:
+                if time.monotonic() > deadline or (stop is not None and stop()):
                     os.close(self._fd)
+                    self._fd = -1
                     raise StoreBusyError(
                         "another process is downloading {digest}", digest=self.digest
                     ) from None
@@ -122,7 +126,7 @@ class PartialBlob:
         if not same:
             os.close(self._fd)
             self._fd = -1
-            self.open(max(0.0, deadline - time.monotonic()))
+            self.open(max(0.0, deadline - time.monotonic()), stop)
             return
         self.spans = self._load_spans()
         self.resumed = sum(span.done for span in self.spans)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -81,6 +82,24 @@ class TagStore:
         self.root = Path(root)
         self.dir = self.root / "manifests"
         self.tmp_dir = self.root / ".cairn" / "tmp"
+        self.lock_path = self.root / ".cairn" / "locks" / "tags.lock"
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Held (by every cairn process) from choosing a tag's folders to renaming it in,
+        and while a delete removes folders: a write never makes ``Org`` beside ``org``,
+        nor a tag beside a deeper repository of its path, because another write chose
+        its folders at the same moment. Held briefly: the bytes are on disk before."""
+        try:
+            self.lock_path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise storage_error(exc, "locking the tags at {root}", root=self.root) from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
     def find(self, ref: Reference) -> Path | None:
         """The tag file for ``ref``, found ignoring case; None when absent."""
@@ -104,10 +123,19 @@ class TagStore:
     def write(self, ref: Reference, data: bytes) -> Path:
         """Write a tag atomically (temp file, fsync, rename); only a name Ollama can read."""
         require_ollama_readable(ref)
-        existing = self.find(ref)
-        target = existing if existing is not None else self.repository_dir(ref) / _parts(ref)[-1]
-        self._refuse_overlap(ref, target)
-        return self._write(target, data, ref)
+        tmp = self._stage(data, ref)
+        with self._locked():
+            existing = self.find(ref)
+            target = (
+                existing if existing is not None else self.repository_dir(ref) / _parts(ref)[-1]
+            )
+            try:
+                self._refuse_overlap(ref, target)
+            except CairnError:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+            return self._place(tmp, target, ref)
 
     def _refuse_overlap(self, ref: Reference, target: Path) -> None:
         """A tag is a file and a deeper repository a folder at a tag's depth: refuse a name
@@ -151,7 +179,9 @@ class TagStore:
     def write_by_digest(self, ref: Reference, digest: Digest, data: bytes) -> Path:
         """Keep a manifest pushed by digest alone (an index's child, a signature): in its
         repository's folder but not as a tag, so neither tool lists it as a model."""
-        return self._write(self._by_digest(ref, digest), data, ref)
+        tmp = self._stage(data, ref)
+        with self._locked():
+            return self._place(tmp, self._by_digest(ref, digest), ref)
 
     def read_by_digest(self, ref: Reference, digest: Digest) -> bytes | None:
         try:
@@ -160,20 +190,22 @@ class TagStore:
             return None
 
     def delete_by_digest(self, ref: Reference, digest: Digest) -> bool:
-        path = self._by_digest(ref, digest)
-        try:
-            path.unlink()
-        except (FileNotFoundError, NotADirectoryError):
-            return False
-        with contextlib.suppress(OSError):
-            path.parent.rmdir()
-        return True
+        with self._locked():
+            path = self._by_digest(ref, digest)
+            try:
+                path.unlink()
+            except (FileNotFoundError, NotADirectoryError):
+                return False
+            with contextlib.suppress(OSError):
+                path.parent.rmdir()
+            return True
 
     def kept_by_digest(self, ref: Reference) -> list[Path]:
         """The manifests ``ref``'s repository keeps by digest alone."""
         return [Path(e.path) for e in _files(self.repository_dir(ref) / BY_DIGEST)]
 
-    def _write(self, target: Path, data: bytes, ref: Reference) -> Path:
+    def _stage(self, data: bytes, ref: Reference) -> Path:
+        """A temp file holding ``data``, on disk (fsync'ed), for :meth:`_place`."""
         tmp = self.tmp_dir / f"manifest-{os.urandom(8).hex()}.partial"
         try:
             self.tmp_dir.mkdir(parents=True, exist_ok=True)
@@ -181,15 +213,26 @@ class TagStore:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise storage_error(
+                exc, "writing the manifest of {display}", display=ref.display
+            ) from exc
+        return tmp
+
+    def _place(self, tmp: Path, target: Path, ref: Reference) -> Path:
+        """Rename the staged ``tmp`` to ``target``, making its folders."""
+        try:
             for attempt in range(5):
-                target.parent.mkdir(parents=True, exist_ok=True)
                 try:
+                    target.parent.mkdir(parents=True, exist_ok=True)
                     os.replace(tmp, target)
                     break
                 except FileNotFoundError:
-                    # A delete of the repository's last tag removed the empty folders
-                    # between our mkdir and the rename (another process, or the server):
-                    # make them again.
+                    # A delete of a repository's last tag removed empty folders between
+                    # our mkdir and the rename, or between making a folder and making
+                    # one inside it (another process, or the server): make them again.
                     if attempt == 4:
                         raise
         except OSError as exc:
@@ -206,6 +249,10 @@ class TagStore:
         A folder that holds anything else (a tag, a deeper repository, ``.by-digest``)
         stays, and none is removed when the tag was reached through a link: ``rmdir``
         through a linked folder would remove one outside the store."""
+        with self._locked():
+            return self._delete(ref)
+
+    def _delete(self, ref: Reference) -> bool:
         path = self.find(ref)
         if path is None:
             return False

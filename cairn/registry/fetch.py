@@ -544,7 +544,9 @@ async def _open(partial: PartialBlob) -> None:
 
     Cancelled meanwhile (a sibling blob of the pull failed; the pull ends), the thread
     still makes the file: whichever of the two sees the other done closes it and takes
-    away the empty partial, so that none is left behind.
+    away the empty partial, so that none is left behind. A thread still waiting for
+    another process's lock on the partial stops waiting (Ctrl-C must not wait out that
+    other download: the process ends only when its threads do).
     """
     lock = threading.Lock()
     state = {"abandoned": False, "opened": False}
@@ -554,7 +556,7 @@ async def _open(partial: PartialBlob) -> None:
         partial.close()
 
     def open_it() -> None:
-        partial.open()
+        partial.open(stop=lambda: state["abandoned"])
         with lock:
             state["opened"] = not state["abandoned"]
         if not state["opened"]:

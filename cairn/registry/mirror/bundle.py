@@ -778,7 +778,10 @@ def import_layout(
         parse_reference(name)
     if path != "-" and Path(path).is_dir():
         job: _Import = _FromDirectory(models, Path(path), name, report)
-        return job.settle()
+        # One writer's lock from the first referrer kept to the last tag: a prune in
+        # between would take a model's signatures for orphans before it is tagged.
+        with models.blobs.writing():
+            return job.settle()
     shown = "standard input" if path == "-" else path
     job = _FromStream(models, shown, name, report)
     whole = False
